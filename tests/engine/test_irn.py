@@ -1,0 +1,90 @@
+import pytest
+import torch
+from FrEIA.framework import SequenceINN
+
+import engine
+from engine.irn import Haar, IRNCoupling, quantize
+from tests.official_irn import OfficialHaar, OfficialIRN, randomize
+
+PARAMS = {2: 1_667_952, 4: 4_355_136, 8: 11_119_248}
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_trainable_parameter_counts_match_the_paper(scale):
+    model = engine.build(scale)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == PARAMS[scale]
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_inverse_of_forward_is_identity(scale):
+    torch.manual_seed(0)
+    model = randomize(engine.build(scale, blocks_per_stage=2)).double()
+    x = torch.rand(2, 3, 2 * scale, 3 * scale, dtype=torch.float64)
+    y = model(x)
+    assert (model(y, rev=True) - x).abs().max() < 1e-5
+    assert y.shape == (2, 3 * scale**2, 2, 3)
+
+
+def test_fresh_model_is_identity_per_block():
+    model = engine.build(2)
+    x = torch.rand(1, 3, 8, 8)
+    haar_only = Haar([(3, 8, 8)])
+    assert torch.equal(model(x), haar_only([x])[0][0])
+
+
+def test_haar_equals_reference_formulas_and_band_order():
+    x = torch.rand(2, 3, 6, 10)
+    out = Haar([(3, 6, 10)])([x])[0][0]
+    a, b, c, d = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    bands = [(a + b + c + d) / 4, (a - b + c - d) / 4, (a + b - c - d) / 4, (a - b - c + d) / 4]
+    expected = torch.cat(bands, 1)  # band-major: every channel's low band first
+    assert torch.allclose(out, expected, atol=1e-7)
+    assert torch.allclose(out, OfficialHaar(3)(x), atol=1e-7)
+    back = Haar([(3, 6, 10)])([out], rev=True)[0][0]
+    assert torch.allclose(back, x, atol=1e-6)
+
+
+def test_haar_log_det_matches_the_official_value():
+    x = torch.rand(2, 3, 4, 4)
+    _, log_det = Haar([(3, 4, 4)])([x])
+    assert log_det == pytest.approx(x[0].numel() / 4 * torch.log(torch.tensor(1 / 16)).item())
+
+
+def test_coupling_block_equals_the_equations_both_ways():
+    block = randomize(IRNCoupling([(12, 4, 4)]), std=0.1)
+    x = torch.randn(2, 12, 4, 4)
+    x1, x2 = x[:, :3], x[:, 3:]
+    y1 = x1 + block.F(x2)
+    s = 2 * torch.sigmoid(block.H(y1)) - 1
+    y2 = x2 * torch.exp(s) + block.G(y1)
+    (y,), log_det = block([x])
+    assert torch.allclose(y, torch.cat((y1, y2), 1), atol=1e-6)
+    assert torch.allclose(log_det, s.flatten(1).sum(1), atol=1e-5)
+    s_inv = 2 * torch.sigmoid(block.H(y1)) - 1
+    x2_back = (y2 - block.G(y1)) * torch.exp(-s_inv)
+    (x_back,), _ = block([y], rev=True)
+    assert torch.allclose(x_back, torch.cat((y1 - block.F(x2_back), x2_back), 1), atol=1e-6)
+    assert torch.allclose(x_back, x, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_graph_equals_an_independent_official_layout_network(scale):
+    official = randomize(OfficialIRN(scale, blocks=2), seed=scale).double()
+    model = engine.api.from_state_dict(official.state_dict()).double()
+    x = torch.rand(2, 3, 4 * scale, 2 * scale, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), official(x), rtol=0, atol=1e-10)
+        y = torch.randn(2, 3 * scale**2, 4, 2, dtype=torch.float64)
+        assert torch.allclose(model(y, rev=True), official(y, rev=True), rtol=0, atol=1e-10)
+
+
+def test_graph_is_a_freia_sequence_inn():
+    assert isinstance(engine.build(4).net, SequenceINN)
+
+
+def test_quantizer_rounds_to_8_bit_with_identity_gradient():
+    x = torch.tensor([-0.3, 0.0, 0.5, 0.50196, 1.4], requires_grad=True)
+    q = quantize(x)
+    assert torch.equal(q, torch.round(x.detach().clamp(0, 1) * 255) / 255)
+    q.backward(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert torch.equal(x.grad, torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
