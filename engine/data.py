@@ -1,0 +1,173 @@
+"""Training data: HR images decoded once into memory as uint8, random augmented crops, GPU-side bicubic LR.
+
+Every sample is a pure function of (seed, rank, sample index), so the data order survives workers,
+resumption and a change in the number of ranks without storing any loader state.
+"""
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from engine.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+EMBEDDED_TRAIN = ["astronaut.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png"]
+EMBEDDED_HELD_OUT = ["chelsea.png", "coffee.png"]
+
+
+@dataclass
+class ImageSet:
+    names: list  # file names, for recording where a sample came from
+    images: list  # HxWx3 uint8 arrays
+    skipped: dict  # reason -> list of names
+
+
+def embedded_dir():
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent
+
+
+def embedded(split):
+    """The natural photographs shipped inside scikit-image's wheel: 'train' or 'held_out'."""
+    names = EMBEDDED_TRAIN if split == "train" else EMBEDDED_HELD_OUT
+    return read_images([embedded_dir() / n for n in names])
+
+
+def find_images(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"no folder at {folder}; give a folder of HR images, e.g. DIV2K/DIV2K_train_HR")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if not files:
+        raise UserError(f"{folder} is empty; put HR images (.png, .jpg) in it")
+    return files
+
+
+def read_folder(folder, min_size=1):
+    """Decode every image under `folder`; skip (and count) what is not a usable image."""
+    files = find_images(folder)
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    found = read_images(images, min_size)
+    if len(files) > len(images):
+        found.skipped["not an image file"] = [f.name for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]
+    if not found.images:
+        raise UserError(f"no usable images in {folder} ({describe_skipped(found.skipped)}); give a folder of RGB images at least {min_size}x{min_size}")
+    return found
+
+
+def read_images(paths, min_size=1):
+    names, images, skipped = [], [], {}
+    for path in paths:
+        try:
+            img = to_rgb8(path)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            skipped.setdefault("corrupt or unreadable", []).append(Path(path).name)
+            continue
+        if min(img.shape[:2]) < min_size:
+            skipped.setdefault(f"smaller than {min_size}x{min_size}", []).append(Path(path).name)
+            continue
+        names.append(Path(path).name)
+        images.append(img)
+    return ImageSet(names, images, skipped)
+
+
+def to_rgb8(path):
+    """Any PIL-readable image as HxWx3 uint8: grayscale and RGBA converted, 16-bit scaled down."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                scale = 65535.0 if arr.max() > 255 else 255.0
+                return np.repeat(np.round(arr / scale * 255).astype(np.uint8)[..., None], 3, axis=2)
+            arr = np.asarray(img.convert("RGB"))
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError("not an RGB image")
+    return np.ascontiguousarray(arr)
+
+
+def describe_skipped(skipped):
+    return "; ".join(f"{len(v)} {reason}: {', '.join(v[:3])}{'...' if len(v) > 3 else ''}" for reason, v in skipped.items()) or "none skipped"
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Sample i: a random image, a random crop box, a random flip/rotation, drawn from rng(seed, rank, i)."""
+
+    def __init__(self, images, crop, seed, rank=0):
+        self.images, self.crop, self.seed, self.rank = images, crop, seed, rank
+
+    def __len__(self):
+        return 2**62  # indexed by the global sample number; the sampler decides where to start
+
+    def __getitem__(self, index):
+        rng = np.random.default_rng([self.seed, self.rank, index])
+        image = int(rng.integers(len(self.images)))
+        h, w, _ = self.images[image].shape
+        top, left = int(rng.integers(h - self.crop + 1)), int(rng.integers(w - self.crop + 1))
+        aug = int(rng.integers(8))  # bit 0: h-flip, bit 1: v-flip, bit 2: transpose (with flips: the 8 rotations)
+        patch = self.images[image][top : top + self.crop, left : left + self.crop]
+        patch = augment(patch, aug)
+        return {
+            "hr": torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))),
+            "image": image,
+            "box": torch.tensor([top, left, self.crop, self.crop]),
+            "aug": aug,
+        }
+
+
+def augment(patch, code):
+    if code & 1:
+        patch = patch[:, ::-1]
+    if code & 2:
+        patch = patch[::-1]
+    if code & 4:
+        patch = patch.transpose(1, 0, 2)
+    return patch
+
+
+class FromSample(torch.utils.data.Sampler):
+    """Sample indices start, start+1, ... forever: resuming at step s starts at s * batch."""
+
+    def __init__(self, start):
+        self.start = start
+
+    def __iter__(self):
+        i = self.start
+        while True:
+            yield i
+            i += 1
+
+
+def loader(images, cfg, batch_size, start_sample, rank=0, pin_memory=False):
+    dataset = CropDataset(images, cfg["crop"], cfg["seed"], rank)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=FromSample(start_sample),
+        num_workers=cfg["workers"],
+        pin_memory=pin_memory,
+        persistent_workers=cfg["workers"] > 0,
+        prefetch_factor=4 if cfg["workers"] > 0 else None,
+    )
+
+
+def to_float(batch_u8):
+    """uint8 (B,3,H,W) on any device -> float in [0, 1]."""
+    return batch_u8.float().div_(255)
+
+
+def bicubic_down(hr, scale):
+    """The LR reference: antialiased bicubic (a = -0.5, as MATLAB's imresize) on the training device."""
+    return F.interpolate(hr, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
+
+
+def image_tensor(img, multiple):
+    """A full HxWx3 uint8 image as a (1,3,H',W') float tensor, cropped to multiples of `multiple`."""
+    h, w = (s - s % multiple for s in img.shape[:2])
+    return to_float(torch.from_numpy(np.ascontiguousarray(img[:h, :w].transpose(2, 0, 1)))[None])

@@ -1,0 +1,180 @@
+"""Train IRN: `python -m engine.train [--config irn_x4] [--data DIR] [--KEY VALUE ...] [--resume runs/run_N]`.
+
+Every key of configs/*.toml is a flag. Each step is timed phase by phase (profiling/timer.py); the run
+folder gets metrics.jsonl, phases.jsonl, gpu.jsonl, checkpoints/, samples/ and explosion records.
+"""
+import signal
+import sys
+import time
+from contextlib import ExitStack
+
+import torch
+from rich.console import Console
+
+from engine import checkpoint, config, data, rundir
+from engine.errors import UserError, cli
+from engine.evaluate import evaluate_images, mean_rows
+from engine.guard import ExplosionGuard, TooManyBadSteps
+from engine.images import grid, save_png
+from engine.progress import TrainingProgress, summary
+from engine.trainer import Trainer
+from profiling.gpu import Sampler
+from profiling.timer import PhaseTimer
+
+console = Console(stderr=True)
+
+
+class StopRequest:
+    """SIGTERM, SIGUSR1 and Ctrl-C ask the loop to checkpoint and leave after the current step."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+    def __init__(self):
+        self.reason = None
+        self.previous = {}
+
+    def __enter__(self):
+        for name in self.SIGNALS:
+            sig = getattr(signal, name)
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.reason and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: leave now
+        self.reason = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def pick_device(cfg):
+    want = cfg["device"]
+    if want == "auto":
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    elif want.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {want} needs a CUDA GPU, and none is visible; use --device cpu")
+    else:
+        device = torch.device(want)
+    if cfg["precision"] != "fp32" and device.type != "cuda":
+        raise UserError(f"--precision {cfg['precision']} needs a GPU; use --precision fp32 on the CPU")
+    return device
+
+
+def training_data(cfg):
+    """(train set, validation set) from --data/--val, or the embedded photographs."""
+    train = data.read_folder(cfg["data"], min_size=cfg["crop"]) if cfg["data"] else data.embedded("train")
+    if cfg["val"]:
+        val = data.read_folder(cfg["val"], min_size=cfg["scale"] * 2)
+    else:
+        val = data.embedded("held_out") if not cfg["data"] else data.ImageSet([], [], {})
+    for name, found in (("training", train), ("validation", val)):
+        if found.skipped:
+            console.print(f"[yellow]{name} images skipped: {data.describe_skipped(found.skipped)}")
+    return train, val
+
+
+def validate(trainer, val, step, folder, cfg):
+    """Full-image PSNR/SSIM on Y (border = scale) and a sample grid of the first image."""
+    images = val.images[: cfg["val_max_images"]]
+    if not images:
+        return {}
+    result = mean_rows(evaluate_images(trainer.model, images, device=trainer.device))
+    with torch.no_grad():
+        hr = data.image_tensor(images[0], cfg["scale"]).to(trainer.device)
+        lr, _ = trainer.model.downscale(hr)
+        sr = trainer.model.upscale(lr, generator=torch.Generator(trainer.device).manual_seed(0))
+        save_png(grid([lr, sr, hr]), folder / "samples" / f"step_{step:08d}.png")
+    return {f"val_{k}": round(v, 4) for k, v in result.items()}
+
+
+def save_checkpoint(trainer, folder, step):
+    (folder / "checkpoints").mkdir(exist_ok=True)
+    checkpoint.save(folder / "checkpoints" / checkpoint.LATEST, **trainer.state(step))
+
+
+def resume_command(folder):
+    return f"python -m engine.train --resume {folder}"
+
+
+def log_step(record, out, batch_size):
+    if out is not None:  # None: a non-finite step, skipped and recorded by the guard
+        record.update(out["losses"], loss=sum(out["losses"].values()), grad_norm=out["grad_norm"])
+        record["images_per_s"] = round(batch_size / max(record["step_s"], 1e-9), 3)
+    return record
+
+
+def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
+    """The loop: data, step, log; checkpoint on schedule, on signals, on the time limit and at the end.
+
+    Returns (next step, why it stopped early or None, seconds).
+    """
+    device, t0 = trainer.device, time.monotonic()
+    guard = ExplosionGuard(folder, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], train_set.names)
+    batches = iter(data.loader(train_set.images, cfg, cfg["batch_size"], start * cfg["batch_size"], pin_memory=device.type == "cuda"))
+    step, stopped, last = start, None, time.perf_counter()
+    with ExitStack() as stack:
+        metrics, phases, gpu = (stack.enter_context(rundir.JsonLines(folder / f)) for f in ("metrics.jsonl", "phases.jsonl", "gpu.jsonl"))
+        timer = PhaseTimer(device, sink=phases)
+        stack.callback(timer.flush)
+        stack.enter_context(Sampler(gpu, cfg["gpu_sample_ms"], log=console.print))
+        stop = stack.enter_context(StopRequest())
+        bar = stack.enter_context(TrainingProgress(cfg["steps"], start))
+        while step < cfg["steps"] and not stopped:
+            with timer.phase("data"):
+                batch = next(batches)
+            out = trainer.step(batch, timer, guard, step)
+            step += 1
+            with timer.phase("other"):
+                now = time.perf_counter()
+                record = log_step({"step": step - 1, "lr": trainer.optimizer.param_groups[0]["lr"], "step_s": round(now - last, 5)}, out, cfg["batch_size"])
+                last = now
+                if step % cfg["val_every"] == 0 or step == cfg["steps"]:
+                    record.update(validate(trainer, val_set, step, folder, cfg))
+                metrics.write(record)
+                bar.update(step, record)
+                if step % cfg["checkpoint_every"] == 0:
+                    save_checkpoint(trainer, folder, step)
+            timer.end_step(step - 1)
+            if time_limit and time.monotonic() - t0 + 3 * record["step_s"] + 10 > time_limit:
+                stopped = "time limit"
+            stopped = stop.reason or stopped
+    save_checkpoint(trainer, folder, step)
+    return step, stopped, time.monotonic() - t0
+
+
+@cli
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, flags = config.resolve(
+        argv,
+        extra_flags=("--resume", "--name"),
+        base_for=lambda f: rundir.read_config(rundir.find(f.resume)) if f.resume else None,
+    )
+    time_limit = config.parse_duration(cfg["time_limit"])
+    device = pick_device(cfg)
+    train_set, val_set = training_data(cfg)
+    trainer = Trainer(cfg, device)
+    if flags.resume:
+        folder = rundir.find(flags.resume)
+        state = checkpoint.load(folder)
+        trainer.load_state(state)
+        start = state["step"]
+        rundir.write_json(folder / "config.json", cfg)
+    else:
+        folder, start = rundir.create(cfg, flags.name), 0
+    with rundir.JsonLines(folder / "env.jsonl") as env:
+        env.write(rundir.environment(device, {"start_step": start, "time": time.time()}))
+    console.print(f"run folder: [bold]{folder}[/]  (report: python -m profiling.report {folder})")
+    try:
+        step, stopped, seconds = train(trainer, cfg, folder, start, train_set, val_set, time_limit)
+    except TooManyBadSteps as err:
+        raise UserError(str(err)) from None
+    summary(console, folder, cfg, start, step, seconds, stopped)
+    if stopped:
+        console.print(f"stopped by {stopped} at step {step}; checkpoint saved. Resume with: [bold]{resume_command(folder)}")
+
+
+if __name__ == "__main__":
+    main()

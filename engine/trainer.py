@@ -1,0 +1,75 @@
+"""The model, its optimiser and schedule, and one timed training step."""
+import math
+
+import torch
+
+import engine
+from engine import checkpoint, data
+from engine.losses import irn_losses, network_passes
+
+
+class Trainer:
+    """The model, its optimiser and schedule, and one training step."""
+
+    def __init__(self, cfg, device):
+        self.cfg, self.device = cfg, device
+        self.model = engine.build(cfg["scale"], blocks_per_stage=cfg["blocks_per_stage"], growth=cfg["growth"], clamp=cfg["clamp"]).to(device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(
+            self.params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], foreach=True
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg["lr_milestones"], cfg["lr_gamma"])
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"] == "fp16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"])
+        self.net = self.model
+
+    def state(self, step):
+        return {
+            "model": self.model.state_dict(),
+            "arch": self.model.arch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": step,
+            "config": self.cfg,
+        }
+
+    def load_state(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def step(self, batch, timer, guard, step):
+        """One optimisation step; returns the logged values, or None when the step was skipped."""
+        cfg, scale = self.cfg, self.cfg["scale"]
+        with timer.phase("h2d"):
+            hr = data.to_float(batch["hr"].to(self.device, non_blocking=True))
+            lr_ref = data.bicubic_down(hr, scale)
+            b, _, h, w = hr.shape
+            noise = torch.randn(b, self.model.z_channels(), h // scale, w // scale, device=self.device)
+        with timer.phase("forward"), self.autocast():
+            y, z, back = network_passes(self.net, hr, noise, cfg["z_scale"])
+        with timer.phase("loss"), self.autocast():
+            losses = irn_losses(y.float(), z.float(), back.float(), hr, lr_ref, cfg)
+            total = sum(losses.values())
+        with timer.phase("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+        with timer.phase("optimizer"):
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg["grad_clip"])
+            # The one host sync per step: the explosion guard must see the values before the update.
+            *values, norm = torch.stack([*losses.values(), norm]).tolist()
+            losses = dict(zip(losses, values))
+            overflow = self.scaler.is_enabled() and not math.isfinite(norm)  # fp16: the scaler skips and backs off
+            verdict = guard.check(step, losses, 0.0 if overflow else norm, {**batch, "noise": noise})
+            if verdict != "skip":
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            self.scheduler.step()
+        return None if verdict == "skip" else {"losses": losses, "grad_norm": norm, "event": verdict}

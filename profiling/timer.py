@@ -1,0 +1,80 @@
+"""Per-phase step timings: `with timer.phase("forward"): ...`, then `timer.end_step(step)`.
+
+Host phases (waiting for data, logging, checkpoints) are timed with perf_counter. Device phases on CUDA
+are timed with CUDA events that are read back one step later, so timing never adds a synchronize.
+Every step yields one record: wall time of the step, each phase in ms, and `other` (the rest).
+"""
+import time
+from contextlib import contextmanager
+
+import torch
+
+HOST_PHASES = ("data", "other")
+PHASES = ("data", "h2d", "forward", "loss", "backward", "optimizer", "other")
+
+
+class PhaseTimer:
+    def __init__(self, device, sink=None, enabled=True):
+        self.cuda = torch.device(device).type == "cuda"
+        self.sink, self.enabled = sink, enabled
+        self.spans, self.open, self.pending = [], [], None
+        self.step_start = time.perf_counter()
+
+    @contextmanager
+    def phase(self, name):
+        """Time a phase; a phase opened inside another is subtracted from it, so phases never overlap."""
+        if not self.enabled:
+            yield
+            return
+        device = self.cuda and name not in HOST_PHASES
+        parent = self.open[-1] if self.open else None
+        self.open.append(name)
+        begin = _event() if device else time.perf_counter()
+        try:
+            yield
+        finally:
+            self.open.pop()
+            measure = (begin, _event()) if device else (time.perf_counter() - begin) * 1e3
+            self.spans.append((name, parent, measure))
+
+    def end_step(self, step):
+        """Close the step; returns the record completed now (the previous step's on CUDA), or None."""
+        if not self.enabled:
+            return None
+        now = time.perf_counter()
+        closed = ({"step": step, "wall_ms": (now - self.step_start) * 1e3}, self.spans)
+        self.step_start, self.spans = now, []
+        if not self.cuda:
+            return self._emit(_resolve(*closed))
+        done, self.pending = self.pending, closed
+        return self._emit(_resolve(*done)) if done else None
+
+    def flush(self):
+        """Emit the last step still waiting for its CUDA events (at the end of a run)."""
+        done, self.pending = self.pending, None
+        return self._emit(_resolve(*done)) if done else None
+
+    def _emit(self, record):
+        if self.sink is not None:
+            self.sink.write(record)
+        return record
+
+
+def _event():
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def _resolve(record, spans):
+    """Exclusive time per phase; `other` takes whatever the named phases leave of the wall time."""
+    for name, parent, measure in spans:
+        if not isinstance(measure, float):
+            measure[1].synchronize()  # a step-old event: long finished in steady state
+            measure = measure[0].elapsed_time(measure[1])
+        record[name] = record.get(name, 0.0) + measure
+        if parent is not None:
+            record[parent] = record.get(parent, 0.0) - measure
+    named = sum(v for k, v in record.items() if k not in ("step", "wall_ms", "other"))
+    record["other"] = max(record.get("other", 0.0), record["wall_ms"] - named)
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
