@@ -11,6 +11,12 @@ from engine.errors import UserError
 LATEST = "last.pt"
 
 
+def seed_all(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
 def rng_state():
     bit_generator, keys, pos, has_gauss, gauss = np.random.get_state()
     return {

@@ -154,6 +154,7 @@ def loader(images, cfg, batch_size, start_sample, rank=0, pin_memory=False):
         pin_memory=pin_memory,
         persistent_workers=cfg["workers"] > 0,
         prefetch_factor=4 if cfg["workers"] > 0 else None,
+        generator=torch.Generator().manual_seed(cfg["seed"]),  # keeps the loader off the global RNG the noise draws from
     )
 
 

@@ -155,7 +155,10 @@ def main(argv=None):
     time_limit = config.parse_duration(cfg["time_limit"])
     device = pick_device(cfg)
     train_set, val_set = training_data(cfg)
+    checkpoint.seed_all(cfg["seed"])
     trainer = Trainer(cfg, device)
+    if cfg["fast_kernels"]:
+        console.print(f"--fast-kernels: {trainer.kernel_note or 'Haar and coupling run as fused Triton kernels'}")
     if flags.resume:
         folder = rundir.find(flags.resume)
         state = checkpoint.load(folder)

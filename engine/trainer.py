@@ -5,7 +5,9 @@ import torch
 
 import engine
 from engine import checkpoint, data
+from engine.errors import UserError
 from engine.losses import irn_losses, network_passes
+from kernels import ops
 
 
 class Trainer:
@@ -21,7 +23,17 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg["lr_milestones"], cfg["lr_gamma"])
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"] == "fp16")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"])
-        self.net = self.model
+        # Fast kernels swap ops inside the same modules; compile traces whichever ops are in place.
+        self.kernel_note = ops.fast_kernels_unavailable(device) if cfg["fast_kernels"] else None
+        if cfg["fast_kernels"] and self.kernel_note is None:
+            ops.use_fast_kernels(self.model)
+        self.net = self.compiled(self.model) if cfg["compile"] != "off" else self.model
+
+    def compiled(self, model):
+        modes = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
+        if self.cfg["compile"] not in modes:
+            raise UserError(f"--compile takes off or one of {', '.join(modes)}; got {self.cfg['compile']!r}")
+        return torch.compile(model, mode=self.cfg["compile"])
 
     def state(self, step):
         return {
@@ -68,8 +80,8 @@ class Trainer:
             losses = dict(zip(losses, values))
             overflow = self.scaler.is_enabled() and not math.isfinite(norm)  # fp16: the scaler skips and backs off
             verdict = guard.check(step, losses, 0.0 if overflow else norm, {**batch, "noise": noise})
-            if verdict != "skip":
+            if verdict != "skip":  # a skipped step leaves weights, optimiser and schedule untouched
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-            self.scheduler.step()
+                self.scheduler.step()
         return None if verdict == "skip" else {"losses": losses, "grad_norm": norm, "event": verdict}

@@ -1,0 +1,133 @@
+"""The Haar transform of IRN in Triton: forward (downsampling) and inverse, each the other's backward.
+
+For each input channel c and 2x2 patch (a b / c d), forward writes four bands in band-major order
+(output channel k * C + c for band k): (a+b+c+d), (a-b+c-d), (a+b-c-d), (a-b-c+d), times `scale`
+(1/4 in IRN). Call it M x * scale. The inverse applies M^T (exact, since M^T M = 4 I):
+    forward(x, s) = s M x    -> grad_x = s M^T grad = inverse(grad, s)
+    inverse(y, s) = s M^T y  -> grad_y = s M grad   = forward(grad, s)
+Indexing goes through strides, so contiguous and channels_last tensors work without copies.
+"""
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024
+
+
+@triton.jit
+def _haar_kernel(
+    src, dst, n, C, Ho, Wo,
+    s_b, s_c, s_h, s_w,  # strides of the full-resolution tensor
+    d_b, d_c, d_h, d_w,  # strides of the band tensor
+    scale, INVERSE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # one lane per (batch, channel, low-res row, low-res column)
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < n
+    j = idx % Wo
+    i = (idx // Wo) % Ho
+    c = (idx // (Wo * Ho)) % C
+    b = idx // (Wo * Ho * C)
+    hi = b * s_b + c * s_c + (2 * i) * s_h + (2 * j) * s_w  # top-left pixel of the 2x2 patch
+    lo = b * d_b + c * d_c + i * d_h + j * d_w  # band 0 of channel c
+    band = C * d_c
+    if INVERSE:
+        p0 = tl.load(src + lo, mask=mask).to(tl.float32)
+        p1 = tl.load(src + lo + band, mask=mask).to(tl.float32)
+        p2 = tl.load(src + lo + 2 * band, mask=mask).to(tl.float32)
+        p3 = tl.load(src + lo + 3 * band, mask=mask).to(tl.float32)
+        out = dst.dtype.element_ty
+        tl.store(dst + hi, ((p0 + p1 + p2 + p3) * scale).to(out), mask=mask)
+        tl.store(dst + hi + s_w, ((p0 - p1 + p2 - p3) * scale).to(out), mask=mask)
+        tl.store(dst + hi + s_h, ((p0 + p1 - p2 - p3) * scale).to(out), mask=mask)
+        tl.store(dst + hi + s_h + s_w, ((p0 - p1 - p2 + p3) * scale).to(out), mask=mask)
+    else:
+        a = tl.load(src + hi, mask=mask).to(tl.float32)
+        b_ = tl.load(src + hi + s_w, mask=mask).to(tl.float32)
+        c_ = tl.load(src + hi + s_h, mask=mask).to(tl.float32)
+        d = tl.load(src + hi + s_h + s_w, mask=mask).to(tl.float32)
+        out = dst.dtype.element_ty
+        tl.store(dst + lo, ((a + b_ + c_ + d) * scale).to(out), mask=mask)
+        tl.store(dst + lo + band, ((a - b_ + c_ - d) * scale).to(out), mask=mask)
+        tl.store(dst + lo + 2 * band, ((a + b_ - c_ - d) * scale).to(out), mask=mask)
+        tl.store(dst + lo + 3 * band, ((a - b_ - c_ + d) * scale).to(out), mask=mask)
+
+
+def _memory_format(x):
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _bands_like(x):
+    b, c, h, w = x.shape
+    return torch.empty(b, 4 * c, h // 2, w // 2, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+
+
+def _image_like(y):
+    b, c4, h, w = y.shape
+    return torch.empty(b, c4 // 4, 2 * h, 2 * w, dtype=y.dtype, device=y.device, memory_format=_memory_format(y))
+
+
+def _launch(image, bands, scale, inverse):
+    b, c, h, w = image.shape
+    n = b * c * (h // 2) * (w // 2)
+    src, dst = (bands, image) if inverse else (image, bands)
+    _haar_kernel[(triton.cdiv(n, BLOCK),)](
+        src, dst, n, c, h // 2, w // 2, *image.stride(), *bands.stride(), scale, INVERSE=inverse, BLOCK=BLOCK
+    )
+
+
+def _check(x, what):
+    if x.dim() != 4:
+        raise ValueError(f"{what} must be (B, C, H, W), got shape {tuple(x.shape)}")
+
+
+@torch.library.custom_op("irn::haar_forward", mutates_args=())
+def haar_forward(x: torch.Tensor, scale: float) -> torch.Tensor:
+    _check(x, "haar_forward input")
+    if x.shape[-1] % 2 or x.shape[-2] % 2:
+        raise ValueError(f"the Haar transform needs even H and W, got {x.shape[-2]}x{x.shape[-1]}")
+    out = _bands_like(x)
+    _launch(x, out, scale, inverse=False)
+    return out
+
+
+@torch.library.custom_op("irn::haar_inverse", mutates_args=())
+def haar_inverse(y: torch.Tensor, scale: float) -> torch.Tensor:
+    _check(y, "haar_inverse input")
+    if y.shape[1] % 4:
+        raise ValueError(f"the inverse Haar transform needs a channel count divisible by 4, got {y.shape[1]}")
+    out = _image_like(y)
+    _launch(out, y, scale, inverse=True)
+    return out
+
+
+@haar_forward.register_fake
+def _(x, scale):
+    return _bands_like(x)
+
+
+@haar_inverse.register_fake
+def _(y, scale):
+    return _image_like(y)
+
+
+def _save_scale(ctx, inputs, output):
+    ctx.scale = inputs[1]
+
+
+def _haar_forward_backward(ctx, grad):
+    return haar_inverse(grad, ctx.scale), None
+
+
+def _haar_inverse_backward(ctx, grad):
+    return haar_forward(grad, ctx.scale), None
+
+
+haar_forward.register_autograd(_haar_forward_backward, setup_context=_save_scale)
+haar_inverse.register_autograd(_haar_inverse_backward, setup_context=_save_scale)
+
+
+def haar(x, rev=False):
+    """IRN's Haar downsampling (rev=False: bands / 4) or its exact inverse (rev=True)."""
+    return haar_inverse(x, 1.0) if rev else haar_forward(x, 0.25)

@@ -1,0 +1,32 @@
+"""How the model picks its ops: the FrEIA reference math, or the fused Triton kernels.
+
+The swap changes which function the Haar and coupling modules call, never their weights, so one
+checkpoint serves both paths.
+"""
+import torch
+
+from engine.irn import Haar, IRNCoupling
+
+
+def use_fast_kernels(model, enabled=True):
+    """Route every Haar and coupling module of `model` to the Triton kernels (or back to the reference)."""
+    from kernels.coupling import coupling
+    from kernels.haar import haar
+
+    for module in model.modules():
+        if isinstance(module, IRNCoupling):
+            module.fused = coupling if enabled else None
+        elif isinstance(module, Haar):
+            module.fused = haar if enabled else None
+    return model
+
+
+def fast_kernels_unavailable(device):
+    """Why the Triton kernels cannot run on `device` (None when they can)."""
+    if torch.device(device).type != "cuda":
+        return "the Triton kernels need a CUDA GPU; running the FrEIA reference ops instead"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed (pip install triton); running the FrEIA reference ops instead"
+    return None

@@ -1,0 +1,168 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine
+from engine import config, data, train
+from engine.guard import ExplosionGuard, TooManyBadSteps
+from engine.rundir import read_jsonl
+from engine.trainer import Trainer
+from profiling.timer import PhaseTimer
+from tests.engine.conftest import TINY
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(args, folder):
+    train.main([*TINY, "--data", str(folder), *args])
+
+
+def losses(run_dir):
+    return [r["loss"] for r in read_jsonl(Path(run_dir) / "metrics.jsonl")]
+
+
+def tiny_trainer(image_folder, tmp_path, **overrides):
+    cfg, _ = config.resolve([*TINY, "--data", str(image_folder)])
+    cfg.update(overrides)
+    images = data.read_folder(image_folder, cfg["crop"])
+    batch = next(iter(data.loader(images.images, cfg, cfg["batch_size"], 0)))
+    guard = ExplosionGuard(tmp_path, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], images.names)
+    return Trainer(cfg, torch.device("cpu")), batch, guard
+
+
+def params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_one_step_changes_the_weights_and_is_deterministic(image_folder, tmp_path):
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        trainer, batch, guard = tiny_trainer(image_folder, tmp_path)
+        before = params(trainer.model)
+        out = trainer.step(batch, PhaseTimer("cpu"), guard, 0)
+        after = params(trainer.model)
+        assert any(not torch.equal(a, b) for a, b in zip(before, after))
+        results.append((out["losses"], after))
+    assert results[0][0] == results[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_loss_falls_over_a_few_dozen_steps(image_folder, in_tmp):
+    run(["--steps", "40", "--name", "fall", "--lr", "2e-3"], image_folder)
+    values = losses("runs/fall")
+    assert len(values) == 40 and sum(values[-5:]) < 0.7 * sum(values[:5])
+
+
+def test_run_folder_contents(image_folder, in_tmp):
+    run(["--steps", "3", "--name", "r", "--val", str(image_folder), "--val-every", "3"], image_folder)
+    folder = Path("runs/r")
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["steps"] == 3 and cfg["scale"] == 2
+    env = read_jsonl(folder / "env.jsonl")[0]
+    assert env["versions"]["torch"] == torch.__version__ and env["device"]["type"] == "cpu" and "command" in env
+    record = read_jsonl(folder / "metrics.jsonl")[-1]
+    for key in ("forw_fit", "forw_ce", "back_rec", "grad_norm", "lr", "images_per_s", "val_psnr_y", "val_ssim_y"):
+        assert key in record
+    assert len(read_jsonl(folder / "phases.jsonl")) == 3 and read_jsonl(folder / "gpu.jsonl")
+    assert (folder / "samples" / "step_00000003.png").stat().st_size > 0
+    assert engine.load(folder / "checkpoints" / "last.pt").scale == 2
+
+
+def test_resumed_run_gives_the_losses_of_an_uninterrupted_one(image_folder, in_tmp):
+    run(["--steps", "8", "--name", "whole"], image_folder)
+    run(["--steps", "5", "--name", "split"], image_folder)
+    train.main(["--resume", "runs/split", "--steps", "8"])
+    assert losses("runs/split") == losses("runs/whole")
+
+
+def test_time_limit_stops_with_a_checkpoint_and_the_resume_command(image_folder, in_tmp, capsys):
+    run(["--steps", "1000", "--name", "tl", "--time-limit", "1s"], image_folder)
+    state = torch.load("runs/tl/checkpoints/last.pt", weights_only=True)
+    assert state["step"] == len(losses("runs/tl")) < 1000
+    assert "python -m engine.train --resume runs/tl" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_sigterm_leaves_a_loadable_checkpoint(image_folder, tmp_path):
+    cmd = [sys.executable, "-m", "engine.train", *TINY, "--data", str(image_folder), "--steps", "100000", "--name", "sig"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = tmp_path / "runs" / "sig" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    model = engine.load(tmp_path / "runs" / "sig" / "checkpoints" / "last.pt")
+    state = torch.load(tmp_path / "runs" / "sig" / "checkpoints" / "last.pt", weights_only=True)
+    assert model.scale == 2 and state["step"] == len(read_jsonl(metrics))
+    assert b"SIGTERM" in err
+
+
+def poison(monkeypatch, steps):
+    """Make the network's output NaN on the given call numbers."""
+    real, calls = train.Trainer.step.__globals__["network_passes"], {"n": 0}
+
+    def passes(*args, **kwargs):
+        y, z, back = real(*args, **kwargs)
+        calls["n"] += 1
+        return (y * float("nan"), z, back) if calls["n"] in steps else (y, z, back)
+
+    monkeypatch.setitem(train.Trainer.step.__globals__, "network_passes", passes)
+
+
+def test_non_finite_step_is_skipped_and_recorded(image_folder, tmp_path, monkeypatch):
+    trainer, batch, guard = tiny_trainer(image_folder, tmp_path)
+    poison(monkeypatch, {1})
+    before = params(trainer.model)
+    assert trainer.step(batch, PhaseTimer("cpu"), guard, 7) is None
+    assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model)))
+    assert trainer.optimizer.state_dict()["state"] == {}
+    event = read_jsonl(tmp_path / "explosions.jsonl")[0]
+    assert event["step"] == 7 and event["kind"] == "non-finite" and len(event["images"]) == 2
+    saved = torch.load(tmp_path / event["batch_file"], weights_only=True)
+    assert torch.equal(saved["hr"], batch["hr"]) and saved["noise"].shape == (2, 9, 8, 8)
+    assert trainer.step(batch, PhaseTimer("cpu"), guard, 8) is not None
+
+
+def test_too_many_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(image_folder, in_tmp, monkeypatch, capsys):
+    poison(monkeypatch, set(range(5, 100)))
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--steps", "50", "--name", "nan", "--checkpoint-every", "4", "--max-bad-steps", "3"], image_folder)
+    assert exit_info.value.code == 2
+    assert "3 non-finite steps in a row" in capsys.readouterr().err
+    assert torch.load("runs/nan/checkpoints/last.pt", weights_only=True)["step"] == 4
+    assert len(read_jsonl("runs/nan/explosions.jsonl")) == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "/nonexistent"], "no folder at /nonexistent"),
+        (["--resume", "runs/none"], "no run folder 'runs/none'"),
+        (["--batchsize", "3"], "did you mean --batch-size"),
+        (["--precision", "bf16", "--device", "cpu"], "needs a GPU"),
+        (["--device", "cuda"], "needs a CUDA GPU") if not torch.cuda.is_available() else (["--scale", "3"], "power of two"),
+    ],
+)
+def test_bad_input_gives_one_line(args, message, in_tmp, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_resume_folder_without_checkpoint(image_folder, in_tmp, capsys):
+    (in_tmp / "runs" / "empty").mkdir(parents=True)
+    (in_tmp / "runs" / "empty" / "config.json").write_text(json.dumps(config.resolve([*TINY, "--data", str(image_folder)])[0]))
+    with pytest.raises(SystemExit):
+        train.main(["--resume", "runs/empty"])
+    assert "no checkpoint at runs/empty/checkpoints/last.pt" in capsys.readouterr().err
