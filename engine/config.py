@@ -8,6 +8,8 @@ from engine.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT = "demo"
+WINDOWS = ("py_spy", "torch_profile")  # step-window options: a bare flag takes DEFAULT_WINDOW
+DEFAULT_WINDOW = "10:20"
 
 
 def load_file(name_or_path):
@@ -30,6 +32,8 @@ def _parser_for(cfg):
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             parser.add_argument(flag, dest=key, nargs="?", const=True, type=_parse_bool)
+        elif key in WINDOWS:
+            parser.add_argument(flag, dest=key, nargs="?", const=DEFAULT_WINDOW, metavar="START:STOP")
         else:
             parser.add_argument(flag, dest=key, type=_parser_of(value), metavar=type(value).__name__.upper())
     return parser

@@ -18,6 +18,7 @@ from engine.guard import ExplosionGuard, TooManyBadSteps
 from engine.images import grid, save_png
 from engine.progress import TrainingProgress, summary
 from engine.trainer import Trainer
+from profiling.capture import Captures, PySpyCapture, TorchProfileCapture
 from profiling.gpu import Sampler
 from profiling.timer import PhaseTimer
 
@@ -98,6 +99,15 @@ def resume_command(folder):
     return f"python -m engine.train --resume {folder}"
 
 
+def capture_windows(cfg, folder, device):
+    windows = []
+    if window := config.parse_window(cfg["py_spy"], "py-spy"):
+        windows.append((PySpyCapture(folder, console.print), window))
+    if window := config.parse_window(cfg["torch_profile"], "torch-profile"):
+        windows.append((TorchProfileCapture(folder, device, console.print), window))
+    return windows
+
+
 def log_step(record, out, batch_size):
     if out is not None:  # None: a non-finite step, skipped and recorded by the guard
         record.update(out["losses"], loss=sum(out["losses"].values()), grad_norm=out["grad_norm"])
@@ -120,8 +130,11 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
         stack.callback(timer.flush)
         stack.enter_context(Sampler(gpu, cfg["gpu_sample_ms"], log=console.print))
         stop = stack.enter_context(StopRequest())
+        captures = Captures(capture_windows(cfg, folder, device), console.print)
+        stack.callback(captures.close)
         bar = stack.enter_context(TrainingProgress(cfg["steps"], start))
         while step < cfg["steps"] and not stopped:
+            captures.at_step(step)
             with timer.phase("data"):
                 batch = next(batches)
             out = trainer.step(batch, timer, guard, step)
@@ -153,6 +166,8 @@ def main(argv=None):
         base_for=lambda f: rundir.read_config(rundir.find(f.resume)) if f.resume else None,
     )
     time_limit = config.parse_duration(cfg["time_limit"])
+    for key in config.WINDOWS:  # fail on a bad window before any work
+        config.parse_window(cfg[key], key.replace("_", "-"))
     device = pick_device(cfg)
     train_set, val_set = training_data(cfg)
     checkpoint.seed_all(cfg["seed"])

@@ -1,0 +1,178 @@
+"""`python -m profiling.report run_42 [--compare run_41] [--plot] [--json]`: where a run's time goes."""
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from engine.errors import cli
+from engine.rundir import find
+from profiling.analysis import analyse
+from profiling.timer import PHASES
+
+
+def fmt_duration(seconds):
+    seconds = max(0, int(seconds))
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return (f"{d}d " if d else "") + f"{h:d}h{m:02d}m" if (d or h) else f"{m}m{s:02d}s"
+
+
+def header(a):
+    cfg, env = a["config"], a["env"]
+    dev = env.get("device", {})
+    versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
+    p = a["progress"]
+    lines = [
+        f"config [bold]{cfg.get('config')}[/]: x{cfg.get('scale')}, batch {cfg.get('batch_size')}, crop {cfg.get('crop')}, "
+        f"precision {cfg.get('precision')}, fast kernels {'on' if cfg.get('fast_kernels') else 'off'}, compile {cfg.get('compile')}",
+        f"device: {dev.get('name', '?')} ({dev.get('type', '?')})" + (f" x{a['world_size']} ranks" if a["world_size"] > 1 else ""),
+        f"versions: {versions}",
+        f"commit: {env.get('git_commit')}   jobs: {a['jobs']}   step {p['last_step']} of {p['steps']}" + (" (finished)" if p["finished"] else ""),
+    ]
+    return Panel("\n".join(lines), title=f"run {a['run']}")
+
+
+def throughput_line(a):
+    t = a["throughput"]
+    return (f"throughput: {t['it_per_s']:.2f} it/s, {t['images_per_s']:.1f} images/s over {t['timed_steps']} timed steps; "
+            f"time to step {a['progress']['steps']}: {fmt_duration(t['remaining_s'])}")
+
+
+def phase_table(a):
+    table = Table(title="phases per step (warm-up steps left out)")
+    for col in ("phase", "mean ms", "p50 ms", "p95 ms", "share"):
+        table.add_column(col, justify="right" if col != "phase" else "left")
+    for name in PHASES:
+        row = a["phases"]["phases"][name]
+        table.add_row(name, f"{row['mean_ms']:.2f}", f"{row['p50_ms']:.2f}", f"{row['p95_ms']:.2f}", f"{row['share']:.1%}")
+    st = a["phases"]
+    table.add_row("[bold]step", f"{st['step_ms']:.2f}", f"{st['step_p50_ms']:.2f}", f"{st['step_p95_ms']:.2f}", "100%")
+    return table
+
+
+def gpu_lines(a):
+    g = a["gpu"]
+    if g["kind"] == "gpu":
+        power = f", mean power {g['power_mean_w']:.0f} W, {g['energy_per_step_j']:.1f} J per step" if g["power_mean_w"] else ""
+        throttled = f", throttled {g['throttled_share']:.0%} of samples" if g["throttled_share"] else ""
+        return f"GPU {g['devices']}: utilisation mean {g['util_mean']:.0f}%, under 50% in {g['under_50_share']:.0%} of samples, peak memory {g['mem_peak_mib'] / 1024:.1f} GiB{power}{throttled}"
+    if g["kind"] == "process":
+        return f"no GPU counters (CPU run or no NVML): process CPU {g['cpu_percent_mean']:.0f}% mean, peak memory {g['rss_peak_mib'] / 1024:.2f} GiB"
+    return "no utilisation samples"
+
+
+def verdict_panel(a):
+    v = a["verdict"]
+    return Panel(f"[bold]{v['label']}[/]: {v['evidence']}.\nnext: {v['next']}.", title="bottleneck")
+
+
+def rank_table(a):
+    table = Table(title="ranks")
+    extra = any("allreduce_ms" in r for r in a["ranks"])
+    for col in ("rank", "step ms", "data ms", "backward ms (incl. all-reduce)", "work before all-reduce ms") + (("all-reduce ms",) if extra else ()) + ("",):
+        table.add_column(col, justify="right")
+    for r in a["ranks"]:
+        cells = [str(r["rank"]), f"{r['step_ms']:.1f}", f"{r['data_ms']:.1f}", f"{r['backward_ms']:.1f}", f"{r['work_ms']:.1f}"]
+        cells += [f"{r.get('allreduce_ms', 0.0):.1f}"] if extra else []
+        table.add_row(*cells, "[red]straggler (>10% over median)" if r["straggler"] else "")
+    return table
+
+
+def explosion_lines(a):
+    events = a["explosions"]
+    if not events:
+        return ["gradient explosions: none recorded"]
+    lines = [f"gradient explosions: {len(events)} recorded ({sum(e['kind'] == 'non-finite' for e in events)} non-finite and skipped)"]
+    for e in events[-5:]:
+        loss = sum(e["losses"].values())
+        lines.append(f"  step {e['step']}: {e['kind']}, loss {loss:.4g}, grad norm {e['grad_norm']:.4g}, images {', '.join(sorted(set(e['images'])))}, batch {e['batch_file']}")
+    return lines
+
+
+def loss_lines(a):
+    ls = a["losses"]
+    if not ls:
+        return ["losses: no trained step yet"]
+    lines = [f"losses (mean of first/last {ls['window']} steps):"]
+    for key in ("loss", "forw_fit", "forw_ce", "back_rec", "grad_norm"):
+        lines.append(f"  {key:9s} {ls[key]['first']:12.4g} -> {ls[key]['last']:12.4g}   (min {ls[key]['min']:.4g})")
+    if "validation" in ls:
+        v = ls["validation"]
+        lines.append(f"  validation at step {v['step']}: PSNR-Y {v['val_psnr_y']:.2f} dB, SSIM-Y {v['val_ssim_y']:.4f}")
+    return lines
+
+
+def profile_table(a):
+    prof = a["torch_profile"]
+    table = Table(title=f"torch.profiler: top ops by self {prof['clock'].upper()} time")
+    for col in ("op", "self ms", "calls", "share"):
+        table.add_column(col, justify="left" if col == "op" else "right")
+    for row in prof["top"][:10]:
+        table.add_row(row["name"][:60], f"{row['self_ms']:.2f}", str(row["calls"]), f"{row['share']:.1%}")
+    return table
+
+
+def render(console, a):
+    console.print(header(a))
+    console.print(throughput_line(a))
+    console.print(phase_table(a))
+    console.print(gpu_lines(a))
+    console.print(verdict_panel(a))
+    if a["ranks"]:
+        console.print(rank_table(a))
+    if a["torch_profile"]:
+        console.print(profile_table(a))
+    if a["captures"]:
+        console.print(f"captures in the run folder: {', '.join(a['captures'])}")
+    for line in explosion_lines(a) + loss_lines(a):
+        console.print(line)
+
+
+def compare(console, a, b):
+    """Two runs side by side; ratio = second / first."""
+    table = Table(title=f"{a['run']} vs {b['run']}")
+    for col in ("", a["run"], b["run"], "ratio"):
+        table.add_column(col, justify="right")
+    rows = [("it/s", a["throughput"]["it_per_s"], b["throughput"]["it_per_s"]), ("images/s", a["throughput"]["images_per_s"], b["throughput"]["images_per_s"]),
+            ("step ms", a["phases"]["step_ms"], b["phases"]["step_ms"])]
+    rows += [(f"{p} ms", a["phases"]["phases"][p]["mean_ms"], b["phases"]["phases"][p]["mean_ms"]) for p in PHASES]
+    if a["gpu"]["kind"] == b["gpu"]["kind"] == "gpu":
+        rows.append(("GPU util %", a["gpu"]["util_mean"], b["gpu"]["util_mean"]))
+    if a["losses"] and b["losses"]:
+        rows.append(("last loss", a["losses"]["loss"]["last"], b["losses"]["loss"]["last"]))
+    for name, x, y in rows:
+        table.add_row(name, f"{x:.3f}", f"{y:.3f}", f"{y / x:.2f}x" if x else "-")
+    console.print(table)
+    console.print(f"bottleneck: {a['run']}: {a['verdict']['label']}; {b['run']}: {b['verdict']['label']}")
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m profiling.report", description=__doc__)
+    parser.add_argument("run", help="a run folder, or a name under runs/")
+    parser.add_argument("--compare", metavar="RUN", help="a second run to set beside the first, with ratios")
+    parser.add_argument("--plot", action="store_true", help="write PNG figures into the run folder")
+    parser.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    a = analyse(find(args.run))
+    b = analyse(find(args.compare)) if args.compare else None
+    if args.json:
+        print(json.dumps({"run": a, "compare": b} if b else a, indent=1, default=str))
+        return
+    console = Console()
+    render(console, a)
+    if b:
+        compare(console, a, b)
+    if args.plot:
+        from profiling.plots import write_plots
+
+        for path in write_plots(find(args.run)):
+            console.print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

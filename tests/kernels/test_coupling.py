@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from engine.irn import coupling_scale
+from kernels.coupling import coupling, coupling_forward, coupling_inverse
+from tests.kernels.conftest import CUDA, DEVICE, DTYPES, assert_close
+
+# (batch, block channels, H, W); the kernel sees the block's x2 part: channels - 3
+SHAPES = [(1, 12, 2, 2), (2, 48, 6, 10), (3, 12, 18, 34), (1, 12, 72, 72)]
+if CUDA:
+    SHAPES = [(b, c, h, w) for b in (1, 2, 3) for c in (12, 48, 192) for h, w in ((2, 2), (6, 10), (18, 34), (72, 72))]
+
+
+def reference(x2, h, g, clamp, rev):
+    s = coupling_scale(h, clamp)
+    return (x2 - g) * torch.exp(-s) if rev else x2 * torch.exp(s) + g
+
+
+def inputs(shape, dtype):
+    b, c, h, w = shape
+    full = torch.randn(b, c, h, w, device=DEVICE).to(dtype)
+    return full, torch.randn(b, c - 3, h, w, device=DEVICE).to(dtype), torch.randn(b, c - 3, h, w, device=DEVICE).to(dtype)
+
+
+@pytest.mark.parametrize("rev", [False, True], ids=["forward", "inverse"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_outputs_and_gradients_match_the_reference(shape, dtype, rev):
+    full, h, g = inputs(shape, dtype)
+    fast = [full.clone().requires_grad_(), h.clone().requires_grad_(), g.clone().requires_grad_()]
+    ref = [t.float().clone().requires_grad_() for t in (full, h, g)]
+    out = coupling(fast[0][:, 3:], fast[1], fast[2], 1.0, rev)  # x2 read in place from the block's input
+    expected = reference(ref[0][:, 3:], ref[1], ref[2], 1.0, rev)
+    assert out.dtype == dtype
+    assert_close(out, expected, dtype)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    out.backward(grad.to(dtype))
+    for a, b in zip(fast, ref):
+        assert_close(a.grad, b.grad, dtype)
+
+
+@pytest.mark.parametrize("clamp", [1.0, 0.5])
+def test_inverse_undoes_forward(clamp):
+    _, h, g = inputs((2, 48, 6, 10), torch.float32)
+    x2 = torch.randn_like(h)
+    torch.testing.assert_close(coupling(coupling(x2, h, g, clamp), h, g, clamp, rev=True), x2, rtol=1e-5, atol=1e-5)
+
+
+def test_layouts_channels_last_and_mixed():
+    _, h, g = inputs((2, 12, 6, 10), torch.float32)
+    x2 = torch.randn_like(h)
+    expected = reference(x2, h, g, 1.0, False)
+    cl = [t.to(memory_format=torch.channels_last) for t in (x2, h, g)]
+    out = coupling(*cl, 1.0)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(coupling(cl[0], h, g, 1.0), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", [coupling_forward, coupling_inverse])
+def test_custom_ops_are_registered_correctly(op):
+    full, h, g = inputs((2, 12, 4, 6), torch.float32)
+    args = [full[:, 3:].clone().requires_grad_(), h.requires_grad_(), g.requires_grad_()]
+    torch.library.opcheck(op, (*args, 1.0))
+    torch.library.opcheck(op, (*[a.detach().to(memory_format=torch.channels_last).requires_grad_() for a in args], 1.0))

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from engine.irn import Haar
+from kernels.haar import haar, haar_forward, haar_inverse
+from tests.kernels.conftest import CUDA, DEVICE, DTYPES, assert_close
+
+# (batch, channels, H, W): the interpreter on a CPU is slow, so CPU runs a spread, CUDA the full grid.
+SHAPES = [(1, 12, 2, 2), (2, 48, 6, 10), (3, 12, 18, 34), (1, 12, 72, 72)]
+if CUDA:
+    SHAPES = [(b, c, h, w) for b in (1, 2, 3) for c in (12, 48, 192) for h, w in ((2, 2), (6, 10), (18, 34), (72, 72))]
+
+
+def reference(x, rev=False):
+    return Haar([tuple(x.shape[1:]) if not rev else (x.shape[1] // 4, 2 * x.shape[2], 2 * x.shape[3])])([x], rev=rev)[0][0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_and_gradient_match_freia(shape, dtype):
+    x = torch.randn(shape, device=DEVICE).to(dtype)
+    x_ref, x_fast = x.float().clone().requires_grad_(), x.clone().requires_grad_()
+    ref, out = reference(x_ref), haar(x_fast)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert_close(out, ref, dtype)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    out.backward(grad.to(dtype))
+    assert_close(x_fast.grad, x_ref.grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_inverse_and_gradient_match_freia_and_undo_forward(shape, dtype):
+    b, c, h, w = shape
+    y = torch.randn(b, 4 * c, h // 2 or 1, w // 2 or 1, device=DEVICE).to(dtype)
+    y_ref, y_fast = y.float().clone().requires_grad_(), y.clone().requires_grad_()
+    ref, out = reference(y_ref, rev=True), haar(y_fast, rev=True)
+    assert_close(out, ref, dtype)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    out.backward(grad.to(dtype))
+    assert_close(y_fast.grad, y_ref.grad, dtype)
+    x = torch.randn(shape, device=DEVICE)
+    torch.testing.assert_close(haar(haar(x), rev=True), x, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_in_channels_last_out():
+    x = torch.randn(2, 12, 6, 10, device=DEVICE).to(memory_format=torch.channels_last)
+    out = haar(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, reference(x.contiguous()), rtol=1e-5, atol=1e-6)
+    back = haar(out, rev=True)
+    assert back.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(back, x, rtol=1e-5, atol=1e-6)
+
+
+def test_odd_sizes_are_refused():
+    with pytest.raises(ValueError, match="even H and W"):
+        haar(torch.randn(1, 3, 5, 4, device=DEVICE))
+
+
+@pytest.mark.parametrize("op, shape", [(haar_forward, (2, 3, 4, 6)), (haar_inverse, (2, 12, 2, 3))])
+def test_custom_ops_are_registered_correctly(op, shape):
+    x = torch.randn(shape, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(op, (x, 0.25))
+    torch.library.opcheck(op, (x.detach().to(memory_format=torch.channels_last).requires_grad_(), 1.0))

@@ -1,0 +1,83 @@
+"""The whole network: fast path (Triton ops) and compiled path against the FrEIA reference graph."""
+import copy
+
+import pytest
+import torch
+
+import engine
+from engine.losses import irn_losses, network_passes
+from kernels.ops import fast_kernels_unavailable, use_fast_kernels
+from tests.kernels.conftest import DEVICE
+from tests.official_irn import randomize
+
+CFG = {"lambda_fit": 16.0, "lambda_ce": 1.0, "lambda_rec": 1.0}
+
+
+def loss_and_grads(model, hr, noise):
+    model.zero_grad()
+    y, z, back = network_passes(model, hr, noise)
+    loss = sum(irn_losses(y, z, back, hr, torch.nn.functional.avg_pool2d(hr, model.scale), CFG).values())
+    loss.backward()
+    return (y, z, back), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+def assert_grads_close(actual, expected, tol):
+    """Each gradient to `tol` of its largest entry: fp32 sums run in another order, and the Charbonnier
+    loss turns 1e-6 output differences near zero error into much larger relative gradient differences."""
+    for a, b in zip(actual, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=tol * b.abs().max().item())
+
+
+def pair(scale, blocks=2):
+    reference = randomize(engine.build(scale, blocks_per_stage=blocks, growth=8), std=0.05, seed=scale).to(DEVICE)
+    return reference, use_fast_kernels(copy.deepcopy(reference))
+
+
+def inputs(scale):
+    g = torch.Generator().manual_seed(1)
+    hr = torch.rand(2, 3, 4 * scale, 6 * scale, generator=g).to(DEVICE)
+    noise = torch.randn(2, 3 * scale**2 - 3, 4, 6, generator=g).to(DEVICE)
+    return hr, noise
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_fast_path_equals_the_freia_graph_both_ways_with_gradients(scale):
+    reference, fast = pair(scale)
+    hr, noise = inputs(scale)
+    (outs_ref, grads_ref), (outs_fast, grads_fast) = loss_and_grads(reference, hr, noise), loss_and_grads(fast, hr, noise)
+    for a, b in zip(outs_fast, outs_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_grads_close(grads_fast, grads_ref, 1e-4)
+
+
+def test_one_set_of_weights_serves_both_paths():
+    reference, fast = pair(2, blocks=1)
+    assert list(fast.state_dict()) == list(reference.state_dict())
+    back = use_fast_kernels(copy.deepcopy(fast), enabled=False)
+    hr, _ = inputs(2)
+    with torch.no_grad():
+        torch.testing.assert_close(back(hr), reference(hr), rtol=0, atol=0)
+
+
+def test_fast_kernels_say_why_they_cannot_run_on_a_cpu():
+    assert "need a CUDA GPU" in fast_kernels_unavailable("cpu")
+
+
+@pytest.mark.parametrize(
+    "fast, backend",
+    # Inductor's CPU compile of both directions and their backward takes about a minute: it runs
+    # once, on the reference ops; the fused ops are traced with aot_eager, which checks their fake
+    # kernels and autograd registrations with no graph break, at a fraction of the time.
+    [(False, "inductor"), (True, "aot_eager")] if not torch.cuda.is_available() else [(False, "inductor"), (True, "inductor")],
+    ids=["compile", "fast+compile"],
+)
+def test_compiled_model_gives_the_eager_results(fast, backend):
+    """torch.compile against eager: outputs to 1e-4 relative, gradients to 1e-4 of their largest entry."""
+    reference, fast_model = pair(2, blocks=1)
+    eager = fast_model if fast else reference
+    compiled = torch.compile(copy.deepcopy(eager), fullgraph=True, backend=backend)  # fullgraph: a graph break fails
+    hr, noise = inputs(2)
+    (outs_e, grads_e), (outs_c, grads_c) = loss_and_grads(eager, hr, noise), loss_and_grads(compiled, hr, noise)
+    for a, b in zip(outs_c, outs_e):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_grads_close(grads_c, grads_e, 1e-4)
