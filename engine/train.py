@@ -102,7 +102,7 @@ def resume_command(folder):
 def capture_windows(cfg, folder, device):
     windows = []
     if window := config.parse_window(cfg["py_spy"], "py-spy"):
-        windows.append((PySpyCapture(folder, console.print), window))
+        windows.append((PySpyCapture(folder, console.print, cfg["py_spy_native"]), window))
     if window := config.parse_window(cfg["torch_profile"], "torch-profile"):
         windows.append((TorchProfileCapture(folder, device, console.print), window))
     return windows

@@ -95,7 +95,7 @@ def verdict(phases, gpu, device_type):
         return (
             "overhead-bound",
             f"logging, validation and checkpoints took {share['other']:.0%} of each step",
-            "raise --val-every, --checkpoint-every and --log-every, or validate on fewer images (--val-max-images)",
+            "raise --val-every and --checkpoint-every, or validate on fewer images (--val-max-images)",
         )
     if device_type == "cuda" and gpu.get("kind") == "gpu" and gpu["util_mean"] < 80:
         return (

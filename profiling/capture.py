@@ -6,12 +6,15 @@ before its STOP step (so START:STOP records STOP - START steps).
 import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from profiling.flamegraph import convert
 
 PTRACE_FIX = (
     "py-spy could not attach to the trainer (ptrace not permitted): run as root, or allow it with "
@@ -35,44 +38,49 @@ def py_spy_executable():
 
 
 class PySpyCapture:
-    """Two py-spy recorders attached to this process: speedscope JSON and a flame-graph SVG."""
+    """One py-spy recorder attached to this process; its raw stacks become speedscope JSON and an SVG."""
 
     name = "py-spy"
+    RATE_HZ = 100
 
-    def __init__(self, folder, log):
-        self.folder, self.log, self.procs = Path(folder), log, []
+    def __init__(self, folder, log, native=True):
+        self.folder, self.log, self.proc, self.native = Path(folder), log, None, native
+        self.raw = self.folder / "pyspy.collapsed.txt"
 
     def start(self):
         allow_tracing_by_children()
-        outputs = {"speedscope": self.folder / "pyspy.speedscope.json", "flamegraph": self.folder / "pyspy.svg"}
-        native = ["--native"] if self._native_works() else []
-        for fmt, path in outputs.items():
-            cmd = [py_spy_executable(), "record", "--pid", str(os.getpid()), "--format", fmt, "-o", str(path), "--rate", "200", *native]
-            self.procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        native = ["--native"] if self.native and self._native_works() else []
+        cmd = [py_spy_executable(), "record", "--pid", str(os.getpid()), "--format", "raw", "-o", str(self.raw),
+               "--rate", str(self.RATE_HZ), *native]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(0.5)  # py-spy needs a moment to attach; a failure to attach shows up here
-        failed = [p for p in self.procs if p.poll() is not None]
-        if failed:
-            err = failed[0].stderr.read().decode(errors="replace")
-            self.log(PTRACE_FIX if "ermission" in err or "ptrace" in err.lower() else f"py-spy failed: {err.strip().splitlines()[-1] if err.strip() else 'no output'}")
-            self.stop()
+        if self.proc.poll() is not None:
+            err = self.proc.stderr.read().decode(errors="replace").strip()
+            self.log(PTRACE_FIX if "ermission" in err or "ptrace" in err.lower() else f"py-spy failed: {err.splitlines()[-1] if err else 'no output'}")
+            self.proc = None
             return False
         return True
 
     def _native_works(self):
-        """--native needs libunwind support in py-spy for this platform; test it on a dump."""
-        probe = subprocess.run([py_spy_executable(), "dump", "--pid", str(os.getpid()), "--native"], capture_output=True, timeout=30)
+        """--native needs py-spy's unwinder for this platform: try it on one dump."""
+        try:
+            probe = subprocess.run([py_spy_executable(), "dump", "--pid", str(os.getpid()), "--native"], capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
         return probe.returncode == 0
 
     def stop(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(2)  # SIGINT: py-spy writes its output and exits
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self.procs = []
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.proc = None
+        if self.raw.is_file():
+            samples = convert(self.raw, self.folder / "pyspy.speedscope.json", self.folder / "pyspy.svg", self.RATE_HZ)
+            self.log(f"py-spy: {samples} samples -> pyspy.speedscope.json (open in speedscope.app), pyspy.svg")
 
 
 class TorchProfileCapture:

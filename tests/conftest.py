@@ -1,7 +1,38 @@
 import os
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 # Triton kernels run in its interpreter on machines without CUDA; it must be set before triton is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# A tiny network and recipe so that a training run takes a second or two on a CPU.
+
+TINY = ["--scale", "2", "--blocks-per-stage", "1", "--growth", "4", "--crop", "16", "--batch-size", "2",
+        "--workers", "0", "--val-every", "1000", "--lr-milestones", "1000"]
+
+
+def smooth_image(rng, h, w):
+    """A natural-ish image: smooth colour gradients plus a little noise."""
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([np.sin(3 * x + rng.uniform(0, 6)), np.cos(2 * y + rng.uniform(0, 6)), np.sin(2 * (x + y))], -1)
+    img = 0.5 + 0.4 * base + 0.03 * rng.standard_normal((h, w, 3))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "hr"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(smooth_image(rng, 40 + 8 * i, 48)).save(folder / ("sub" if i else ".") / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -15,7 +15,7 @@ from engine.guard import ExplosionGuard, TooManyBadSteps
 from engine.rundir import read_jsonl
 from engine.trainer import Trainer
 from profiling.timer import PhaseTimer
-from tests.engine.conftest import TINY
+from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 

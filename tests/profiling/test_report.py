@@ -1,0 +1,101 @@
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import data, train
+from profiling import report
+from profiling.analysis import analyse
+from tests.conftest import TINY
+
+
+def tiny_run(image_folder, name, *args):
+    train.main([*TINY, "--data", str(image_folder), "--name", name, *args])
+    return Path("runs") / name
+
+
+@pytest.fixture
+def two_runs(image_folder, in_tmp):
+    return tiny_run(image_folder, "a", "--steps", "14"), tiny_run(image_folder, "b", "--steps", "14", "--growth", "8")
+
+
+def test_report_renders_a_real_run(two_runs, capsys):
+    report.main([str(two_runs[0])])
+    out = capsys.readouterr().out
+    for text in ("run runs/a", "throughput", "phases per step", "backward", "bottleneck", "compute-bound", "losses", "commit"):
+        assert text in out
+    assert "data-bound" not in out
+
+
+def test_slow_loader_makes_the_verdict_data_bound(image_folder, in_tmp, monkeypatch):
+    real = data.CropDataset.__getitem__
+
+    def slow(self, index):
+        time.sleep(0.15)  # far longer than a tiny step
+        return real(self, index)
+
+    monkeypatch.setattr(data.CropDataset, "__getitem__", slow)
+    verdict = analyse(tiny_run(image_folder, "slow", "--steps", "14"))["verdict"]
+    assert verdict["label"] == "data-bound" and "waited for data" in verdict["evidence"]
+
+
+def test_fast_loader_is_not_data_bound(two_runs):
+    assert analyse(two_runs[0])["verdict"]["label"] != "data-bound"
+
+
+def test_compare_two_runs_side_by_side(two_runs, capsys):
+    report.main([str(two_runs[0]), "--compare", "b"])
+    out = capsys.readouterr().out
+    assert "runs/a vs runs/b" in out and "ratio" in out and "x" in out.split("it/s")[-1]
+
+
+def test_json_for_scripts(two_runs, capsys):
+    report.main(["a", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["progress"]["last_step"] == 14 and result["phases"]["phases"]["forward"]["mean_ms"] > 0
+
+
+def test_crashed_run_with_truncated_files_still_reports(two_runs, capsys):
+    crashed = Path("runs/crashed")
+    shutil.copytree(two_runs[0], crashed)
+    for name in ("metrics.jsonl", "phases.jsonl", "gpu.jsonl"):
+        text = (crashed / name).read_text()
+        (crashed / name).write_text(text[: len(text) * 2 // 3])  # cut mid-line, as a killed process leaves it
+    shutil.rmtree(crashed / "checkpoints")
+    complete = (crashed / "metrics.jsonl").read_text().count("\n")
+    report.main(["crashed"])
+    assert "phases per step" in capsys.readouterr().out
+    progress = analyse(crashed)["progress"]
+    assert progress["last_step"] == complete < 14 and not progress["finished"]
+
+
+def test_plots_are_written(two_runs):
+    report.main(["a", "--plot"])
+    for name in ("phases.png", "utilisation.png", "losses.png"):
+        path = two_runs[0] / "plots" / name
+        assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_run_lists_the_runs_that_exist(two_runs, capsys):
+    with pytest.raises(SystemExit):
+        report.main(["run_42"])
+    err = capsys.readouterr().err
+    assert "no run folder 'run_42'" in err and "a, b" in err and err.count("\n") == 1
+
+
+def test_py_spy_and_torch_profiler_captures(image_folder, in_tmp, capsys):
+    folder = tiny_run(image_folder, "cap", "--steps", "12", "--py-spy", "2:5", "--torch-profile", "6:8")
+    err = capsys.readouterr().err
+    if "ptrace not permitted" in err:
+        pytest.skip("this machine forbids ptrace; the one-line fix was printed")
+    speedscope = json.loads((folder / "pyspy.speedscope.json").read_text())
+    assert speedscope["profiles"] and any(p.get("samples") for p in speedscope["profiles"])
+    assert (folder / "pyspy.svg").read_text().startswith("<?xml")
+    trace = json.loads((folder / "torch_trace.json").read_text())
+    assert trace["traceEvents"]
+    top = json.loads((folder / "torch_profile.json").read_text())["top"]
+    assert top and any("conv" in row["name"] for row in top)
+    report.main(["cap"])
+    assert "torch.profiler: top ops" in capsys.readouterr().out
