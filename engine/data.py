@@ -1,7 +1,8 @@
 """Training data: HR images decoded once into memory as uint8, random augmented crops, GPU-side bicubic LR.
 
-Every sample is a pure function of (seed, rank, sample index), so the data order survives workers,
-resumption and a change in the number of ranks without storing any loader state.
+Sample g of a run (g counts over the global batch: step * batch + position) is a pure function of
+(seed, g): its image, crop box, flip/rotation and the z noise of its backward pass. So the data a run
+sees does not depend on workers, on resumption, or on how many ranks share the batch.
 """
 import warnings
 from dataclasses import dataclass
@@ -97,24 +98,25 @@ def describe_skipped(skipped):
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Sample i: a random image, a random crop box, a random flip/rotation, drawn from rng(seed, rank, i)."""
+    """Sample g: a random image, crop box, flip/rotation and z noise, all drawn from rng(seed, g)."""
 
-    def __init__(self, images, crop, seed, rank=0):
-        self.images, self.crop, self.seed, self.rank = images, crop, seed, rank
+    def __init__(self, images, crop, seed, scale):
+        self.images, self.crop, self.seed = images, crop, seed
+        self.z_shape = (3 * (scale**2 - 1), crop // scale, crop // scale)
 
     def __len__(self):
         return 2**62  # indexed by the global sample number; the sampler decides where to start
 
     def __getitem__(self, index):
-        rng = np.random.default_rng([self.seed, self.rank, index])
+        rng = np.random.default_rng([self.seed, index])
         image = int(rng.integers(len(self.images)))
         h, w, _ = self.images[image].shape
         top, left = int(rng.integers(h - self.crop + 1)), int(rng.integers(w - self.crop + 1))
         aug = int(rng.integers(8))  # bit 0: h-flip, bit 1: v-flip, bit 2: transpose (with flips: the 8 rotations)
-        patch = self.images[image][top : top + self.crop, left : left + self.crop]
-        patch = augment(patch, aug)
+        patch = augment(self.images[image][top : top + self.crop, left : left + self.crop], aug)
         return {
             "hr": torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))),
+            "noise": torch.from_numpy(rng.standard_normal(self.z_shape, dtype=np.float32)),
             "image": image,
             "box": torch.tensor([top, left, self.crop, self.crop]),
             "aug": aug,
@@ -131,30 +133,31 @@ def augment(patch, code):
     return patch
 
 
-class FromSample(torch.utils.data.Sampler):
-    """Sample indices start, start+1, ... forever: resuming at step s starts at s * batch."""
+class RankSamples(torch.utils.data.Sampler):
+    """This rank's share of every global batch from `start_step` on, forever."""
 
-    def __init__(self, start):
-        self.start = start
+    def __init__(self, start_step, global_batch, rank, per_rank):
+        self.start_step, self.global_batch, self.rank, self.per_rank = start_step, global_batch, rank, per_rank
 
     def __iter__(self):
-        i = self.start
+        step = self.start_step
         while True:
-            yield i
-            i += 1
+            first = step * self.global_batch + self.rank * self.per_rank
+            yield from range(first, first + self.per_rank)
+            step += 1
 
 
-def loader(images, cfg, batch_size, start_sample, rank=0, pin_memory=False):
-    dataset = CropDataset(images, cfg["crop"], cfg["seed"], rank)
+def loader(images, cfg, start_step, rank=0, world=1, pin_memory=False):
+    per_rank = cfg["batch_size"] // world
     return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=FromSample(start_sample),
+        CropDataset(images, cfg["crop"], cfg["seed"], cfg["scale"]),
+        batch_size=per_rank,
+        sampler=RankSamples(start_step, cfg["batch_size"], rank, per_rank),
         num_workers=cfg["workers"],
         pin_memory=pin_memory,
         persistent_workers=cfg["workers"] > 0,
         prefetch_factor=4 if cfg["workers"] > 0 else None,
-        generator=torch.Generator().manual_seed(cfg["seed"]),  # keeps the loader off the global RNG the noise draws from
+        generator=torch.Generator().manual_seed(cfg["seed"]),  # keeps the loader off the global RNG
     )
 
 

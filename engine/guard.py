@@ -17,8 +17,8 @@ class TooManyBadSteps(UserError):
 class ExplosionGuard:
     """Per step: 'ok', 'spike' (recorded, applied) or 'skip' (non-finite: recorded, not applied)."""
 
-    def __init__(self, folder, factor, window, max_bad, image_names):
-        self.folder = Path(folder) / "explosions"
+    def __init__(self, folder, factor, window, max_bad, image_names, write=True):
+        self.folder, self.write = Path(folder) / "explosions", write
         self.factor, self.max_bad, self.image_names = factor, max_bad, image_names
         self.history = {"loss": deque(maxlen=window), "grad_norm": deque(maxlen=window)}
         self.bad_in_row = 0
@@ -45,6 +45,8 @@ class ExplosionGuard:
         return "ok"
 
     def _record(self, step, kind, losses, grad_norm, batch):
+        if not self.write:  # other ranks take the same decisions; rank 0 keeps the record
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.log is None:
             self.log = JsonLines(self.folder.parent / "explosions.jsonl")

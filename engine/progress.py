@@ -8,7 +8,7 @@ from engine.rundir import read_jsonl
 class TrainingProgress:
     """Step/total, it/s, ETA, loss and lr."""
 
-    def __init__(self, total, start):
+    def __init__(self, total, start, enabled=True):
         self.progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -18,7 +18,7 @@ class TrainingProgress:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}"),
-            transient=False,
+            disable=not enabled,
         )
         self.task = self.progress.add_task("train", total=total, completed=start, loss="-", lr="-", rate="- it/s")
 

@@ -7,11 +7,12 @@ import signal
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import torch
 from rich.console import Console
 
-from engine import checkpoint, config, data, rundir
+from engine import checkpoint, config, data, distributed, rundir
 from engine.errors import UserError, cli
 from engine.evaluate import evaluate_images, mean_rows
 from engine.guard import ExplosionGuard, TooManyBadSteps
@@ -91,8 +92,13 @@ def validate(trainer, val, step, folder, cfg):
 
 
 def save_checkpoint(trainer, folder, step):
-    (folder / "checkpoints").mkdir(exist_ok=True)
-    checkpoint.save(folder / "checkpoints" / checkpoint.LATEST, **trainer.state(step))
+    """Every rank checks that the weights agree (a collective); rank 0 alone writes."""
+    agree = distributed.weights_agree(trainer.model, trainer.ranks)
+    if not agree:
+        console.print(f"[red]warning: the ranks' weights differ at step {step}; the checkpoint holds rank 0's")
+    if trainer.ranks.main:
+        (folder / "checkpoints").mkdir(exist_ok=True)
+        checkpoint.save(folder / "checkpoints" / checkpoint.LATEST, **trainer.state(step), world_size=trainer.ranks.world, ranks_agree=agree)
 
 
 def resume_command(folder):
@@ -118,21 +124,24 @@ def log_step(record, out, batch_size):
 def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
     """The loop: data, step, log; checkpoint on schedule, on signals, on the time limit and at the end.
 
-    Returns (next step, why it stopped early or None, seconds).
+    Every rank runs it; rank 0 alone writes metrics, samples and checkpoints, each rank its own phase
+    timings and GPU samples. Returns (next step, why it stopped early or None, seconds).
     """
-    device, t0 = trainer.device, time.monotonic()
-    guard = ExplosionGuard(folder, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], train_set.names)
-    batches = iter(data.loader(train_set.images, cfg, cfg["batch_size"], start * cfg["batch_size"], pin_memory=device.type == "cuda"))
+    device, ranks, t0 = trainer.device, trainer.ranks, time.monotonic()
+    guard = ExplosionGuard(folder, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], train_set.names, write=ranks.main)
+    batches = iter(data.loader(train_set.images, cfg, start, ranks.rank, ranks.world, pin_memory=device.type == "cuda"))
     step, stopped, last = start, None, time.perf_counter()
     with ExitStack() as stack:
-        metrics, phases, gpu = (stack.enter_context(rundir.JsonLines(folder / f)) for f in ("metrics.jsonl", "phases.jsonl", "gpu.jsonl"))
+        phases, gpu = (stack.enter_context(rundir.JsonLines(folder / f"{f}{ranks.suffix()}.jsonl")) for f in ("phases", "gpu"))
+        metrics = stack.enter_context(rundir.JsonLines(folder / "metrics.jsonl")) if ranks.main else None
         timer = PhaseTimer(device, sink=phases)
         stack.callback(timer.flush)
-        stack.enter_context(Sampler(gpu, cfg["gpu_sample_ms"], log=console.print))
+        devices = [ranks.local_rank] if ranks.active and device.type == "cuda" else None
+        stack.enter_context(Sampler(gpu, cfg["gpu_sample_ms"], log=console.print if ranks.main else print_nothing, devices=devices))
         stop = stack.enter_context(StopRequest())
-        captures = Captures(capture_windows(cfg, folder, device), console.print)
+        captures = Captures(capture_windows(cfg, folder, device) if ranks.main else [], console.print)
         stack.callback(captures.close)
-        bar = stack.enter_context(TrainingProgress(cfg["steps"], start))
+        bar = stack.enter_context(TrainingProgress(cfg["steps"], start, enabled=ranks.main))
         while step < cfg["steps"] and not stopped:
             captures.at_step(step)
             with timer.phase("data"):
@@ -143,18 +152,33 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
                 now = time.perf_counter()
                 record = log_step({"step": step - 1, "lr": trainer.optimizer.param_groups[0]["lr"], "step_s": round(now - last, 5)}, out, cfg["batch_size"])
                 last = now
-                if step % cfg["val_every"] == 0 or step == cfg["steps"]:
-                    record.update(validate(trainer, val_set, step, folder, cfg))
-                metrics.write(record)
-                bar.update(step, record)
+                if ranks.main:
+                    if step % cfg["val_every"] == 0 or step == cfg["steps"]:
+                        record.update(validate(trainer, val_set, step, folder, cfg))
+                    metrics.write(record)
+                    bar.update(step, record)
                 if step % cfg["checkpoint_every"] == 0:
                     save_checkpoint(trainer, folder, step)
+                out_of_time = time_limit and time.monotonic() - t0 + 3 * record["step_s"] + 10 > time_limit
+                if distributed.any_rank(stop.reason or out_of_time, ranks, device):  # every rank stops at the same step
+                    stopped = stop.reason or ("time limit" if out_of_time else "another rank")
             timer.end_step(step - 1)
-            if time_limit and time.monotonic() - t0 + 3 * record["step_s"] + 10 > time_limit:
-                stopped = "time limit"
-            stopped = stop.reason or stopped
     save_checkpoint(trainer, folder, step)
     return step, stopped, time.monotonic() - t0
+
+
+def print_nothing(*args):
+    pass
+
+
+def open_run(cfg, flags, ranks):
+    """(folder, checkpoint state or None): rank 0 creates or finds the run folder, every rank learns it."""
+    folder = None
+    if ranks.main:
+        folder = rundir.find(flags.resume) if flags.resume else rundir.create(cfg, flags.name)
+        rundir.write_json(folder / "config.json", cfg)
+    folder = Path(distributed.broadcast(str(folder) if folder else None, ranks))
+    return folder, (checkpoint.load(folder) if flags.resume else None)
 
 
 @cli
@@ -168,30 +192,40 @@ def main(argv=None):
     time_limit = config.parse_duration(cfg["time_limit"])
     for key in config.WINDOWS:  # fail on a bad window before any work
         config.parse_window(cfg[key], key.replace("_", "-"))
+    ranks = distributed.init()
+    try:
+        run(cfg, flags, ranks, time_limit)
+    finally:
+        distributed.shutdown(ranks)
+
+
+def run(cfg, flags, ranks, time_limit):
     device = pick_device(cfg)
+    distributed.per_rank_batch(cfg["batch_size"], ranks)
     train_set, val_set = training_data(cfg)
-    checkpoint.seed_all(cfg["seed"])
-    trainer = Trainer(cfg, device)
-    if cfg["fast_kernels"]:
+    checkpoint.seed_all(cfg["seed"] + ranks.rank)  # DDP copies rank 0's initial weights to every rank
+    trainer = Trainer(cfg, device, ranks)
+    if cfg["fast_kernels"] and ranks.main:
         console.print(f"--fast-kernels: {trainer.kernel_note or 'Haar and coupling run as fused Triton kernels'}")
-    if flags.resume:
-        folder = rundir.find(flags.resume)
-        state = checkpoint.load(folder)
+    folder, state = open_run(cfg, flags, ranks)
+    start = 0
+    if state is not None:
         trainer.load_state(state)
         start = state["step"]
-        rundir.write_json(folder / "config.json", cfg)
-    else:
-        folder, start = rundir.create(cfg, flags.name), 0
-    with rundir.JsonLines(folder / "env.jsonl") as env:
-        env.write(rundir.environment(device, {"start_step": start, "time": time.time()}))
-    console.print(f"run folder: [bold]{folder}[/]  (report: python -m profiling.report {folder})")
+    env = rundir.environment(device, {"rank": ranks.rank, "seed": cfg["seed"] + ranks.rank, "start_step": start, "time": time.time()})
+    envs = distributed.gather(env, ranks)
+    if ranks.main:
+        with rundir.JsonLines(folder / "env.jsonl") as out:
+            out.write({**envs[0], "world_size": ranks.world, "ranks": envs})
+        console.print(f"run folder: [bold]{folder}[/]  (report: python -m profiling.report {folder})")
     try:
         step, stopped, seconds = train(trainer, cfg, folder, start, train_set, val_set, time_limit)
     except TooManyBadSteps as err:
         raise UserError(str(err)) from None
-    summary(console, folder, cfg, start, step, seconds, stopped)
-    if stopped:
-        console.print(f"stopped by {stopped} at step {step}; checkpoint saved. Resume with: [bold]{resume_command(folder)}")
+    if ranks.main:
+        summary(console, folder, cfg, start, step, seconds, stopped)
+        if stopped:
+            console.print(f"stopped by {stopped} at step {step}; checkpoint saved. Resume with: [bold]{resume_command(folder)}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import math
 import torch
 
 import engine
-from engine import checkpoint, data
+from engine import checkpoint, data, distributed
 from engine.errors import UserError
 from engine.losses import irn_losses, network_passes
 from kernels import ops
@@ -13,8 +13,8 @@ from kernels import ops
 class Trainer:
     """The model, its optimiser and schedule, and one training step."""
 
-    def __init__(self, cfg, device):
-        self.cfg, self.device = cfg, device
+    def __init__(self, cfg, device, ranks=distributed.Ranks()):
+        self.cfg, self.device, self.ranks = cfg, device, ranks
         self.model = engine.build(cfg["scale"], blocks_per_stage=cfg["blocks_per_stage"], growth=cfg["growth"], clamp=cfg["clamp"]).to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(
@@ -27,7 +27,9 @@ class Trainer:
         self.kernel_note = ops.fast_kernels_unavailable(device) if cfg["fast_kernels"] else None
         if cfg["fast_kernels"] and self.kernel_note is None:
             ops.use_fast_kernels(self.model)
-        self.net = self.compiled(self.model) if cfg["compile"] != "off" else self.model
+        self.net, self.allreduce = distributed.wrap(self.model, ranks, device) if ranks.active else (self.model, None)
+        if cfg["compile"] != "off":
+            self.net = self.compiled(self.net)
 
     def compiled(self, model):
         modes = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -61,9 +63,8 @@ class Trainer:
         cfg, scale = self.cfg, self.cfg["scale"]
         with timer.phase("h2d"):
             hr = data.to_float(batch["hr"].to(self.device, non_blocking=True))
+            noise = batch["noise"].to(self.device, non_blocking=True)
             lr_ref = data.bicubic_down(hr, scale)
-            b, _, h, w = hr.shape
-            noise = torch.randn(b, self.model.z_channels(), h // scale, w // scale, device=self.device)
         with timer.phase("forward"), self.autocast():
             y, z, back = network_passes(self.net, hr, noise, cfg["z_scale"])
         with timer.phase("loss"), self.autocast():
@@ -76,12 +77,16 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.params, cfg["grad_clip"])
             # The one host sync per step: the explosion guard must see the values before the update.
-            *values, norm = torch.stack([*losses.values(), norm]).tolist()
+            # Losses are averaged over ranks (the grad norm already is) so every rank decides alike.
+            averaged = distributed.mean_over_ranks(torch.stack(list(losses.values())).detach(), self.ranks)
+            *values, norm = torch.cat([averaged, norm.reshape(1)]).tolist()
             losses = dict(zip(losses, values))
             overflow = self.scaler.is_enabled() and not math.isfinite(norm)  # fp16: the scaler skips and backs off
-            verdict = guard.check(step, losses, 0.0 if overflow else norm, {**batch, "noise": noise})
+            verdict = guard.check(step, losses, 0.0 if overflow else norm, batch)
             if verdict != "skip":  # a skipped step leaves weights, optimiser and schedule untouched
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
+        if self.allreduce is not None:
+            timer.note("allreduce", self.allreduce.take())
         return None if verdict == "skip" else {"losses": losses, "grad_norm": norm, "event": verdict}

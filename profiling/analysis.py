@@ -176,8 +176,8 @@ def rank_table(ranks):
         row = {"rank": rank, "step_ms": mean(r["wall_ms"] for r in records), "data_ms": mean(r.get("data", 0.0) for r in records),
                "backward_ms": mean(r.get("backward", 0.0) for r in records),
                "work_ms": mean(sum(r.get(k, 0.0) for k in ("data", "h2d", "forward", "loss")) for r in records)}
-        if any("allreduce" in r for r in records):
-            row["allreduce_ms"] = mean(r.get("allreduce", 0.0) for r in records)
+        if any("allreduce_ms" in r for r in records):
+            row["allreduce_ms"] = mean(r.get("allreduce_ms", 0.0) for r in records)
         rows.append(row)
     # Every rank waits for the slowest in the backward's all-reduce, so the step time is shared; a
     # straggler shows in the work before it: data, copy, forward and loss.

@@ -79,7 +79,8 @@ def _rss_mib():
 class Sampler:
     """`with Sampler(sink, interval_ms):` samples in a daemon thread until the block ends."""
 
-    def __init__(self, sink, interval_ms=100, nvml=None, log=print):
+    def __init__(self, sink, interval_ms=100, nvml=None, log=print, devices=None):
+        """`devices`: positions among the visible GPUs to sample (a rank's own), or None for all."""
         self.sink, self.interval = sink, interval_ms / 1000
         if nvml is None:
             nvml, reason = _nvml()
@@ -87,7 +88,9 @@ class Sampler:
             reason = None
         self.nvml = nvml
         if nvml is not None:
-            self.handles = [(i, nvml.nvmlDeviceGetHandleByIndex(i)) for i in visible_indices(nvml)]
+            indices = visible_indices(nvml)
+            indices = [indices[d] for d in devices] if devices is not None else indices
+            self.handles = [(i, nvml.nvmlDeviceGetHandleByIndex(i)) for i in indices]
             self.kind = "gpu"
         else:
             self.process = ProcessReader()

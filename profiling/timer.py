@@ -17,7 +17,7 @@ class PhaseTimer:
     def __init__(self, device, sink=None, enabled=True):
         self.cuda = torch.device(device).type == "cuda"
         self.sink, self.enabled = sink, enabled
-        self.spans, self.open, self.pending = [], [], None
+        self.spans, self.open, self.pending, self.notes = [], [], None, {}
         self.step_start = time.perf_counter()
 
     @contextmanager
@@ -37,13 +37,18 @@ class PhaseTimer:
             measure = (begin, _event()) if device else (time.perf_counter() - begin) * 1e3
             self.spans.append((name, parent, measure))
 
+    def note(self, name, ms):
+        """A figure that overlaps the phases (e.g. all-reduce during backward): recorded as NAME_ms, not summed."""
+        if self.enabled:
+            self.notes[f"{name}_ms"] = self.notes.get(f"{name}_ms", 0.0) + ms
+
     def end_step(self, step):
         """Close the step; returns the record completed now (the previous step's on CUDA), or None."""
         if not self.enabled:
             return None
         now = time.perf_counter()
-        closed = ({"step": step, "wall_ms": (now - self.step_start) * 1e3}, self.spans)
-        self.step_start, self.spans = now, []
+        closed = ({"step": step, "wall_ms": (now - self.step_start) * 1e3, **self.notes}, self.spans)
+        self.step_start, self.spans, self.notes = now, [], {}
         if not self.cuda:
             return self._emit(_resolve(*closed))
         done, self.pending = self.pending, closed
@@ -75,6 +80,6 @@ def _resolve(record, spans):
         record[name] = record.get(name, 0.0) + measure
         if parent is not None:
             record[parent] = record.get(parent, 0.0) - measure
-    named = sum(v for k, v in record.items() if k not in ("step", "wall_ms", "other"))
+    named = sum(v for k, v in record.items() if k not in ("step", "other") and not k.endswith("_ms"))
     record["other"] = max(record.get("other", 0.0), record["wall_ms"] - named)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}

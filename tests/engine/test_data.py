@@ -14,16 +14,26 @@ def test_embedded_images_are_natural_rgb_photographs():
     assert all(img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 for img in train.images + held_out.images)
 
 
-def test_crops_are_deterministic_per_index_and_augmented():
+def test_samples_are_deterministic_per_index_and_augmented():
     imgs = [np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)]
-    ds = data.CropDataset(imgs, 8, seed=1)
+    ds = data.CropDataset(imgs, 8, seed=1, scale=2)
     a, b = ds[5], ds[5]
     assert torch.equal(a["hr"], b["hr"]) and a["hr"].shape == (3, 8, 8) and a["hr"].dtype == torch.uint8
-    assert not torch.equal(ds[5]["hr"], data.CropDataset(imgs, 8, seed=1, rank=1)[5]["hr"])
+    assert torch.equal(a["noise"], b["noise"]) and a["noise"].shape == (9, 4, 4)
+    assert not torch.equal(ds[6]["noise"], a["noise"])
+    assert not torch.equal(data.CropDataset(imgs, 8, seed=2, scale=2)[5]["hr"], a["hr"])
     top, left, _, _ = a["box"].tolist()
     raw = imgs[0][top : top + 8, left : left + 8]
     assert np.array_equal(a["hr"].numpy().transpose(1, 2, 0), data.augment(raw, a["aug"]))
     assert len({ds[i]["aug"] for i in range(64)}) == 8
+
+
+def test_ranks_split_each_global_batch_and_together_see_one_process_s_samples():
+    one = data.RankSamples(start_step=3, global_batch=4, rank=0, per_rank=4)
+    two = [data.RankSamples(3, 4, rank, 2) for rank in (0, 1)]
+    take = lambda sampler, n: [i for i, _ in zip(iter(sampler), range(n))]
+    assert take(one, 8) == list(range(12, 20))
+    assert take(two[0], 4) == [12, 13, 16, 17] and take(two[1], 4) == [14, 15, 18, 19]
 
 
 def test_bicubic_reference_is_antialiased_and_sized():

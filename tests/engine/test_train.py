@@ -32,7 +32,7 @@ def tiny_trainer(image_folder, tmp_path, **overrides):
     cfg, _ = config.resolve([*TINY, "--data", str(image_folder)])
     cfg.update(overrides)
     images = data.read_folder(image_folder, cfg["crop"])
-    batch = next(iter(data.loader(images.images, cfg, cfg["batch_size"], 0)))
+    batch = next(iter(data.loader(images.images, cfg, 0)))
     guard = ExplosionGuard(tmp_path, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], images.names)
     return Trainer(cfg, torch.device("cpu")), batch, guard
 

@@ -1,0 +1,135 @@
+"""torch.distributed for the trainer: process group from torchrun's environment, DDP, and rank agreement.
+
+Under `torchrun --nproc_per_node N -m engine.train`, every rank runs the same loop on its share of the
+global batch; NCCL on GPUs, gloo on CPUs. Without torchrun everything here is a no-op for rank 0 of 1.
+"""
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from engine.errors import UserError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    @property
+    def active(self):
+        return self.world > 1
+
+    def suffix(self):
+        """File-name suffix of this rank's own records: '' for rank 0, '.rankN' otherwise."""
+        return "" if self.main else f".rank{self.rank}"
+
+
+def init():
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible; lower --nproc_per_node")
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Ranks(rank, world, local_rank)
+
+
+def shutdown(ranks):
+    if ranks.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def per_rank_batch(global_batch, ranks):
+    if global_batch % ranks.world:
+        raise UserError(f"--batch-size {global_batch} (the global batch) must be divisible by the {ranks.world} ranks")
+    return global_batch // ranks.world
+
+
+def broadcast(obj, ranks):
+    """Rank 0's `obj` on every rank (a run folder's path, say)."""
+    if not ranks.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj, ranks):
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not ranks.active:
+        return [obj]
+    out = [None] * ranks.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag, ranks, device):
+    """True on every rank if it is true on any: all ranks stop at the same step."""
+    if not ranks.active:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean_over_ranks(values, ranks):
+    """All-reduced mean of a tensor of per-rank values, so every rank takes the same decisions."""
+    if ranks.active:
+        dist.all_reduce(values)
+        values /= ranks.world
+    return values
+
+
+def weights_agree(model, ranks):
+    """Whether every rank holds the same weights (a float64 checksum of all parameters, compared)."""
+    with torch.no_grad():
+        checksum = sum(float(p.double().sum()) + float(p.double().pow(2).sum()) for p in model.parameters())
+    sums = gather(checksum, ranks)
+    return all(s == sums[0] for s in sums)
+
+
+class AllReduceTime:
+    """Host time from each gradient bucket's all-reduce launch to its completion, summed per step.
+    Buckets overlap the backward pass: this is time spent communicating, not time added to the step."""
+
+    def __init__(self):
+        self.total_ms = 0.0
+
+    def take(self):
+        total, self.total_ms = self.total_ms, 0.0
+        return total
+
+
+def timed_allreduce(timer, bucket):
+    """A DDP communication hook: the default averaging all-reduce, timed into `timer`."""
+    start = time.perf_counter()
+    tensor = bucket.buffer().div_(dist.get_world_size())
+    future = dist.all_reduce(tensor, async_op=True).get_future()
+
+    def done(fut):
+        timer.total_ms += (time.perf_counter() - start) * 1e3
+        return fut.value()[0]
+
+    return future.then(done)
+
+
+def wrap(model, ranks, device):
+    """DDP around `model` with the timing hook; returns (ddp, all-reduce timer)."""
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    timer = AllReduceTime()
+    ddp.register_comm_hook(timer, timed_allreduce)
+    return ddp, timer

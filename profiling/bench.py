@@ -1,0 +1,226 @@
+"""Benchmarks that print figures (tests never assert times):
+
+    python -m profiling.bench kernels      # each fused op vs torch eager and torch.compile of the same math, GB/s
+    python -m profiling.bench step         # the trainer's step: FrEIA eager, fast kernels, compile, fast+compile
+    python -m profiling.bench overhead     # the profiler's own cost: timing + sampling on vs off, interleaved
+
+Defaults follow the paper's x4 recipe (batch 16, 144x144 crops) on a GPU, and a small shape on a CPU.
+"""
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from engine import config
+from engine.errors import UserError, cli
+from engine.guard import ExplosionGuard
+from engine.irn import coupling_scale
+from engine.trainer import Trainer
+from profiling.gpu import Sampler
+from profiling.timer import PhaseTimer
+
+console = Console(width=None if sys.stdout.isatty() else 150)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, warmup=3, repeats=20):
+    """Median milliseconds of fn() over `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+# --- kernels ------------------------------------------------------------------------------------
+
+
+def copy_bandwidth(device, mib=512):
+    """Device-to-device copy GB/s (read + write), the roof for memory-bound kernels."""
+    src = torch.empty(mib * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    ms = timed(lambda: dst.copy_(src), device)
+    return 2 * src.numel() * 4 / ms / 1e6
+
+
+def haar_math(x):
+    a, b, c, d = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    return torch.cat([(a + b + c + d) / 4, (a - b + c - d) / 4, (a + b - c - d) / 4, (a - b - c + d) / 4], 1)
+
+
+def coupling_math(x2, h, g):
+    return x2 * torch.exp(coupling_scale(h, 1.0)) + g
+
+
+def kernel_cases(batch, crop, scale, device):
+    """(name, fused fn, same math in torch, inputs, bytes moved) at the shapes of an x`scale` training step."""
+    from kernels.coupling import coupling
+    from kernels.haar import haar
+
+    cases, channels, side = [], 3, crop
+    for stage in range(scale.bit_length() - 1):
+        x = torch.randn(batch, channels, side, side, device=device)
+        n = x.numel() * 4
+        cases.append((f"haar fwd  {tuple(x.shape)}", haar, haar_math, (x,), 2 * n))
+        channels, side = channels * 4, side // 2
+        t = [torch.randn(batch, channels - 3, side, side, device=device) for _ in range(3)]
+        n = t[0].numel() * 4
+        cases.append((f"coupling fwd {tuple(t[0].shape)}", lambda a, b, c: coupling(a, b, c, 1.0), coupling_math, tuple(t), 4 * n))
+    return cases
+
+
+def with_backward(fn, inputs):
+    inputs = [t.detach().requires_grad_() for t in inputs]
+    out = fn(*inputs)
+    grad = torch.ones_like(out)
+    return lambda: torch.autograd.grad(fn(*inputs), inputs, grad)
+
+
+def bench_kernels(args, device):
+    cases = kernel_cases(args.batch, args.crop, args.scale, device)
+    roof = copy_bandwidth(device) if device.type == "cuda" else None
+    table = Table(title=f"fused ops at x{args.scale}, batch {args.batch}, {args.crop}x{args.crop} ({device})" + (f"; copy bandwidth {roof:.0f} GB/s" if roof else ""))
+    for col in ("op", "eager ms", "compile ms", "triton ms", "triton GB/s", "of copy", "triton fwd+bwd ms", "eager fwd+bwd ms"):
+        table.add_column(col, justify="right" if col != "op" else "left")
+    for name, fused, math, inputs, nbytes in cases:
+        eager = timed(lambda: math(*inputs), device)
+        compiled_fn = torch.compile(math)
+        compiled = timed(lambda: compiled_fn(*inputs), device)
+        eager_bwd = timed(with_backward(math, inputs), device)
+        if device.type == "cuda":
+            ms = timed(lambda: fused(*inputs), device)
+            gbs = nbytes / ms / 1e6
+            cells = [f"{ms:.3f}", f"{gbs:.0f}", f"{gbs / roof:.0%}", f"{timed(with_backward(fused, inputs), device):.3f}"]
+        else:
+            cells = ["needs CUDA", "-", "-", "-"]
+        table.add_row(name, f"{eager:.3f}", f"{compiled:.3f}", *cells[:3], cells[3], f"{eager_bwd:.3f}")
+    console.print(table)
+
+
+# --- training step ------------------------------------------------------------------------------
+
+VARIANTS = {
+    "freia": {},
+    "fast": {"fast_kernels": True},
+    "compile": {"compile": "default"},
+    "fast+compile": {"fast_kernels": True, "compile": "default"},
+    "compile-max-autotune": {"compile": "max-autotune"},
+    "compile-cudagraphs": {"compile": "reduce-overhead"},
+    "freia-bf16": {"precision": "bf16"},
+    "fast+compile-bf16": {"fast_kernels": True, "compile": "default", "precision": "bf16"},
+}
+
+
+def step_config(args, overrides):
+    cfg, _ = config.resolve(["--config", f"irn_x{args.scale}"])
+    cfg.update(batch_size=args.batch, crop=args.crop, **overrides)
+    return cfg
+
+
+def step_runner(cfg, device, timer=None, folder=None):
+    """A closure running one Trainer.step on a fixed random batch (data loading is not measured here)."""
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, device)
+    if trainer.kernel_note:
+        raise UserError(f"--fast-kernels: {trainer.kernel_note}; run the fast variants on a CUDA GPU")
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "hr": torch.randint(0, 256, (cfg["batch_size"], 3, cfg["crop"], cfg["crop"]), dtype=torch.uint8, generator=g),
+        "image": torch.zeros(cfg["batch_size"], dtype=torch.long),
+        "box": torch.zeros(cfg["batch_size"], 4, dtype=torch.long),
+        "aug": torch.zeros(cfg["batch_size"], dtype=torch.long),
+    }
+    if device.type == "cuda":
+        batch["hr"] = batch["hr"].pin_memory()
+    guard = ExplosionGuard(folder or tempfile.mkdtemp(), float("inf"), 10, 10**9, ["random"])
+    timer = timer or PhaseTimer(device, enabled=False)
+    state = {"step": 0}
+
+    def run():
+        trainer.step(batch, timer, guard, state["step"])
+        timer.end_step(state["step"])
+        state["step"] += 1
+
+    return run
+
+
+def bench_step(args, device):
+    names = args.variants.split(",") if args.variants else (list(VARIANTS) if device.type == "cuda" else ["freia", "compile"])
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise UserError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    table = Table(title=f"training step at x{args.scale}, batch {args.batch}, {args.crop}x{args.crop} ({device}), median of {args.steps}")
+    for col in ("variant", "ms/step", "images/s", "vs freia eager"):
+        table.add_column(col, justify="right" if col != "variant" else "left")
+    base = None
+    for name in names:
+        cfg = step_config(args, VARIANTS[name])
+        run = step_runner(cfg, device)
+        ms = timed(run, device, warmup=args.warmup, repeats=args.steps)
+        base = base or ms
+        table.add_row(name, f"{ms:.1f}", f"{args.batch / ms * 1e3:.1f}", f"{base / ms:.2f}x")
+        console.print(f"  {name}: {ms:.1f} ms/step")
+    console.print(table)
+
+
+def bench_overhead(args, device):
+    """Same step with the phase timer and sampler on, then with both off, in alternating rounds."""
+    from engine.rundir import JsonLines
+
+    cfg, folder = step_config(args, {}), tempfile.mkdtemp()
+    phases, samples = JsonLines(f"{folder}/phases.jsonl"), JsonLines(f"{folder}/gpu.jsonl")
+    runs = {"on": step_runner(cfg, device, PhaseTimer(device, sink=phases), folder), "off": step_runner(cfg, device, None, folder)}
+    for run in runs.values():
+        timed(run, device, warmup=args.warmup, repeats=1)
+    times, kind = {"on": [], "off": []}, None
+    for _ in range(args.rounds):
+        for key, run in runs.items():
+            sampler = Sampler(samples, cfg["gpu_sample_ms"], log=lambda m: None) if key == "on" else nullcontext()
+            with sampler:
+                times[key].append(timed(run, device, warmup=1, repeats=args.steps))
+            kind = getattr(sampler, "kind", kind)
+    on_ms, off_ms = statistics.median(times["on"]), statistics.median(times["off"])
+    console.print(
+        f"profiler overhead at x{args.scale}, batch {args.batch}, {args.crop}x{args.crop} ({device}): on {on_ms:.2f} ms/step, "
+        f"off {off_ms:.2f} ms/step -> {100 * (on_ms / off_ms - 1):+.2f}% (median of {args.rounds} alternating rounds of "
+        f"{args.steps} steps; sampler: {kind})"
+    )
+
+
+@cli
+def main(argv=None):
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(prog="python -m profiling.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("kernels", "step", "overhead"))
+    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=16 if cuda else 2)
+    parser.add_argument("--crop", type=int, default=144 if cuda else 32)
+    parser.add_argument("--steps", type=int, default=30 if cuda else 5, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=10 if cuda else 2, help="untimed steps first (compilation, autotuning)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating on/off rounds for `overhead`")
+    parser.add_argument("--variants", default="", help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.crop % args.scale:
+        raise UserError(f"--crop must be a multiple of --scale {args.scale}")
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.backends.cudnn.benchmark = True
+    {"kernels": bench_kernels, "step": bench_step, "overhead": bench_overhead}[args.what](args, device)
+
+
+if __name__ == "__main__":
+    main()
