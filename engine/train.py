@@ -14,7 +14,7 @@ from rich.console import Console
 
 from engine import checkpoint, config, data, distributed, rundir
 from engine.errors import UserError, cli
-from engine.evaluate import evaluate_images, mean_rows
+from engine.evaluate import evaluate_images
 from engine.guard import ExplosionGuard, TooManyBadSteps
 from engine.images import grid, save_png
 from engine.progress import TrainingProgress, summary
@@ -82,7 +82,7 @@ def validate(trainer, val, step, folder, cfg):
     images = val.images[: cfg["val_max_images"]]
     if not images:
         return {}
-    result = mean_rows(evaluate_images(trainer.model, images, device=trainer.device))
+    result = evaluate_images(trainer.model, images, device=trainer.device)
     with torch.no_grad():
         hr = data.image_tensor(images[0], cfg["scale"]).to(trainer.device)
         lr, _ = trainer.model.downscale(hr)
