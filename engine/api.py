@@ -1,4 +1,5 @@
 """The public API: build or load a Rescaler, then downscale and upscale images with it."""
+import math
 import re
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def infer_arch(state):
     if not blocks:
         raise UserError("cannot infer the scale: no coupling-block weights (keys like operations.1.F.conv1.weight) in the checkpoint")
     channels = max(IMAGE_CHANNELS + shape[1] for shape in blocks.values())
-    n_stages = round(torch.tensor(channels / IMAGE_CHANNELS).log2().item() / 2)
+    n_stages = round(math.log(channels / IMAGE_CHANNELS, 4))
     if IMAGE_CHANNELS * 4**n_stages != channels or len(blocks) % n_stages:
         raise UserError(f"cannot infer the scale: the widest block has {channels} channels, not 3 * 4^k")
     return dict(scale=2**n_stages, blocks_per_stage=len(blocks) // n_stages, growth=next(iter(blocks.values()))[0])

@@ -76,9 +76,9 @@ def summarise(seeds):
     return out
 
 
-def evaluate_images(model, images, device="cpu"):
+def evaluate_images(model, images, device="cpu", keep=None):
     """The trainer's validation: sampled z (T = 1, seed 0), means over the images."""
-    result = evaluate_set(model, images, z_settings("sample", [1.0], 1), device)
+    result = evaluate_set(model, images, z_settings("sample", [1.0], 1), device, keep)
     row = result["settings"]["T=1"]
     return {"psnr_y": row["psnr_y"], "ssim_y": row["ssim_y"], "psnr_rgb": row["psnr_rgb"], "lr_psnr_y": result["lr_psnr_y"]}
 

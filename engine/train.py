@@ -82,12 +82,12 @@ def validate(trainer, val, step, folder, cfg):
     images = val.images[: cfg["val_max_images"]]
     if not images:
         return {}
-    result = evaluate_images(trainer.model, images, device=trainer.device)
-    with torch.no_grad():
-        hr = data.image_tensor(images[0], cfg["scale"]).to(trainer.device)
-        lr, _ = trainer.model.downscale(hr)
-        sr = trainer.model.upscale(lr, generator=torch.Generator(trainer.device).manual_seed(0))
-        save_png(grid([lr, sr, hr]), folder / "samples" / f"step_{step:08d}.png")
+
+    def sample(i, hr, lr, srs):
+        if i == 0:
+            save_png(grid([lr, *srs.values(), hr]), folder / "samples" / f"step_{step:08d}.png")
+
+    result = evaluate_images(trainer.model, images, device=trainer.device, keep=sample)
     return {f"val_{k}": round(v, 4) for k, v in result.items()}
 
 

@@ -11,7 +11,7 @@ import torch
 
 import engine
 from engine import config, data, train
-from engine.guard import ExplosionGuard, TooManyBadSteps
+from engine.guard import ExplosionGuard
 from engine.rundir import read_jsonl
 from engine.trainer import Trainer
 from profiling.timer import PhaseTimer
