@@ -32,10 +32,9 @@ class Trainer:
             self.net = self.compiled(self.net)
 
     def compiled(self, model):
-        modes = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
-        if self.cfg["compile"] not in modes:
-            raise UserError(f"--compile takes off or one of {', '.join(modes)}; got {self.cfg['compile']!r}")
-        return torch.compile(model, mode=self.cfg["compile"])
+        if self.cfg["compile"] not in ops.COMPILE_MODES:
+            raise UserError(f"--compile takes off or one of {', '.join(ops.COMPILE_MODES)}; got {self.cfg['compile']!r}")
+        return ops.compile_model(model, self.cfg["compile"], self.device)
 
     def state(self, step):
         return {

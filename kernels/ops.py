@@ -1,4 +1,4 @@
-"""How the model picks its ops: the FrEIA reference math, or the fused Triton kernels.
+"""How the model picks its ops: the FrEIA reference math, the fused Triton kernels, and compilation.
 
 The swap changes which function the Haar and coupling modules call, never their weights, so one
 checkpoint serves both paths.
@@ -30,3 +30,17 @@ def fast_kernels_unavailable(device):
     except ImportError:
         return "triton is not installed (pip install triton); running the FrEIA reference ops instead"
     return None
+
+
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
+def compile_model(model, mode, device, **kwargs):
+    """torch.compile for this network. On CPUs inductor's channels-last layout optimisation corrupts
+    the heap in the backward of IRN at x4 and above (torch 2.13: 'free(): invalid next size'), so it
+    is switched off there; it changes memory layouts only, never results."""
+    if torch.device(device).type == "cpu":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.layout_optimization = False
+    return torch.compile(model, mode=mode, **kwargs)
