@@ -115,9 +115,13 @@ def capture_windows(cfg, folder, device):
 
 
 def log_step(record, out, batch_size):
-    if out is not None:  # None: a non-finite step, skipped and recorded by the guard
+    if out is None:  # a non-finite step, skipped and recorded by the guard
+        record["event"] = "skipped"
+    else:
         record.update(out["losses"], loss=sum(out["losses"].values()), grad_norm=out["grad_norm"])
         record["images_per_s"] = round(batch_size / max(record["step_s"], 1e-9), 3)
+        if out["event"] != "ok":
+            record["event"] = out["event"]  # a spike, recorded in explosions.jsonl
     return record
 
 

@@ -139,14 +139,16 @@ def step_runner(cfg, device, timer=None, folder=None):
     if trainer.kernel_note:
         raise UserError(f"--fast-kernels: {trainer.kernel_note}; run the fast variants on a CUDA GPU")
     g = torch.Generator().manual_seed(0)
+    b, crop, scale = cfg["batch_size"], cfg["crop"], cfg["scale"]
     batch = {
-        "hr": torch.randint(0, 256, (cfg["batch_size"], 3, cfg["crop"], cfg["crop"]), dtype=torch.uint8, generator=g),
-        "image": torch.zeros(cfg["batch_size"], dtype=torch.long),
-        "box": torch.zeros(cfg["batch_size"], 4, dtype=torch.long),
-        "aug": torch.zeros(cfg["batch_size"], dtype=torch.long),
+        "hr": torch.randint(0, 256, (b, 3, crop, crop), dtype=torch.uint8, generator=g),
+        "noise": torch.randn(b, trainer.model.z_channels(), crop // scale, crop // scale, generator=g),
+        "image": torch.zeros(b, dtype=torch.long),
+        "box": torch.zeros(b, 4, dtype=torch.long),
+        "aug": torch.zeros(b, dtype=torch.long),
     }
     if device.type == "cuda":
-        batch["hr"] = batch["hr"].pin_memory()
+        batch = {k: v.pin_memory() for k, v in batch.items()}
     guard = ExplosionGuard(folder or tempfile.mkdtemp(), float("inf"), 10, 10**9, ["random"])
     timer = timer or PhaseTimer(device, enabled=False)
     state = {"step": 0}
