@@ -132,8 +132,8 @@ def step_config(args, overrides):
     return cfg
 
 
-def step_runner(cfg, device, timer=None, folder=None):
-    """A closure running one Trainer.step on a fixed random batch (data loading is not measured here)."""
+def step_runner(cfg, device, folder=None):
+    """run(timer): one Trainer.step on a fixed random batch (data loading is not measured here)."""
     torch.manual_seed(0)
     trainer = Trainer(cfg, device)
     if trainer.kernel_note:
@@ -150,10 +150,9 @@ def step_runner(cfg, device, timer=None, folder=None):
     if device.type == "cuda":
         batch = {k: v.pin_memory() for k, v in batch.items()}
     guard = ExplosionGuard(folder or tempfile.mkdtemp(), float("inf"), 10, 10**9, ["random"])
-    timer = timer or PhaseTimer(device, enabled=False)
     state = {"step": 0}
 
-    def run():
+    def run(timer):
         trainer.step(batch, timer, guard, state["step"])
         timer.end_step(state["step"])
         state["step"] += 1
@@ -172,8 +171,8 @@ def bench_step(args, device):
     base = None
     for name in names:
         cfg = step_config(args, VARIANTS[name])
-        run = step_runner(cfg, device)
-        ms = timed(run, device, warmup=args.warmup, repeats=args.steps)
+        run, timer = step_runner(cfg, device), PhaseTimer(device, enabled=False)
+        ms = timed(lambda: run(timer), device, warmup=args.warmup, repeats=args.steps)
         base = base or ms
         table.add_row(name, f"{ms:.1f}", f"{args.batch / ms * 1e3:.1f}", f"{base / ms:.2f}x")
         console.print(f"  {name}: {ms:.1f} ms/step")
@@ -181,20 +180,21 @@ def bench_step(args, device):
 
 
 def bench_overhead(args, device):
-    """Same step with the phase timer and sampler on, then with both off, in alternating rounds."""
+    """One trainer's step with the phase timer and sampler on, then both off, in alternating rounds."""
     from engine.rundir import JsonLines
 
     cfg, folder = step_config(args, {}), tempfile.mkdtemp()
     phases, samples = JsonLines(f"{folder}/phases.jsonl"), JsonLines(f"{folder}/gpu.jsonl")
-    runs = {"on": step_runner(cfg, device, PhaseTimer(device, sink=phases), folder), "off": step_runner(cfg, device, None, folder)}
-    for run in runs.values():
-        timed(run, device, warmup=args.warmup, repeats=1)
+    run = step_runner(cfg, device, folder)
+    timers = {"on": PhaseTimer(device, sink=phases), "off": PhaseTimer(device, enabled=False)}
+    timed(lambda: run(timers["off"]), device, warmup=args.warmup, repeats=1)
     times, kind = {"on": [], "off": []}, None
     for _ in range(args.rounds):
-        for key, run in runs.items():
+        for key, timer in timers.items():
             sampler = Sampler(samples, cfg["gpu_sample_ms"], log=lambda m: None) if key == "on" else nullcontext()
             with sampler:
-                times[key].append(timed(run, device, warmup=1, repeats=args.steps))
+                times[key].append(timed(lambda: run(timer), device, warmup=1, repeats=args.steps))
+            timer.flush()
             kind = getattr(sampler, "kind", kind)
     on_ms, off_ms = statistics.median(times["on"]), statistics.median(times["off"])
     console.print(
