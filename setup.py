@@ -16,6 +16,8 @@ setup(
         "py-spy",
         # the embedded default data set: natural photographs shipped inside the wheel, plus image decoding
         "scikit-image",
+        # reading users' images, writing 8-bit PNGs and captioned grids
+        "pillow",
         # report figures (--plot)
         "matplotlib",
     ],

@@ -20,7 +20,7 @@ from rich.table import Table
 import engine
 from engine import data, metrics
 from engine.errors import UserError, cli
-from engine.images import grid, save_png
+from engine.images import save_grid, save_png
 
 
 def z_settings(z, temperatures, samples):
@@ -77,8 +77,8 @@ def summarise(seeds):
 
 
 def evaluate_images(model, images, device="cpu", keep=None):
-    """The trainer's validation: sampled z (T = 1, seed 0), means over the images."""
-    result = evaluate_set(model, images, z_settings("sample", [1.0], 1), device, keep)
+    """The trainer's validation: metrics with sampled z (T = 1, seed 0), means over the images; `keep` also sees z = 0."""
+    result = evaluate_set(model, images, z_settings("sample", [0.0, 1.0], 1), device, keep)
     row = result["settings"]["T=1"]
     return {"psnr_y": row["psnr_y"], "ssim_y": row["ssim_y"], "psnr_rgb": row["psnr_rgb"], "lr_psnr_y": result["lr_psnr_y"]}
 
@@ -94,14 +94,16 @@ def centre_crop(x, size):
     return x[..., top : top + size, left : left + size]
 
 
-def image_grid(hr, lr, srs, scale, crop=192):
-    """HR | bicubic LR | IRN's LR | upscales (z = 0, sampled z) | error map of the first upscale, centre crops."""
+def save_image_grid(hr, lr, srs, scale, path, crop=192):
+    """HR | bicubic LR | IRN's LR | each upscale | error map of the last upscale, centre crops, captioned."""
     crop -= crop % scale
     bicubic = data.bicubic_down(hr, scale).clamp(0, 1)
+    last = list(srs)[-1]
     tiles = [centre_crop(hr, crop), centre_crop(bicubic, crop // scale), centre_crop(lr, crop // scale)]
     tiles += [centre_crop(sr.clamp(0, 1), crop) for sr in srs.values()]
-    tiles.append(centre_crop(error_map(next(iter(srs.values())), hr), crop))
-    return grid(tiles)
+    tiles.append(centre_crop(error_map(srs[last], hr), crop))
+    labels = ["HR", "bicubic LR", "IRN LR", *(f"up, {label}" for label in srs), f"|error| x8, {last}"]
+    save_grid(tiles, labels, path)
 
 
 def parse_data(specs):
@@ -139,7 +141,7 @@ def parse_args(argv):
     parser.add_argument("--scale", type=int, help="refuse a checkpoint of another scale")
     parser.add_argument("--z", choices=("sample", "zero"), default="sample")
     parser.add_argument("--samples", type=int, default=1, help="z samples per image (mean ± std over samples)")
-    parser.add_argument("--temperature", default="1.0", help="comma-separated temperatures for sampled z, e.g. 0,0.5,0.8,1.0")
+    parser.add_argument("--temperature", default="0,1.0", help="comma-separated temperatures of z, 0 meaning z = 0, e.g. 0,0.5,0.8,1.0")
     parser.add_argument("--grid", type=int, default=3, help="image grids for the first N images of each set")
     parser.add_argument("--save-images", action="store_true", help="write every upscaled image (seed 0)")
     parser.add_argument("--out", help="where the table, grids and images go (default: the run's eval/ folder)")
@@ -169,7 +171,7 @@ def main(argv=None):
         def keep(i, hr, lr, srs, name=name, found=found):
             stem = Path(found.names[i]).stem
             if i < args.grid:
-                save_png(image_grid(hr, lr, srs, model.scale), out / "grids" / f"{name}_{stem}.png")
+                save_image_grid(hr, lr, srs, model.scale, out / "grids" / f"{name}_{stem}.png")
             if args.save_images:
                 for label, sr in srs.items():
                     save_png(sr, out / "images" / name / label.replace("=", "") / f"{stem}.png")

@@ -2,9 +2,8 @@
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def to_uint8(img):
@@ -18,11 +17,16 @@ def save_png(img, path):
     Image.fromarray(to_uint8(img)).save(path)
 
 
-def grid(images, gap=4):
-    """Images side by side, each upscaled (nearest) to the tallest one's size."""
+def save_grid(images, labels, path, gap=4):
+    """Images side by side, each upscaled (nearest) to the tallest one's size, with a caption above each."""
     h = max(img.shape[-2] for img in images)
     w = max(img.shape[-1] for img in images)
-    tiles = [F.interpolate(img[None] if img.dim() == 3 else img, size=(h, w), mode="nearest") for img in images]
-    spacer = torch.ones(1, 3, h, gap, dtype=tiles[0].dtype, device=tiles[0].device)
-    row = [t for tile in tiles for t in (tile, spacer)][:-1]
-    return torch.cat(row, dim=3)
+    caption = 14
+    canvas = Image.new("RGB", (len(images) * (w + gap) - gap, h + caption), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        tile = F.interpolate(img[None] if img.dim() == 3 else img, size=(h, w), mode="nearest")
+        canvas.paste(Image.fromarray(to_uint8(tile)), (i * (w + gap), caption))
+        draw.text((i * (w + gap) + 2, 1), label, fill="black")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)

@@ -14,9 +14,8 @@ from rich.console import Console
 
 from engine import checkpoint, config, data, distributed, rundir
 from engine.errors import UserError, cli
-from engine.evaluate import evaluate_images
+from engine.evaluate import evaluate_images, save_image_grid
 from engine.guard import ExplosionGuard, TooManyBadSteps
-from engine.images import grid, save_png
 from engine.progress import TrainingProgress, summary
 from engine.trainer import Trainer
 from profiling.capture import Captures, PySpyCapture, TorchProfileCapture
@@ -85,7 +84,7 @@ def validate(trainer, val, step, folder, cfg):
 
     def sample(i, hr, lr, srs):
         if i == 0:
-            save_png(grid([lr, *srs.values(), hr]), folder / "samples" / f"step_{step:08d}.png")
+            save_image_grid(hr, lr, srs, cfg["scale"], folder / "samples" / f"step_{step:08d}.png")
 
     result = evaluate_images(trainer.model, images, device=trainer.device, keep=sample)
     return {f"val_{k}": round(v, 4) for k, v in result.items()}

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
 import engine
 from engine import data, evaluate, rescale
@@ -28,7 +29,11 @@ def test_evaluate_writes_a_table_grids_and_images(checkpoint, image_folder, caps
     for row in result["settings"].values():
         assert math.isfinite(row["psnr_y"]) and 0 < row["ssim_y"] <= 1
     assert "| tiny | 3 |" in (out_dir / "results.md").read_text()
-    assert len(list((out_dir / "grids").glob("*.png"))) == 1
+    grids = list((out_dir / "grids").glob("*.png"))
+    assert len(grids) == 1
+    h, w = data.read_folder(image_folder).images[0].shape[:2]
+    with Image.open(grids[0]) as grid:  # HR, bicubic LR, IRN LR, z=0, T=1, error: six tiles, 4 px apart, under captions
+        assert grid.size == (6 * w + 5 * 4, h + 14)
     assert len(list((out_dir / "images" / "tiny").rglob("*.png"))) == 6
     printed = capsys.readouterr().out
     assert "PSNR-Y" in printed and "tiny" in printed and "±" in printed
