@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from engine.errors import UserError
 from engine import irn
+from engine.errors import UserError
 from engine.irn import IMAGE_CHANNELS, build_graph, stages
 
 

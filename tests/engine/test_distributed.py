@@ -36,9 +36,10 @@ def losses(run_dir):
 def runs(tmp_path_factory):
     """A 2-rank run of 6 steps and a 1-process run of 9 steps, same global batch and seed."""
     root = tmp_path_factory.mktemp("ddp")
-    from tests.conftest import smooth_image  # noqa: PLC0415
     import numpy as np
     from PIL import Image
+
+    from tests.conftest import smooth_image
 
     folder = root / "hr"
     folder.mkdir()

@@ -66,8 +66,8 @@ def test_bad_evaluate_input_gives_one_line(args, message, checkpoint, capsys):
 
 
 def test_rescale_down_then_up_returns_the_original_size(checkpoint, tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     src = tmp_path / "odd.png"
     Image.fromarray((np.random.default_rng(0).random((37, 29, 3)) * 255).astype(np.uint8)).save(src)
