@@ -156,11 +156,11 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
                 record = log_step({"step": step - 1, "lr": trainer.optimizer.param_groups[0]["lr"], "step_s": round(now - last, 5)}, out, cfg["batch_size"])
                 last = now
                 if ranks.main:
-                    if step % cfg["val_every"] == 0 or step == cfg["steps"]:
+                    if due(step, cfg["val_every"]) or step == cfg["steps"]:
                         record.update(validate(trainer, val_set, step, folder, cfg))
                     metrics.write(record)
                     bar.update(step, record)
-                if step % cfg["checkpoint_every"] == 0:
+                if due(step, cfg["checkpoint_every"]):
                     save_checkpoint(trainer, folder, step)
                 out_of_time = time_limit and time.monotonic() - t0 + 3 * record["step_s"] + 10 > time_limit
                 if distributed.any_rank(stop.reason or out_of_time, ranks, device):  # every rank stops at the same step
@@ -168,6 +168,11 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
             timer.end_step(step - 1)
     save_checkpoint(trainer, folder, step)
     return step, stopped, time.monotonic() - t0
+
+
+def due(step, every):
+    """Whether a task run every `every` steps (0: never) falls on `step`."""
+    return every > 0 and step % every == 0
 
 
 def print_nothing(*args):

@@ -76,6 +76,13 @@ def test_run_folder_contents(image_folder, in_tmp):
     assert engine.load(folder / "checkpoints" / "last.pt").scale == 2
 
 
+def test_zero_intervals_validate_and_checkpoint_only_at_the_end(image_folder, in_tmp):
+    run(["--steps", "3", "--name", "z", "--val", str(image_folder), "--val-every", "0", "--checkpoint-every", "0"], image_folder)
+    records = read_jsonl(Path("runs/z/metrics.jsonl"))
+    assert ["val_psnr_y" in r for r in records] == [False, False, True]
+    assert torch.load("runs/z/checkpoints/last.pt", weights_only=True)["step"] == 3
+
+
 def test_resumed_run_gives_the_losses_of_an_uninterrupted_one(image_folder, in_tmp):
     run(["--steps", "8", "--name", "whole"], image_folder)
     run(["--steps", "5", "--name", "split"], image_folder)
