@@ -146,7 +146,7 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
         stack.callback(captures.close)
         bar = stack.enter_context(TrainingProgress(cfg["steps"], start, enabled=ranks.main))
         while step < cfg["steps"] and not stopped:
-            captures.at_step(step)
+            captured = captures.at_step(step)
             with timer.phase("data"):
                 batch = next(batches)
             out = trainer.step(batch, timer, guard, step)
@@ -165,7 +165,7 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
                 out_of_time = time_limit and time.monotonic() - t0 + 3 * record["step_s"] + 10 > time_limit
                 if distributed.any_rank(stop.reason or out_of_time, ranks, device):  # every rank stops at the same step
                     stopped = stop.reason or ("time limit" if out_of_time else "another rank")
-            timer.end_step(step - 1)
+            timer.end_step(step - 1, captured=captured)
     save_checkpoint(trainer, folder, step)
     return step, stopped, time.monotonic() - t0
 

@@ -29,7 +29,9 @@ def last_per_step(records):
 
 
 def steady(records):
-    return records[WARMUP_STEPS:] if len(records) > 2 * WARMUP_STEPS else records
+    """Steps that show the run's usual speed: neither warm-up nor under a py-spy or torch.profiler capture."""
+    records = records[WARMUP_STEPS:] if len(records) > 2 * WARMUP_STEPS else records
+    return [r for r in records if not r.get("captured")]
 
 
 def rank_files(folder, stem):
@@ -133,7 +135,8 @@ def analyse(folder):
     envs = read_jsonl(folder / "env.jsonl")
     env = envs[-1] if envs else {}
     metrics = last_per_step(read_jsonl(folder / "metrics.jsonl"))
-    ranks = {rank: steady(last_per_step(read_jsonl(p))) for rank, p in rank_files(folder, "phases").items()}
+    logged = {rank: last_per_step(read_jsonl(p)) for rank, p in rank_files(folder, "phases").items()}
+    ranks = {rank: steady(records) for rank, records in logged.items()}
     phases = ranks.get(0, [])
     stats = phase_stats(phases)
     samples = [s for p in rank_files(folder, "gpu").values() for s in read_jsonl(p)]
@@ -154,6 +157,7 @@ def analyse(folder):
             "images_per_s": cfg.get("batch_size", 0) / step_s if step_s else 0.0,
             "remaining_s": (cfg.get("steps", 0) - last_step) * step_s,
             "timed_steps": len(phases),
+            "captured_steps": sum(bool(r.get("captured")) for r in logged.get(0, [])),
         },
         "phases": stats,
         "gpu": gpu,

@@ -132,13 +132,17 @@ class Captures:
         self.running = []
 
     def at_step(self, step):
+        """Start and stop captures before `step`; whether a capture touched this step (its timing is not typical)."""
+        touched = bool(self.running)
         for capture, (start, stop) in self.windows:
             if step == start:
                 self.log(f"{capture.name}: recording steps {start}..{stop - 1}")
                 if capture.start():
                     self.running.append(capture)
+                    touched = True
             if step == stop and capture in self.running:
                 self.finish(capture)
+        return touched
 
     def finish(self, capture):
         capture.stop()

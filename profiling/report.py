@@ -38,12 +38,13 @@ def header(a):
 
 def throughput_line(a):
     t = a["throughput"]
-    return (f"throughput: {t['it_per_s']:.2f} it/s, {t['images_per_s']:.1f} images/s over {t['timed_steps']} timed steps; "
+    captured = f" ({t['captured_steps']} steps under a profiler capture left out)" if t.get("captured_steps") else ""
+    return (f"throughput: {t['it_per_s']:.2f} it/s, {t['images_per_s']:.1f} images/s over {t['timed_steps']} timed steps{captured}; "
             f"time to step {a['progress']['steps']}: {fmt_duration(t['remaining_s'])}")
 
 
 def phase_table(a):
-    table = Table(title="phases per step (warm-up steps left out)")
+    table = Table(title="phases per step (warm-up and captured steps left out)")
     for col in ("phase", "mean ms", "p50 ms", "p95 ms", "share"):
         table.add_column(col, justify="right" if col != "phase" else "left")
     for name in PHASES:

@@ -42,12 +42,14 @@ class PhaseTimer:
         if self.enabled:
             self.notes[f"{name}_ms"] = self.notes.get(f"{name}_ms", 0.0) + ms
 
-    def end_step(self, step):
-        """Close the step; returns the record completed now (the previous step's on CUDA), or None."""
+    def end_step(self, step, captured=False):
+        """Close the step (`captured`: a profiler ran during it); returns the record completed now (the
+        previous step's on CUDA), or None."""
         if not self.enabled:
             return None
         now = time.perf_counter()
-        closed = ({"step": step, "wall_ms": (now - self.step_start) * 1e3, **self.notes}, self.spans)
+        record = {"step": step, "wall_ms": (now - self.step_start) * 1e3, **self.notes} | ({"captured": True} if captured else {})
+        closed = (record, self.spans)
         self.step_start, self.spans, self.notes = now, [], {}
         if not self.cuda:
             return self._emit(_resolve(*closed))
@@ -80,6 +82,6 @@ def _resolve(record, spans):
         record[name] = record.get(name, 0.0) + measure
         if parent is not None:
             record[parent] = record.get(parent, 0.0) - measure
-    named = sum(v for k, v in record.items() if k not in ("step", "other") and not k.endswith("_ms"))
+    named = sum(record.get(k, 0.0) for k in PHASES if k != "other")
     record["other"] = max(record.get("other", 0.0), record["wall_ms"] - named)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from engine import data, train
+from engine.rundir import read_jsonl
 from profiling import report
 from profiling.analysis import analyse
 from tests.conftest import TINY
@@ -97,5 +98,10 @@ def test_py_spy_and_torch_profiler_captures(image_folder, in_tmp, capsys):
     assert trace["traceEvents"]
     top = json.loads((folder / "torch_profile.json").read_text())["top"]
     assert top and any("conv" in row["name"] for row in top)
+    # Steps a capture ran in (its start and stop included) are marked and left out of the statistics.
+    captured = [r["step"] for r in read_jsonl(folder / "phases.jsonl") if r.get("captured")]
+    assert captured == [2, 3, 4, 5, 6, 7, 8]
+    assert analyse(folder)["throughput"]["captured_steps"] == 7
     report.main(["cap"])
-    assert "torch.profiler: top ops" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # undo rich's line wrapping
+    assert "torch.profiler: top ops" in out and "7 steps under a profiler capture left out" in out
