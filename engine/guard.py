@@ -17,9 +17,11 @@ class TooManyBadSteps(UserError):
 class ExplosionGuard:
     """Per step: 'ok', 'spike' (recorded, applied) or 'skip' (non-finite: recorded, not applied)."""
 
-    def __init__(self, folder, factor, window, max_bad, image_names, write=True):
+    def __init__(self, folder, factor, window, max_bad, image_names, write=True, keep_batches=100):
         self.folder, self.write = Path(folder) / "explosions", write
         self.factor, self.max_bad, self.image_names = factor, max_bad, image_names
+        # A long run may spike thousands of times: the first batches are kept, the rest logged only.
+        self.keep_batches, self.kept = keep_batches, len(list(self.folder.glob("step_*.pt")))
         self.history = {"loss": deque(maxlen=window), "grad_norm": deque(maxlen=window)}
         self.bad_in_row = 0
         self.log = None
@@ -50,8 +52,11 @@ class ExplosionGuard:
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.log is None:
             self.log = JsonLines(self.folder.parent / "explosions.jsonl")
-        batch_file = self.folder / f"step_{step:08d}.pt"
-        torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in batch.items()}, batch_file)
+        batch_file = None
+        if self.kept < self.keep_batches:
+            batch_file = self.folder / f"step_{step:08d}.pt"
+            torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in batch.items()}, batch_file)
+            self.kept += 1
         images = [self.image_names[i] for i in batch["image"].tolist()]
         self.log.write(
             {
@@ -61,6 +66,6 @@ class ExplosionGuard:
                 "grad_norm": grad_norm,
                 "images": images,
                 "boxes": batch["box"].tolist(),
-                "batch_file": str(batch_file.relative_to(self.folder.parent)),
+                "batch_file": str(batch_file.relative_to(self.folder.parent)) if batch_file else None,
             }
         )

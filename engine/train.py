@@ -131,7 +131,8 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
     timings and GPU samples. Returns (next step, why it stopped early or None, seconds).
     """
     device, ranks, t0 = trainer.device, trainer.ranks, time.monotonic()
-    guard = ExplosionGuard(folder, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], train_set.names, write=ranks.main)
+    guard = ExplosionGuard(folder, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], train_set.names,
+                           write=ranks.main, keep_batches=cfg["explosion_batches_kept"])
     batches = iter(data.loader(train_set.images, cfg, start, ranks.rank, ranks.world, pin_memory=device.type == "cuda"))
     step, stopped, last = start, None, time.perf_counter()
     with ExitStack() as stack:

@@ -90,7 +90,7 @@ def explosion_lines(a):
     lines = [f"gradient explosions: {len(events)} recorded ({sum(e['kind'] == 'non-finite' for e in events)} non-finite and skipped)"]
     for e in events[-5:]:
         loss = sum(e["losses"].values())
-        lines.append(f"  step {e['step']}: {e['kind']}, loss {loss:.4g}, grad norm {e['grad_norm']:.4g}, images {', '.join(sorted(set(e['images'])))}, batch {e['batch_file']}")
+        lines.append(f"  step {e['step']}: {e['kind']}, loss {loss:.4g}, grad norm {e['grad_norm']:.4g}, images {', '.join(sorted(set(e['images'])))}, batch {e['batch_file'] or 'not kept (--explosion-batches-kept reached)'}")
     return lines
 
 

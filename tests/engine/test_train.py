@@ -143,11 +143,15 @@ def test_non_finite_step_is_skipped_and_recorded(image_folder, tmp_path, monkeyp
 def test_too_many_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(image_folder, in_tmp, monkeypatch, capsys):
     poison(monkeypatch, set(range(5, 100)))
     with pytest.raises(SystemExit) as exit_info:
-        run(["--steps", "50", "--name", "nan", "--checkpoint-every", "4", "--max-bad-steps", "3"], image_folder)
+        run(["--steps", "50", "--name", "nan", "--checkpoint-every", "4", "--max-bad-steps", "3", "--explosion-batches-kept", "2"],
+            image_folder)
     assert exit_info.value.code == 2
     assert "3 non-finite steps in a row" in capsys.readouterr().err
     assert torch.load("runs/nan/checkpoints/last.pt", weights_only=True)["step"] == 4
-    assert len(read_jsonl("runs/nan/explosions.jsonl")) == 3
+    events = read_jsonl("runs/nan/explosions.jsonl")
+    assert [e["step"] for e in events] == [4, 5, 6]
+    assert [e["batch_file"] is not None for e in events] == [True, True, False]  # batches kept: 2
+    assert len(list(Path("runs/nan/explosions").glob("*.pt"))) == 2
 
 
 @pytest.mark.parametrize(
