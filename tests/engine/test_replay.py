@@ -1,0 +1,35 @@
+from pathlib import Path
+
+import pytest
+
+from engine import replay, train
+from engine.rundir import read_jsonl
+from tests.conftest import TINY
+
+
+@pytest.fixture
+def spiky_run(image_folder, in_tmp):
+    """A run whose steps from 10 on all count as spikes, trained with lr 0 so its last weights are every step's."""
+    train.main([*TINY, "--data", str(image_folder), "--name", "spiky", "--steps", "12", "--explosion-factor", "0", "--lr", "0"])
+    return Path("runs/spiky")
+
+
+def test_replay_reproduces_the_logged_step_and_splits_it_by_sample(spiky_run):
+    events = read_jsonl(spiky_run / "explosions.jsonl")
+    assert [e["step"] for e in events] == [10, 11]
+    event = replay.pick_event(spiky_run, 11)
+    rows = replay.replay(spiky_run, event, spiky_run / "checkpoints" / "last.pt")
+    *samples, (name, _, _, batch_losses, batch_norm) = rows
+    assert name == "batch" and [r[1] for r in samples] == event["images"]
+    for key, logged in event["losses"].items():
+        assert batch_losses[key] == pytest.approx(logged, rel=1e-4)
+        assert batch_losses[key] == pytest.approx(sum(r[3][key] for r in samples) / len(samples), rel=1e-5)
+    assert batch_norm == pytest.approx(event["grad_norm"], rel=1e-4)
+
+
+def test_replay_defaults_to_the_largest_grad_norm_and_names_bad_steps(spiky_run, capsys):
+    events = read_jsonl(spiky_run / "explosions.jsonl")
+    assert replay.pick_event(spiky_run, None)["grad_norm"] == max(e["grad_norm"] for e in events)
+    with pytest.raises(SystemExit):
+        replay.main(["spiky", "--step", "3"])
+    assert "no saved batch for step 3; steps with one: 10, 11" in capsys.readouterr().err
