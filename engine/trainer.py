@@ -1,5 +1,6 @@
 """The model, its optimiser and schedule, and one timed training step."""
 import math
+import warnings
 
 import torch
 
@@ -54,6 +55,12 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
 
+    def advance_schedule(self):
+        """The recipe's milestones count steps, skipped ones too; torch warns when no update came first."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+            self.scheduler.step()
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
@@ -82,10 +89,10 @@ class Trainer:
             losses = dict(zip(losses, values))
             overflow = self.scaler.is_enabled() and not math.isfinite(norm)  # fp16: the scaler skips and backs off
             verdict = guard.check(step, losses, 0.0 if overflow else norm, batch)
-            if verdict != "skip":  # a skipped step leaves weights, optimiser and schedule untouched
+            if verdict != "skip":  # a skipped step leaves weights and optimiser state untouched
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                self.scheduler.step()
+            self.advance_schedule()
         if self.allreduce is not None:
             timer.note("allreduce", self.allreduce.take())
         return None if verdict == "skip" else {"losses": losses, "grad_norm": norm, "event": verdict}

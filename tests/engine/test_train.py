@@ -133,6 +133,7 @@ def test_non_finite_step_is_skipped_and_recorded(image_folder, tmp_path, monkeyp
     assert trainer.step(batch, PhaseTimer("cpu"), guard, 7) is None
     assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model)))
     assert trainer.optimizer.state_dict()["state"] == {}
+    assert trainer.scheduler.last_epoch == 1  # the schedule counts steps, skipped ones too
     event = read_jsonl(tmp_path / "explosions.jsonl")[0]
     assert event["step"] == 7 and event["kind"] == "non-finite" and len(event["images"]) == 2
     saved = torch.load(tmp_path / event["batch_file"], weights_only=True)
