@@ -44,7 +44,7 @@ def throughput_line(a):
 
 
 def phase_table(a):
-    table = Table(title="phases per step (warm-up and captured steps left out)")
+    table = Table(title="phases per step (steady state)")
     for col in ("phase", "mean ms", "p50 ms", "p95 ms", "share"):
         table.add_column(col, justify="right" if col != "phase" else "left")
     for name in PHASES:
@@ -91,6 +91,7 @@ def explosion_lines(a):
     for e in events[-5:]:
         loss = sum(e["losses"].values())
         lines.append(f"  step {e['step']}: {e['kind']}, loss {loss:.4g}, grad norm {e['grad_norm']:.4g}, images {', '.join(sorted(set(e['images'])))}, batch {e['batch_file'] or 'not kept (--explosion-batches-kept reached)'}")
+    lines.append(f"  which samples: python -m engine.replay {a['run']} [--step N]")
     return lines
 
 
