@@ -9,6 +9,7 @@ give mean +- std over samples. The table is printed and saved as JSON and Markdo
 """
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -115,6 +116,11 @@ def parse_data(specs):
     return out
 
 
+def file_name(label):
+    """A set name or column label as a shell-friendly file name: 'held-out (embedded)' -> 'held-out-embedded'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
+
+
 def default_out(checkpoint):
     path = Path(checkpoint).resolve()
     return path.parent.parent / "eval" if path.parent.name == "checkpoints" else Path("eval")
@@ -171,10 +177,10 @@ def main(argv=None):
         def keep(i, hr, lr, srs, name=name, found=found):
             stem = Path(found.names[i]).stem
             if i < args.grid:
-                save_image_grid(hr, lr, srs, model.scale, out / "grids" / f"{name}_{stem}.png")
+                save_image_grid(hr, lr, srs, model.scale, out / "grids" / f"{file_name(name)}_{stem}.png")
             if args.save_images:
                 for label, sr in srs.items():
-                    save_png(sr, out / "images" / name / label.replace("=", "") / f"{stem}.png")
+                    save_png(sr, out / "images" / file_name(name) / file_name(label) / f"{stem}.png")
 
         if found.skipped:
             console.print(f"[yellow]{name}: skipped {data.describe_skipped(found.skipped)}")
