@@ -22,11 +22,12 @@ def save_grid(images, labels, path, gap=4):
     h = max(img.shape[-2] for img in images)
     w = max(img.shape[-1] for img in images)
     caption = 14
-    canvas = Image.new("RGB", (len(images) * (w + gap) - gap, h + caption), "white")
+    # Grey, so that an all-white (saturated error) or all-black tile still shows its edges.
+    canvas = Image.new("RGB", (len(images) * (w + gap) - gap, h + caption), (96, 96, 96))
     draw = ImageDraw.Draw(canvas)
     for i, (img, label) in enumerate(zip(images, labels)):
         tile = F.interpolate(img[None] if img.dim() == 3 else img, size=(h, w), mode="nearest")
         canvas.paste(Image.fromarray(to_uint8(tile)), (i * (w + gap), caption))
-        draw.text((i * (w + gap) + 2, 1), label, fill="black")
+        draw.text((i * (w + gap) + 2, 1), label, fill="white")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
