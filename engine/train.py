@@ -120,7 +120,7 @@ def log_step(record, out, batch_size):
         record.update(out["losses"], loss=sum(out["losses"].values()), grad_norm=out["grad_norm"])
         record["images_per_s"] = round(batch_size / max(record["step_s"], 1e-9), 3)
         if out["event"] != "ok":
-            record["event"] = out["event"]  # a spike, recorded in explosions.jsonl
+            record["event"] = out["event"]  # a spike (in explosions.jsonl), or an fp16 overflow the scaler skipped
     return record
 
 

@@ -87,12 +87,14 @@ class Trainer:
             averaged = distributed.mean_over_ranks(torch.stack(list(losses.values())).detach(), self.ranks)
             *values, norm = torch.cat([averaged, norm.reshape(1)]).tolist()
             losses = dict(zip(losses, values))
-            overflow = self.scaler.is_enabled() and not math.isfinite(norm)  # fp16: the scaler skips and backs off
-            verdict = guard.check(step, losses, 0.0 if overflow else norm, batch)
+            # fp16: finite losses with an infinite scaled gradient are the scaler's business (it skips the
+            # update and backs off), not an explosion.
+            overflow = self.scaler.is_enabled() and not math.isfinite(norm) and all(map(math.isfinite, values))
+            verdict = "overflow" if overflow else guard.check(step, losses, norm, batch)
             if verdict != "skip":  # a skipped step leaves weights and optimiser state untouched
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             self.advance_schedule()
         if self.allreduce is not None:
             timer.note("allreduce", self.allreduce.take())
-        return None if verdict == "skip" else {"losses": losses, "grad_norm": norm, "event": verdict}
+        return None if verdict == "skip" else {"losses": losses, "grad_norm": None if overflow else norm, "event": verdict}

@@ -114,13 +114,21 @@ def verdict(phases, gpu, device_type):
     )
 
 
+def summary(values, k):
+    """Mean of the first and last k values and the minimum; fp16 overflow steps log no grad norm."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"first": None, "last": None, "min": None}
+    return {"first": mean(values[:k]), "last": mean(values[-k:]), "min": min(values)}
+
+
 def loss_summary(metrics):
     trained = [r for r in metrics if "loss" in r]
     keys = ("loss", "forw_fit", "forw_ce", "back_rec", "grad_norm")
     if not trained:
         return {}
     k = max(1, min(100, len(trained) // 10))
-    out = {key: {"first": mean(r[key] for r in trained[:k]), "last": mean(r[key] for r in trained[-k:]), "min": min(r[key] for r in trained)} for key in keys}
+    out = {key: summary([r.get(key) for r in trained], k) for key in keys}
     out["window"] = k
     vals = [r for r in metrics if "val_psnr_y" in r]
     if vals:

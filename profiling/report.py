@@ -101,6 +101,8 @@ def loss_lines(a):
         return ["losses: no trained step yet"]
     lines = [f"losses (mean of first/last {ls['window']} steps):"]
     for key in ("loss", "forw_fit", "forw_ce", "back_rec", "grad_norm"):
+        if ls[key]["first"] is None:  # every step so far an fp16 overflow: no grad norm logged
+            continue
         lines.append(f"  {key:9s} {ls[key]['first']:12.4g} -> {ls[key]['last']:12.4g}   (min {ls[key]['min']:.4g})")
     if "validation" in ls:
         v = ls["validation"]

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -139,6 +140,18 @@ def test_non_finite_step_is_skipped_and_recorded(image_folder, tmp_path, monkeyp
     saved = torch.load(tmp_path / event["batch_file"], weights_only=True)
     assert torch.equal(saved["hr"], batch["hr"]) and saved["noise"].shape == (2, 9, 8, 8)
     assert trainer.step(batch, PhaseTimer("cpu"), guard, 8) is not None
+
+
+def test_fp16_overflow_is_left_to_the_scaler_not_recorded_as_an_explosion(image_folder, tmp_path):
+    trainer, batch, guard = tiny_trainer(image_folder, tmp_path, precision="fp16")
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**126)  # scaled gradients overflow fp32
+    before = params(trainer.model)
+    out = trainer.step(batch, PhaseTimer("cpu"), guard, 0)
+    assert out["event"] == "overflow" and out["grad_norm"] is None
+    assert all(math.isfinite(v) for v in out["losses"].values())
+    assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model)))
+    assert trainer.scaler.get_scale() == 2.0**125  # backed off
+    assert not (tmp_path / "explosions.jsonl").exists() and not guard.history["grad_norm"]
 
 
 def test_too_many_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(image_folder, in_tmp, monkeypatch, capsys):

@@ -8,7 +8,7 @@ import pytest
 from engine import data, train
 from engine.rundir import read_jsonl
 from profiling import report
-from profiling.analysis import analyse
+from profiling.analysis import analyse, loss_summary
 from tests.conftest import TINY
 
 
@@ -105,3 +105,10 @@ def test_py_spy_and_torch_profiler_captures(image_folder, in_tmp, capsys):
     report.main(["cap"])
     out = " ".join(capsys.readouterr().out.split())  # undo rich's line wrapping
     assert "torch.profiler: top ops" in out and "7 steps under a profiler capture left out" in out
+
+
+def test_loss_summary_leaves_out_overflow_steps_without_a_grad_norm():
+    records = [{"step": i, "loss": 10.0 - i, "forw_fit": 1.0, "forw_ce": 1.0, "back_rec": 8.0 - i, "grad_norm": None if i < 2 else float(i)}
+               for i in range(6)]
+    summary = loss_summary(records)
+    assert summary["grad_norm"] == {"first": 2.0, "last": 5.0, "min": 2.0} and summary["loss"]["first"] == 10.0
