@@ -21,19 +21,32 @@ def _scale(h, clamp):
 
 
 @triton.jit
-def _coupling_kernel(x, h, g, out, N, sx, sh, sg, so, clamp, INVERSE: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(1).to(tl.int64)
+def _row_block(N, BLOCK: tl.constexpr):
+    """This program's sample (row), its block of in-row offsets, and which of them exist."""
     col = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = col < N
-    xv = tl.load(x + row * sx + col, mask=mask).to(tl.float32)
-    hv = tl.load(h + row * sh + col, mask=mask).to(tl.float32)
-    gv = tl.load(g + row * sg + col, mask=mask).to(tl.float32)
+    return tl.program_id(1).to(tl.int64), col, col < N
+
+
+@triton.jit
+def _load(ptr, row, stride, col, mask):
+    return tl.load(ptr + row * stride + col, mask=mask).to(tl.float32)
+
+
+@triton.jit
+def _store(ptr, row, stride, col, value, mask):
+    tl.store(ptr + row * stride + col, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _coupling_kernel(x, h, g, out, N, sx, sh, sg, so, clamp, INVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    row, col, mask = _row_block(N, BLOCK)
+    xv, hv, gv = _load(x, row, sx, col, mask), _load(h, row, sh, col, mask), _load(g, row, sg, col, mask)
     s, _ = _scale(hv, clamp)
     if INVERSE:
         o = (xv - gv) * tl.exp(-s)
     else:
         o = xv * tl.exp(s) + gv
-    tl.store(out + row * so + col, o.to(out.dtype.element_ty), mask=mask)
+    _store(out, row, so, col, o, mask)
 
 
 @triton.jit
@@ -41,22 +54,18 @@ def _coupling_backward_kernel(
     grad, saved, h, d_in, d_h, d_g, N, s_grad, s_saved, s_h, s_din, s_dh, s_dg, clamp,
     INVERSE: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(1).to(tl.int64)
-    col = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = col < N
-    dout = tl.load(grad + row * s_grad + col, mask=mask).to(tl.float32)
-    sv = tl.load(saved + row * s_saved + col, mask=mask).to(tl.float32)
-    hv = tl.load(h + row * s_h + col, mask=mask).to(tl.float32)
-    s, ds = _scale(hv, clamp)
+    row, col, mask = _row_block(N, BLOCK)
+    dout, sv = _load(grad, row, s_grad, col, mask), _load(saved, row, s_saved, col, mask)
+    s, ds = _scale(_load(h, row, s_h, col, mask), clamp)
     if INVERSE:  # saved = the inverse's output x
         din = dout * tl.exp(-s)
         dh = -dout * sv * ds
-        tl.store(d_g + row * s_dg + col, (-din).to(d_g.dtype.element_ty), mask=mask)
+        _store(d_g, row, s_dg, col, -din, mask)
     else:  # saved = the forward's input x
         din = dout * tl.exp(s)
         dh = din * sv * ds
-    tl.store(d_in + row * s_din + col, din.to(d_in.dtype.element_ty), mask=mask)
-    tl.store(d_h + row * s_dh + col, dh.to(d_h.dtype.element_ty), mask=mask)
+    _store(d_in, row, s_din, col, din, mask)
+    _store(d_h, row, s_dh, col, dh, mask)
 
 
 # --- layout: every tensor as (rows, N) with one shared dense order inside a row -------------------
