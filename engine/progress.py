@@ -3,6 +3,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from engine.rundir import read_jsonl
+from profiling.analysis import first_last_min
 
 
 class TrainingProgress:
@@ -37,16 +38,17 @@ class TrainingProgress:
 
 def summary(console, folder, cfg, start, end, seconds, stopped):
     """One screen: what ran, how fast, how the loss moved, the last validation, and what to run next."""
-    records = [r for r in read_jsonl(folder / "metrics.jsonl") if start <= r["step"] < end]
-    losses = [r["loss"] for r in records if "loss" in r]
-    vals = [r for r in read_jsonl(folder / "metrics.jsonl") if "val_psnr_y" in r]
+    metrics = read_jsonl(folder / "metrics.jsonl")
+    losses = [r["loss"] for r in metrics if start <= r["step"] < end and "loss" in r]
+    vals = [r for r in metrics if "val_psnr_y" in r]
     events = read_jsonl(folder / "explosions.jsonl")
     table = Table(title=f"run {folder.name}", show_header=False, box=None)
     table.add_row("steps", f"{start} -> {end} of {cfg['steps']}" + (f" (stopped: {stopped})" if stopped else ""))
     table.add_row("time", f"{seconds:.1f} s, {(end - start) / max(seconds, 1e-9):.2f} it/s, {(end - start) * cfg['batch_size'] / max(seconds, 1e-9):.1f} images/s")
     if losses:
         k = max(1, min(10, len(losses) // 4))
-        table.add_row("loss", f"first {sum(losses[:k]) / k:.2f} -> last {sum(losses[-k:]) / k:.2f} (mean of {k} steps)")
+        moved = first_last_min(losses, k)
+        table.add_row("loss", f"first {moved['first']:.2f} -> last {moved['last']:.2f} (mean of {k} steps)")
     if vals:
         v = vals[-1]
         table.add_row("validation", f"step {v['step'] + 1}: PSNR-Y {v['val_psnr_y']:.2f} dB, SSIM-Y {v['val_ssim_y']:.4f}, LR PSNR-Y {v['val_lr_psnr_y']:.2f} dB")

@@ -40,8 +40,7 @@ def figures(model, hr, noise, cfg):
     y, z, back = network_passes(model, hr, noise, cfg["z_scale"])
     losses = irn_losses(y, z, back, hr, data.bicubic_down(hr, cfg["scale"]), cfg)
     sum(losses.values()).backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+    norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item()
     return {k: v.item() for k, v in losses.items()}, norm
 
 

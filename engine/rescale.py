@@ -11,7 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, PngImagePlugin
@@ -41,7 +40,7 @@ def read(path):
         raise UserError(f"cannot read {path} as an image; is it a complete PNG/JPEG?") from None
     with Image.open(path) as im:
         size = im.info.get(SIZE_KEY)
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float() / 255, size
+    return data.image_tensor(img, 1), size
 
 
 def write(x, path, hr_size=None):

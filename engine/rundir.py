@@ -19,14 +19,13 @@ def next_free(root=RUNS):
     return root / f"run_{max(taken, default=0) + 1}"
 
 
-def create(cfg, name=None, root=RUNS):
-    """A new run folder with config.json and env.json written; `name` must not exist yet."""
+def create(name=None, root=RUNS):
+    """A new, empty run folder (the caller writes its config.json); `name` must not exist yet."""
     root.mkdir(parents=True, exist_ok=True)
     folder = root / name if name else next_free(root)
     if name and folder.exists():
         raise UserError(f"run folder {folder} exists; resume it with --resume {folder} or choose another --name")
     folder.mkdir(parents=True)
-    write_json(folder / "config.json", cfg)
     return folder
 
 

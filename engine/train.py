@@ -184,7 +184,7 @@ def open_run(cfg, flags, ranks):
     """(folder, checkpoint state or None): rank 0 creates or finds the run folder, every rank learns it."""
     folder = None
     if ranks.main:
-        folder = rundir.find(flags.resume) if flags.resume else rundir.create(cfg, flags.name)
+        folder = rundir.find(flags.resume) if flags.resume else rundir.create(flags.name)
         rundir.write_json(folder / "config.json", cfg)
     folder = Path(distributed.broadcast(str(folder) if folder else None, ranks))
     return folder, (checkpoint.load(folder) if flags.resume else None)

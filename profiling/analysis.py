@@ -114,8 +114,9 @@ def verdict(phases, gpu, device_type):
     )
 
 
-def summary(values, k):
-    """Mean of the first and last k values and the minimum; fp16 overflow steps log no grad norm."""
+def first_last_min(values, k):
+    """Mean of the first and last k values and the minimum; None values (fp16 overflow steps log no grad
+    norm) are left out."""
     values = [v for v in values if v is not None]
     if not values:
         return {"first": None, "last": None, "min": None}
@@ -128,7 +129,7 @@ def loss_summary(metrics):
     if not trained:
         return {}
     k = max(1, min(100, len(trained) // 10))
-    out = {key: summary([r.get(key) for r in trained], k) for key in keys}
+    out = {key: first_last_min([r.get(key) for r in trained], k) for key in keys}
     out["window"] = k
     vals = [r for r in metrics if "val_psnr_y" in r]
     if vals:
