@@ -1,12 +1,23 @@
-"""irn-engine: the Invertible Rescaling Network on a FrEIA graph, with fused kernels and a profiler.
+"""The Invertible Rescaling Network on a FrEIA graph, with fused kernels and a profiler.
 
     import engine
     model = engine.build(4)                 # or engine.load("IRN_x4.pth")
     lr, z = model.downscale(hr)             # hr: (B, 3, H, W) in [0, 1]
     hr2 = model.upscale(lr)                 # z ~ N(0, 1)
-"""
-from engine.api import Rescaler, build, load
-from engine.errors import UserError
-from engine.irn import quantize
 
-__all__ = ["Rescaler", "build", "load", "quantize", "UserError"]
+The API is imported on first use, so that `engine.errors` (shared by every command, the report's too)
+loads without torch or the model.
+"""
+
+import importlib
+
+_HOME = {"Rescaler": "engine.api", "build": "engine.api", "load": "engine.api", "quantize": "engine.irn"}
+
+
+def __getattr__(name):
+    if name not in _HOME:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOME[name]), name)
+
+
+__all__ = list(_HOME)

@@ -1,42 +1,102 @@
-"""Configs: TOML files in configs/ (a `base` key inherits another), every key overridable as --key value."""
+"""Configs: TOML files in configs/ whose every key is a command-line flag, checked once before any work.
+
+A config's tables ([model], [data], ...) group its keys for --help; the keys themselves are flat and
+unique (`batch_size` is `--batch-size`). `base = "irn_x4"` inherits another config and overrides some
+of its keys. The trailing comment of each key is its help text. `resolve()` applies the command line
+and `check()` validates every value with a one-line error naming the flag, the value and what is
+allowed.
+"""
+
 import argparse
 import difflib
+import math
+import re
 import tomllib
 from pathlib import Path
 
-from engine.errors import UserError
+from engine.errors import UserError, parser
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT = "demo"
 WINDOWS = ("py_spy", "torch_profile")  # step-window options: a bare flag takes DEFAULT_WINDOW
 DEFAULT_WINDOW = "10:20"
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
+PRECISIONS = ("fp32", "bf16", "fp16")
+RUN_FLAGS = {
+    "--config": ("NAME", f"a config in configs/ by name, or a .toml path (default: {DEFAULT})"),
+    "--resume": ("RUN", "continue a run folder (runs/run_N or its name) from its checkpoint, with its config"),
+    "--name": ("NAME", "the new run folder's name under runs/ (default: the next run_N)"),
+}
 
 
-def load_file(name_or_path):
-    """A config by name (configs/NAME.toml) or path, with its `base` chain resolved."""
+def flag(key):
+    return "--" + key.replace("_", "-")
+
+
+# --- reading config files ------------------------------------------------------------------------
+
+
+def config_path(name_or_path):
     path = Path(name_or_path)
     if not path.suffix:
         path = CONFIG_DIR / f"{name_or_path}.toml"
     if not path.is_file():
         names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-        raise UserError(f"no config {name_or_path!r}; choose one of {', '.join(names)} or give a .toml path")
-    with open(path, "rb") as f:
-        cfg = tomllib.load(f)
-    base = cfg.pop("base", None)
-    return {**load_file(base), **cfg} if base else cfg
+        raise UserError(f"no config {str(name_or_path)!r}; choose one of {', '.join(names)} or give a .toml path")
+    return path
 
 
-def _parser_for(cfg):
-    parser = argparse.ArgumentParser(prog="python -m engine.train", allow_abbrev=False, add_help=False)
-    for key, value in cfg.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            parser.add_argument(flag, dest=key, nargs="?", const=True, type=_parse_bool)
-        elif key in WINDOWS:
-            parser.add_argument(flag, dest=key, nargs="?", const=DEFAULT_WINDOW, metavar="START:STOP")
-        else:
-            parser.add_argument(flag, dest=key, type=_parser_of(value), metavar=type(value).__name__.upper())
-    return parser
+def load_file(name_or_path):
+    """The flat config a file describes, its `base` chain resolved."""
+    return load_with_help(name_or_path)[0]
+
+
+def load_with_help(name_or_path):
+    """(config, {key: (section, help text)}) of a config file and its `base` chain."""
+    path = config_path(name_or_path)
+    try:
+        tables = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path} is not valid TOML ({err})") from None
+    base = tables.pop("base", None)
+    cfg, help_texts = load_with_help(base) if base else ({}, {})
+    comments = key_comments(path)
+    for section, table in tables.items():
+        if not isinstance(table, dict):
+            raise UserError(f"{path}: key {section!r} is outside a [section]; put it under one, e.g. [run]")
+        for key, value in table.items():
+            if base and key not in cfg:
+                raise UserError(f"{path}: unknown key {key!r}{_suggestion(key, cfg)}")
+            cfg[key] = value
+            base_section, base_text = help_texts.get(key, (section, ""))
+            help_texts[key] = (base_section, comments.get(key) or base_text)
+    return cfg, help_texts
+
+
+def key_comments(path):
+    """{key: its trailing comment} from a TOML file's lines (tomllib drops comments)."""
+    comments = {}
+    for line in Path(path).read_text().splitlines():
+        match = re.match(r"\s*([A-Za-z_]\w*)\s*=", line)
+        if not match:
+            continue
+        # The comment starts at the first '#' that is not inside the value: the first cut that parses.
+        for pos in (i for i, ch in enumerate(line) if ch == "#"):
+            try:
+                tomllib.loads(line[:pos])
+            except tomllib.TOMLDecodeError:
+                continue
+            comments[match[1]] = line[pos + 1 :].strip()
+            break
+    return comments
+
+
+def _suggestion(key, known):
+    close = difflib.get_close_matches(key, list(known), n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+# --- the command line ------------------------------------------------------------------------------
 
 
 def _parse_bool(text):
@@ -47,40 +107,233 @@ def _parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _parser_of(default):
+def _value_type(default):
+    """How a flag's text becomes a value of its config key's type (lists are comma-separated)."""
     if isinstance(default, list):
         item = type(default[0]) if default else str
         return lambda text: [item(v) for v in text.split(",") if v]
+    if isinstance(default, float):
+        return float
     return type(default)
 
 
-def resolve(argv, extra_flags=(), base_for=None):
-    """(config, flags): the named config (--config NAME) with command-line overrides applied.
+def _flag_parser(cfg, help_texts, prog):
+    """The full parser: run flags, then every config key grouped by its section, showing its value."""
+    p = parser(prog, "Train IRN. Every config key is a flag; the value after each is the chosen config's.")
+    p.allow_abbrev = False
+    run = p.add_argument_group("run folder")
+    for name, (metavar, text) in RUN_FLAGS.items():
+        run.add_argument(name, metavar=metavar, help=text)
+    groups = {}
+    for key, value in cfg.items():
+        if key == "config":
+            continue
+        section, text = help_texts.get(key, ("other", ""))
+        group = groups.get(section) or groups.setdefault(section, p.add_argument_group(section.replace("_", " ")))
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        text = f"{text} [{shown!s}]" if text else f"[{shown!s}]"
+        if isinstance(value, bool):
+            group.add_argument(flag(key), dest=key, nargs="?", const=True, type=_parse_bool, metavar="BOOL", help=text)
+        elif key in WINDOWS:
+            group.add_argument(flag(key), dest=key, nargs="?", const=DEFAULT_WINDOW, metavar="START:STOP", help=text)
+        else:
+            metavar = type(value).__name__.upper() if not isinstance(value, list) else "LIST"
+            group.add_argument(flag(key), dest=key, type=_value_type(value), metavar=metavar, help=text)
+    return p
 
-    `extra_flags` are flags handled by the caller (like --resume), returned in `flags`;
-    `base_for(flags)` may supply the config to start from instead (a resumed run's own).
+
+def resolve(argv, resumed_config=None, world=1, prog="python -m engine.train"):
+    """(config, run flags): the chosen config with the command line applied, every value checked.
+
+    `resumed_config(run)` gives the config.json of the run that --resume names: the run continues with
+    it (keys added to the project since take their config's values). `world` is the number of ranks
+    the batch is split across. --help prints every key and exits.
     """
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--config", default=None)
-    for flag in extra_flags:
-        pre.add_argument(flag)
-    known, remaining = pre.parse_known_args(argv)
-    base = base_for(known) if base_for else None
-    cfg = base if base is not None else load_file(known.config or DEFAULT)
-    parser = _parser_for(cfg)
-    overrides, unknown = parser.parse_known_args(remaining)
+    pre = parser(prog, None, add_help=False)
+    pre.allow_abbrev = False
+    for name in RUN_FLAGS:
+        pre.add_argument(name)
+    flags, remaining = pre.parse_known_args(argv)
+    if flags.resume and flags.config:
+        raise UserError("--resume continues a run with its own config; drop --config (override single keys instead)")
+    if flags.resume and resumed_config:
+        resumed = resumed_config(flags.resume)
+        name = resumed.get("config", DEFAULT)
+        cfg, help_texts = load_with_help(name if _is_config(name) else DEFAULT)
+        cfg.update({k: v for k, v in resumed.items() if k in RULES})
+    else:
+        name = flags.config or DEFAULT
+        cfg, help_texts = load_with_help(name)
+    full = _flag_parser(cfg, help_texts, prog)
+    if any(arg in ("-h", "--help") for arg in remaining):
+        full.parse_args(["--help"])  # prints the help and exits 0
+    overrides, unknown = full.parse_known_args(remaining)
     if unknown:
         raise UserError(_unknown_message(unknown[0], cfg))
-    cfg.update({k: v for k, v in vars(overrides).items() if v is not None})
-    cfg.setdefault("config", known.config or DEFAULT)
-    return cfg, known
+    cfg.update({k: v for k, v in vars(overrides).items() if v is not None and k in RULES})
+    check(cfg, world)
+    cfg["config"] = name
+    return cfg, flags
+
+
+def _is_config(name):
+    try:
+        return config_path(name).is_file()
+    except UserError:
+        return False
 
 
 def _unknown_message(arg, cfg):
     key = arg.split("=")[0].lstrip("-").replace("-", "_")
     close = difflib.get_close_matches(key, list(cfg), n=3)
-    hint = f"; did you mean {', '.join('--' + c.replace('_', '-') for c in close)}?" if close else "; see the keys in configs/*.toml"
+    hint = f"; did you mean {', '.join(flag(c) for c in close)}?" if close else "; see --help for every flag"
     return f"unknown option {arg!r}{hint}"
+
+
+# --- checking values -------------------------------------------------------------------------------
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def integer(low):
+    return lambda v, cfg: None if _is_int(v) and v >= low else f"an integer >= {low}"
+
+
+def number(low, strict=False):
+    def rule(v, cfg):
+        ok = _is_number(v) and (v > low if strict else v >= low)
+        return None if ok else f"a finite number {'>' if strict else '>='} {low:g}"
+
+    return rule
+
+
+def choice(*options):
+    return lambda v, cfg: None if v in options else " or ".join(options)
+
+
+def text(v, cfg):
+    return None if isinstance(v, str) else "a text (a folder path, or \"\")"
+
+
+def boolean(v, cfg):
+    return None if isinstance(v, bool) else "true or false"
+
+
+def power_of_two(v, cfg):
+    return None if _is_int(v) and v >= 2 and v & (v - 1) == 0 else "a power of two: 2, 4 or 8"
+
+
+def crop_size(v, cfg):
+    scale = cfg["scale"]
+    return None if _is_int(v) and v % scale == 0 and v >= 2 * scale else f"a multiple of the scale {scale}, at least {2 * scale}"
+
+
+def batch_size(v, cfg):
+    world = cfg["_world"]
+    if _is_int(v) and v >= 1 and v % world == 0:
+        return None
+    return f"an integer >= 1 divisible by the {world} ranks" if world > 1 else "an integer >= 1"
+
+
+def betas(v, cfg):
+    ok = isinstance(v, list) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v)
+    return None if ok else "two numbers in [0, 1), like 0.9,0.999"
+
+
+def milestones(v, cfg):
+    ok = isinstance(v, list) and all(_is_int(m) and m >= 1 for m in v) and v == sorted(set(v))
+    return None if ok else "increasing step numbers >= 1, like 100000,200000 (or empty)"
+
+
+def device(v, cfg):
+    return None if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) else "auto, cpu, cuda or cuda:N"
+
+
+def window(v, cfg):
+    ok = isinstance(v, str) and _parses(lambda t: parse_window(t, ""), v)
+    return None if ok else 'START:STOP step numbers with 0 <= START < STOP, or ""'
+
+
+def duration(v, cfg):
+    return None if isinstance(v, str) and _parses(parse_duration, v) else 'a duration like 11h50m, 90m or 3600s, or ""'
+
+
+
+def compile_mode(v, cfg):
+    return None if v in ("off", *COMPILE_MODES) else "off, " + ", ".join(COMPILE_MODES)
+
+
+RULES = {
+    "scale": power_of_two,
+    "blocks_per_stage": integer(1),
+    "growth": integer(1),
+    "clamp": number(0, strict=True),
+    "data": text,
+    "val": text,
+    "crop": crop_size,
+    "batch_size": batch_size,
+    "workers": integer(0),
+    "val_every": integer(0),
+    "val_max_images": integer(0),
+    "steps": integer(1),
+    "lr": number(0, strict=True),
+    "betas": betas,
+    "weight_decay": number(0),
+    "lr_milestones": milestones,
+    "lr_gamma": number(0, strict=True),
+    "grad_clip": number(0, strict=True),
+    "seed": integer(0),
+    "lambda_fit": number(0),
+    "lambda_ce": number(0),
+    "lambda_rec": number(0),
+    "z_scale": number(0),
+    "explosion_factor": number(0),
+    "explosion_window": integer(1),
+    "max_bad_steps": integer(1),
+    "explosion_batches_kept": integer(0),
+    "device": device,
+    "precision": choice(*PRECISIONS),
+    "fast_kernels": boolean,
+    "compile": compile_mode,
+    "checkpoint_every": integer(0),
+    "time_limit": duration,
+    "py_spy": window,
+    "py_spy_native": boolean,
+    "torch_profile": window,
+    "gpu_sample_ms": integer(1),
+}
+
+
+def check(cfg, world=1):
+    """Every value against its rule; the first bad one is a one-line UserError."""
+    missing = [k for k in RULES if k not in cfg]
+    if missing:
+        raise UserError(f"the config has no {', '.join(missing[:3])}; base it on another: base = \"irn_x4\"")
+    unknown = [k for k in cfg if k not in RULES and k != "config"]
+    if unknown:
+        raise UserError(f"unknown config key {unknown[0]!r}{_suggestion(unknown[0], RULES)}")
+    context = {**cfg, "_world": world}
+    for key, rule in RULES.items():
+        if key == "crop" and power_of_two(cfg["scale"], context):
+            continue  # the scale's own message comes first
+        allowed = rule(cfg[key], context)
+        if allowed:
+            shown = ",".join(map(str, cfg[key])) if isinstance(cfg[key], list) else cfg[key]
+            raise UserError(f"{flag(key)} {shown!s}: expected {allowed}")
+
+
+def _parses(parse, text):
+    try:
+        parse(text)
+        return True
+    except UserError:
+        return False
 
 
 def parse_window(text, name):
@@ -97,16 +350,12 @@ def parse_window(text, name):
 
 
 def parse_duration(text):
-    """'11h50m', '90m', '30s', '2h' -> seconds (None for '')."""
+    """'11h50m', '90m', '30s', '2h' -> seconds (a bare number is seconds; None for '')."""
     if not text:
         return None
-    total, number = 0.0, ""
-    units = {"h": 3600, "m": 60, "s": 1}
-    for ch in text.strip().lower():
-        if ch.isdigit() or ch == ".":
-            number += ch
-        elif ch in units and number:
-            total, number = total + float(number) * units[ch], ""
-        else:
-            raise UserError(f"--time-limit takes a duration like 11h50m, 90m or 3600s; got {text!r}")
-    return total + (float(number) if number else 0.0)
+    cleaned = text.strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms]?)", cleaned)
+    well_formed = parts and "".join(n + u for n, u in parts) == cleaned and all(u for _, u in parts[:-1])
+    if not well_formed:
+        raise UserError(f"--time-limit takes a duration like 11h50m, 90m or 3600s; got {text!r}")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)

@@ -28,10 +28,6 @@ class Ranks:
     def active(self):
         return self.world > 1
 
-    def suffix(self):
-        """File-name suffix of this rank's own records: '' for rank 0, '.rankN' otherwise."""
-        return "" if self.main else f".rank{self.rank}"
-
 
 def init():
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT)."""
@@ -51,12 +47,6 @@ def init():
 def shutdown(ranks):
     if ranks.active and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def per_rank_batch(global_batch, ranks):
-    if global_batch % ranks.world:
-        raise UserError(f"--batch-size {global_batch} (the global batch) must be divisible by the {ranks.world} ranks")
-    return global_batch // ranks.world
 
 
 def broadcast(obj, ranks):

@@ -7,7 +7,7 @@ from statistics import median
 import torch
 
 from engine.errors import UserError
-from engine.rundir import JsonLines
+from profiling import records
 
 
 class TooManyBadSteps(UserError):
@@ -15,7 +15,7 @@ class TooManyBadSteps(UserError):
 
 
 class ExplosionGuard:
-    """Per step: 'ok', 'spike' (recorded, applied) or 'skip' (non-finite: recorded, not applied)."""
+    """Per step: 'ok', 'spike' (recorded, applied) or 'skipped' (non-finite: recorded, not applied)."""
 
     def __init__(self, folder, factor, window, max_bad, image_names, write=True, keep_batches=100):
         self.folder, self.write = Path(folder) / "explosions", write
@@ -36,7 +36,7 @@ class ExplosionGuard:
                     f"{self.bad_in_row} non-finite steps in a row (last at step {step}); the run stopped with its last good "
                     f"checkpoint kept. Inspect {self.folder}, then lower --lr or --grad-clip and --resume"
                 )
-            return "skip"
+            return "skipped"
         self.bad_in_row = 0
         spiking = [k for k, v in values.items() if len(self.history[k]) >= 10 and v > self.factor * median(self.history[k])]
         for k, v in values.items():
@@ -51,7 +51,7 @@ class ExplosionGuard:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.log is None:
-            self.log = JsonLines(self.folder.parent / "explosions.jsonl")
+            self.log = records.JsonLines(self.folder.parent / records.EXPLOSIONS)
         batch_file = None
         if self.kept < self.keep_batches:
             batch_file = self.folder / f"step_{step:08d}.pt"

@@ -1,8 +1,8 @@
 """IRN as a FrEIA graph: Haar downsampling stages, each followed by IRN's affine coupling blocks.
 
 The graph is the reference that defines correct outputs. Each Haar and coupling module has a
-`fused` attribute: None runs the reference math, a function from `kernels` runs the fused op
-(see kernels/ops.py); the weights are the same either way.
+`fast_op` attribute: None runs the reference math, a function from `kernels` runs the fused op
+(engine/ops.py sets it); the weights are the same either way.
 """
 import math
 
@@ -57,11 +57,11 @@ class IRNCoupling(InvertibleModule):
         self.F = DenseBlock(channels - split, split, growth)
         self.G = DenseBlock(split, channels - split, growth)
         self.H = DenseBlock(split, channels - split, growth)
-        self.fused = None
+        self.fast_op = None
 
     def affine(self, x2, h, g, rev):
-        if self.fused is not None:
-            return self.fused(x2, h, g, self.clamp, rev)
+        if self.fast_op is not None:
+            return self.fast_op(x2, h, g, self.clamp, rev)
         s = coupling_scale(h, self.clamp)
         return (x2 - g) * torch.exp(-s) if rev else x2 * torch.exp(s) + g
 
@@ -89,13 +89,13 @@ class Haar(HaarDownsampling):
 
     def __init__(self, dims_in, dims_c=None):
         super().__init__(dims_in, dims_c, order_by_wavelet=True, rebalance=0.5)
-        self.fused = None
+        self.fast_op = None
 
     def forward(self, x, c=None, jac=True, rev=False):
-        if self.fused is None:
+        if self.fast_op is None:
             return super().forward(x, c, jac, rev)
         log_det = x[0][0].numel() * (self.jac_rev if rev else self.jac_fwd)
-        return (self.fused(x[0], rev),), log_det
+        return (self.fast_op(x[0], rev),), log_det
 
 
 def stages(scale):

@@ -20,17 +20,18 @@ def charbonnier(x, target, eps=1e-6):
 
 
 def network_passes(model, hr, noise, z_scale=1.0):
-    """Downscale hr to (y, z), then upscale from (Q(y), z_scale * noise); y is not detached."""
+    """(y, z, reconstruction): downscale hr to (y, z), then upscale (Q(y), z_scale * noise) back to HR.
+    y is not detached: the reconstruction's gradient reaches the forward pass through Q."""
     out = model(hr)
     y, z = out[:, :IMAGE_CHANNELS], out[:, IMAGE_CHANNELS:]
-    back = model(torch.cat((quantize(y), z_scale * noise), 1), rev=True)[:, :IMAGE_CHANNELS]
-    return y, z, back
+    reconstruction = model(torch.cat((quantize(y), z_scale * noise), 1), rev=True)[:, :IMAGE_CHANNELS]
+    return y, z, reconstruction
 
 
-def irn_losses(y, z, back, hr, lr_ref, cfg):
+def irn_losses(y, z, reconstruction, hr, lr_ref, cfg):
     """The weighted losses by name; their sum is the training objective."""
     return {
         "forw_fit": cfg["lambda_fit"] * forward_fit(y, lr_ref.detach()),
         "forw_ce": cfg["lambda_ce"] * latent(z),
-        "back_rec": cfg["lambda_rec"] * charbonnier(back, hr),
+        "back_rec": cfg["lambda_rec"] * charbonnier(reconstruction, hr),
     }

@@ -1,9 +1,10 @@
 """What the trainer shows: a rich progress bar while it runs and a one-screen summary at the end."""
+from statistics import fmean
+
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from engine.rundir import read_jsonl
-from profiling.analysis import first_last_min
+from profiling import records
 
 
 class TrainingProgress:
@@ -38,20 +39,21 @@ class TrainingProgress:
 
 def summary(console, folder, cfg, start, end, seconds, stopped):
     """One screen: what ran, how fast, how the loss moved, the last validation, and what to run next."""
-    metrics = read_jsonl(folder / "metrics.jsonl")
+    metrics = records.read_jsonl(folder / records.METRICS)
     losses = [r["loss"] for r in metrics if start <= r["step"] < end and "loss" in r]
     vals = [r for r in metrics if "val_psnr_y" in r]
-    events = read_jsonl(folder / "explosions.jsonl")
+    events = records.read_jsonl(folder / records.EXPLOSIONS)
     table = Table(title=f"run {folder.name}", show_header=False, box=None)
     table.add_row("steps", f"{start} -> {end} of {cfg['steps']}" + (f" (stopped: {stopped})" if stopped else ""))
-    table.add_row("time", f"{seconds:.1f} s, {(end - start) / max(seconds, 1e-9):.2f} it/s, {(end - start) * cfg['batch_size'] / max(seconds, 1e-9):.1f} images/s")
+    rate = (end - start) / max(seconds, 1e-9)
+    table.add_row("time", f"{seconds:.1f} s, {rate:.2f} it/s, {rate * cfg['batch_size']:.1f} images/s")
     if losses:
         k = max(1, min(10, len(losses) // 4))
-        moved = first_last_min(losses, k)
-        table.add_row("loss", f"first {moved['first']:.2f} -> last {moved['last']:.2f} (mean of {k} steps)")
+        table.add_row("loss", f"first {fmean(losses[:k]):.2f} -> last {fmean(losses[-k:]):.2f} (mean of {k} steps)")
     if vals:
         v = vals[-1]
-        table.add_row("validation", f"step {v['step'] + 1}: PSNR-Y {v['val_psnr_y']:.2f} dB, SSIM-Y {v['val_ssim_y']:.4f}, LR PSNR-Y {v['val_lr_psnr_y']:.2f} dB")
+        scores = f"PSNR-Y {v['val_psnr_y']:.2f} dB, SSIM-Y {v['val_ssim_y']:.4f}, LR PSNR-Y {v['val_lr_psnr_y']:.2f} dB"
+        table.add_row("validation", f"step {v['step'] + 1}: {scores}")
     table.add_row("explosions", f"{len(events)} recorded" + (f" (see {folder / 'explosions.jsonl'})" if events else ""))
     table.add_row("report", f"python -m profiling.report {folder}")
     console.print(table)

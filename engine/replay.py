@@ -7,7 +7,6 @@ runs every sample alone through the run's network, printing its losses and grad 
 a checkpoint's (the run's last by default), so the figures are those of that step's weights, not
 exactly the logged ones, unless the checkpoint was written just before the event.
 """
-import argparse
 import math
 import sys
 
@@ -16,14 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 import engine
-from engine import checkpoint, data, rundir
-from engine.errors import UserError, cli
+from engine import checkpoint, data
+from engine.errors import UserError, cli, parser
 from engine.losses import irn_losses, network_passes
+from profiling import records
 
 
 def pick_event(folder, step):
     """The recorded event at `step`, or the one with the largest grad norm, among those with a saved batch."""
-    events = [e for e in rundir.read_jsonl(folder / "explosions.jsonl") if e.get("batch_file")]
+    events = [e for e in records.read_jsonl(folder / records.EXPLOSIONS) if e.get("batch_file")]
     if not events:
         raise UserError(f"{folder} has no recorded explosion with a saved batch; nothing to replay")
     if step is None:
@@ -34,11 +34,11 @@ def pick_event(folder, step):
     raise UserError(f"no saved batch for step {step}; steps with one: {', '.join(str(e['step']) for e in events[:20])}")
 
 
-def figures(model, hr, noise, cfg):
+def losses_and_grad_norm(model, hr, noise, cfg):
     """Losses and the grad norm of the training objective for a batch (one sample or all)."""
     model.zero_grad(set_to_none=True)
-    y, z, back = network_passes(model, hr, noise, cfg["z_scale"])
-    losses = irn_losses(y, z, back, hr, data.bicubic_down(hr, cfg["scale"]), cfg)
+    y, z, reconstruction = network_passes(model, hr, noise, cfg["z_scale"])
+    losses = irn_losses(y, z, reconstruction, hr, data.bicubic_down(hr, cfg["scale"]), cfg)
     sum(losses.values()).backward()
     norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item()
     return {k: v.item() for k, v in losses.items()}, norm
@@ -46,28 +46,28 @@ def figures(model, hr, noise, cfg):
 
 def replay(folder, event, weights, device="cpu"):
     """[(sample, image, crop box, losses, grad norm)] for each sample of the event's batch, then the whole batch."""
-    cfg = rundir.read_config(folder)
+    cfg = records.read_config(folder)
     model = engine.load(weights, device=device).train()
     batch = torch.load(folder / event["batch_file"], weights_only=True)
     parts = [(str(i), event["images"][i], str(event["boxes"][i]), slice(i, i + 1)) for i in range(len(batch["hr"]))]
     rows = []
     for name, image, box, part in [*parts, ("batch", "all", "", slice(None))]:
         hr = data.to_float(batch["hr"][part].to(device))
-        rows.append((name, image, box, *figures(model, hr, batch["noise"][part].to(device), cfg)))
+        rows.append((name, image, box, *losses_and_grad_norm(model, hr, batch["noise"][part].to(device), cfg)))
     return rows
 
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m engine.replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="a run name under runs/ or a path")
-    parser.add_argument("--step", type=int, help="the recorded step to replay (default: the largest grad norm)")
-    parser.add_argument("--checkpoint", help="weights to replay with (default: the run's checkpoints/last.pt)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    folder = rundir.find(args.run)
+    p = parser("python -m engine.replay", __doc__)
+    p.add_argument("run", help="a run name under runs/ or a path")
+    p.add_argument("--step", type=int, help="the recorded step to replay (default: the largest grad norm)")
+    p.add_argument("--checkpoint", help="weights to replay with (default: the run's checkpoints/last.pt)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    folder = records.find(args.run)
     event = pick_event(folder, args.step)
-    weights = args.checkpoint or folder / "checkpoints" / checkpoint.LATEST
+    weights = args.checkpoint or folder / records.CHECKPOINTS / checkpoint.LATEST
     console = Console()
     console.print(f"step {event['step']}: {event['kind']}, logged grad norm {event['grad_norm']:.4g}; replayed with the weights of {weights}")
     table = Table()

@@ -7,7 +7,6 @@ IN and OUT are image files or folders. `down` pads by reflection to a multiple o
 writes an 8-bit PNG LR that records the original size; `up` upscales with z ~ N(0, T^2) (T = 0:
 z = 0) and crops back to that size, so down then up returns an image of the original size.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from PIL import Image, PngImagePlugin
 
 import engine
 from engine import data
-from engine.errors import UserError, cli
+from engine.errors import UserError, cli, parser
 from engine.images import to_uint8
 
 SIZE_KEY = "irn-hr-size"  # PNG text chunk: "HxW" of the image before downscaling
@@ -82,15 +81,15 @@ def pairs(src, dst):
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m engine.rescale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("direction", choices=("down", "up"))
-    parser.add_argument("input")
-    parser.add_argument("output")
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    p = parser("python -m engine.rescale", __doc__)
+    p.add_argument("direction", choices=("down", "up"))
+    p.add_argument("input", help="an image file or a folder of images")
+    p.add_argument("output", help="a PNG file or a folder")
+    p.add_argument("--checkpoint", required=True, help="this project's checkpoint or an official IRN .pth")
+    p.add_argument("--temperature", type=float, default=1.0, help="z ~ N(0, T^2) for `up` (0: z = 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled z")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
     jobs = pairs(args.input, args.output)
     model = engine.load(args.checkpoint, device=args.device)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)

@@ -3,6 +3,7 @@
 Every key of configs/*.toml is a flag. Each step is timed phase by phase (profiling/timer.py); the run
 folder gets metrics.jsonl, phases.jsonl, gpu.jsonl, checkpoints/, samples/ and explosion records.
 """
+import os
 import signal
 import sys
 import time
@@ -14,10 +15,12 @@ from rich.console import Console
 
 from engine import checkpoint, config, data, distributed, rundir
 from engine.errors import UserError, cli
-from engine.evaluate import evaluate_images, save_image_grid
+from engine.evaluation import validation_scores
+from engine.grids import save_rescale_grid
 from engine.guard import ExplosionGuard, TooManyBadSteps
 from engine.progress import TrainingProgress, summary
 from engine.trainer import Trainer
+from profiling import records
 from profiling.capture import Captures, PySpyCapture, TorchProfileCapture
 from profiling.gpu import Sampler
 from profiling.timer import PhaseTimer
@@ -51,6 +54,7 @@ class StopRequest:
 
 
 def pick_device(cfg):
+    """The training device; a valid --device or --precision that this machine cannot run is one line."""
     want = cfg["device"]
     if want == "auto":
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -58,6 +62,8 @@ def pick_device(cfg):
         raise UserError(f"--device {want} needs a CUDA GPU, and none is visible; use --device cpu")
     else:
         device = torch.device(want)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {want}: only {torch.cuda.device_count()} GPUs are visible (cuda:0 to cuda:N-1)")
     if cfg["precision"] != "fp32" and device.type != "cuda":
         raise UserError(f"--precision {cfg['precision']} needs a GPU; use --precision fp32 on the CPU")
     return device
@@ -82,11 +88,11 @@ def validate(trainer, val, step, folder, cfg):
     if not images:
         return {}
 
-    def sample(i, hr, lr, srs):
+    def grid_of_first(i, hr, lr, upscales):
         if i == 0:
-            save_image_grid(hr, lr, srs, cfg["scale"], folder / "samples" / f"step_{step:08d}.png")
+            save_rescale_grid(hr, lr, upscales, cfg["scale"], folder / "samples" / f"step_{step:08d}.png")
 
-    result = evaluate_images(trainer.model, images, device=trainer.device, keep=sample)
+    result = validation_scores(trainer.model, images, device=trainer.device, on_image=grid_of_first)
     return {f"val_{k}": round(v, 4) for k, v in result.items()}
 
 
@@ -96,8 +102,9 @@ def save_checkpoint(trainer, folder, step):
     if not agree:
         console.print(f"[red]warning: the ranks' weights differ at step {step}; the checkpoint holds rank 0's")
     if trainer.ranks.main:
-        (folder / "checkpoints").mkdir(exist_ok=True)
-        checkpoint.save(folder / "checkpoints" / checkpoint.LATEST, **trainer.state(step), world_size=trainer.ranks.world, ranks_agree=agree)
+        (folder / records.CHECKPOINTS).mkdir(exist_ok=True)
+        state = {**trainer.state(step), "world_size": trainer.ranks.world, "ranks_agree": agree}
+        checkpoint.save(folder / records.CHECKPOINTS / checkpoint.LATEST, **state)
 
 
 def resume_command(folder):
@@ -113,14 +120,13 @@ def capture_windows(cfg, folder, device):
     return windows
 
 
-def log_step(record, out, batch_size):
-    if out is None:  # a non-finite step, skipped and recorded by the guard
-        record["event"] = "skipped"
-    else:
-        record.update(out["losses"], loss=sum(out["losses"].values()), grad_norm=out["grad_norm"])
+def log_step(record, result, batch_size):
+    """The metrics line of a step: its losses and grad norm, and its event unless it was an ordinary one."""
+    if result.event != "skipped":  # a non-finite step logs only its event; explosions.jsonl holds its values
+        record.update(result.losses, loss=sum(result.losses.values()), grad_norm=result.grad_norm)
         record["images_per_s"] = round(batch_size / max(record["step_s"], 1e-9), 3)
-        if out["event"] != "ok":
-            record["event"] = out["event"]  # a spike (in explosions.jsonl), or an fp16 overflow the scaler skipped
+    if result.event != "ok":
+        record["event"] = result.event
     return record
 
 
@@ -131,17 +137,22 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
     timings and GPU samples. Returns (next step, why it stopped early or None, seconds).
     """
     device, ranks, t0 = trainer.device, trainer.ranks, time.monotonic()
-    guard = ExplosionGuard(folder, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], train_set.names,
-                           write=ranks.main, keep_batches=cfg["explosion_batches_kept"])
-    batches = iter(data.loader(train_set.images, cfg, start, ranks.rank, ranks.world, pin_memory=device.type == "cuda"))
+    guard = ExplosionGuard(
+        folder, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], train_set.names,
+        write=ranks.main, keep_batches=cfg["explosion_batches_kept"],
+    )
+    pin = device.type == "cuda"
+    batches = iter(data.loader(train_set.images, cfg, start, ranks.rank, ranks.world, pin_memory=pin))
     step, stopped, last = start, None, time.perf_counter()
     with ExitStack() as stack:
-        phases, gpu = (stack.enter_context(rundir.JsonLines(folder / f"{f}{ranks.suffix()}.jsonl")) for f in ("phases", "gpu"))
-        metrics = stack.enter_context(rundir.JsonLines(folder / "metrics.jsonl")) if ranks.main else None
+        phases = stack.enter_context(records.JsonLines(records.rank_file(folder, records.PHASES_STEM, ranks.rank)))
+        samples = stack.enter_context(records.JsonLines(records.rank_file(folder, records.SAMPLES_STEM, ranks.rank)))
+        metrics = stack.enter_context(records.JsonLines(folder / records.METRICS)) if ranks.main else None
         timer = PhaseTimer(device, sink=phases)
         stack.callback(timer.flush)
         devices = [ranks.local_rank] if ranks.active and device.type == "cuda" else None
-        stack.enter_context(Sampler(gpu, cfg["gpu_sample_ms"], log=console.print if ranks.main else print_nothing, devices=devices))
+        log = console.print if ranks.main else print_nothing
+        stack.enter_context(Sampler(samples, cfg["gpu_sample_ms"], log=log, devices=devices))
         stop = stack.enter_context(StopRequest())
         captures = Captures(capture_windows(cfg, folder, device) if ranks.main else [], console.print)
         stack.callback(captures.close)
@@ -150,11 +161,12 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
             captured = captures.at_step(step)
             with timer.phase("data"):
                 batch = next(batches)
-            out = trainer.step(batch, timer, guard, step)
+            lr = trainer.optimizer.param_groups[0]["lr"]  # the step's own, before the schedule advances
+            result = trainer.step(batch, timer, guard, step)
             step += 1
             with timer.phase("other"):
                 now = time.perf_counter()
-                record = log_step({"step": step - 1, "lr": trainer.optimizer.param_groups[0]["lr"], "step_s": round(now - last, 5)}, out, cfg["batch_size"])
+                record = log_step({"step": step - 1, "lr": lr, "step_s": round(now - last, 5)}, result, cfg["batch_size"])
                 last = now
                 if ranks.main:
                     if due(step, cfg["val_every"]) or step == cfg["steps"]:
@@ -184,8 +196,8 @@ def open_run(cfg, flags, ranks):
     """(folder, checkpoint state or None): rank 0 creates or finds the run folder, every rank learns it."""
     folder = None
     if ranks.main:
-        folder = rundir.find(flags.resume) if flags.resume else rundir.create(flags.name)
-        rundir.write_json(folder / "config.json", cfg)
+        folder = records.find(flags.resume) if flags.resume else rundir.create(flags.name)
+        records.write_json(folder / records.CONFIG, cfg)
     folder = Path(distributed.broadcast(str(folder) if folder else None, ranks))
     return folder, (checkpoint.load(folder) if flags.resume else None)
 
@@ -193,14 +205,9 @@ def open_run(cfg, flags, ranks):
 @cli
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    cfg, flags = config.resolve(
-        argv,
-        extra_flags=("--resume", "--name"),
-        base_for=lambda f: rundir.read_config(rundir.find(f.resume)) if f.resume else None,
-    )
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the batch must split evenly across ranks
+    cfg, flags = config.resolve(argv, resumed_config=lambda run: records.read_config(records.find(run)), world=world)
     time_limit = config.parse_duration(cfg["time_limit"])
-    for key in config.WINDOWS:  # fail on a bad window before any work
-        config.parse_window(cfg[key], key.replace("_", "-"))
     ranks = distributed.init()
     try:
         run(cfg, flags, ranks, time_limit)
@@ -210,7 +217,6 @@ def main(argv=None):
 
 def run(cfg, flags, ranks, time_limit):
     device = pick_device(cfg)
-    distributed.per_rank_batch(cfg["batch_size"], ranks)
     train_set, val_set = training_data(cfg)
     checkpoint.seed_all(cfg["seed"] + ranks.rank)  # DDP copies rank 0's initial weights to every rank
     trainer = Trainer(cfg, device, ranks)
@@ -221,10 +227,10 @@ def run(cfg, flags, ranks, time_limit):
     if state is not None:
         trainer.load_state(state)
         start = state["step"]
-    env = rundir.environment(device, {"rank": ranks.rank, "seed": cfg["seed"] + ranks.rank, "start_step": start, "time": time.time()})
-    envs = distributed.gather(env, ranks)
+    job = {"rank": ranks.rank, "seed": cfg["seed"] + ranks.rank, "start_step": start, "time": time.time()}
+    envs = distributed.gather(rundir.environment(device, job), ranks)
     if ranks.main:
-        with rundir.JsonLines(folder / "env.jsonl") as out:
+        with records.JsonLines(folder / records.ENV) as out:
             out.write({**envs[0], "world_size": ranks.world, "ranks": envs})
         console.print(f"run folder: [bold]{folder}[/]  (report: python -m profiling.report {folder})")
     try:

@@ -1,14 +1,24 @@
 """The model, its optimiser and schedule, and one timed training step."""
+
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 import engine
-from engine import checkpoint, data, distributed
-from engine.errors import UserError
+from engine import checkpoint, data, distributed, ops
 from engine.losses import irn_losses, network_passes
-from kernels import ops
+
+
+@dataclass
+class StepResult:
+    """What one step did. `event`: "ok", "spike" (recorded by the guard, applied), "skipped" (non-finite:
+    recorded, not applied) or "overflow" (fp16: the grad scaler skipped the update and backed off)."""
+
+    event: str
+    losses: dict  # weighted losses by name, averaged over ranks
+    grad_norm: float | None  # before clipping; None when the fp16 scaler overflowed
 
 
 class Trainer:
@@ -30,12 +40,7 @@ class Trainer:
             ops.use_fast_kernels(self.model)
         self.net, self.allreduce = distributed.wrap(self.model, ranks, device) if ranks.active else (self.model, None)
         if cfg["compile"] != "off":
-            self.net = self.compiled(self.net)
-
-    def compiled(self, model):
-        if self.cfg["compile"] not in ops.COMPILE_MODES:
-            raise UserError(f"--compile takes off or one of {', '.join(ops.COMPILE_MODES)}; got {self.cfg['compile']!r}")
-        return ops.compile_model(model, self.cfg["compile"], self.device)
+            self.net = ops.compile_model(self.net, cfg["compile"], device)
 
     def state(self, step):
         return {
@@ -65,16 +70,16 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def step(self, batch, timer, guard, step):
-        """One optimisation step; returns the logged values, or None when the step was skipped."""
+        """One optimisation step of `batch`, timed phase by phase into `timer`."""
         cfg, scale = self.cfg, self.cfg["scale"]
         with timer.phase("h2d"):
             hr = data.to_float(batch["hr"].to(self.device, non_blocking=True))
             noise = batch["noise"].to(self.device, non_blocking=True)
             lr_ref = data.bicubic_down(hr, scale)
         with timer.phase("forward"), self.autocast():
-            y, z, back = network_passes(self.net, hr, noise, cfg["z_scale"])
+            y, z, reconstruction = network_passes(self.net, hr, noise, cfg["z_scale"])
         with timer.phase("loss"), self.autocast():
-            losses = irn_losses(y.float(), z.float(), back.float(), hr, lr_ref, cfg)
+            losses = irn_losses(y.float(), z.float(), reconstruction.float(), hr, lr_ref, cfg)
             total = sum(losses.values())
         with timer.phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
@@ -91,10 +96,10 @@ class Trainer:
             # update and backs off), not an explosion.
             overflow = self.scaler.is_enabled() and not math.isfinite(norm) and all(map(math.isfinite, values))
             verdict = "overflow" if overflow else guard.check(step, losses, norm, batch)
-            if verdict != "skip":  # a skipped step leaves weights and optimiser state untouched
+            if verdict != "skipped":  # a skipped step leaves weights and optimiser state untouched
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             self.advance_schedule()
         if self.allreduce is not None:
             timer.note("allreduce", self.allreduce.take())
-        return None if verdict == "skip" else {"losses": losses, "grad_norm": None if overflow else norm, "event": verdict}
+        return StepResult(verdict, losses, None if overflow else norm)

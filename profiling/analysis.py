@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 from statistics import mean, median
 
-from engine.rundir import read_config, read_jsonl
-from profiling.timer import PHASES
+from profiling import records
+from profiling.records import PHASES, read_jsonl
 
-DEVICE_PHASES = ("h2d", "forward", "loss", "backward", "optimizer")
 WARMUP_STEPS = 5  # first steps (allocation, autotuning, compilation) left out of the statistics
 
 
@@ -32,14 +31,6 @@ def steady(records):
     """Steps that show the run's usual speed: neither warm-up nor under a py-spy or torch.profiler capture."""
     records = records[WARMUP_STEPS:] if len(records) > 2 * WARMUP_STEPS else records
     return [r for r in records if not r.get("captured")]
-
-
-def rank_files(folder, stem):
-    """{rank: path} for stem.jsonl (rank 0) and stem.rankN.jsonl."""
-    files = {0: Path(folder) / f"{stem}.jsonl"} if (Path(folder) / f"{stem}.jsonl").exists() else {}
-    for path in Path(folder).glob(f"{stem}.rank*.jsonl"):
-        files[int(path.name.split(".rank")[1].split(".")[0])] = path
-    return dict(sorted(files.items()))
 
 
 def phase_stats(records):
@@ -140,15 +131,15 @@ def loss_summary(metrics):
 
 def analyse(folder):
     folder = Path(folder)
-    cfg = read_config(folder)
-    envs = read_jsonl(folder / "env.jsonl")
+    cfg = records.read_config(folder)
+    envs = records.read_envs(folder)
     env = envs[-1] if envs else {}
-    metrics = last_per_step(read_jsonl(folder / "metrics.jsonl"))
-    logged = {rank: last_per_step(read_jsonl(p)) for rank, p in rank_files(folder, "phases").items()}
+    metrics = last_per_step(read_jsonl(folder / records.METRICS))
+    logged = {rank: last_per_step(read_jsonl(p)) for rank, p in records.rank_files(folder, records.PHASES_STEM).items()}
     ranks = {rank: steady(records) for rank, records in logged.items()}
     phases = ranks.get(0, [])
     stats = phase_stats(phases)
-    samples = [s for p in rank_files(folder, "gpu").values() for s in read_jsonl(p)]
+    samples = [s for p in records.rank_files(folder, records.SAMPLES_STEM).values() for s in read_jsonl(p)]
     gpu = gpu_stats(samples, stats["step_ms"])
     device_type = env.get("device", {}).get("type", "cpu")
     last_step = metrics[-1]["step"] + 1 if metrics else 0
@@ -173,11 +164,20 @@ def analyse(folder):
         "verdict": {"label": label, "evidence": evidence, "next": next_step},
         "ranks": rank_table(ranks) if len(ranks) > 1 else [],
         "world_size": world,
-        "explosions": read_jsonl(folder / "explosions.jsonl"),
+        "explosions": read_jsonl(folder / records.EXPLOSIONS),
         "losses": loss_summary(metrics),
-        "torch_profile": json.loads((folder / "torch_profile.json").read_text()) if (folder / "torch_profile.json").is_file() else None,
-        "captures": sorted(p.name for p in folder.glob("pyspy.*")) + sorted(p.name for p in folder.glob("torch_trace.json")),
+        "torch_profile": read_torch_profile(folder),
+        "captures": sorted(p.name for p in folder.glob(f"{records.PYSPY_PREFIX}.*"))
+        + sorted(p.name for p in folder.glob(records.TORCH_TRACE)),
     }
+
+
+def read_torch_profile(folder):
+    path = Path(folder) / records.TORCH_PROFILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:  # cut short by a crash while it was written
+        return None
 
 
 def rank_table(ranks):

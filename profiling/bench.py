@@ -6,7 +6,6 @@
 
 Defaults follow the paper's x4 recipe (batch 16, 144x144 crops) on a GPU, and a small shape on a CPU.
 """
-import argparse
 import statistics
 import sys
 import tempfile
@@ -18,10 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from engine import config
-from engine.errors import UserError, cli
+from engine.errors import UserError, cli, parser
 from engine.guard import ExplosionGuard
 from engine.irn import coupling_scale
 from engine.trainer import Trainer
+from profiling import records
 from profiling.gpu import Sampler
 from profiling.timer import PhaseTimer
 
@@ -127,8 +127,9 @@ VARIANTS = {
 
 
 def step_config(args, overrides):
-    cfg, _ = config.resolve(["--config", f"irn_x{args.scale}"])
-    cfg.update(batch_size=args.batch, crop=args.crop, **overrides)
+    flags = ["--config", f"irn_x{args.scale}", "--batch-size", str(args.batch), "--crop", str(args.crop)]
+    cfg, _ = config.resolve(flags, prog="python -m profiling.bench")
+    cfg.update(overrides)
     return cfg
 
 
@@ -181,10 +182,9 @@ def bench_step(args, device):
 
 def bench_overhead(args, device):
     """One trainer's step with the phase timer and sampler on, then both off, in alternating rounds."""
-    from engine.rundir import JsonLines
-
     cfg, folder = step_config(args, {}), tempfile.mkdtemp()
-    phases, samples = JsonLines(f"{folder}/phases.jsonl"), JsonLines(f"{folder}/gpu.jsonl")
+    phases = records.JsonLines(records.rank_file(folder, records.PHASES_STEM, 0))
+    samples = records.JsonLines(records.rank_file(folder, records.SAMPLES_STEM, 0))
     run = step_runner(cfg, device, folder)
     timers = {"on": PhaseTimer(device, sink=phases), "off": PhaseTimer(device, enabled=False)}
     timed(lambda: run(timers["off"]), device, warmup=args.warmup, repeats=1)
@@ -207,18 +207,16 @@ def bench_overhead(args, device):
 @cli
 def main(argv=None):
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(prog="python -m profiling.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("kernels", "step", "overhead"))
-    parser.add_argument("--scale", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=16 if cuda else 2)
-    parser.add_argument("--crop", type=int, default=144 if cuda else 32)
-    parser.add_argument("--steps", type=int, default=30 if cuda else 5, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=10 if cuda else 2, help="untimed steps first (compilation, autotuning)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating on/off rounds for `overhead`")
-    parser.add_argument("--variants", default="", help=f"comma-separated, from: {', '.join(VARIANTS)}")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.crop % args.scale:
-        raise UserError(f"--crop must be a multiple of --scale {args.scale}")
+    p = parser("python -m profiling.bench", __doc__)
+    p.add_argument("what", choices=("kernels", "step", "overhead"))
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--batch", type=int, default=16 if cuda else 2)
+    p.add_argument("--crop", type=int, default=144 if cuda else 32)
+    p.add_argument("--steps", type=int, default=30 if cuda else 5, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=10 if cuda else 2, help="untimed steps first (compilation, autotuning)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating on/off rounds for `overhead`")
+    p.add_argument("--variants", default="", help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
     device = torch.device("cuda" if cuda else "cpu")
     torch.backends.cudnn.benchmark = True
     {"kernels": bench_kernels, "step": bench_step, "overhead": bench_overhead}[args.what](args, device)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from profiling import records
 from profiling.flamegraph import convert
 
 PTRACE_FIX = (
@@ -45,7 +46,7 @@ class PySpyCapture:
 
     def __init__(self, folder, log, native=True):
         self.folder, self.log, self.proc, self.native = Path(folder), log, None, native
-        self.raw = self.folder / "pyspy.collapsed.txt"
+        self.raw = self.folder / f"{records.PYSPY_PREFIX}.collapsed.txt"
 
     def start(self):
         allow_tracing_by_children()
@@ -79,8 +80,9 @@ class PySpyCapture:
             self.proc.kill()
         self.proc = None
         if self.raw.is_file():
-            samples = convert(self.raw, self.folder / "pyspy.speedscope.json", self.folder / "pyspy.svg", self.RATE_HZ)
-            self.log(f"py-spy: {samples} samples -> pyspy.speedscope.json (open in speedscope.app), pyspy.svg")
+            speedscope, svg = (self.folder / f"{records.PYSPY_PREFIX}.{kind}" for kind in ("speedscope.json", "svg"))
+            samples = convert(self.raw, speedscope, svg, self.RATE_HZ)
+            self.log(f"py-spy: {samples} samples -> {speedscope.name} (open in speedscope.app), {svg.name}")
 
 
 class TorchProfileCapture:
@@ -107,9 +109,9 @@ class TorchProfileCapture:
         if self.cuda:
             torch.cuda.synchronize()
         self.profiler.__exit__(None, None, None)
-        self.profiler.export_chrome_trace(str(self.folder / "torch_trace.json"))
+        self.profiler.export_chrome_trace(str(self.folder / records.TORCH_TRACE))
         top = top_kernels(self.profiler.key_averages(), self.cuda)
-        (self.folder / "torch_profile.json").write_text(json.dumps(top, indent=1) + "\n")
+        (self.folder / records.TORCH_PROFILE).write_text(json.dumps(top, indent=1) + "\n")
         self.profiler = None
 
 

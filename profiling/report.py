@@ -1,5 +1,4 @@
 """`python -m profiling.report run_42 [--compare run_41] [--plot] [--json]`: where a run's time goes."""
-import argparse
 import json
 import sys
 
@@ -7,10 +6,9 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from engine.errors import cli
-from engine.rundir import find
+from engine.errors import cli, parser
 from profiling.analysis import analyse
-from profiling.timer import PHASES
+from profiling.records import PHASES, find
 
 
 def fmt_duration(seconds):
@@ -21,42 +19,42 @@ def fmt_duration(seconds):
     return (f"{d}d " if d else "") + f"{h:d}h{m:02d}m" if (d or h) else f"{m}m{s:02d}s"
 
 
-def header(a):
-    cfg, env = a["config"], a["env"]
+def header(run):
+    cfg, env = run["config"], run["env"]
     dev = env.get("device", {})
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
-    p = a["progress"]
+    p = run["progress"]
     lines = [
         f"config [bold]{cfg.get('config')}[/]: x{cfg.get('scale')}, batch {cfg.get('batch_size')}, crop {cfg.get('crop')}, "
         f"precision {cfg.get('precision')}, fast kernels {'on' if cfg.get('fast_kernels') else 'off'}, compile {cfg.get('compile')}",
-        f"device: {dev.get('name', '?')} ({dev.get('type', '?')})" + (f" x{a['world_size']} ranks" if a["world_size"] > 1 else ""),
+        f"device: {dev.get('name', '?')} ({dev.get('type', '?')})" + (f" x{run['world_size']} ranks" if run["world_size"] > 1 else ""),
         f"versions: {versions}",
-        f"commit: {env.get('git_commit')}   jobs: {a['jobs']}   step {p['last_step']} of {p['steps']}" + (" (finished)" if p["finished"] else ""),
+        f"commit: {env.get('git_commit')}   jobs: {run['jobs']}   step {p['last_step']} of {p['steps']}" + (" (finished)" if p["finished"] else ""),
     ]
-    return Panel("\n".join(lines), title=f"run {a['run']}")
+    return Panel("\n".join(lines), title=f"run {run['run']}")
 
 
-def throughput_line(a):
-    t = a["throughput"]
+def throughput_line(run):
+    t = run["throughput"]
     captured = f" ({t['captured_steps']} steps under a profiler capture left out)" if t.get("captured_steps") else ""
     return (f"throughput: {t['it_per_s']:.2f} it/s, {t['images_per_s']:.1f} images/s over {t['timed_steps']} timed steps{captured}; "
-            f"time to step {a['progress']['steps']}: {fmt_duration(t['remaining_s'])}")
+            f"time to step {run['progress']['steps']}: {fmt_duration(t['remaining_s'])}")
 
 
-def phase_table(a):
+def phase_table(run):
     table = Table(title="phases per step (steady state)")
     for col in ("phase", "mean ms", "p50 ms", "p95 ms", "share"):
         table.add_column(col, justify="right" if col != "phase" else "left")
     for name in PHASES:
-        row = a["phases"]["phases"][name]
+        row = run["phases"]["phases"][name]
         table.add_row(name, f"{row['mean_ms']:.2f}", f"{row['p50_ms']:.2f}", f"{row['p95_ms']:.2f}", f"{row['share']:.1%}")
-    st = a["phases"]
+    st = run["phases"]
     table.add_row("[bold]step", f"{st['step_ms']:.2f}", f"{st['step_p50_ms']:.2f}", f"{st['step_p95_ms']:.2f}", "100%")
     return table
 
 
-def gpu_lines(a):
-    g = a["gpu"]
+def gpu_lines(run):
+    g = run["gpu"]
     if g["kind"] == "gpu":
         power = f", mean power {g['power_mean_w']:.0f} W, {g['energy_per_step_j']:.1f} J per step" if g["power_mean_w"] else ""
         throttled = f", throttled {g['throttled_share']:.0%} of samples" if g["throttled_share"] else ""
@@ -66,37 +64,37 @@ def gpu_lines(a):
     return "no utilisation samples"
 
 
-def verdict_panel(a):
-    v = a["verdict"]
+def verdict_panel(run):
+    v = run["verdict"]
     return Panel(f"[bold]{v['label']}[/]: {v['evidence']}.\nnext: {v['next']}.", title="bottleneck")
 
 
-def rank_table(a):
+def rank_table(run):
     table = Table(title="ranks")
-    extra = any("allreduce_ms" in r for r in a["ranks"])
+    extra = any("allreduce_ms" in r for r in run["ranks"])
     for col in ("rank", "step ms", "data ms", "backward ms (incl. all-reduce)", "work before all-reduce ms") + (("all-reduce ms",) if extra else ()) + ("",):
         table.add_column(col, justify="right")
-    for r in a["ranks"]:
+    for r in run["ranks"]:
         cells = [str(r["rank"]), f"{r['step_ms']:.1f}", f"{r['data_ms']:.1f}", f"{r['backward_ms']:.1f}", f"{r['work_ms']:.1f}"]
         cells += [f"{r.get('allreduce_ms', 0.0):.1f}"] if extra else []
         table.add_row(*cells, "[red]straggler (>10% over median)" if r["straggler"] else "")
     return table
 
 
-def explosion_lines(a):
-    events = a["explosions"]
+def explosion_lines(run):
+    events = run["explosions"]
     if not events:
         return ["gradient explosions: none recorded"]
     lines = [f"gradient explosions: {len(events)} recorded ({sum(e['kind'] == 'non-finite' for e in events)} non-finite and skipped)"]
     for e in events[-5:]:
         loss = sum(e["losses"].values())
         lines.append(f"  step {e['step']}: {e['kind']}, loss {loss:.4g}, grad norm {e['grad_norm']:.4g}, images {', '.join(sorted(set(e['images'])))}, batch {e['batch_file'] or 'not kept (--explosion-batches-kept reached)'}")
-    lines.append(f"  which samples: python -m engine.replay {a['run']} [--step N]")
+    lines.append(f"  which samples: python -m engine.replay {run['run']} [--step N]")
     return lines
 
 
-def loss_lines(a):
-    ls = a["losses"]
+def loss_lines(run):
+    ls = run["losses"]
     if not ls:
         return ["losses: no trained step yet"]
     lines = [f"losses (mean of first/last {ls['window']} steps):"]
@@ -110,8 +108,8 @@ def loss_lines(a):
     return lines
 
 
-def profile_table(a):
-    prof = a["torch_profile"]
+def profile_table(run):
+    prof = run["torch_profile"]
     table = Table(title=f"torch.profiler: top ops by self {prof['clock'].upper()} time")
     for col in ("op", "self ms", "calls", "share"):
         table.add_column(col, justify="left" if col == "op" else "right")
@@ -120,59 +118,67 @@ def profile_table(a):
     return table
 
 
-def render(console, a):
-    console.print(header(a))
-    console.print(throughput_line(a))
-    console.print(phase_table(a))
-    console.print(gpu_lines(a))
-    console.print(verdict_panel(a))
-    if a["ranks"]:
-        console.print(rank_table(a))
-    if a["torch_profile"]:
-        console.print(profile_table(a))
-    if a["captures"]:
-        console.print(f"captures in the run folder: {', '.join(a['captures'])}")
-    for line in explosion_lines(a) + loss_lines(a):
+def render(console, run):
+    console.print(header(run))
+    console.print(throughput_line(run))
+    console.print(phase_table(run))
+    console.print(gpu_lines(run))
+    console.print(verdict_panel(run))
+    if run["ranks"]:
+        console.print(rank_table(run))
+    if run["torch_profile"]:
+        console.print(profile_table(run))
+    if run["captures"]:
+        console.print(f"captures in the run folder: {', '.join(run['captures'])}")
+    for line in explosion_lines(run) + loss_lines(run):
         console.print(line)
 
 
-def compare(console, a, b):
+def comparison_rows(first, second):
+    """[(figure, first run's value, second run's value)] for the figures both runs have."""
+    rows = [
+        ("it/s", first["throughput"]["it_per_s"], second["throughput"]["it_per_s"]),
+        ("images/s", first["throughput"]["images_per_s"], second["throughput"]["images_per_s"]),
+        ("step ms", first["phases"]["step_ms"], second["phases"]["step_ms"]),
+    ]
+    rows += [(f"{p} ms", first["phases"]["phases"][p]["mean_ms"], second["phases"]["phases"][p]["mean_ms"]) for p in PHASES]
+    if first["gpu"]["kind"] == second["gpu"]["kind"] == "gpu":
+        rows.append(("GPU util %", first["gpu"]["util_mean"], second["gpu"]["util_mean"]))
+    if first["losses"] and second["losses"]:
+        rows.append(("last loss", first["losses"]["loss"]["last"], second["losses"]["loss"]["last"]))
+    return rows
+
+
+def comparison_table(first, second):
     """Two runs side by side; ratio = second / first."""
-    table = Table(title=f"{a['run']} vs {b['run']}")
-    for col in ("", a["run"], b["run"], "ratio"):
+    table = Table(title=f"{first['run']} vs {second['run']}")
+    for col in ("", first["run"], second["run"], "ratio"):
         table.add_column(col, justify="right")
-    rows = [("it/s", a["throughput"]["it_per_s"], b["throughput"]["it_per_s"]), ("images/s", a["throughput"]["images_per_s"], b["throughput"]["images_per_s"]),
-            ("step ms", a["phases"]["step_ms"], b["phases"]["step_ms"])]
-    rows += [(f"{p} ms", a["phases"]["phases"][p]["mean_ms"], b["phases"]["phases"][p]["mean_ms"]) for p in PHASES]
-    if a["gpu"]["kind"] == b["gpu"]["kind"] == "gpu":
-        rows.append(("GPU util %", a["gpu"]["util_mean"], b["gpu"]["util_mean"]))
-    if a["losses"] and b["losses"]:
-        rows.append(("last loss", a["losses"]["loss"]["last"], b["losses"]["loss"]["last"]))
-    for name, x, y in rows:
+    for name, x, y in comparison_rows(first, second):
         table.add_row(name, f"{x:.3f}", f"{y:.3f}", f"{y / x:.2f}x" if x else "-")
-    console.print(table)
-    console.print(f"bottleneck: {a['run']}: {a['verdict']['label']}; {b['run']}: {b['verdict']['label']}")
+    return table
 
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m profiling.report", description=__doc__)
-    parser.add_argument("run", help="a run folder, or a name under runs/")
-    parser.add_argument("--compare", metavar="RUN", help="a second run to set beside the first, with ratios")
-    parser.add_argument("--plot", action="store_true", help="write PNG figures into the run folder")
-    parser.add_argument("--json", action="store_true", help="print the analysis as JSON")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    a = analyse(find(args.run))
-    b = analyse(find(args.compare)) if args.compare else None
+    p = parser("python -m profiling.report", __doc__)
+    p.add_argument("run", help="a run folder, or a name under runs/")
+    p.add_argument("--compare", metavar="RUN", help="a second run to set beside the first, with ratios")
+    p.add_argument("--plot", action="store_true", help="write PNG figures into the run folder")
+    p.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    run = analyse(find(args.run))
+    other = analyse(find(args.compare)) if args.compare else None
     if args.json:
-        print(json.dumps({"run": a, "compare": b} if b else a, indent=1, default=str))
+        print(json.dumps({"run": run, "compare": other} if other else run, indent=1, default=str))
         return
     console = Console()
-    render(console, a)
-    if b:
-        compare(console, a, b)
+    render(console, run)
+    if other:
+        console.print(comparison_table(run, other))
+        console.print(f"bottleneck: {run['run']}: {run['verdict']['label']}; {other['run']}: {other['verdict']['label']}")
     if args.plot:
-        from profiling.plots import write_plots
+        from profiling.plots import write_plots  # matplotlib loads only when figures are asked for
 
         for path in write_plots(find(args.run)):
             console.print(f"wrote {path}")

@@ -9,8 +9,9 @@ from contextlib import contextmanager
 
 import torch
 
+from profiling.records import PHASES
+
 HOST_PHASES = ("data", "other")
-PHASES = ("data", "h2d", "forward", "loss", "backward", "optimizer", "other")
 
 
 class PhaseTimer:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine import train
-from engine.rundir import read_jsonl
+from profiling.records import read_jsonl
 from profiling import report
 from tests.conftest import TINY
 

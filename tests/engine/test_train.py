@@ -13,7 +13,7 @@ import torch
 import engine
 from engine import config, data, train
 from engine.guard import ExplosionGuard
-from engine.rundir import read_jsonl
+from profiling.records import read_jsonl
 from engine.trainer import Trainer
 from profiling.timer import PhaseTimer
 from tests.conftest import TINY
@@ -51,7 +51,7 @@ def test_one_step_changes_the_weights_and_is_deterministic(image_folder, tmp_pat
         out = trainer.step(batch, PhaseTimer("cpu"), guard, 0)
         after = params(trainer.model)
         assert any(not torch.equal(a, b) for a, b in zip(before, after))
-        results.append((out["losses"], after))
+        results.append((out.losses, after))
     assert results[0][0] == results[1][0]
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
 
@@ -131,7 +131,7 @@ def test_non_finite_step_is_skipped_and_recorded(image_folder, tmp_path, monkeyp
     trainer, batch, guard = tiny_trainer(image_folder, tmp_path)
     poison(monkeypatch, {1})
     before = params(trainer.model)
-    assert trainer.step(batch, PhaseTimer("cpu"), guard, 7) is None
+    assert trainer.step(batch, PhaseTimer("cpu"), guard, 7).event == "skipped"
     assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model)))
     assert trainer.optimizer.state_dict()["state"] == {}
     assert trainer.scheduler.last_epoch == 1  # the schedule counts steps, skipped ones too
@@ -139,7 +139,7 @@ def test_non_finite_step_is_skipped_and_recorded(image_folder, tmp_path, monkeyp
     assert event["step"] == 7 and event["kind"] == "non-finite" and len(event["images"]) == 2
     saved = torch.load(tmp_path / event["batch_file"], weights_only=True)
     assert torch.equal(saved["hr"], batch["hr"]) and saved["noise"].shape == (2, 9, 8, 8)
-    assert trainer.step(batch, PhaseTimer("cpu"), guard, 8) is not None
+    assert trainer.step(batch, PhaseTimer("cpu"), guard, 8).event == "ok"
 
 
 def test_fp16_overflow_is_left_to_the_scaler_not_recorded_as_an_explosion(image_folder, tmp_path):
@@ -147,8 +147,8 @@ def test_fp16_overflow_is_left_to_the_scaler_not_recorded_as_an_explosion(image_
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**126)  # scaled gradients overflow fp32
     before = params(trainer.model)
     out = trainer.step(batch, PhaseTimer("cpu"), guard, 0)
-    assert out["event"] == "overflow" and out["grad_norm"] is None
-    assert all(math.isfinite(v) for v in out["losses"].values())
+    assert out.event == "overflow" and out.grad_norm is None
+    assert all(math.isfinite(v) for v in out.losses.values())
     assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model)))
     assert trainer.scaler.get_scale() == 2.0**125  # backed off
     assert not (tmp_path / "explosions.jsonl").exists() and not guard.history["grad_norm"]

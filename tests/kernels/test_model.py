@@ -6,7 +6,7 @@ import torch
 
 import engine
 from engine.losses import irn_losses, network_passes
-from kernels.ops import compile_model, fast_kernels_unavailable, use_fast_kernels
+from engine.ops import compile_model, fast_kernels_unavailable, use_fast_kernels
 from tests.kernels.conftest import DEVICE
 from tests.official_irn import randomize
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from engine import data, train
-from engine.rundir import read_jsonl
+from profiling.records import read_jsonl
 from profiling import report
 from profiling.analysis import analyse, loss_summary
 from tests.conftest import TINY

@@ -1,11 +1,14 @@
-"""How the model picks its ops: the FrEIA reference math, the fused Triton kernels, and compilation.
+"""How the model runs its ops: the FrEIA reference math, the fused Triton kernels, and compilation.
 
 The swap changes which function the Haar and coupling modules call, never their weights, so one
 checkpoint serves both paths.
 """
+
 import torch
 
 from engine.irn import Haar, IRNCoupling
+
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 def use_fast_kernels(model, enabled=True):
@@ -15,9 +18,9 @@ def use_fast_kernels(model, enabled=True):
 
     for module in model.modules():
         if isinstance(module, IRNCoupling):
-            module.fused = coupling if enabled else None
+            module.fast_op = coupling if enabled else None
         elif isinstance(module, Haar):
-            module.fused = haar if enabled else None
+            module.fast_op = haar if enabled else None
     return model
 
 
@@ -26,13 +29,10 @@ def fast_kernels_unavailable(device):
     if torch.device(device).type != "cuda":
         return "the Triton kernels need a CUDA GPU; running the FrEIA reference ops instead"
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  (only whether it imports)
     except ImportError:
         return "triton is not installed (pip install triton); running the FrEIA reference ops instead"
     return None
-
-
-COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 def compile_model(model, mode, device, **kwargs):

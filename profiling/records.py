@@ -1,0 +1,114 @@
+"""The run folder: the one contract between training (which writes it) and the report (which reads it).
+
+    runs/run_N/
+        config.json          the resolved config (flat: every key a flag)
+        env.jsonl            versions, device, git commit, command line: one line per job
+        metrics.jsonl        per step: losses, grad norm, lr, throughput, validation, events
+        phases.jsonl         per step: wall time and each phase in ms     (rank N > 0: phases.rankN.jsonl)
+        gpu.jsonl            NVML (or process) samples                    (rank N > 0: gpu.rankN.jsonl)
+        explosions.jsonl     recorded gradient explosions, batches in explosions/
+        torch_profile.json   top ops of a torch.profiler capture, torch_trace.json its Chrome trace
+        pyspy.*              py-spy captures
+        checkpoints/
+
+Records are appended a whole line at a time; readers skip a line cut short by a crash, so a run that
+is still going or that died mid-write can always be read. Only the standard library (and the one-line
+user errors of engine.errors) is used here, so the report starts without torch or the model.
+"""
+
+import json
+from pathlib import Path
+
+from engine.errors import UserError
+
+RUNS = Path("runs")
+CONFIG = "config.json"
+ENV = "env.jsonl"
+METRICS = "metrics.jsonl"
+PHASES_STEM = "phases"
+SAMPLES_STEM = "gpu"
+EXPLOSIONS = "explosions.jsonl"
+TORCH_PROFILE = "torch_profile.json"
+TORCH_TRACE = "torch_trace.json"
+PYSPY_PREFIX = "pyspy"
+CHECKPOINTS = "checkpoints"
+
+# The phases of a training step, in the order they run; `other` is what they leave of the wall time.
+PHASES = ("data", "h2d", "forward", "loss", "backward", "optimizer", "other")
+
+
+def rank_file(folder, stem, rank):
+    """A per-rank record file: stem.jsonl for rank 0, stem.rankN.jsonl for the others."""
+    return Path(folder) / (f"{stem}.jsonl" if rank == 0 else f"{stem}.rank{rank}.jsonl")
+
+
+def rank_files(folder, stem):
+    """{rank: path} of every rank's stem.jsonl that exists, in rank order."""
+    folder = Path(folder)
+    files = {0: folder / f"{stem}.jsonl"} if (folder / f"{stem}.jsonl").exists() else {}
+    for path in folder.glob(f"{stem}.rank*.jsonl"):
+        rank = path.name.removeprefix(f"{stem}.rank").removesuffix(".jsonl")
+        if rank.isdigit():
+            files[int(rank)] = path
+    return dict(sorted(files.items()))
+
+
+class JsonLines:
+    """An append-only, line-buffered .jsonl file: a crash leaves only whole lines behind."""
+
+    def __init__(self, path):
+        self.file = open(path, "a", buffering=1)
+
+    def write(self, record):
+        self.file.write(json.dumps(record) + "\n")
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_jsonl(path):
+    """Records of a .jsonl file, skipping lines cut short by a crash."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def write_json(path, obj):
+    Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def read_config(folder):
+    return json.loads((Path(folder) / CONFIG).read_text())
+
+
+def read_envs(folder):
+    """One environment record per job that ran in this folder (a resumed run has several)."""
+    return read_jsonl(Path(folder) / ENV)
+
+
+def find(name_or_path, root=RUNS):
+    """A run folder given as a path or a name under runs/; a UserError lists the runs that exist."""
+    path = Path(name_or_path)
+    for candidate in (path, root / path):
+        if (candidate / CONFIG).is_file():
+            return candidate
+    existing = sorted((p.name for p in root.glob("*") if (p / CONFIG).is_file()), key=_natural)
+    listing = ", ".join(existing[-10:]) if existing else "none yet (train one with python -m engine.train)"
+    raise UserError(f"no run folder {str(name_or_path)!r}; runs under {root}/: {listing}")
+
+
+def _natural(name):
+    return [int(t) if t.isdigit() else t for t in name.replace("_", " ").split()]
