@@ -1,4 +1,5 @@
 """The public API: build or load a Rescaler, then downscale and upscale images with it."""
+
 import math
 import re
 from pathlib import Path
@@ -41,14 +42,19 @@ class Rescaler(nn.Module):
             z = torch.randn(b, self.z_channels(), h, w, generator=generator, device=lr.device, dtype=lr.dtype)
             z = z * temperature
         elif z.shape != (b, self.z_channels(), h, w):
-            raise UserError(f"z must have shape {(b, self.z_channels(), h, w)} for this lr at x{self.scale}, got {tuple(z.shape)}")
+            raise UserError(
+                f"z must have shape {(b, self.z_channels(), h, w)} for this lr at x{self.scale}, got {tuple(z.shape)}"
+            )
         return self(torch.cat((lr, z), 1), rev=True)[:, :IMAGE_CHANNELS]
 
 
 def check_image(x, multiple, name):
     """One-line errors for inputs the network cannot take."""
     if x.dim() != 4 or x.shape[1] != IMAGE_CHANNELS:
-        raise UserError(f"{name} must be a (B, 3, H, W) RGB tensor, got shape {tuple(x.shape)}; convert grayscale/RGBA images to RGB first")
+        raise UserError(
+            f"{name} must be a (B, 3, H, W) RGB tensor, got shape {tuple(x.shape)}; "
+            "convert grayscale/RGBA images to RGB first"
+        )
     h, w = x.shape[-2:]
     if h % multiple or w % multiple:
         raise UserError(
@@ -80,7 +86,9 @@ def load(path, device=None):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise UserError(f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}); is the file complete?") from None
+        raise UserError(
+            f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}); is the file complete?"
+        ) from None
     model = from_state_dict(unwrap_state_dict(obj))
     return model.to(device) if device is not None else model
 
@@ -121,7 +129,9 @@ def from_state_dict(state):
         )
     bad = [k for k in expected if expected[k].shape != mapped[k].shape]
     if bad:
-        raise UserError(f"weight {bad[0]} has shape {tuple(mapped[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}")
+        raise UserError(
+            f"weight {bad[0]} has shape {tuple(mapped[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}"
+        )
     model.load_state_dict(mapped)
     return model
 
@@ -131,7 +141,10 @@ def infer_arch(state):
     block_input = re.compile(r"^net\.module_list\.(\d+)\.F\.conv1\.weight$")
     blocks = {int(m[1]): state[k].shape for k in state if (m := block_input.match(k))}
     if not blocks:
-        raise UserError("cannot infer the scale: no coupling-block weights (keys like operations.1.F.conv1.weight) in the checkpoint")
+        raise UserError(
+            "cannot infer the scale: the checkpoint has no coupling-block weights "
+            "(keys like operations.1.F.conv1.weight)"
+        )
     channels = max(IMAGE_CHANNELS + shape[1] for shape in blocks.values())
     n_stages = round(math.log(channels / IMAGE_CHANNELS, 4))
     if IMAGE_CHANNELS * 4**n_stages != channels or len(blocks) % n_stages:

@@ -1,4 +1,5 @@
 """Atomic checkpoints of everything a run needs to continue exactly: weights, optimiser, RNGs, step."""
+
 import os
 import random
 from pathlib import Path

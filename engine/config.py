@@ -117,9 +117,11 @@ def _value_type(default):
     return type(default)
 
 
-def _flag_parser(cfg, help_texts, prog):
+def _flag_parser(cfg, help_texts, prog, name):
     """The full parser: run flags, then every config key grouped by its section, showing its value."""
-    p = parser(prog, "Train IRN. Every config key is a flag; the value after each is the chosen config's.")
+    about = f"Every config key is a flag; [the value] after each is that of config {name}."
+    usage = f"{prog} [--config NAME | --resume RUN] [--name NAME] [--KEY VALUE ...]"
+    p = parser(prog, about, usage=usage)
     p.allow_abbrev = False
     run = p.add_argument_group("run folder")
     for name, (metavar, text) in RUN_FLAGS.items():
@@ -130,16 +132,22 @@ def _flag_parser(cfg, help_texts, prog):
             continue
         section, text = help_texts.get(key, ("other", ""))
         group = groups.get(section) or groups.setdefault(section, p.add_argument_group(section.replace("_", " ")))
-        shown = ",".join(map(str, value)) if isinstance(value, list) else value
-        text = f"{text} [{shown!s}]" if text else f"[{shown!s}]"
+        text = f"{text} [{_shown(value)}]" if text else f"[{_shown(value)}]"
         if isinstance(value, bool):
             group.add_argument(flag(key), dest=key, nargs="?", const=True, type=_parse_bool, metavar="BOOL", help=text)
         elif key in WINDOWS:
             group.add_argument(flag(key), dest=key, nargs="?", const=DEFAULT_WINDOW, metavar="START:STOP", help=text)
         else:
-            metavar = type(value).__name__.upper() if not isinstance(value, list) else "LIST"
+            metavar = {str: "TEXT", list: "LIST"}.get(type(value), type(value).__name__.upper())
             group.add_argument(flag(key), dest=key, type=_value_type(value), metavar=metavar, help=text)
     return p
+
+
+def _shown(value):
+    """A value as it is typed on the command line: lists comma-separated, the empty text as ""."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return '""' if value == "" else str(value)
 
 
 def resolve(argv, resumed_config=None, world=1, prog="python -m engine.train"):
@@ -164,7 +172,7 @@ def resolve(argv, resumed_config=None, world=1, prog="python -m engine.train"):
     else:
         name = flags.config or DEFAULT
         cfg, help_texts = load_with_help(name)
-    full = _flag_parser(cfg, help_texts, prog)
+    full = _flag_parser(cfg, help_texts, prog, name)
     if any(arg in ("-h", "--help") for arg in remaining):
         full.parse_args(["--help"])  # prints the help and exits 0
     overrides, unknown = full.parse_known_args(remaining)
@@ -214,11 +222,11 @@ def number(low, strict=False):
 
 
 def choice(*options):
-    return lambda v, cfg: None if v in options else " or ".join(options)
+    return lambda v, cfg: None if v in options else f"{', '.join(options[:-1])} or {options[-1]}"
 
 
 def text(v, cfg):
-    return None if isinstance(v, str) else "a text (a folder path, or \"\")"
+    return None if isinstance(v, str) else 'a text (a folder path, or "")'
 
 
 def boolean(v, cfg):
@@ -231,7 +239,11 @@ def power_of_two(v, cfg):
 
 def crop_size(v, cfg):
     scale = cfg["scale"]
-    return None if _is_int(v) and v % scale == 0 and v >= 2 * scale else f"a multiple of the scale {scale}, at least {2 * scale}"
+    return (
+        None
+        if _is_int(v) and v % scale == 0 and v >= 2 * scale
+        else f"a multiple of the scale {scale}, at least {2 * scale}"
+    )
 
 
 def batch_size(v, cfg):
@@ -264,11 +276,11 @@ def duration(v, cfg):
     return None if isinstance(v, str) and _parses(parse_duration, v) else 'a duration like 11h50m, 90m or 3600s, or ""'
 
 
-
 def compile_mode(v, cfg):
-    return None if v in ("off", *COMPILE_MODES) else "off, " + ", ".join(COMPILE_MODES)
+    return choice("off", *COMPILE_MODES)(v, cfg)
 
 
+TEXT_KEYS = {"data", "val", "device", "precision", "compile", "time_limit", "py_spy", "torch_profile"}
 RULES = {
     "scale": power_of_two,
     "blocks_per_stage": integer(1),
@@ -314,7 +326,7 @@ def check(cfg, world=1):
     """Every value against its rule; the first bad one is a one-line UserError."""
     missing = [k for k in RULES if k not in cfg]
     if missing:
-        raise UserError(f"the config has no {', '.join(missing[:3])}; base it on another: base = \"irn_x4\"")
+        raise UserError(f'the config has no {", ".join(missing[:3])}; base it on another: base = "irn_x4"')
     unknown = [k for k in cfg if k not in RULES and k != "config"]
     if unknown:
         raise UserError(f"unknown config key {unknown[0]!r}{_suggestion(unknown[0], RULES)}")
@@ -324,8 +336,8 @@ def check(cfg, world=1):
             continue  # the scale's own message comes first
         allowed = rule(cfg[key], context)
         if allowed:
-            shown = ",".join(map(str, cfg[key])) if isinstance(cfg[key], list) else cfg[key]
-            raise UserError(f"{flag(key)} {shown!s}: expected {allowed}")
+            quoted = isinstance(cfg[key], str) and key not in TEXT_KEYS  # a number written as "96" in a file
+            raise UserError(f"{flag(key)} {_shown(cfg[key]) if not quoted else repr(cfg[key])}: expected {allowed}")
 
 
 def _parses(parse, text):

@@ -4,6 +4,7 @@ Sample g of a run (g counts over the global batch: step * batch + position) is a
 (seed, g): its image, crop box, flip/rotation and the z noise of its backward pass. So the data a run
 sees does not depend on workers, on resumption, or on how many ranks share the batch.
 """
+
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,14 @@ from PIL import Image, UnidentifiedImageError
 from engine.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
-EMBEDDED_TRAIN = ["astronaut.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png"]
+EMBEDDED_TRAIN = [
+    "astronaut.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+]
 EMBEDDED_HELD_OUT = ["chelsea.png", "coffee.png"]
 
 
@@ -57,7 +65,10 @@ def read_folder(folder, min_size=1):
     if len(files) > len(images):
         found.skipped["not an image file"] = [f.name for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]
     if not found.images:
-        raise UserError(f"no usable images in {folder} ({describe_skipped(found.skipped)}); give a folder of RGB images at least {min_size}x{min_size}")
+        raise UserError(
+            f"no usable images in {folder} ({describe_skipped(found.skipped)}); "
+            f"give a folder of RGB images at least {min_size}x{min_size}"
+        )
     return found
 
 
@@ -94,7 +105,12 @@ def to_rgb8(path):
 
 
 def describe_skipped(skipped):
-    return "; ".join(f"{len(v)} {reason}: {', '.join(v[:3])}{'...' if len(v) > 3 else ''}" for reason, v in skipped.items()) or "none skipped"
+    return (
+        "; ".join(
+            f"{len(v)} {reason}: {', '.join(v[:3])}{'...' if len(v) > 3 else ''}" for reason, v in skipped.items()
+        )
+        or "none skipped"
+    )
 
 
 class CropDataset(torch.utils.data.Dataset):

@@ -3,6 +3,7 @@
 Under `torchrun --nproc_per_node N -m engine.train`, every rank runs the same loop on its share of the
 global batch; NCCL on GPUs, gloo on CPUs. Without torchrun everything here is a no-op for rank 0 of 1.
 """
+
 import os
 import time
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ def init():
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible; lower --nproc_per_node")
+            raise UserError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible; lower --nproc_per_node"
+            )
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -16,7 +16,7 @@ class UserError(Exception):
 
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
-        raise UserError(f"{self.prog}: {message} (see --help)")
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def parser(prog, doc, **kwargs):

@@ -73,4 +73,9 @@ def validation_scores(model, images, device="cpu", on_image=None):
     `on_image` also sees the z = 0 upscale."""
     result = evaluate_set(model, images, z_settings("sample", [0.0, 1.0], 1), device, on_image)
     row = result["settings"]["T=1"]
-    return {"psnr_y": row["psnr_y"], "ssim_y": row["ssim_y"], "psnr_rgb": row["psnr_rgb"], "lr_psnr_y": result["lr_psnr_y"]}
+    return {
+        "psnr_y": row["psnr_y"],
+        "ssim_y": row["ssim_y"],
+        "psnr_rgb": row["psnr_rgb"],
+        "lr_psnr_y": result["lr_psnr_y"],
+    }

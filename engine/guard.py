@@ -1,4 +1,5 @@
 """Gradient-explosion tracking: record suspicious steps with their batch, skip non-finite ones."""
+
 import math
 from collections import deque
 from pathlib import Path
@@ -33,12 +34,14 @@ class ExplosionGuard:
             self._record(step, "non-finite", losses, grad_norm, batch)
             if self.bad_in_row >= self.max_bad:
                 raise TooManyBadSteps(
-                    f"{self.bad_in_row} non-finite steps in a row (last at step {step}); the run stopped with its last good "
-                    f"checkpoint kept. Inspect {self.folder}, then lower --lr or --grad-clip and --resume"
+                    f"{self.bad_in_row} non-finite steps in a row (last at step {step}); the run stopped with its last "
+                    f"good checkpoint kept. Inspect {self.folder}, then lower --lr or --grad-clip and --resume"
                 )
             return "skipped"
         self.bad_in_row = 0
-        spiking = [k for k, v in values.items() if len(self.history[k]) >= 10 and v > self.factor * median(self.history[k])]
+        spiking = [
+            k for k, v in values.items() if len(self.history[k]) >= 10 and v > self.factor * median(self.history[k])
+        ]
         for k, v in values.items():
             self.history[k].append(v)
         if spiking:

@@ -4,6 +4,7 @@ The graph is the reference that defines correct outputs. Each Haar and coupling 
 `fast_op` attribute: None runs the reference math, a function from `kernels` runs the fused op
 (engine/ops.py sets it); the weights are the same either way.
 """
+
 import math
 
 import torch

@@ -1,4 +1,5 @@
 """IRN's three losses, each a sum over C*H*W averaged over the batch (as in the official code)."""
+
 import torch
 
 from engine.irn import IMAGE_CHANNELS, quantize

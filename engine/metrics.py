@@ -2,6 +2,7 @@
 
 Inputs are float (B,3,H,W) tensors in [0, 1] on any device; results are per-image tensors.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -44,7 +45,10 @@ def ssim(img, ref, border=0, y_channel=True):
     a, b = prepare(img, border, y_channel), prepare(ref, border, y_channel)
     c = a.shape[1]
     w = gaussian_window(dtype=a.dtype, device=a.device).expand(c, 1, 11, 11)
-    blur = lambda t: F.conv2d(t, w, groups=c)
+
+    def blur(t):
+        return F.conv2d(t, w, groups=c)
+
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a**2
     var_b = blur(b * b) - mu_b**2

@@ -1,4 +1,5 @@
 """What the trainer shows: a rich progress bar while it runs and a one-screen summary at the end."""
+
 from statistics import fmean
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

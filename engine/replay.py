@@ -7,6 +7,7 @@ runs every sample alone through the run's network, printing its losses and grad 
 a checkpoint's (the run's last by default), so the figures are those of that step's weights, not
 exactly the logged ones, unless the checkpoint was written just before the event.
 """
+
 import math
 import sys
 
@@ -69,7 +70,10 @@ def main(argv=None):
     event = pick_event(folder, args.step)
     weights = args.checkpoint or folder / records.CHECKPOINTS / checkpoint.LATEST
     console = Console()
-    console.print(f"step {event['step']}: {event['kind']}, logged grad norm {event['grad_norm']:.4g}; replayed with the weights of {weights}")
+    console.print(
+        f"step {event['step']}: {event['kind']}, logged grad norm {event['grad_norm']:.4g}; "
+        f"replayed with the weights of {weights}"
+    )
     table = Table()
     for column in ("sample", "image", "crop box (top, left, h, w)", *event["losses"], "grad norm"):
         table.add_column(column, justify="left" if column in ("image", "crop box (top, left, h, w)") else "right")

@@ -7,6 +7,7 @@ IN and OUT are image files or folders. `down` pads by reflection to a multiple o
 writes an 8-bit PNG LR that records the original size; `up` upscales with z ~ N(0, T^2) (T = 0:
 z = 0) and crops back to that size, so down then up returns an image of the original size.
 """
+
 import sys
 from pathlib import Path
 

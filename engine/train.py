@@ -3,6 +3,7 @@
 Every key of configs/*.toml is a flag. Each step is timed phase by phase (profiling/timer.py); the run
 folder gets metrics.jsonl, phases.jsonl, gpu.jsonl, checkpoints/, samples/ and explosion records.
 """
+
 import os
 import signal
 import sys
@@ -138,8 +139,13 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
     """
     device, ranks, t0 = trainer.device, trainer.ranks, time.monotonic()
     guard = ExplosionGuard(
-        folder, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], train_set.names,
-        write=ranks.main, keep_batches=cfg["explosion_batches_kept"],
+        folder,
+        cfg["explosion_factor"],
+        cfg["explosion_window"],
+        cfg["max_bad_steps"],
+        train_set.names,
+        write=ranks.main,
+        keep_batches=cfg["explosion_batches_kept"],
     )
     pin = device.type == "cuda"
     batches = iter(data.loader(train_set.images, cfg, start, ranks.rank, ranks.world, pin_memory=pin))
@@ -166,7 +172,9 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
             step += 1
             with timer.phase("other"):
                 now = time.perf_counter()
-                record = log_step({"step": step - 1, "lr": lr, "step_s": round(now - last, 5)}, result, cfg["batch_size"])
+                record = log_step(
+                    {"step": step - 1, "lr": lr, "step_s": round(now - last, 5)}, result, cfg["batch_size"]
+                )
                 last = now
                 if ranks.main:
                     if due(step, cfg["val_every"]) or step == cfg["steps"]:
@@ -240,7 +248,9 @@ def run(cfg, flags, ranks, time_limit):
     if ranks.main:
         summary(console, folder, cfg, start, step, seconds, stopped)
         if stopped:
-            console.print(f"stopped by {stopped} at step {step}; checkpoint saved. Resume with: [bold]{resume_command(folder)}")
+            console.print(
+                f"stopped by {stopped} at step {step}; checkpoint saved. Resume with: [bold]{resume_command(folder)}"
+            )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,11 @@ class StepResult:
 class Trainer:
     """The model, its optimiser and schedule, and one training step."""
 
-    def __init__(self, cfg, device, ranks=distributed.Ranks()):
-        self.cfg, self.device, self.ranks = cfg, device, ranks
-        self.model = engine.build(cfg["scale"], blocks_per_stage=cfg["blocks_per_stage"], growth=cfg["growth"], clamp=cfg["clamp"]).to(device)
+    def __init__(self, cfg, device, ranks=None):
+        self.cfg, self.device, self.ranks = cfg, device, ranks or distributed.Ranks()
+        self.model = engine.build(
+            cfg["scale"], blocks_per_stage=cfg["blocks_per_stage"], growth=cfg["growth"], clamp=cfg["clamp"]
+        ).to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(
             self.params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], foreach=True
@@ -38,7 +40,9 @@ class Trainer:
         self.kernel_note = ops.fast_kernels_unavailable(device) if cfg["fast_kernels"] else None
         if cfg["fast_kernels"] and self.kernel_note is None:
             ops.use_fast_kernels(self.model)
-        self.net, self.allreduce = distributed.wrap(self.model, ranks, device) if ranks.active else (self.model, None)
+        self.net, self.allreduce = self.model, None
+        if self.ranks.active:
+            self.net, self.allreduce = distributed.wrap(self.model, self.ranks, device)
         if cfg["compile"] != "off":
             self.net = ops.compile_model(self.net, cfg["compile"], device)
 
@@ -63,7 +67,9 @@ class Trainer:
     def advance_schedule(self):
         """The recipe's milestones count steps, skipped ones too; torch warns when no update came first."""
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+            warnings.filterwarnings(
+                "ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`"
+            )
             self.scheduler.step()
 
     def autocast(self):
@@ -91,7 +97,7 @@ class Trainer:
             # Losses are averaged over ranks (the grad norm already is) so every rank decides alike.
             averaged = distributed.mean_over_ranks(torch.stack(list(losses.values())).detach(), self.ranks)
             *values, norm = torch.cat([averaged, norm.reshape(1)]).tolist()
-            losses = dict(zip(losses, values))
+            losses = dict(zip(losses, values, strict=True))
             # fp16: finite losses with an infinite scaled gradient are the scaler's business (it skips the
             # update and backs off), not an explosion.
             overflow = self.scaler.is_enabled() and not math.isfinite(norm) and all(map(math.isfinite, values))

@@ -7,6 +7,7 @@ The forward saves its inputs x and h; the inverse saves its output x and h (not 
 is one pass over memory. Tensors are processed as rows (one per sample) of a dense block, so channel
 slices of a bigger tensor (the block's x2) are read in place without a copy.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -51,8 +52,22 @@ def _coupling_kernel(x, h, g, out, N, sx, sh, sg, so, clamp, INVERSE: tl.constex
 
 @triton.jit
 def _coupling_backward_kernel(
-    grad, saved, h, d_in, d_h, d_g, N, s_grad, s_saved, s_h, s_din, s_dh, s_dg, clamp,
-    INVERSE: tl.constexpr, BLOCK: tl.constexpr,
+    grad,
+    saved,
+    h,
+    d_in,
+    d_h,
+    d_g,
+    N,
+    s_grad,
+    s_saved,
+    s_h,
+    s_din,
+    s_dh,
+    s_dg,
+    clamp,
+    INVERSE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     row, col, mask = _row_block(N, BLOCK)
     dout, sv = _load(grad, row, s_grad, col, mask), _load(saved, row, s_saved, col, mask)
@@ -74,7 +89,7 @@ def _coupling_backward_kernel(
 def _inner_dense(t):
     """Whether one sample of `t` is a dense block (any dimension order)."""
     expected = 1
-    for stride, size in sorted(zip(t.stride()[1:], t.shape[1:])):
+    for stride, size in sorted(zip(t.stride()[1:], t.shape[1:], strict=True)):
         if size != 1 and stride != expected:
             return False
         expected *= size
@@ -91,7 +106,10 @@ def _shared_rows(*ts):
 def _empty_rows(like, count=1):
     """Outputs shaped like `like`, one dense row per sample, in `like`'s in-row order."""
     n = like[0].numel()
-    return [torch.empty_strided(like.shape, (n, *like.stride()[1:]), dtype=like.dtype, device=like.device) for _ in range(count)]
+    return [
+        torch.empty_strided(like.shape, (n, *like.stride()[1:]), dtype=like.dtype, device=like.device)
+        for _ in range(count)
+    ]
 
 
 def _grid(t):
@@ -102,7 +120,18 @@ def _affine(x, h, g, clamp, inverse):
     x, h, g = _shared_rows(x, h, g)
     (out,) = _empty_rows(h)
     _coupling_kernel[_grid(h)](
-        x, h, g, out, h[0].numel(), x.stride(0), h.stride(0), g.stride(0), out.stride(0), clamp, INVERSE=inverse, BLOCK=BLOCK
+        x,
+        h,
+        g,
+        out,
+        h[0].numel(),
+        x.stride(0),
+        h.stride(0),
+        g.stride(0),
+        out.stride(0),
+        clamp,
+        INVERSE=inverse,
+        BLOCK=BLOCK,
     )
     return out
 
@@ -111,9 +140,22 @@ def _affine_backward(grad, saved, h, clamp, inverse):
     grad, saved, h = _shared_rows(grad, saved, h)
     d_in, d_h, d_g = _empty_rows(h, 3 if inverse else 2) + ([] if inverse else [grad])
     _coupling_backward_kernel[_grid(h)](
-        grad, saved, h, d_in, d_h, d_g, h[0].numel(),
-        grad.stride(0), saved.stride(0), h.stride(0), d_in.stride(0), d_h.stride(0), d_g.stride(0), clamp,
-        INVERSE=inverse, BLOCK=BLOCK,
+        grad,
+        saved,
+        h,
+        d_in,
+        d_h,
+        d_g,
+        h[0].numel(),
+        grad.stride(0),
+        saved.stride(0),
+        h.stride(0),
+        d_in.stride(0),
+        d_h.stride(0),
+        d_g.stride(0),
+        clamp,
+        INVERSE=inverse,
+        BLOCK=BLOCK,
     )
     return d_in, d_h, d_g
 
@@ -132,13 +174,17 @@ def coupling_inverse(y: torch.Tensor, h: torch.Tensor, g: torch.Tensor, clamp: f
 
 
 @torch.library.custom_op("irn::coupling_forward_backward", mutates_args=())
-def coupling_forward_backward(grad: torch.Tensor, x: torch.Tensor, h: torch.Tensor, clamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+def coupling_forward_backward(
+    grad: torch.Tensor, x: torch.Tensor, h: torch.Tensor, clamp: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     d_x, d_h, _ = _affine_backward(grad, x, h, clamp, inverse=False)
     return d_x, d_h
 
 
 @torch.library.custom_op("irn::coupling_inverse_backward", mutates_args=())
-def coupling_inverse_backward(grad: torch.Tensor, x: torch.Tensor, h: torch.Tensor, clamp: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def coupling_inverse_backward(
+    grad: torch.Tensor, x: torch.Tensor, h: torch.Tensor, clamp: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _affine_backward(grad, x, h, clamp, inverse=True)
 
 

@@ -7,6 +7,7 @@ For each input channel c and 2x2 patch (a b / c d), forward writes four bands in
     inverse(y, s) = s M^T y  -> grad_y = s M grad   = forward(grad, s)
 Indexing goes through strides, so contiguous and channels_last tensors work without copies.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -16,10 +17,23 @@ BLOCK = 1024
 
 @triton.jit
 def _haar_kernel(
-    src, dst, n, C, Ho, Wo,
-    s_b, s_c, s_h, s_w,  # strides of the full-resolution tensor
-    d_b, d_c, d_h, d_w,  # strides of the band tensor
-    scale, INVERSE: tl.constexpr, BLOCK: tl.constexpr,
+    src,
+    dst,
+    n,
+    C,
+    Ho,
+    Wo,
+    s_b,
+    s_c,
+    s_h,
+    s_w,  # strides of the full-resolution tensor
+    d_b,
+    d_c,
+    d_h,
+    d_w,  # strides of the band tensor
+    scale,
+    INVERSE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     # one lane per (batch, channel, low-res row, low-res column)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)

@@ -3,6 +3,7 @@
 `analyse(folder)` returns plain data (the report renders it, --json prints it). It reads files that
 may still be growing or were cut short by a crash.
 """
+
 import json
 from pathlib import Path
 from statistics import mean, median
@@ -45,7 +46,12 @@ def phase_stats(records):
             "p95_ms": percentile(values, 0.95),
             "share": (mean(values) / total) if total else 0.0,
         }
-    return {"step_ms": total, "step_p50_ms": percentile(walls, 0.5), "step_p95_ms": percentile(walls, 0.95), "phases": rows}
+    return {
+        "step_ms": total,
+        "step_p50_ms": percentile(walls, 0.5),
+        "step_p95_ms": percentile(walls, 0.95),
+        "phases": rows,
+    }
 
 
 def gpu_stats(samples, step_ms):
@@ -60,7 +66,9 @@ def gpu_stats(samples, step_ms):
             "mem_peak_mib": max(s["mem_used_mib"] for s in gpu),
             "power_mean_w": mean(power) if power else None,
             "energy_per_step_j": mean(power) * step_ms / 1e3 if power else None,
-            "sm_clock_mean_mhz": mean(s["sm_clock_mhz"] for s in gpu if "sm_clock_mhz" in s) if any("sm_clock_mhz" in s for s in gpu) else None,
+            "sm_clock_mean_mhz": mean(s["sm_clock_mhz"] for s in gpu if "sm_clock_mhz" in s)
+            if any("sm_clock_mhz" in s for s in gpu)
+            else None,
             "throttled_share": sum(bool(s.get("throttle", 0) & ~1) for s in gpu) / len(gpu),  # bit 0 is 'idle'
             "samples": len(gpu),
         }
@@ -82,7 +90,7 @@ def verdict(phases, gpu, device_type):
         return (
             "data-bound",
             f"the training loop waited for data {share['data']:.0%} of each step",
-            "raise --workers, keep the set in memory (it is) on a faster disk for the first decode, or lower the crop cost",
+            "raise --workers, or lower the cost of each crop (the images are decoded once, into memory)",
         )
     if share["other"] > 0.2:
         return (
@@ -93,15 +101,19 @@ def verdict(phases, gpu, device_type):
     if device_type == "cuda" and gpu.get("kind") == "gpu" and gpu["util_mean"] < 80:
         return (
             "host-bound",
-            f"the GPU was busy only {gpu['util_mean']:.0f}% of the time ({gpu['under_50_share']:.0%} of samples under 50%) although data was ready",
-            "the CPU cannot issue kernels fast enough: try --compile reduce-overhead (CUDA graphs), --fast-kernels, or a larger batch",
+            f"the GPU was busy only {gpu['util_mean']:.0f}% of the time ({gpu['under_50_share']:.0%} of samples "
+            "under 50%) although data was ready",
+            "the CPU cannot issue kernels fast enough: try --compile reduce-overhead (CUDA graphs), --fast-kernels, "
+            "or a larger batch",
         )
     compute = share["forward"] + share["backward"] + share["loss"]
     where = "the GPU" if device_type == "cuda" else "the CPU"
     return (
         "compute-bound",
         f"forward, loss and backward took {compute:.0%} of each step on {where}",
-        "try --fast-kernels with --compile, --precision bf16" if device_type == "cuda" else "train on a CUDA GPU; on the CPU, smaller crops or fewer blocks",
+        "try --fast-kernels with --compile, --precision bf16"
+        if device_type == "cuda"
+        else "train on a CUDA GPU; on the CPU, smaller crops or fewer blocks",
     )
 
 
@@ -124,7 +136,9 @@ def loss_summary(metrics):
     out["window"] = k
     vals = [r for r in metrics if "val_psnr_y" in r]
     if vals:
-        out["validation"] = {k2: vals[-1][k2] for k2 in vals[-1] if k2.startswith("val_")} | {"step": vals[-1]["step"] + 1}
+        out["validation"] = {k2: vals[-1][k2] for k2 in vals[-1] if k2.startswith("val_")} | {
+            "step": vals[-1]["step"] + 1
+        }
     out["skipped_steps"] = len(metrics) - len(trained)
     return out
 
@@ -144,7 +158,11 @@ def analyse(folder):
     device_type = env.get("device", {}).get("type", "cpu")
     last_step = metrics[-1]["step"] + 1 if metrics else 0
     step_s = stats["step_ms"] / 1e3
-    label, evidence, next_step = verdict(stats, gpu, device_type) if phases else ("unknown", "no step timings yet", "let the run take a few steps")
+    label, evidence, next_step = (
+        verdict(stats, gpu, device_type)
+        if phases
+        else ("unknown", "no step timings yet", "let the run take a few steps")
+    )
     world = env.get("world_size", 1)
     return {
         "run": str(folder),
@@ -183,14 +201,18 @@ def read_torch_profile(folder):
 def rank_table(ranks):
     """Per rank: step time, data wait, backward (which holds DDP's gradient all-reduce); stragglers flagged."""
     rows = []
-    for rank, records in ranks.items():
-        if not records:
+    for rank, steps in ranks.items():
+        if not steps:
             continue
-        row = {"rank": rank, "step_ms": mean(r["wall_ms"] for r in records), "data_ms": mean(r.get("data", 0.0) for r in records),
-               "backward_ms": mean(r.get("backward", 0.0) for r in records),
-               "work_ms": mean(sum(r.get(k, 0.0) for k in ("data", "h2d", "forward", "loss")) for r in records)}
-        if any("allreduce_ms" in r for r in records):
-            row["allreduce_ms"] = mean(r.get("allreduce_ms", 0.0) for r in records)
+        row = {
+            "rank": rank,
+            "step_ms": mean(r["wall_ms"] for r in steps),
+            "data_ms": mean(r.get("data", 0.0) for r in steps),
+            "backward_ms": mean(r.get("backward", 0.0) for r in steps),
+            "work_ms": mean(sum(r.get(k, 0.0) for k in ("data", "h2d", "forward", "loss")) for r in steps),
+        }
+        if any("allreduce_ms" in r for r in steps):
+            row["allreduce_ms"] = mean(r.get("allreduce_ms", 0.0) for r in steps)
         rows.append(row)
     # Every rank waits for the slowest in the backward's all-reduce, so the step time is shared; a
     # straggler shows in the work before it: data, copy, forward and loss.

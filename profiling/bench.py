@@ -6,11 +6,13 @@
 
 Defaults follow the paper's x4 recipe (batch 16, 144x144 crops) on a GPU, and a small shape on a CPU.
 """
+
 import statistics
 import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 from rich.console import Console
@@ -73,14 +75,22 @@ def kernel_cases(batch, crop, scale, device):
     from kernels.haar import haar
 
     cases, channels, side = [], 3, crop
-    for stage in range(scale.bit_length() - 1):
+    for _ in range(scale.bit_length() - 1):  # one Haar stage per factor of two
         x = torch.randn(batch, channels, side, side, device=device)
         n = x.numel() * 4
         cases.append((f"haar fwd  {tuple(x.shape)}", haar, haar_math, (x,), 2 * n))
         channels, side = channels * 4, side // 2
         t = [torch.randn(batch, channels - 3, side, side, device=device) for _ in range(3)]
         n = t[0].numel() * 4
-        cases.append((f"coupling fwd {tuple(t[0].shape)}", lambda a, b, c: coupling(a, b, c, 1.0), coupling_math, tuple(t), 4 * n))
+        cases.append(
+            (
+                f"coupling fwd {tuple(t[0].shape)}",
+                lambda a, b, c: coupling(a, b, c, 1.0),
+                coupling_math,
+                tuple(t),
+                4 * n,
+            )
+        )
     return cases
 
 
@@ -94,18 +104,34 @@ def with_backward(fn, inputs):
 def bench_kernels(args, device):
     cases = kernel_cases(args.batch, args.crop, args.scale, device)
     roof = copy_bandwidth(device) if device.type == "cuda" else None
-    table = Table(title=f"fused ops at x{args.scale}, batch {args.batch}, {args.crop}x{args.crop} ({device})" + (f"; copy bandwidth {roof:.0f} GB/s" if roof else ""))
-    for col in ("op", "eager ms", "compile ms", "triton ms", "triton GB/s", "of copy", "triton fwd+bwd ms", "eager fwd+bwd ms"):
+    table = Table(
+        title=f"fused ops at x{args.scale}, batch {args.batch}, {args.crop}x{args.crop} ({device})"
+        + (f"; copy bandwidth {roof:.0f} GB/s" if roof else "")
+    )
+    for col in (
+        "op",
+        "eager ms",
+        "compile ms",
+        "triton ms",
+        "triton GB/s",
+        "of copy",
+        "triton fwd+bwd ms",
+        "eager fwd+bwd ms",
+    ):
         table.add_column(col, justify="right" if col != "op" else "left")
     for name, fused, math, inputs, nbytes in cases:
-        eager = timed(lambda: math(*inputs), device)
-        compiled_fn = torch.compile(math)
-        compiled = timed(lambda: compiled_fn(*inputs), device)
+        eager = timed(partial(math, *inputs), device)
+        compiled = timed(partial(torch.compile(math), *inputs), device)
         eager_bwd = timed(with_backward(math, inputs), device)
         if device.type == "cuda":
-            ms = timed(lambda: fused(*inputs), device)
+            ms = timed(partial(fused, *inputs), device)
             gbs = nbytes / ms / 1e6
-            cells = [f"{ms:.3f}", f"{gbs:.0f}", f"{gbs / roof:.0%}", f"{timed(with_backward(fused, inputs), device):.3f}"]
+            cells = [
+                f"{ms:.3f}",
+                f"{gbs:.0f}",
+                f"{gbs / roof:.0%}",
+                f"{timed(with_backward(fused, inputs), device):.3f}",
+            ]
         else:
             cells = ["needs CUDA", "-", "-", "-"]
         table.add_row(name, f"{eager:.3f}", f"{compiled:.3f}", *cells, f"{eager_bwd:.3f}")
@@ -162,18 +188,25 @@ def step_runner(cfg, device, folder=None):
 
 
 def bench_step(args, device):
-    names = args.variants.split(",") if args.variants else (list(VARIANTS) if device.type == "cuda" else ["freia", "compile"])
+    names = (
+        args.variants.split(",")
+        if args.variants
+        else (list(VARIANTS) if device.type == "cuda" else ["freia", "compile"])
+    )
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise UserError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    table = Table(title=f"training step at x{args.scale}, batch {args.batch}, {args.crop}x{args.crop} ({device}), median of {args.steps}")
+    table = Table(
+        title=f"training step at x{args.scale}, batch {args.batch}, {args.crop}x{args.crop} ({device}), "
+        f"median of {args.steps}"
+    )
     for col in ("variant", "ms/step", "images/s", "vs freia eager"):
         table.add_column(col, justify="right" if col != "variant" else "left")
     base = None
     for name in names:
         cfg = step_config(args, VARIANTS[name])
         run, timer = step_runner(cfg, device), PhaseTimer(device, enabled=False)
-        ms = timed(lambda: run(timer), device, warmup=args.warmup, repeats=args.steps)
+        ms = timed(partial(run, timer), device, warmup=args.warmup, repeats=args.steps)
         base = base or ms
         table.add_row(name, f"{ms:.1f}", f"{args.batch / ms * 1e3:.1f}", f"{base / ms:.2f}x")
         console.print(f"  {name}: {ms:.1f} ms/step")
@@ -187,20 +220,20 @@ def bench_overhead(args, device):
     samples = records.JsonLines(records.rank_file(folder, records.SAMPLES_STEM, 0))
     run = step_runner(cfg, device, folder)
     timers = {"on": PhaseTimer(device, sink=phases), "off": PhaseTimer(device, enabled=False)}
-    timed(lambda: run(timers["off"]), device, warmup=args.warmup, repeats=1)
+    timed(partial(run, timers["off"]), device, warmup=args.warmup, repeats=1)
     times, kind = {"on": [], "off": []}, None
     for _ in range(args.rounds):
         for key, timer in timers.items():
             sampler = Sampler(samples, cfg["gpu_sample_ms"], log=lambda m: None) if key == "on" else nullcontext()
             with sampler:
-                times[key].append(timed(lambda: run(timer), device, warmup=1, repeats=args.steps))
+                times[key].append(timed(partial(run, timer), device, warmup=1, repeats=args.steps))
             timer.flush()
             kind = getattr(sampler, "kind", kind)
     on_ms, off_ms = statistics.median(times["on"]), statistics.median(times["off"])
     console.print(
-        f"profiler overhead at x{args.scale}, batch {args.batch}, {args.crop}x{args.crop} ({device}): on {on_ms:.2f} ms/step, "
-        f"off {off_ms:.2f} ms/step -> {100 * (on_ms / off_ms - 1):+.2f}% (median of {args.rounds} alternating rounds of "
-        f"{args.steps} steps; sampler: {kind})"
+        f"profiler overhead at x{args.scale}, batch {args.batch}, {args.crop}x{args.crop} ({device}): "
+        f"on {on_ms:.2f} ms/step, off {off_ms:.2f} ms/step -> {100 * (on_ms / off_ms - 1):+.2f}% "
+        f"(median of {args.rounds} alternating rounds of {args.steps} steps; sampler: {kind})"
     )
 
 
@@ -213,7 +246,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16 if cuda else 2)
     p.add_argument("--crop", type=int, default=144 if cuda else 32)
     p.add_argument("--steps", type=int, default=30 if cuda else 5, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=10 if cuda else 2, help="untimed steps first (compilation, autotuning)")
+    p.add_argument(
+        "--warmup", type=int, default=10 if cuda else 2, help="untimed steps first (compilation, autotuning)"
+    )
     p.add_argument("--rounds", type=int, default=5, help="alternating on/off rounds for `overhead`")
     p.add_argument("--variants", default="", help=f"comma-separated, from: {', '.join(VARIANTS)}")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)

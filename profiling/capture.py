@@ -3,6 +3,7 @@
 `Captures.at_step(step)` is called before every step; a capture starts at its START step and stops
 before its STOP step (so START:STOP records STOP - START steps).
 """
+
 import ctypes
 import json
 import os
@@ -51,13 +52,28 @@ class PySpyCapture:
     def start(self):
         allow_tracing_by_children()
         native = ["--native"] if self.native and self._native_works() else []
-        cmd = [py_spy_executable(), "record", "--pid", str(os.getpid()), "--format", "raw", "-o", str(self.raw),
-               "--rate", str(self.RATE_HZ), *native]
+        cmd = [
+            py_spy_executable(),
+            "record",
+            "--pid",
+            str(os.getpid()),
+            "--format",
+            "raw",
+            "-o",
+            str(self.raw),
+            "--rate",
+            str(self.RATE_HZ),
+            *native,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(0.5)  # py-spy needs a moment to attach; a failure to attach shows up here
         if self.proc.poll() is not None:
             err = self.proc.stderr.read().decode(errors="replace").strip()
-            self.log(PTRACE_FIX if "ermission" in err or "ptrace" in err.lower() else f"py-spy failed: {err.splitlines()[-1] if err else 'no output'}")
+            self.log(
+                PTRACE_FIX
+                if "ermission" in err or "ptrace" in err.lower()
+                else f"py-spy failed: {err.splitlines()[-1] if err else 'no output'}"
+            )
             self.proc = None
             return False
         return True
@@ -65,7 +81,9 @@ class PySpyCapture:
     def _native_works(self):
         """--native needs py-spy's unwinder for this platform: try it on one dump."""
         try:
-            probe = subprocess.run([py_spy_executable(), "dump", "--pid", str(os.getpid()), "--native"], capture_output=True, timeout=30)
+            probe = subprocess.run(
+                [py_spy_executable(), "dump", "--pid", str(os.getpid()), "--native"], capture_output=True, timeout=30
+            )
         except (OSError, subprocess.TimeoutExpired):
             return False
         return probe.returncode == 0

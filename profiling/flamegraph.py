@@ -3,6 +3,7 @@
 One py-spy recorder writes the raw stacks; both views are made from them, so the trainer is sampled
 once instead of twice.
 """
+
 import html
 import json
 import zlib
@@ -32,10 +33,22 @@ def to_speedscope(stacks, name="irn-engine trainer", unit_ms=None):
         samples.append(ids)
         weights.append(count * unit_ms if unit_ms else count)
     total = sum(weights)
-    profile = {"type": "sampled", "name": name, "unit": "milliseconds" if unit_ms else "none",
-               "startValue": 0, "endValue": total, "samples": samples, "weights": weights}
-    return {"$schema": "https://www.speedscope.app/file-format-schema.json", "shared": {"frames": frames},
-            "profiles": [profile], "name": name, "exporter": "irn-engine"}
+    profile = {
+        "type": "sampled",
+        "name": name,
+        "unit": "milliseconds" if unit_ms else "none",
+        "startValue": 0,
+        "endValue": total,
+        "samples": samples,
+        "weights": weights,
+    }
+    return {
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "shared": {"frames": frames},
+        "profiles": [profile],
+        "name": name,
+        "exporter": "irn-engine",
+    }
 
 
 def _tree(stacks):
@@ -75,14 +88,16 @@ def to_svg(stacks, title="irn-engine trainer", width=1200, row=16):
     height = (depth_max + 1) * row + 40
     parts = [
         '<?xml version="1.0" standalone="no"?>',
-        f'<svg version="1.1" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-family="monospace" font-size="11">',
-        f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15">{html.escape(title)} ({total} samples)</text>',
+        f'<svg version="1.1" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" '
+        'font-family="monospace" font-size="11">',
+        f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15">'
+        f"{html.escape(title)} ({total} samples)</text>",
     ]
     for x, depth, w, name, count in rects:
         y = height - (depth + 1) * row
         label = html.escape(name[: int(w / 7)]) if w > 21 else ""
         parts.append(
-            f'<g><title>{html.escape(name)} ({count} samples, {count / total:.1%})</title>'
+            f"<g><title>{html.escape(name)} ({count} samples, {count / total:.1%})</title>"
             f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 1}" fill="{_colour(name)}"/>'
             f'<text x="{x + 3:.1f}" y="{y + row - 4}">{label}</text></g>'
         )

@@ -2,6 +2,7 @@
 
 Each sample is one line of gpu.jsonl: {"t": seconds since start, "gpu": index, ...counters}.
 """
+
 import os
 import threading
 import time

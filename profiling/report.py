@@ -1,4 +1,5 @@
 """`python -m profiling.report run_42 [--compare run_41] [--plot] [--json]`: where a run's time goes."""
+
 import json
 import sys
 
@@ -24,12 +25,15 @@ def header(run):
     dev = env.get("device", {})
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
     p = run["progress"]
+    fast = "on" if cfg.get("fast_kernels") else "off"
     lines = [
-        f"config [bold]{cfg.get('config')}[/]: x{cfg.get('scale')}, batch {cfg.get('batch_size')}, crop {cfg.get('crop')}, "
-        f"precision {cfg.get('precision')}, fast kernels {'on' if cfg.get('fast_kernels') else 'off'}, compile {cfg.get('compile')}",
-        f"device: {dev.get('name', '?')} ({dev.get('type', '?')})" + (f" x{run['world_size']} ranks" if run["world_size"] > 1 else ""),
+        f"config [bold]{cfg.get('config')}[/]: x{cfg.get('scale')}, batch {cfg.get('batch_size')}, "
+        f"crop {cfg.get('crop')}, precision {cfg.get('precision')}, fast kernels {fast}, compile {cfg.get('compile')}",
+        f"device: {dev.get('name', '?')} ({dev.get('type', '?')})"
+        + (f" x{run['world_size']} ranks" if run["world_size"] > 1 else ""),
         f"versions: {versions}",
-        f"commit: {env.get('git_commit')}   jobs: {run['jobs']}   step {p['last_step']} of {p['steps']}" + (" (finished)" if p["finished"] else ""),
+        f"commit: {env.get('git_commit')}   jobs: {run['jobs']}   step {p['last_step']} of {p['steps']}"
+        + (" (finished)" if p["finished"] else ""),
     ]
     return Panel("\n".join(lines), title=f"run {run['run']}")
 
@@ -37,8 +41,10 @@ def header(run):
 def throughput_line(run):
     t = run["throughput"]
     captured = f" ({t['captured_steps']} steps under a profiler capture left out)" if t.get("captured_steps") else ""
-    return (f"throughput: {t['it_per_s']:.2f} it/s, {t['images_per_s']:.1f} images/s over {t['timed_steps']} timed steps{captured}; "
-            f"time to step {run['progress']['steps']}: {fmt_duration(t['remaining_s'])}")
+    return (
+        f"throughput: {t['it_per_s']:.2f} it/s, {t['images_per_s']:.1f} images/s over {t['timed_steps']} "
+        f"timed steps{captured}; time to step {run['progress']['steps']}: {fmt_duration(t['remaining_s'])}"
+    )
 
 
 def phase_table(run):
@@ -47,7 +53,9 @@ def phase_table(run):
         table.add_column(col, justify="right" if col != "phase" else "left")
     for name in PHASES:
         row = run["phases"]["phases"][name]
-        table.add_row(name, f"{row['mean_ms']:.2f}", f"{row['p50_ms']:.2f}", f"{row['p95_ms']:.2f}", f"{row['share']:.1%}")
+        table.add_row(
+            name, f"{row['mean_ms']:.2f}", f"{row['p50_ms']:.2f}", f"{row['p95_ms']:.2f}", f"{row['share']:.1%}"
+        )
     st = run["phases"]
     table.add_row("[bold]step", f"{st['step_ms']:.2f}", f"{st['step_p50_ms']:.2f}", f"{st['step_p95_ms']:.2f}", "100%")
     return table
@@ -56,11 +64,19 @@ def phase_table(run):
 def gpu_lines(run):
     g = run["gpu"]
     if g["kind"] == "gpu":
-        power = f", mean power {g['power_mean_w']:.0f} W, {g['energy_per_step_j']:.1f} J per step" if g["power_mean_w"] else ""
+        power = ""
+        if g["power_mean_w"]:
+            power = f", mean power {g['power_mean_w']:.0f} W, {g['energy_per_step_j']:.1f} J per step"
         throttled = f", throttled {g['throttled_share']:.0%} of samples" if g["throttled_share"] else ""
-        return f"GPU {g['devices']}: utilisation mean {g['util_mean']:.0f}%, under 50% in {g['under_50_share']:.0%} of samples, peak memory {g['mem_peak_mib'] / 1024:.1f} GiB{power}{throttled}"
+        return (
+            f"GPU {g['devices']}: utilisation mean {g['util_mean']:.0f}%, under 50% in {g['under_50_share']:.0%} "
+            f"of samples, peak memory {g['mem_peak_mib'] / 1024:.1f} GiB{power}{throttled}"
+        )
     if g["kind"] == "process":
-        return f"no GPU counters (CPU run or no NVML): process CPU {g['cpu_percent_mean']:.0f}% mean, peak memory {g['rss_peak_mib'] / 1024:.2f} GiB"
+        return (
+            f"no GPU counters (CPU run or no NVML): process CPU {g['cpu_percent_mean']:.0f}% mean, "
+            f"peak memory {g['rss_peak_mib'] / 1024:.2f} GiB"
+        )
     return "no utilisation samples"
 
 
@@ -72,10 +88,20 @@ def verdict_panel(run):
 def rank_table(run):
     table = Table(title="ranks")
     extra = any("allreduce_ms" in r for r in run["ranks"])
-    for col in ("rank", "step ms", "data ms", "backward ms (incl. all-reduce)", "work before all-reduce ms") + (("all-reduce ms",) if extra else ()) + ("",):
+    for col in (
+        ("rank", "step ms", "data ms", "backward ms (incl. all-reduce)", "work before all-reduce ms")
+        + (("all-reduce ms",) if extra else ())
+        + ("",)
+    ):
         table.add_column(col, justify="right")
     for r in run["ranks"]:
-        cells = [str(r["rank"]), f"{r['step_ms']:.1f}", f"{r['data_ms']:.1f}", f"{r['backward_ms']:.1f}", f"{r['work_ms']:.1f}"]
+        cells = [
+            str(r["rank"]),
+            f"{r['step_ms']:.1f}",
+            f"{r['data_ms']:.1f}",
+            f"{r['backward_ms']:.1f}",
+            f"{r['work_ms']:.1f}",
+        ]
         cells += [f"{r.get('allreduce_ms', 0.0):.1f}"] if extra else []
         table.add_row(*cells, "[red]straggler (>10% over median)" if r["straggler"] else "")
     return table
@@ -85,10 +111,16 @@ def explosion_lines(run):
     events = run["explosions"]
     if not events:
         return ["gradient explosions: none recorded"]
-    lines = [f"gradient explosions: {len(events)} recorded ({sum(e['kind'] == 'non-finite' for e in events)} non-finite and skipped)"]
+    skipped = sum(e["kind"] == "non-finite" for e in events)
+    lines = [f"gradient explosions: {len(events)} recorded ({skipped} non-finite and skipped)"]
     for e in events[-5:]:
         loss = sum(e["losses"].values())
-        lines.append(f"  step {e['step']}: {e['kind']}, loss {loss:.4g}, grad norm {e['grad_norm']:.4g}, images {', '.join(sorted(set(e['images'])))}, batch {e['batch_file'] or 'not kept (--explosion-batches-kept reached)'}")
+        images = ", ".join(sorted(set(e["images"])))
+        batch = e["batch_file"] or "not kept (--explosion-batches-kept reached)"
+        lines.append(
+            f"  step {e['step']}: {e['kind']}, loss {loss:.4g}, grad norm {e['grad_norm']:.4g}, "
+            f"images {images}, batch {batch}"
+        )
     lines.append(f"  which samples: python -m engine.replay {run['run']} [--step N]")
     return lines
 
@@ -141,7 +173,9 @@ def comparison_rows(first, second):
         ("images/s", first["throughput"]["images_per_s"], second["throughput"]["images_per_s"]),
         ("step ms", first["phases"]["step_ms"], second["phases"]["step_ms"]),
     ]
-    rows += [(f"{p} ms", first["phases"]["phases"][p]["mean_ms"], second["phases"]["phases"][p]["mean_ms"]) for p in PHASES]
+    rows += [
+        (f"{p} ms", first["phases"]["phases"][p]["mean_ms"], second["phases"]["phases"][p]["mean_ms"]) for p in PHASES
+    ]
     if first["gpu"]["kind"] == second["gpu"]["kind"] == "gpu":
         rows.append(("GPU util %", first["gpu"]["util_mean"], second["gpu"]["util_mean"]))
     if first["losses"] and second["losses"]:
@@ -176,7 +210,9 @@ def main(argv=None):
     render(console, run)
     if other:
         console.print(comparison_table(run, other))
-        console.print(f"bottleneck: {run['run']}: {run['verdict']['label']}; {other['run']}: {other['verdict']['label']}")
+        console.print(
+            f"bottleneck: {run['run']}: {run['verdict']['label']}; {other['run']}: {other['verdict']['label']}"
+        )
     if args.plot:
         from profiling.plots import write_plots  # matplotlib loads only when figures are asked for
 

@@ -4,6 +4,7 @@ Host phases (waiting for data, logging, checkpoints) are timed with perf_counter
 are timed with CUDA events that are read back one step later, so timing never adds a synchronize.
 Every step yields one record: wall time of the step, each phase in ms, and `other` (the rest).
 """
+
 import time
 from contextlib import contextmanager
 
@@ -49,7 +50,9 @@ class PhaseTimer:
         if not self.enabled:
             return None
         now = time.perf_counter()
-        record = {"step": step, "wall_ms": (now - self.step_start) * 1e3, **self.notes} | ({"captured": True} if captured else {})
+        record = {"step": step, "wall_ms": (now - self.step_start) * 1e3, **self.notes} | (
+            {"captured": True} if captured else {}
+        )
         closed = (record, self.spans)
         self.step_start, self.spans, self.notes = now, [], {}
         if not self.cuda:

@@ -10,8 +10,24 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # A tiny network and recipe so that a training run takes a second or two on a CPU.
 
-TINY = ["--scale", "2", "--blocks-per-stage", "1", "--growth", "4", "--crop", "16", "--batch-size", "2",
-        "--workers", "0", "--val-every", "1000", "--lr-milestones", "1000"]
+TINY = [
+    "--scale",
+    "2",
+    "--blocks-per-stage",
+    "1",
+    "--growth",
+    "4",
+    "--crop",
+    "16",
+    "--batch-size",
+    "2",
+    "--workers",
+    "0",
+    "--val-every",
+    "1000",
+    "--lr-milestones",
+    "1000",
+]
 
 
 def smooth_image(rng, h, w):

@@ -3,6 +3,7 @@
 Written from the reference equations with plain convolutions, so tests can compare the FrEIA graph
 against it and build official-layout state dicts.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -85,7 +86,7 @@ def randomize(model, std=0.05, seed=0):
     """Non-zero weights everywhere (fresh IRN blocks are the identity), fixed Haar weights kept."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
     return model

@@ -43,10 +43,13 @@ def test_downscale_quantizes_and_upscale_samples_z():
     hr = torch.rand(2, 3, 8, 8)
     lr, z = model.downscale(hr)
     assert torch.equal(lr, torch.round(lr.clamp(0, 1) * 255) / 255) and z.shape == (2, 9, 4, 4)
-    g = lambda: torch.Generator().manual_seed(3)
-    a = model.upscale(lr, generator=g())
-    assert torch.equal(a, model.upscale(lr, generator=g()))
-    assert not torch.equal(a, model.upscale(lr, generator=g(), temperature=0.5))
+
+    def seeded():
+        return torch.Generator().manual_seed(3)
+
+    a = model.upscale(lr, generator=seeded())
+    assert torch.equal(a, model.upscale(lr, generator=seeded()))
+    assert not torch.equal(a, model.upscale(lr, generator=seeded(), temperature=0.5))
     assert torch.equal(model.upscale(lr, temperature=0.0), model.upscale(lr, torch.zeros_like(z)))
 
 
@@ -54,7 +57,7 @@ def test_own_state_dict_round_trips(tmp_path):
     model = randomize(engine.build(8, blocks_per_stage=1))
     loaded = engine.load(save({"model": model.state_dict(), "step": 3}, tmp_path))
     assert loaded.arch == model.arch
-    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -78,7 +81,11 @@ def test_unknown_layout_names_the_keys(tmp_path, x4_official):
 
 @pytest.mark.parametrize(
     "obj, message",
-    [({"foo.weight": torch.zeros(3)}, "cannot infer the scale"), ({"iter": 3}, "no state dict"), ([1, 2], "no state dict")],
+    [
+        ({"foo.weight": torch.zeros(3)}, "cannot infer the scale"),
+        ({"iter": 3}, "no state dict"),
+        ([1, 2], "no state dict"),
+    ],
 )
 def test_checkpoints_that_are_not_irn_are_refused(tmp_path, obj, message):
     with pytest.raises(UserError, match=message):

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from engine import config
@@ -8,15 +10,42 @@ def test_official_recipes():
     x4 = config.load_file("irn_x4")
     assert (x4["crop"], x4["batch_size"], x4["lr"], x4["weight_decay"], x4["steps"]) == (144, 16, 2e-4, 1e-5, 500000)
     assert x4["lr_milestones"] == [100000, 200000, 300000, 400000] and x4["lr_gamma"] == 0.5
-    assert (x4["grad_clip"], x4["seed"], x4["lambda_fit"], x4["lambda_ce"], x4["lambda_rec"]) == (10.0, 10, 16.0, 1.0, 1.0)
+    assert (x4["grad_clip"], x4["seed"], x4["lambda_fit"], x4["lambda_ce"], x4["lambda_rec"]) == (10.0, 10, 16.0, 1, 1)
     assert config.load_file("irn_x2")["lambda_fit"] == 4.0 and config.load_file("irn_x8")["lambda_fit"] == 64.0
     assert config.load_file("demo")["scale"] == 4
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in config.CONFIG_DIR.glob("*.toml")))
+def test_every_config_has_every_key_documented_and_valid(name):
+    cfg, help_texts = config.load_with_help(name)
+    assert set(cfg) == set(config.RULES)
+    assert all(help_texts[key][1] for key in cfg), [k for k in cfg if not help_texts[k][1]]
+    config.check(cfg)
+
+
 def test_overrides_of_any_key_and_types():
-    cfg, _ = config.resolve(["--config", "irn_x2", "--lr", "1e-3", "--lr-milestones", "5,7", "--fast-kernels", "--crop", "96"])
+    argv = ["--config", "irn_x2", "--lr", "1e-3", "--lr-milestones", "5,7", "--fast-kernels", "--crop", "96"]
+    cfg, _ = config.resolve(argv)
     assert cfg["lr"] == 1e-3 and cfg["lr_milestones"] == [5, 7] and cfg["fast_kernels"] is True and cfg["crop"] == 96
     assert cfg["scale"] == 2 and cfg["config"] == "irn_x2"
+
+
+def test_help_lists_every_key_by_section_with_its_value_and_comment(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        config.resolve(["--config", "irn_x8", "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    cfg, help_texts = config.load_with_help("irn_x8")
+    sections = ["model", "data", "optimisation", "losses", "explosion tracking", "run", "profiling"]
+    positions = [out.index(f"{section}: ") for section in sections]
+    assert positions == sorted(positions)
+    for key in cfg:
+        section, comment = help_texts[key]
+        start = out.index(f" {config.flag(key)} ", positions[sections.index(section.replace("_", " "))])
+        entry = out[start : start + 40 + len(comment) + 100]
+        assert " ".join(comment.split()) in entry, key
+    assert re.search(r"--scale INT downscaling factor.*\[8\]", out)
+    assert re.search(r"--lambda-fit FLOAT .*\[64\.0\]", out)
 
 
 def test_unknown_key_names_close_matches():
@@ -24,6 +53,62 @@ def test_unknown_key_names_close_matches():
         config.resolve(["--batchsize", "4"])
     with pytest.raises(UserError, match="no config 'irn_x3'"):
         config.resolve(["--config", "irn_x3"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch-size", "-1"], "--batch-size -1: expected an integer >= 1"),
+        (["--batch-size", "6"], "--batch-size 6: expected an integer >= 1 divisible by the 4 ranks"),
+        (["--crop", "30"], "--crop 30: expected a multiple of the scale 4, at least 8"),
+        (["--crop", "33"], "--crop 33: expected a multiple of the scale 4"),
+        (["--scale", "8", "--crop", "8"], "--crop 8: expected a multiple of the scale 8, at least 16"),
+        (["--scale", "3"], "--scale 3: expected a power of two"),
+        (["--lr", "nan"], "--lr nan: expected a finite number > 0"),
+        (["--lr", "0"], "--lr 0.0: expected a finite number > 0"),
+        (["--lambda-fit", "inf"], "--lambda-fit inf: expected a finite number >= 0"),
+        (["--grad-clip", "0"], "--grad-clip 0.0: expected a finite number > 0"),
+        (["--steps", "0"], "--steps 0: expected an integer >= 1"),
+        (["--workers", "-3"], "--workers -3: expected an integer >= 0"),
+        (["--val-every", "-1"], "--val-every -1: expected an integer >= 0"),
+        (["--checkpoint-every", "-5"], "--checkpoint-every -5: expected an integer >= 0"),
+        (["--device", "tpu"], "--device tpu: expected auto, cpu, cuda or cuda:N"),
+        (["--precision", "fp8"], "--precision fp8: expected fp32, bf16 or fp16"),
+        (["--compile", "fast"], "--compile fast: expected off, default"),
+        (["--py-spy", "9:3"], "--py-spy 9:3: expected START:STOP"),
+        (["--torch-profile", "x"], "--torch-profile x: expected START:STOP"),
+        (["--time-limit", "soon"], "--time-limit soon: expected a duration"),
+        (["--betas", "0.9"], "--betas 0.9: expected two numbers in [0, 1)"),
+        (["--lr-milestones", "5,3"], "--lr-milestones 5,3: expected increasing step numbers"),
+        (["--lr", "abc"], "invalid float value: 'abc'"),
+        (["--fast-kernels", "maybe"], "expected true or false, got 'maybe'"),
+    ],
+)
+def test_every_bad_value_is_one_line_naming_flag_value_and_what_is_allowed(argv, message):
+    with pytest.raises(UserError) as err:
+        config.resolve(argv, world=4 if "6" in argv else 1)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_config_files_are_checked_too(tmp_path):
+    (tmp_path / "typo.toml").write_text('base = "irn_x4"\n[data]\nbatch_sise = 8\n')
+    with pytest.raises(UserError, match="unknown key 'batch_sise'; did you mean batch_size"):
+        config.resolve(["--config", str(tmp_path / "typo.toml")])
+    (tmp_path / "flat.toml").write_text('base = "irn_x4"\ncrop = 96\n')
+    with pytest.raises(UserError, match="outside a \\[section\\]"):
+        config.resolve(["--config", str(tmp_path / "flat.toml")])
+    (tmp_path / "typed.toml").write_text('base = "irn_x4"\n[data]\ncrop = "96"\n')
+    with pytest.raises(UserError, match="--crop '96': expected a multiple of the scale 4"):
+        config.resolve(["--config", str(tmp_path / "typed.toml")])
+
+
+def test_resume_takes_the_run_s_config_and_refuses_another():
+    run = {**config.load_file("irn_x2"), "config": "irn_x2", "steps": 77}
+    del run["gpu_sample_ms"]  # a key added after the run was made takes its config's value
+    cfg, _ = config.resolve(["--resume", "r", "--steps", "99"], resumed_config=lambda name: dict(run))
+    assert cfg["scale"] == 2 and cfg["steps"] == 99 and cfg["gpu_sample_ms"] == 100 and cfg["config"] == "irn_x2"
+    with pytest.raises(UserError, match="drop --config"):
+        config.resolve(["--resume", "r", "--config", "irn_x4"], resumed_config=lambda name: dict(run))
 
 
 @pytest.mark.parametrize("text, seconds", [("11h50m", 42600), ("90m", 5400), ("30s", 30), ("2h", 7200), ("", None)])

@@ -20,8 +20,21 @@ def checkpoint(tmp_path):
 
 
 def test_evaluate_writes_a_table_grids_and_images(checkpoint, image_folder, capsys):
-    evaluate.main(["--checkpoint", str(checkpoint), "--data", f"tiny={image_folder}", "--samples", "2",
-                   "--temperature", "0,1", "--grid", "1", "--save-images"])
+    evaluate.main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            f"tiny={image_folder}",
+            "--samples",
+            "2",
+            "--temperature",
+            "0,1",
+            "--grid",
+            "1",
+            "--save-images",
+        ]
+    )
     out_dir = checkpoint.parent.parent / "eval"
     result = json.loads((out_dir / "results.json").read_text())["results"]["tiny"]
     assert result["images"] == 3 and math.isfinite(result["lr_psnr_y"])
@@ -74,7 +87,17 @@ def test_rescale_down_then_up_returns_the_original_size(checkpoint, tmp_path):
     rescale.main(["down", str(src), str(tmp_path / "lr.png"), "--checkpoint", str(checkpoint)])
     with Image.open(tmp_path / "lr.png") as lr:
         assert lr.size == (15, 19) and lr.info[rescale.SIZE_KEY] == "37x29"
-    rescale.main(["up", str(tmp_path / "lr.png"), str(tmp_path / "hr.png"), "--checkpoint", str(checkpoint), "--temperature", "0"])
+    rescale.main(
+        [
+            "up",
+            str(tmp_path / "lr.png"),
+            str(tmp_path / "hr.png"),
+            "--checkpoint",
+            str(checkpoint),
+            "--temperature",
+            "0",
+        ]
+    )
     with Image.open(tmp_path / "hr.png") as hr:
         assert hr.size == (29, 37) and hr.mode == "RGB"
 
@@ -83,7 +106,10 @@ def test_rescale_folders_and_bad_input(checkpoint, image_folder, tmp_path, capsy
     rescale.main(["down", str(image_folder), str(tmp_path / "lrs"), "--checkpoint", str(checkpoint)])
     assert sorted(p.name for p in (tmp_path / "lrs").iterdir()) == ["img0.png"]
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    for args, message in ((["/missing.png", "x.png"], "no file or folder"), ([str(tmp_path / "bad.png"), "x.png"], "cannot read")):
+    for args, message in (
+        (["/missing.png", "x.png"], "no file or folder"),
+        ([str(tmp_path / "bad.png"), "x.png"], "cannot read"),
+    ):
         with pytest.raises(SystemExit):
             rescale.main(["down", *args, "--checkpoint", str(checkpoint)])
         assert message in capsys.readouterr().err

@@ -78,8 +78,16 @@ def test_graph_equals_an_independent_official_layout_network(scale):
         assert torch.allclose(model(y, rev=True), official(y, rev=True), rtol=0, atol=1e-10)
 
 
-def test_graph_is_a_freia_sequence_inn():
-    assert isinstance(engine.build(4).net, SequenceINN)
+def test_graph_is_a_freia_sequence_inn_in_the_official_operation_order():
+    net = engine.build(4).net
+    assert isinstance(net, SequenceINN)
+    kinds = [type(m).__name__ for m in net.module_list]
+    assert kinds == ["Haar"] + ["IRNCoupling"] * 8 + ["Haar"] + ["IRNCoupling"] * 8  # official operations 0..17
+    x = torch.rand(1, 3, 8, 8)
+    chained = x
+    for module in net.module_list:  # the graph is exactly its modules applied in order
+        chained = module([chained], jac=False)[0][0]
+    assert torch.equal(net(x, jac=False)[0], chained)
 
 
 def test_quantizer_rounds_to_8_bit_with_identity_gradient():

@@ -35,8 +35,13 @@ def test_psnr_by_hand_and_against_scikit_image():
 def test_ssim_against_scikit_image_with_the_same_window():
     noisy, ref = images(1)
     expected = structural_similarity(
-        y_numpy(ref)[2:-2, 2:-2], y_numpy(noisy)[2:-2, 2:-2], data_range=255, gaussian_weights=True, sigma=1.5,
-        use_sample_covariance=False, win_size=11,
+        y_numpy(ref)[2:-2, 2:-2],
+        y_numpy(noisy)[2:-2, 2:-2],
+        data_range=255,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        win_size=11,
     )
     assert metrics.ssim(noisy, ref, border=2).item() == pytest.approx(expected, abs=1e-6)
     assert metrics.ssim(ref, ref).item() == pytest.approx(1.0)

@@ -13,8 +13,8 @@ import torch
 import engine
 from engine import config, data, train
 from engine.guard import ExplosionGuard
-from profiling.records import read_jsonl
 from engine.trainer import Trainer
+from profiling.records import read_jsonl
 from profiling.timer import PhaseTimer
 from tests.conftest import TINY
 
@@ -34,7 +34,9 @@ def tiny_trainer(image_folder, tmp_path, **overrides):
     cfg.update(overrides)
     images = data.read_folder(image_folder, cfg["crop"])
     batch = next(iter(data.loader(images.images, cfg, 0)))
-    guard = ExplosionGuard(tmp_path, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], images.names)
+    guard = ExplosionGuard(
+        tmp_path, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], images.names
+    )
     return Trainer(cfg, torch.device("cpu")), batch, guard
 
 
@@ -50,10 +52,10 @@ def test_one_step_changes_the_weights_and_is_deterministic(image_folder, tmp_pat
         before = params(trainer.model)
         out = trainer.step(batch, PhaseTimer("cpu"), guard, 0)
         after = params(trainer.model)
-        assert any(not torch.equal(a, b) for a, b in zip(before, after))
+        assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
         results.append((out.losses, after))
     assert results[0][0] == results[1][0]
-    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
 
 
 def test_loss_falls_over_a_few_dozen_steps(image_folder, in_tmp):
@@ -78,7 +80,10 @@ def test_run_folder_contents(image_folder, in_tmp):
 
 
 def test_zero_intervals_validate_and_checkpoint_only_at_the_end(image_folder, in_tmp):
-    run(["--steps", "3", "--name", "z", "--val", str(image_folder), "--val-every", "0", "--checkpoint-every", "0"], image_folder)
+    run(
+        ["--steps", "3", "--name", "z", "--val", str(image_folder), "--val-every", "0", "--checkpoint-every", "0"],
+        image_folder,
+    )
     records = read_jsonl(Path("runs/z/metrics.jsonl"))
     assert ["val_psnr_y" in r for r in records] == [False, False, True]
     assert torch.load("runs/z/checkpoints/last.pt", weights_only=True)["step"] == 3
@@ -99,7 +104,18 @@ def test_time_limit_stops_with_a_checkpoint_and_the_resume_command(image_folder,
 
 
 def test_sigterm_leaves_a_loadable_checkpoint(image_folder, tmp_path):
-    cmd = [sys.executable, "-m", "engine.train", *TINY, "--data", str(image_folder), "--steps", "100000", "--name", "sig"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine.train",
+        *TINY,
+        "--data",
+        str(image_folder),
+        "--steps",
+        "100000",
+        "--name",
+        "sig",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics = tmp_path / "runs" / "sig" / "metrics.jsonl"
@@ -132,7 +148,7 @@ def test_non_finite_step_is_skipped_and_recorded(image_folder, tmp_path, monkeyp
     poison(monkeypatch, {1})
     before = params(trainer.model)
     assert trainer.step(batch, PhaseTimer("cpu"), guard, 7).event == "skipped"
-    assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model)))
+    assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model), strict=True))
     assert trainer.optimizer.state_dict()["state"] == {}
     assert trainer.scheduler.last_epoch == 1  # the schedule counts steps, skipped ones too
     event = read_jsonl(tmp_path / "explosions.jsonl")[0]
@@ -149,7 +165,7 @@ def test_fp16_overflow_is_left_to_the_scaler_not_recorded_as_an_explosion(image_
     out = trainer.step(batch, PhaseTimer("cpu"), guard, 0)
     assert out.event == "overflow" and out.grad_norm is None
     assert all(math.isfinite(v) for v in out.losses.values())
-    assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model)))
+    assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model), strict=True))
     assert trainer.scaler.get_scale() == 2.0**125  # backed off
     assert not (tmp_path / "explosions.jsonl").exists() and not guard.history["grad_norm"]
 
@@ -157,8 +173,21 @@ def test_fp16_overflow_is_left_to_the_scaler_not_recorded_as_an_explosion(image_
 def test_too_many_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(image_folder, in_tmp, monkeypatch, capsys):
     poison(monkeypatch, set(range(5, 100)))
     with pytest.raises(SystemExit) as exit_info:
-        run(["--steps", "50", "--name", "nan", "--checkpoint-every", "4", "--max-bad-steps", "3", "--explosion-batches-kept", "2"],
-            image_folder)
+        run(
+            [
+                "--steps",
+                "50",
+                "--name",
+                "nan",
+                "--checkpoint-every",
+                "4",
+                "--max-bad-steps",
+                "3",
+                "--explosion-batches-kept",
+                "2",
+            ],
+            image_folder,
+        )
     assert exit_info.value.code == 2
     assert "3 non-finite steps in a row" in capsys.readouterr().err
     assert torch.load("runs/nan/checkpoints/last.pt", weights_only=True)["step"] == 4
@@ -174,8 +203,15 @@ def test_too_many_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(image
         (["--data", "/nonexistent"], "no folder at /nonexistent"),
         (["--resume", "runs/none"], "no run folder 'runs/none'"),
         (["--batchsize", "3"], "did you mean --batch-size"),
-        (["--precision", "bf16", "--device", "cpu"], "needs a GPU"),
-        (["--device", "cuda"], "needs a CUDA GPU") if not torch.cuda.is_available() else (["--scale", "3"], "power of two"),
+        (["--batch-size", "-1"], "--batch-size -1: expected an integer >= 1"),
+        (["--crop", "30"], "--crop 30: expected a multiple of the scale 4, at least 8"),
+        (["--crop", "33"], "--crop 33: expected a multiple of the scale 4, at least 8"),
+        (["--lr", "nan"], "--lr nan: expected a finite number > 0"),
+        (["--workers", "-3"], "--workers -3: expected an integer >= 0"),
+        (["--device", "tpu"], "--device tpu: expected auto, cpu, cuda or cuda:N"),
+        (["--precision", "fp8"], "--precision fp8: expected fp32, bf16 or fp16"),
+        (["--precision", "bf16", "--device", "cpu"], "--precision bf16 needs a GPU"),
+        (["--device", "cuda"], "needs a CUDA GPU") if not torch.cuda.is_available() else (["--scale", "3"], "power of"),
     ],
 )
 def test_bad_input_gives_one_line(args, message, in_tmp, capsys):
@@ -185,9 +221,20 @@ def test_bad_input_gives_one_line(args, message, in_tmp, capsys):
     assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
 
 
+def test_help_lists_every_flag_and_exits_0(in_tmp, capsys):
+    for flag in ("--help", "-h"):
+        with pytest.raises(SystemExit) as exit_info:
+            train.main([flag])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert all(config.flag(key) in out for key in config.RULES) and "--resume RUN" in out
+
+
 def test_resume_folder_without_checkpoint(image_folder, in_tmp, capsys):
     (in_tmp / "runs" / "empty").mkdir(parents=True)
-    (in_tmp / "runs" / "empty" / "config.json").write_text(json.dumps(config.resolve([*TINY, "--data", str(image_folder)])[0]))
+    (in_tmp / "runs" / "empty" / "config.json").write_text(
+        json.dumps(config.resolve([*TINY, "--data", str(image_folder)])[0])
+    )
     with pytest.raises(SystemExit):
         train.main(["--resume", "runs/empty"])
     assert "no checkpoint at runs/empty/checkpoints/last.pt" in capsys.readouterr().err

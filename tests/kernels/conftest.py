@@ -11,7 +11,9 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 def assert_close(actual, expected, dtype):
     tol = TOLERANCE[dtype]
-    torch.testing.assert_close(actual.float(), expected.float(), rtol=tol, atol=tol * max(1.0, expected.abs().max().item()))
+    torch.testing.assert_close(
+        actual.float(), expected.float(), rtol=tol, atol=tol * max(1.0, expected.abs().max().item())
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,11 @@ def reference(x2, h, g, clamp, rev):
 def inputs(shape, dtype):
     b, c, h, w = shape
     full = torch.randn(b, c, h, w, device=DEVICE).to(dtype)
-    return full, torch.randn(b, c - 3, h, w, device=DEVICE).to(dtype), torch.randn(b, c - 3, h, w, device=DEVICE).to(dtype)
+    return (
+        full,
+        torch.randn(b, c - 3, h, w, device=DEVICE).to(dtype),
+        torch.randn(b, c - 3, h, w, device=DEVICE).to(dtype),
+    )
 
 
 @pytest.mark.parametrize("rev", [False, True], ids=["forward", "inverse"])
@@ -36,7 +40,7 @@ def test_outputs_and_gradients_match_the_reference(shape, dtype, rev):
     grad = torch.randn_like(expected)
     expected.backward(grad)
     out.backward(grad.to(dtype))
-    for a, b in zip(fast, ref):
+    for a, b in zip(fast, ref, strict=True):
         assert_close(a.grad, b.grad, dtype)
 
 

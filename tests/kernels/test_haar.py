@@ -12,7 +12,9 @@ if CUDA:
 
 
 def reference(x, rev=False):
-    return Haar([tuple(x.shape[1:]) if not rev else (x.shape[1] // 4, 2 * x.shape[2], 2 * x.shape[3])])([x], rev=rev)[0][0]
+    return Haar([tuple(x.shape[1:]) if not rev else (x.shape[1] // 4, 2 * x.shape[2], 2 * x.shape[3])])([x], rev=rev)[
+        0
+    ][0]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

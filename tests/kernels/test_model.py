@@ -1,4 +1,5 @@
 """The whole network: fast path (Triton ops) and compiled path against the FrEIA reference graph."""
+
 import copy
 
 import pytest
@@ -24,7 +25,7 @@ def loss_and_grads(model, hr, noise):
 def assert_grads_close(actual, expected, tol):
     """Each gradient to `tol` of its largest entry: fp32 sums run in another order, and the Charbonnier
     loss turns 1e-6 output differences near zero error into much larger relative gradient differences."""
-    for a, b in zip(actual, expected):
+    for a, b in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=tol * b.abs().max().item())
 
 
@@ -44,8 +45,11 @@ def inputs(scale):
 def test_fast_path_equals_the_freia_graph_both_ways_with_gradients(scale):
     reference, fast = pair(scale)
     hr, noise = inputs(scale)
-    (outs_ref, grads_ref), (outs_fast, grads_fast) = loss_and_grads(reference, hr, noise), loss_and_grads(fast, hr, noise)
-    for a, b in zip(outs_fast, outs_ref):
+    (outs_ref, grads_ref), (outs_fast, grads_fast) = (
+        loss_and_grads(reference, hr, noise),
+        loss_and_grads(fast, hr, noise),
+    )
+    for a, b in zip(outs_fast, outs_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert_grads_close(grads_fast, grads_ref, 1e-4)
 
@@ -68,7 +72,9 @@ def test_fast_kernels_say_why_they_cannot_run_on_a_cpu():
     # Inductor's CPU compile of both directions and their backward takes about a minute: it runs
     # once, on the reference ops; the fused ops are traced with aot_eager, which checks their fake
     # kernels and autograd registrations with no graph break, at a fraction of the time.
-    [(False, "inductor"), (True, "aot_eager")] if not torch.cuda.is_available() else [(False, "inductor"), (True, "inductor")],
+    [(False, "inductor"), (True, "aot_eager")]
+    if not torch.cuda.is_available()
+    else [(False, "inductor"), (True, "inductor")],
     ids=["compile", "fast+compile"],
 )
 def test_compiled_model_gives_the_eager_results(fast, backend):
@@ -76,10 +82,12 @@ def test_compiled_model_gives_the_eager_results(fast, backend):
     of their largest entry. Two steps: the second runs the cached graphs."""
     reference, fast_model = pair(4, blocks=1)
     eager = fast_model if fast else reference
-    compiled = compile_model(copy.deepcopy(eager), "default", DEVICE, fullgraph=True, backend=backend)  # a graph break fails
+    compiled = compile_model(
+        copy.deepcopy(eager), "default", DEVICE, fullgraph=True, backend=backend
+    )  # a graph break fails
     hr, noise = inputs(4)
     loss_and_grads(compiled, hr, noise)
     (outs_e, grads_e), (outs_c, grads_c) = loss_and_grads(eager, hr, noise), loss_and_grads(compiled, hr, noise)
-    for a, b in zip(outs_c, outs_e):
+    for a, b in zip(outs_c, outs_e, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert_grads_close(grads_c, grads_e, 1e-4)

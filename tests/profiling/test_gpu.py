@@ -18,11 +18,15 @@ class Sink:
 
 def fake_nvml(count=2):
     """The slice of NVML the sampler uses, with fixed readings per device."""
+
     def handle(i):
         return {"index": i}
 
     return types.SimpleNamespace(
-        NVML_CLOCK_SM=1, NVML_TEMPERATURE_GPU=0, NVML_PCIE_UTIL_RX_BYTES=1, NVML_PCIE_UTIL_TX_BYTES=0,
+        NVML_CLOCK_SM=1,
+        NVML_TEMPERATURE_GPU=0,
+        NVML_PCIE_UTIL_RX_BYTES=1,
+        NVML_PCIE_UTIL_TX_BYTES=0,
         nvmlDeviceGetCount=lambda: count,
         nvmlDeviceGetHandleByIndex=handle,
         nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=40 + h["index"], memory=10),
@@ -42,8 +46,19 @@ def test_sampler_records_every_visible_gpu_from_nvml(monkeypatch):
         time.sleep(0.1)
     assert len(sink.records) >= 3
     first = sink.records[0]
-    assert first == {"t": first["t"], "gpu": 1, "util": 41, "mem_util": 10, "mem_used_mib": 3072.0, "power_w": 250.0,
-                     "sm_clock_mhz": 1755, "temp_c": 61, "throttle": 4, "pcie_rx_kbs": 1001, "pcie_tx_kbs": 1000}
+    assert first == {
+        "t": first["t"],
+        "gpu": 1,
+        "util": 41,
+        "mem_util": 10,
+        "mem_used_mib": 3072.0,
+        "power_w": 250.0,
+        "sm_clock_mhz": 1755,
+        "temp_c": 61,
+        "throttle": 4,
+        "pcie_rx_kbs": 1001,
+        "pcie_tx_kbs": 1000,
+    }
     times = [r["t"] for r in sink.records]
     assert times == sorted(times)
 

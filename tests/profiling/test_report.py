@@ -4,11 +4,12 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from engine import data, train
-from profiling.records import read_jsonl
 from profiling import report
 from profiling.analysis import analyse, loss_summary
+from profiling.records import read_jsonl
 from tests.conftest import TINY
 
 
@@ -25,7 +26,16 @@ def two_runs(image_folder, in_tmp):
 def test_report_renders_a_real_run(two_runs, capsys):
     report.main([str(two_runs[0])])
     out = capsys.readouterr().out
-    for text in ("run runs/a", "throughput", "phases per step", "backward", "bottleneck", "compute-bound", "losses", "commit"):
+    for text in (
+        "run runs/a",
+        "throughput",
+        "phases per step",
+        "backward",
+        "bottleneck",
+        "compute-bound",
+        "losses",
+        "commit",
+    ):
         assert text in out
     assert "data-bound" not in out
 
@@ -42,14 +52,21 @@ def test_slow_loader_makes_the_verdict_data_bound(image_folder, in_tmp, monkeypa
     assert verdict["label"] == "data-bound" and "waited for data" in verdict["evidence"]
 
 
-def test_fast_loader_is_not_data_bound(two_runs):
-    assert analyse(two_runs[0])["verdict"]["label"] != "data-bound"
+def test_in_memory_data_on_a_cpu_is_compute_bound(two_runs):
+    verdict = analyse(two_runs[0])["verdict"]
+    assert verdict["label"] == "compute-bound" and "forward, loss and backward" in verdict["evidence"]
 
 
 def test_compare_two_runs_side_by_side(two_runs, capsys):
+    first, second = analyse(two_runs[0]), analyse(two_runs[1])
+    rows = {name: (x, y) for name, x, y in report.comparison_rows(first, second)}
+    assert rows["step ms"] == (first["phases"]["step_ms"], second["phases"]["step_ms"])
+    assert rows["last loss"] == (first["losses"]["loss"]["last"], second["losses"]["loss"]["last"])
     report.main([str(two_runs[0]), "--compare", "b"])
     out = capsys.readouterr().out
-    assert "runs/a vs runs/b" in out and "ratio" in out and "x" in out.split("it/s")[-1]
+    it_row = next(line for line in out.splitlines() if " it/s " in line)
+    it_first, it_second = rows["it/s"]
+    assert f"{it_second / it_first:.2f}x" in it_row and "runs/a vs runs/b" in out
 
 
 def test_json_for_scripts(two_runs, capsys):
@@ -72,11 +89,21 @@ def test_crashed_run_with_truncated_files_still_reports(two_runs, capsys):
     assert progress["last_step"] == complete < 14 and not progress["finished"]
 
 
-def test_plots_are_written(two_runs):
+def test_plots_draw_the_run_s_records(two_runs):
+    import matplotlib.pyplot as plt
+
+    from profiling import plots
+
     report.main(["a", "--plot"])
     for name in ("phases.png", "utilisation.png", "losses.png"):
-        path = two_runs[0] / "plots" / name
-        assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
+        with Image.open(two_runs[0] / "plots" / name) as png:
+            assert png.size == (900, 400) and len(png.getcolors(1 << 16)) > 20  # drawn, not blank
+    fig, ax = plt.subplots()
+    assert plots.draw_losses(two_runs[0], ax)
+    metrics = read_jsonl(two_runs[0] / "metrics.jsonl")
+    drawn = {line.get_label(): list(line.get_ydata()) for line in ax.lines}
+    assert drawn["loss"] == [r["loss"] for r in metrics] and drawn["back_rec"] == [r["back_rec"] for r in metrics]
+    plt.close(fig)
 
 
 def test_missing_run_lists_the_runs_that_exist(two_runs, capsys):
@@ -108,7 +135,16 @@ def test_py_spy_and_torch_profiler_captures(image_folder, in_tmp, capsys):
 
 
 def test_loss_summary_leaves_out_overflow_steps_without_a_grad_norm():
-    records = [{"step": i, "loss": 10.0 - i, "forw_fit": 1.0, "forw_ce": 1.0, "back_rec": 8.0 - i, "grad_norm": None if i < 2 else float(i)}
-               for i in range(6)]
+    records = [
+        {
+            "step": i,
+            "loss": 10.0 - i,
+            "forw_fit": 1.0,
+            "forw_ce": 1.0,
+            "back_rec": 8.0 - i,
+            "grad_norm": None if i < 2 else float(i),
+        }
+        for i in range(6)
+    ]
     summary = loss_summary(records)
     assert summary["grad_norm"] == {"first": 2.0, "last": 5.0, "min": 2.0} and summary["loss"]["first"] == 10.0
