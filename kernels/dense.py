@@ -1,0 +1,699 @@
+"""IRN's dense block (five 3x3 convs, each seeing the input and every earlier output) in Triton.
+
+One feature buffer F of shape (B, c_in + 4g, H, W), channels_last (NHWC in memory), holds the input
+F_0 = x and the four g-channel outputs F_1..F_4, so conv k reads the channel prefix F[:, :c_k] with
+c_k = c_in + (k - 1) g and writes its output into the next g channels: no torch.cat. With p a pixel,
+o = (ky - 1, kx - 1) a tap's offset (zero padding outside the image) and s the negative slope (0.2):
+    Z_k[p, n] = b_k[n] + sum_{c < c_k, ky, kx} W_k[n, c, ky, kx] F[p + o, c]        (an implicit GEMM)
+    F_k = Z_k if Z_k > 0 else s Z_k        (k = 1..4)        out = Z_5        (c_out channels)
+The backward keeps one fp32 gradient buffer G = dL/dF, F's shape and strides, and walks k = 5, 4, ..., 1:
+    dZ_5 = dout        dZ_k = G[:, c_k : c_k + g] * (1 if F_k > 0 else s)        (k = 1..4)
+    G[p, c] += sum_{n, ky, kx} dZ_k[p - o, n] W_k[n, c, ky, kx]        for c < c_k (conv 5 writes G)
+    dW_k[n, c, ky, kx] = sum_p dZ_k[p, n] F[p + o, c]        db_k[n] = sum_p dZ_k[p, n]
+    dx = G[:, :c_in] once conv 1 has added its part
+G[:, c_k : c_k + g] is complete when step k reads it, since only convs k+1..5 see F_k. As s > 0, F_k > 0
+exactly where Z_k > 0, so the saved post-activation F_k gives the slope and no pre-activation is kept.
+
+Launches per block: forward 5 (conv 1 also copies x into F); backward 5 (each step computes its input
+gradient and its weight and bias gradients in one launch), plus one sum of the weight-gradient partials
+when the pixels are reduced in more than one split. Every output element is written by one program and
+the splits are summed in a fixed order, so the results are deterministic: no atomics.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.utils.flop_counter import register_flop_formula
+
+NEGATIVE_SLOPE = 0.2
+CONVS = 5
+# Weight gradients are reduced over pixels in splits of about this many pixels, each written to its own
+# fp32 row of partials and the rows summed afterwards: enough programs to fill a GPU, with partials
+# small next to the features they come from.
+PIXELS_PER_SPLIT = 2048
+MAX_SPLITS = 32
+# Channel alignment of the feature buffer, in elements (see _buffer_layout).
+ALIGN = 16
+
+# Two interpreter quirks are worked around under it only: it keeps bf16 as raw uint16 bits, which its dot
+# multiplies as integers, and it truncates fp32 -> bf16 where GPUs round to nearest even.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+_INTERPRETING = tl.constexpr(_INTERPRET)
+
+# --- kernels --------------------------------------------------------------------------------------
+# fmt: off
+
+
+@triton.jit
+def _mma(a, b, acc, PRECISION: tl.constexpr):
+    """acc + a @ b, accumulated in fp32."""
+    if _INTERPRETING:  # fp32 operands hold fp16/bf16 values exactly
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _to(x, dtype: tl.constexpr):
+    """x.to(dtype), rounding to nearest even (by hand for fp32 -> bf16 in the interpreter)."""
+    if _INTERPRETING and dtype == tl.bfloat16 and x.dtype == tl.float32:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits += 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _pixels(start, end, H, W, BLOCK: tl.constexpr):
+    """Batch, row and column of the flat pixels start .. start + BLOCK, and which of them are < end."""
+    p = start + tl.arange(0, BLOCK)
+    w = p % W
+    h = (p // W) % H
+    b = (p // (W * H)).to(tl.int64)  # batch offsets are the ones that can pass 2**31 elements
+    return b, h, w, p < end
+
+
+@triton.jit
+def _offsets(b, h, w, s_b, s_h, s_w):
+    return b * s_b + h * s_h + w * s_w
+
+
+@triton.jit
+def _neighbours(b, h, w, valid, dy, dx, H, W, s_b, s_h, s_w):
+    """Offsets of the pixels (h + dy, w + dx), and whether they are inside the image (zero padding)."""
+    hh = h + dy
+    ww = w + dx
+    inside = valid & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+    return _offsets(b, hh, ww, s_b, s_h, s_w), inside
+
+
+@triton.jit
+def _tap(i, blocks, BLOCK: tl.constexpr):
+    """Step i of a loop over 9 taps x `blocks` channel blocks: kernel row, column, and the block's channels."""
+    tap = i // blocks
+    ky = tap // 3
+    return ky, tap - 3 * ky, (i - tap * blocks) * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def _input_channels(c, C_in, C_x, X_END):
+    """Which of the buffer channels c a conv reads (x's C_x channels, then the outputs from X_END on, the
+    channels between being padding), and each one's index among the weight's input channels."""
+    valid = (c < C_x) | ((c >= X_END) & (c < C_in))
+    return valid, tl.where(c < X_END, c, c - X_END + C_x)
+
+
+@triton.jit
+def _copy_tile(src, dst, b, h, w, valid, C, C_dst, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, BLOCK_K: tl.constexpr):
+    """dst[pixels, :C_dst] = src[pixels, :C], then zeros: the block's input and its padding into the first
+    channels of the feature buffer (never read as inputs, but the buffer is an output: no garbage)."""
+    s_pix = _offsets(b, h, w, s_b, s_h, s_w)
+    d_pix = _offsets(b, h, w, d_b, d_h, d_w)
+    for c0 in range(0, C_dst, BLOCK_K):
+        c = c0 + tl.arange(0, BLOCK_K)
+        tile = tl.load(src + s_pix[:, None] + c[None, :] * s_c, mask=valid[:, None] & (c < C)[None, :], other=0.0)
+        tl.store(dst + d_pix[:, None] + c[None, :] * d_c, tile.to(dst.dtype.element_ty),
+                 mask=valid[:, None] & (c < C_dst)[None, :])
+
+
+@triton.jit
+def _conv3x3_kernel(
+    src, weight, bias, out, copy_dst,
+    n_pixels, pixel_bucket, H, W, C_in, C_x, X_END, C_out, C_copy,
+    s_b, s_c, s_h, s_w,  # src: the input x (conv 1) or the feature buffer's channel prefix
+    w_n, w_c, w_h, w_w,
+    o_b, o_c, o_h, o_w,  # out: the conv's slice of the feature buffer, or the block output (conv 5)
+    d_b, d_c, d_h, d_w,  # copy_dst: the feature buffer, where conv 1 copies its input
+    negative_slope,
+    ACTIVATION: tl.constexpr, COPY_INPUT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One (pixels x output channels) tile of a 3x3 conv; its GEMM's K runs over 9 taps x C_in channels."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    b, h, w, valid = _pixels(pid_m * BLOCK_M, n_pixels, H, W, BLOCK_M)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < C_out
+    blocks = tl.cdiv(C_in, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # one flat loop over (tap, channel block), which the compiler pipelines even when C_in is small
+    for i in range(9 * blocks):
+        ky, kx, c = _tap(i, blocks, BLOCK_K)
+        c_ok, wc = _input_channels(c, C_in, C_x, X_END)
+        pix, inside = _neighbours(b, h, w, valid, ky - 1, kx - 1, H, W, s_b, s_h, s_w)
+        a = tl.load(src + pix[:, None] + c[None, :] * s_c, mask=inside[:, None] & c_ok[None, :], other=0.0)
+        wt = tl.load(weight + n[None, :] * w_n + wc[:, None] * w_c + ky * w_h + kx * w_w,
+                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = _mma(a, _to(wt, a.dtype), acc, PRECISION)  # weights in the features' dtype, as cuDNN takes them
+    acc += tl.load(bias + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if ACTIVATION:
+        acc = tl.where(acc > 0, acc, acc * negative_slope)
+    o_pix = _offsets(b, h, w, o_b, o_h, o_w)
+    mask = valid[:, None] & n_ok[None, :]
+    tl.store(out + o_pix[:, None] + n[None, :] * o_c, _to(acc, out.dtype.element_ty), mask=mask)
+    if COPY_INPUT:
+        if pid_n == 0:  # conv 1 reads x itself, so no program waits on this copy
+            _copy_tile(src, copy_dst, b, h, w, valid, C_in, C_copy, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, BLOCK_K)
+
+
+@triton.jit
+def _input_grad_tile(
+    pid, grad, feat, weight, acc_src, dst,
+    n_pixels, H, W, C_in, C_x, X_END, C_out, tail_start,
+    g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, w_n, w_c, w_h, w_w,
+    negative_slope,
+    ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dst[p, c] = (acc_src[p, c] +) sum_{n, tap} dZ[p - o, n] W[n, c, tap] on one (pixels x input channels)
+    tile, its GEMM's K running over 9 taps x C_out; the channels from tail_start on (the previous conv's
+    output, complete now) leave multiplied by LeakyReLU's slope: as dZ of the previous conv."""
+    tiles_c = tl.cdiv(C_in, BLOCK_N)
+    pid_m = pid // tiles_c
+    c = (pid - pid_m * tiles_c) * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ok, wc = _input_channels(c, C_in, C_x, X_END)
+    b, h, w, valid = _pixels(pid_m * BLOCK_M, n_pixels, H, W, BLOCK_M)
+    dtype = feat.dtype.element_ty  # dZ rounded to the features' dtype for the dot, as cuDNN gets it
+    blocks = tl.cdiv(C_out, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for i in range(9 * blocks):
+        ky, kx, n = _tap(i, blocks, BLOCK_K)
+        n_ok = n < C_out
+        g_pix, inside = _neighbours(b, h, w, valid, 1 - ky, 1 - kx, H, W, g_b, g_h, g_w)
+        dz = tl.load(grad + g_pix[:, None] + n[None, :] * g_c, mask=inside[:, None] & n_ok[None, :], other=0.0)
+        wt = tl.load(weight + n[:, None] * w_n + wc[None, :] * w_c + ky * w_h + kx * w_w,
+                     mask=n_ok[:, None] & c_ok[None, :], other=0.0)
+        acc = _mma(_to(dz, dtype), _to(wt, dtype), acc, PRECISION)
+    mask = valid[:, None] & (c < C_in)[None, :]  # padding channels get zeros, never garbage
+    f_pix = _offsets(b, h, w, f_b, f_h, f_w)
+    if ACCUMULATE:  # what the later convs left in G
+        acc += tl.load(acc_src + f_pix[:, None] + c[None, :] * f_c, mask=mask, other=0.0)
+    if SLOPE_TAIL:  # other=1 keeps the rest; compared in fp32, as the interpreter compares bf16's raw bits
+        tail = mask & (c >= tail_start)[None, :]
+        y = tl.load(feat + f_pix[:, None] + c[None, :] * f_c, mask=tail, other=1.0).to(tl.float32)
+        acc = tl.where(y > 0, acc, acc * negative_slope)
+    d_pix = _offsets(b, h, w, d_b, d_h, d_w)
+    tl.store(dst + d_pix[:, None] + c[None, :] * d_c, _to(acc, dst.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _weight_grad_tile(
+    pid, grad, feat, partials,
+    n_pixels, H, W, C_in, C_x, X_END, C_out, split_len, weight_slot, bias_slot, partial_stride,
+    g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
+    PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr, BLOCK_WC: tl.constexpr,
+):
+    """One (output x input channels) tile of one tap of dW, summed over one pixel split into that split's
+    row of partials; the programs of the centre tap's first channel tile sum db as well."""
+    tiles_c = tl.cdiv(C_in, BLOCK_WC)
+    tiles_n = tl.cdiv(C_out, BLOCK_WN)
+    pid_c = pid % tiles_c
+    pid_n = (pid // tiles_c) % tiles_n
+    tap = (pid // (tiles_c * tiles_n)) % 9
+    split = pid // (tiles_c * tiles_n * 9)
+    ky = tap // 3
+    kx = tap - 3 * ky
+    n = pid_n * BLOCK_WN + tl.arange(0, BLOCK_WN)
+    c = pid_c * BLOCK_WC + tl.arange(0, BLOCK_WC)
+    n_ok = n < C_out
+    c_ok, wc = _input_channels(c, C_in, C_x, X_END)
+    start = split * split_len
+    end = tl.minimum(start + split_len, n_pixels)
+    acc = tl.zeros((BLOCK_WN, BLOCK_WC), dtype=tl.float32)
+    bias_acc = tl.zeros((BLOCK_WN,), dtype=tl.float32)
+    for p0 in range(start, end, BLOCK_P):
+        b, h, w, valid = _pixels(p0, end, H, W, BLOCK_P)
+        g_pix = _offsets(b, h, w, g_b, g_h, g_w)
+        dz = tl.load(grad + g_pix[:, None] + n[None, :] * g_c, mask=valid[:, None] & n_ok[None, :], other=0.0)
+        dz = dz.to(tl.float32)
+        src_pix, inside = _neighbours(b, h, w, valid, ky - 1, kx - 1, H, W, f_b, f_h, f_w)
+        x = tl.load(feat + src_pix[:, None] + c[None, :] * f_c, mask=inside[:, None] & c_ok[None, :], other=0.0)
+        acc = _mma(tl.trans(_to(dz, x.dtype)), x, acc, PRECISION)
+        bias_acc += tl.sum(dz, axis=0)  # from the fp32 dZ, before it is rounded for the dot
+    row = partials + split.to(tl.int64) * partial_stride
+    # dW is stored (n, c, ky, kx) contiguous, so its slot views as the weight's shape
+    C_w = C_in - X_END + C_x
+    tl.store(row + weight_slot + n[:, None] * (C_w * 9) + wc[None, :] * 9 + tap, acc,
+             mask=n_ok[:, None] & c_ok[None, :])
+    if (tap == 4) & (pid_c == 0):
+        tl.store(row + bias_slot + n, bias_acc, mask=n_ok)
+
+
+@triton.jit
+def _conv3x3_backward_kernel(
+    grad, feat, weight, acc_src, dst, partials,
+    n_pixels, pixel_bucket, H, W, C_in, C_x, X_END, C_out, tail_start,
+    split_len, weight_slot, bias_slot, partial_stride,
+    g_b, g_c, g_h, g_w,  # grad: dout (conv 5), or G's slice holding this conv's dZ
+    f_b, f_c, f_h, f_w,  # the feature buffer F; the gradient buffer G (acc_src) has the same strides
+    d_b, d_c, d_h, d_w,  # dst: G, or dx for conv 1
+    w_n, w_c, w_h, w_w,
+    negative_slope,
+    ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, INPUT_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr, BLOCK_WC: tl.constexpr,
+):
+    """A conv's whole backward step in one launch: the first programs compute input-gradient tiles, the
+    others weight-gradient tiles. What one group writes the other never reads (G's prefix vs partials)."""
+    pid = tl.program_id(0)
+    input_programs = tl.cdiv(n_pixels, BLOCK_M) * tl.cdiv(C_in, BLOCK_N) if INPUT_GRAD else 0
+    if INPUT_GRAD and pid < input_programs:  # a static branch without INPUT_GRAD: no input-gradient code
+        _input_grad_tile(
+            pid, grad, feat, weight, acc_src, dst, n_pixels, H, W, C_in, C_x, X_END, C_out, tail_start,
+            g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, w_n, w_c, w_h, w_w,
+            negative_slope, ACCUMULATE, SLOPE_TAIL, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        )
+    else:
+        _weight_grad_tile(
+            pid - input_programs, grad, feat, partials,
+            n_pixels, H, W, C_in, C_x, X_END, C_out, split_len, weight_slot, bias_slot, partial_stride,
+            g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, PRECISION, BLOCK_P, BLOCK_WN, BLOCK_WC,
+        )
+
+
+# fmt: on
+# --- autotuning: pixels per tile are tuned; channel tiles follow the channel counts --------------
+
+# Every config has 4 warps and 3 stages, Triton's default compile options, so an ahead-of-time compile
+# with default options builds exactly what the autotuner may launch. The interpreter gets one config.
+_FORWARD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (64, 128)]
+_BACKWARD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (32, 64)]
+if _INTERPRET:  # one config with large pixel tiles: the interpreter's cost is per program and loop step
+    _FORWARD_CONFIGS = [triton.Config({"BLOCK_M": 128})]
+    _BACKWARD_CONFIGS = [triton.Config({"BLOCK_M": 128})]
+
+_TUNING_KEY = ["C_in", "C_out", "pixel_bucket"]  # the autotuner adds the tensors' dtypes to the key
+_conv3x3 = triton.autotune(_FORWARD_CONFIGS, key=_TUNING_KEY)(_conv3x3_kernel)
+# benchmarking runs a step many times, and the steps that add into G must find the same G each time
+_conv3x3_backward = triton.autotune(_BACKWARD_CONFIGS, key=_TUNING_KEY, restore_value=["dst"])(_conv3x3_backward_kernel)
+
+
+def _tile(channels, smallest, largest):
+    """The power-of-two tile covering `channels`, at least tl.dot's minimum, at most a register budget
+    (doubled in the interpreter, whose cost is per program)."""
+    return min(2 * largest if _INTERPRET else largest, max(smallest, triton.next_power_of_2(channels)))
+
+
+def _k_tile(dtype):
+    """The GEMMs' K step over channels: fp32 operands take twice the registers of fp16/bf16 ones (and the
+    FMA dot of fp32 without TF32 more again), so on GPUs they step by 16 to stay clear of spills."""
+    return 16 if dtype == torch.float32 and not _INTERPRET else 32
+
+
+def _pixel_step(dtype):
+    """Pixels per step of the weight-gradient reduction (its GEMM's K); the interpreter pays per step."""
+    return 128 if _INTERPRET else 2 * _k_tile(dtype)
+
+
+def _pixel_bucket(n_pixels):
+    """Tuned once per power of two of the pixel count, not once per image size."""
+    return triton.next_power_of_2(n_pixels)
+
+
+def _dot_precision(dtype):
+    """fp32 convs follow cuDNN's TF32 switch; fp16/bf16 operands are exact either way."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+# --- layouts, shared by the real ops and their fake implementations ----------------------------
+
+
+def _is_channels_last(x):
+    """Whether x keeps channels innermost (channels_last, or a channel slice of a channels_last tensor)."""
+    return x.stride(1) == 1 and x.shape[1] > 1 and not x.is_contiguous()
+
+
+def _block_tensor(b, c, h, w, dtype, device, channels_last):
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(b, c, h, w, dtype=dtype, device=device, memory_format=memory_format)
+
+
+def _round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+def _buffer_layout(c_in, growth):
+    """(where F_1 starts, channels, pixel stride) of the feature buffer: x in channels [0, c_in), padding up
+    to a multiple of ALIGN, then F_1..F_4. With IRN's growth of 32 every conv's output slice and every
+    pixel then starts 16-element aligned, and the JIT (which specialises 16-divisible ints and 16-byte
+    aligned pointers) vectorises the loads."""
+    x_end = _round_up(c_in, ALIGN)
+    channels = x_end + 4 * growth
+    return x_end, channels, _round_up(channels, ALIGN)
+
+
+def _shapes(x, weights, biases):
+    """(c_in, growth, c_out), after checking that the weights and biases are a dense block's for x."""
+    if x.dim() != 4:
+        raise ValueError(f"dense_block input must be (B, C, H, W), got shape {tuple(x.shape)}")
+    if len(weights) != CONVS or len(biases) != CONVS:
+        raise ValueError(f"dense_block needs {CONVS} weights and {CONVS} biases, got {len(weights)} and {len(biases)}")
+    c_in, growth, c_out = x.shape[1], weights[0].shape[0], weights[-1].shape[0]
+    for k in range(CONVS):
+        expected = (c_out if k == CONVS - 1 else growth, c_in + k * growth, 3, 3)
+        if tuple(weights[k].shape) != expected or tuple(biases[k].shape) != expected[:1]:
+            raise ValueError(
+                f"conv {k + 1} of a dense block on {c_in} channels needs a weight {expected} and a bias "
+                f"{expected[:1]}, got {tuple(weights[k].shape)} and {tuple(biases[k].shape)}"
+            )
+    return c_in, growth, c_out
+
+
+def _forward_outputs(x, weights, biases):
+    """The block output (x's dtype and memory format) and the NHWC feature buffer, in x's dtype."""
+    c_in, growth, c_out = _shapes(x, weights, biases)
+    b, _, h, w = x.shape
+    out = _block_tensor(b, c_out, h, w, x.dtype, x.device, _is_channels_last(x))
+    _, channels, stride = _buffer_layout(c_in, growth)
+    strides = (h * w * stride, 1, w * stride, stride)
+    return out, torch.empty_strided((b, channels, h, w), strides, dtype=x.dtype, device=x.device)
+
+
+def _gradient_buffer(features):
+    """G: fp32, with the feature buffer's shape and strides (the kernels index both with one set)."""
+    return torch.empty_strided(features.shape, features.stride(), dtype=torch.float32, device=features.device)
+
+
+def _param_slots(weights):
+    """Each conv's (weight, bias) offsets in the flat parameter gradient, and the flat size."""
+    slots, offset = [], 0
+    for weight in weights:
+        slots.append((offset, offset + weight.numel()))
+        offset += weight.numel() + weight.shape[0]
+    return slots, offset
+
+
+def _backward_outputs(features, weights, channels_last, input_grad):
+    """dx (x's dtype and memory format; empty when x needs no gradient) and the flat parameter gradient."""
+    b, _, h, w = features.shape
+    if input_grad:
+        dx = _block_tensor(b, weights[0].shape[1], h, w, features.dtype, features.device, channels_last)
+    else:
+        dx = features.new_empty(0)
+    return dx, weights[0].new_empty(_param_slots(weights)[1])
+
+
+def _pixel_splits(n_pixels):
+    """(how many pixel splits reduce the weight gradients, pixels per split)."""
+    splits = max(1, min(MAX_SPLITS, triton.cdiv(n_pixels, PIXELS_PER_SPLIT)))
+    split_len = max(1, triton.cdiv(n_pixels, splits))
+    return max(1, triton.cdiv(n_pixels, split_len)), split_len
+
+
+# --- launchers: the launches as (kernel, grid, args, constexprs), run by _run ---------------------
+
+
+def _conv_launch(src, c_x, x_end, weight, bias, out, copy_dst, copy_channels, negative_slope, activation):
+    """Conv of src's channels (x's c_x ones, then those from x_end on) into out; copy_dst gets src's, padded
+    with zeros to copy_channels."""
+    b, c_in, h, w = src.shape
+    c_out, n_pixels = weight.shape[0], b * h * w
+    copy_input = copy_dst is not None
+    copy_dst = copy_dst if copy_input else out  # a pointer the kernel ignores when there is nothing to copy
+    args = [src, weight, bias, out, copy_dst, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_x, x_end, c_out]
+    args += [copy_channels]
+    args += [*src.stride(), *weight.stride(), *out.stride(), *copy_dst.stride(), negative_slope]
+    constexprs = {"ACTIVATION": activation, "COPY_INPUT": copy_input, "PRECISION": _dot_precision(src.dtype)}
+    constexprs |= {"BLOCK_N": _tile(c_out, 16, 32), "BLOCK_K": _tile(c_in, 16, _k_tile(src.dtype))}
+
+    def grid(meta):
+        return triton.cdiv(n_pixels, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"])
+
+    return _conv3x3, grid, args, constexprs
+
+
+def _forward_launches(x, weights, biases, negative_slope, out, features):
+    c_in, growth = x.shape[1], weights[0].shape[0]
+    x_end, _, _ = _buffer_layout(c_in, growth)
+    launches = []
+    for k in range(CONVS):
+        reads = x_end + k * growth  # conv k + 1 reads the buffer's channels up to here, and writes after
+        dst = features[:, reads : reads + growth] if k < CONVS - 1 else out
+        if k == 0:  # conv 1 reads x where it lies, and copies it into the buffer on the way
+            launch = _conv_launch(x, c_in, c_in, weights[k], biases[k], dst, features, x_end, negative_slope, True)
+        else:
+            src, activation = features[:, :reads], k < CONVS - 1
+            launch = _conv_launch(src, c_in, x_end, weights[k], biases[k], dst, None, 0, negative_slope, activation)
+        launches.append(launch)
+    return launches
+
+
+def _backward_step_launch(grad, feat, c_x, x_end, tail_start, weight, gbuf, dst, partials, slot, split_len, slope):
+    """One conv's backward step. feat: the buffer channels it read; grad: dout for conv 5, else its dZ in G;
+    dst: G, dx for conv 1, or None for no input gradient; tail_start: where the previous conv's output
+    starts in feat (None for conv 1)."""
+    b, c_in, h, w = feat.shape
+    c_out, n_pixels = weight.shape[0], b * h * w
+    input_grad, last = dst is not None, c_in == gbuf.shape[1]
+    dst = gbuf if dst is None else dst  # a pointer the kernel ignores without INPUT_GRAD
+    tail = c_in if tail_start is None else tail_start
+    args = [grad, feat, weight, gbuf, dst, partials, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_x, x_end]
+    args += [c_out, tail, split_len, *slot, partials.stride(0), *grad.stride(), *feat.stride(), *dst.stride()]
+    args += [*weight.stride(), slope]
+    constexprs = {"ACCUMULATE": not last, "SLOPE_TAIL": tail_start is not None, "INPUT_GRAD": input_grad}
+    constexprs |= {"PRECISION": _dot_precision(feat.dtype)}
+    constexprs |= {"BLOCK_N": _tile(c_in, 16, 32), "BLOCK_K": _tile(c_out, 16, _k_tile(feat.dtype))}
+    constexprs |= {
+        "BLOCK_P": _pixel_step(feat.dtype),
+        "BLOCK_WN": _tile(c_out, 16, 32),
+        "BLOCK_WC": _tile(c_in, 16, 32),
+    }
+    weight_programs = partials.shape[0] * 9 * triton.cdiv(c_out, constexprs["BLOCK_WN"])
+    weight_programs *= triton.cdiv(c_in, constexprs["BLOCK_WC"])
+
+    def grid(meta):
+        input_programs = triton.cdiv(n_pixels, meta["BLOCK_M"]) * triton.cdiv(c_in, meta["BLOCK_N"])
+        return (input_programs * input_grad + weight_programs,)
+
+    return _conv3x3_backward, grid, args, constexprs
+
+
+def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad):
+    c_in, growth = weights[0].shape[1], weights[0].shape[0]
+    x_end, _, _ = _buffer_layout(c_in, growth)
+    slots, _ = _param_slots(weights)
+    _, split_len = _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])
+    launches = []
+    for k in reversed(range(CONVS)):
+        output_at = x_end + k * growth  # where conv k + 1's output sits in the buffer
+        reads = output_at if k else c_in  # the buffer channels it read
+        if k == CONVS - 1:  # conv 5 writes every channel of G: no zero fill
+            step_grad, dst = grad, gbuf
+        else:  # conv 1 writes dx itself, in x's dtype and layout, from what its successors left in G
+            step_grad, dst = gbuf[:, output_at : output_at + growth], gbuf if k else (dx if input_grad else None)
+        tail_start = output_at - growth if k else None  # conv k's output, whose dZ this step completes
+        launches.append(_backward_step_launch(step_grad, features[:, :reads], c_in, x_end if k else c_in,
+                                              tail_start, weights[k], gbuf, dst, partials, slots[k], split_len,
+                                              negative_slope))  # fmt: skip
+    return launches
+
+
+def _run(launches):
+    for kernel, grid, args, constexprs in launches:
+        kernel[grid](*args, **constexprs)
+
+
+# --- custom ops: opaque to torch.compile (no graph break), with autograd --------------------------
+
+
+@torch.library.custom_op("irn::dense_block", mutates_args=())
+def dense_block_forward(
+    x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor], negative_slope: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block output, and the feature buffer [x, F_1..F_4] that the backward reads."""
+    out, features = _forward_outputs(x, weights, biases)
+    if out.numel():
+        _run(_forward_launches(x, weights, biases, negative_slope, out, features))
+    return out, features
+
+
+@torch.library.custom_op("irn::dense_block_backward", mutates_args=())
+def dense_block_backward(
+    grad: torch.Tensor,
+    features: torch.Tensor,
+    weights: list[torch.Tensor],
+    negative_slope: float,
+    channels_last: bool,
+    input_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dx (empty unless input_grad), and the weight and bias gradients flat in _param_slots order."""
+    dx, flat = _backward_outputs(features, weights, channels_last, input_grad)
+    n_pixels = features.shape[0] * features.shape[2] * features.shape[3]
+    if n_pixels == 0:
+        return dx, flat.zero_()
+    splits, _ = _pixel_splits(n_pixels)
+    if splits == 1 and flat.dtype == torch.float32:
+        partials = flat.view(1, -1)  # a single split: the kernels write the gradients in place
+    else:
+        partials = torch.empty(splits, flat.numel(), dtype=torch.float32, device=features.device)
+    _run(
+        _backward_launches(
+            grad, features, weights, negative_slope, _gradient_buffer(features), dx, partials, input_grad
+        )
+    )
+    if partials.data_ptr() != flat.data_ptr():  # the splits summed in a fixed order: deterministic
+        if flat.dtype == torch.float32:
+            torch.sum(partials, 0, out=flat)
+        else:
+            flat.copy_(partials.sum(0))
+    return dx, flat
+
+
+@dense_block_forward.register_fake
+def _(x, weights, biases, negative_slope):
+    return _forward_outputs(x, weights, biases)
+
+
+@dense_block_backward.register_fake
+def _(grad, features, weights, negative_slope, channels_last, input_grad):
+    return _backward_outputs(features, weights, channels_last, input_grad)
+
+
+def _save_for_backward(ctx, inputs, output):
+    x, weights, _, ctx.negative_slope = inputs
+    ctx.channels_last = _is_channels_last(x)
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1], *weights)
+
+
+def _split_param_grads(flat, weights):
+    """The flat gradient as views shaped like each conv's weight and bias."""
+    slots, _ = _param_slots(weights)
+    d_weights = [flat[w : w + weight.numel()].view(weight.shape) for (w, _), weight in zip(slots, weights, strict=True)]
+    d_biases = [flat[b : b + weight.shape[0]] for (_, b), weight in zip(slots, weights, strict=True)]
+    return d_weights, d_biases
+
+
+def _dense_block_grads(ctx, grad, _features_grad):
+    features, *weights = ctx.saved_tensors
+    input_grad = ctx.needs_input_grad[0]
+    dx, flat = dense_block_backward(grad, features, weights, ctx.negative_slope, ctx.channels_last, input_grad)
+    d_weights, d_biases = _split_param_grads(flat, weights)
+    return dx if input_grad else None, d_weights, d_biases, None
+
+
+dense_block_forward.register_autograd(_dense_block_grads, setup_context=_save_for_backward)
+
+
+def dense_block(x, weights, biases, negative_slope=NEGATIVE_SLOPE):
+    """IRN's dense block on x, with the weights and biases of its five convs (engine.irn.DenseBlock's
+    conv1..conv5). Under autocast it runs in the autocast dtype, as those convs would: x is cast once
+    here and the weights inside the kernels; the weight gradients come back in the weights' dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    return dense_block_forward(x, list(weights), list(biases), negative_slope)[0]
+
+
+# --- FLOP counts: the five convs' counts, as FlopCounterMode counts aten.convolution(_backward) -----
+
+
+def _conv_flops(batch, h, w, weight_shape):
+    c_out, c_in, kh, kw = weight_shape
+    return 2 * batch * h * w * c_out * c_in * kh * kw  # 2 FLOPs per multiply-add; biases not counted
+
+
+@register_flop_formula(torch.ops.irn.dense_block)
+def _dense_block_flops(x_shape, weight_shapes, bias_shapes, negative_slope, out_shape=None, **kwargs):
+    b, _, h, w = x_shape
+    return sum(_conv_flops(b, h, w, shape) for shape in weight_shapes)
+
+
+@register_flop_formula(torch.ops.irn.dense_block_backward)
+def _dense_block_backward_flops(
+    grad_shape, features_shape, weight_shapes, negative_slope, channels_last, input_grad, out_shape=None, **kwargs
+):
+    # each conv's weight gradient, and its input gradient too, but conv 1's only when x needs one
+    b, _, h, w = features_shape
+    weight_flops = sum(_conv_flops(b, h, w, shape) for shape in weight_shapes)
+    input_flops = sum(_conv_flops(b, h, w, shape) for shape in weight_shapes[0 if input_grad else 1 :])
+    return weight_flops + input_flops
+
+
+# --- ahead-of-time compilation ----------------------------------------------------------------------
+
+# IRN's dense blocks: F maps C - 3 -> 3 channels, G and H map 3 -> C - 3, with C = 12, 48, 192.
+IRN_BLOCKS = [(c_in, c_out) for c in (12, 48, 192) for c_in, c_out in ((c - 3, 3), (3, c - 3))]
+# (features' dtype, parameters' dtype): under autocast the parameters stay fp32
+_AOT_DTYPES = [
+    (torch.float32, torch.float32),
+    (torch.float16, torch.float16),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float16, torch.float32),
+    (torch.bfloat16, torch.float32),
+]
+_POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+
+
+def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False):
+    """Every kernel variant the op launches for these (c_in, c_out) blocks, as (name, jit kernel, signature,
+    constexprs) for triton.compiler.ASTSource: both kernels, every dtype, TF32 setting, constexpr variant
+    and autotune config. Compile them with default options (4 warps, 3 stages, as every config has).
+
+    With attrs=True each entry gains a fifth element, ASTSource's attrs: the 16-divisibility the JIT finds
+    at run time in 16-divisible ints and 16-byte aligned pointers (base allocations assumed aligned), so
+    the compile is the one the GPU runs; without it, the compile assumes no alignment at all."""
+    variants = {}
+    tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        for dtype, param_dtype in _AOT_DTYPES:
+            for allow_tf32 in (True, False) if dtype == torch.float32 else (False,):
+                torch.backends.cudnn.allow_tf32 = allow_tf32  # picks the dot precision of fp32 launches
+                for c_in, c_out in blocks:
+                    for kernel, _, args, constexprs in _meta_launches(c_in, c_out, growth, dtype, param_dtype):
+                        for config in kernel.configs:
+                            signature, constants, aligned = _signature(kernel.fn, args, constexprs | config.kwargs)
+                            name = _variant_name(kernel.fn, signature, constants, aligned if attrs else [])
+                            variant = (name, kernel.fn, signature, constants)
+                            if attrs:
+                                indices = [kernel.fn.arg_names.index(arg) for arg in aligned]
+                                variant += ({(i,): [["tt.divisibility", 16]] for i in indices},)
+                            variants.setdefault(name, variant)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    return list(variants.values())
+
+
+def _meta_launches(c_in, c_out, growth, dtype, param_dtype, batch=2, size=36):
+    """The launches of one forward and of the backward with and without dx, on meta tensors."""
+    x = torch.empty(batch, c_in, size, size, dtype=dtype, device="meta")
+    shapes = [(growth if k < CONVS - 1 else c_out, c_in + k * growth, 3, 3) for k in range(CONVS)]
+    weights = [torch.empty(shape, dtype=param_dtype, device="meta") for shape in shapes]
+    biases = [torch.empty(shape[0], dtype=param_dtype, device="meta") for shape in shapes]
+    out, features = _forward_outputs(x, weights, biases)
+    launches = _forward_launches(x, weights, biases, NEGATIVE_SLOPE, out, features)
+    for input_grad in (True, False):
+        dx, flat = _backward_outputs(features, weights, False, input_grad)
+        partials = torch.empty(2, flat.numel(), dtype=torch.float32, device="meta")
+        gbuf = _gradient_buffer(features)
+        launches += _backward_launches(out, features, weights, NEGATIVE_SLOPE, gbuf, dx, partials, input_grad)
+    return launches
+
+
+def _signature(fn, args, constexprs):
+    """Signature, constants and 16-aligned arguments as the JIT specialises these arguments: pointer types
+    from the tensors' dtypes, ints equal to 1 (unit strides) folded into constants."""
+    signature, constants, aligned = {}, dict(constexprs), []
+    for name, arg in zip(fn.arg_names[: len(args)], args, strict=True):  # the constexprs come last
+        if isinstance(arg, torch.Tensor):
+            signature[name] = _POINTER_TYPES[arg.dtype]
+            if arg.storage_offset() * arg.element_size() % 16 == 0:
+                aligned.append(name)
+        elif isinstance(arg, float):
+            signature[name] = "fp32"
+        elif arg == 1:
+            signature[name], constants[name] = "constexpr", 1
+        else:
+            signature[name] = "i32" if -(2**31) <= arg < 2**31 else "i64"
+            if arg % 16 == 0:
+                aligned.append(name)
+    signature |= {name: "constexpr" for name in constexprs}
+    return signature, constants, aligned
+
+
+def _variant_name(fn, signature, constants, aligned):
+    pointers = "_".join(f"{name}-{kind[1:]}" for name, kind in signature.items() if kind.startswith("*"))
+    flags = "_".join(f"{name}-{value}" for name, value in sorted(constants.items()) if name.isupper())
+    units = "_".join(sorted(name for name, value in constants.items() if not name.isupper()))
+    return f"{fn.__name__}_{flags}_{pointers}_units-{units}" + (f"_aligned-{'_'.join(aligned)}" if aligned else "")

@@ -1,0 +1,343 @@
+"""The dense-block kernels against engine.irn.DenseBlock: outputs and every gradient, layouts, custom-op
+registration, FLOP counts, launch counts and tracing. On a CPU the kernels run in Triton's interpreter, so
+the shapes are small; every channel count IRN uses is covered."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import kernels.dense as dense
+from engine.irn import DenseBlock
+from kernels.dense import dense_block, dense_block_backward, dense_block_forward
+from tests.kernels.conftest import DEVICE, TOLERANCE
+
+# (c_in, c_out, growth, batch, (H, W), input layout): IRN's F maps C - 3 -> 3 and G, H map 3 -> C - 3
+# for C = 12, 48, 192. Growth 4 or 8 keeps the interpreter fast on the wide blocks; one block has the
+# paper's 32. 3 x 7 x 9 pixels span two pixel tiles of the interpreter's 128.
+CASES = [
+    (3, 9, 8, 3, (7, 9), "channels_last"),
+    (9, 3, 32, 2, (3, 5), "contiguous"),
+    (3, 45, 4, 3, (1, 1), "slice"),
+    (45, 3, 4, 1, (7, 9), "channels_last slice"),
+    (3, 189, 4, 1, (3, 5), "contiguous"),
+    (189, 3, 4, 2, (3, 5), "slice"),
+]
+
+
+def reference_block(c_in, c_out, growth, dtype=torch.float32, seed=0):
+    """A DenseBlock with random weights (a fresh one has a zero conv5), rounded to `dtype`; unit-variance
+    activations keep both LeakyReLU branches busy."""
+    block = DenseBlock(c_in, c_out, growth)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv in convs(block):
+            fan_in = conv.weight[0].numel()
+            conv.weight.copy_((torch.randn(conv.weight.shape, generator=gen) / math.sqrt(fan_in)).to(dtype))
+            conv.bias.copy_((0.1 * torch.randn(conv.bias.shape, generator=gen)).to(dtype))
+    return block.to(DEVICE)
+
+
+def convs(block):
+    return [block.conv1, block.conv2, block.conv3, block.conv4, block.conv5]
+
+
+def fast_params(block, dtype=torch.float32):
+    weights = [conv.weight.detach().to(dtype).requires_grad_() for conv in convs(block)]
+    biases = [conv.bias.detach().to(dtype).requires_grad_() for conv in convs(block)]
+    return weights, biases
+
+
+def laid_out(x, layout):
+    """x (differentiably) in a memory layout the op must read in place."""
+    if layout == "contiguous":
+        return x
+    if layout == "channels_last":
+        return x.to(memory_format=torch.channels_last)
+    wider = torch.cat([torch.randn_like(x[:, :3]), x], 1)  # x as the channel slice wider[:, 3:]
+    if layout == "channels_last slice":
+        wider = wider.contiguous(memory_format=torch.channels_last)
+    return wider[:, 3:]
+
+
+def assert_close_to_max(actual, expected, tol):
+    """Every element within tol of expected's largest magnitude."""
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=0, atol=tol * expected.abs().max().item())
+
+
+def run_both(block, x, dtype=torch.float32, layout="contiguous", grad=None):
+    """Output and gradients (x, weights, biases) of the reference block in fp32 and of the fast op in dtype."""
+    x_ref, x_fast = x.float().clone().requires_grad_(), x.to(dtype).clone().requires_grad_()
+    weights, biases = fast_params(block, dtype)
+    expected, out = block(x_ref), dense_block(laid_out(x_fast, layout), weights, biases)
+    grad = torch.randn_like(expected) if grad is None else grad
+    block.zero_grad()
+    expected.backward(grad)
+    out.backward(grad.to(dtype))
+    grads_ref = [x_ref.grad] + [p.grad for conv in convs(block) for p in (conv.weight, conv.bias)]
+    grads_fast = [x_fast.grad] + [p.grad for pair in zip(weights, biases, strict=True) for p in pair]
+    return (out, grads_fast), (expected, grads_ref)
+
+
+@pytest.mark.parametrize("c_in, c_out, growth, batch, size, layout", CASES)
+def test_fp32_output_and_every_gradient_match_the_reference(c_in, c_out, growth, batch, size, layout):
+    torch.manual_seed(0)
+    block = reference_block(c_in, c_out, growth)
+    x = torch.randn(batch, c_in, *size, device=DEVICE)
+    (out, grads), (expected, grads_ref) = run_both(block, x, layout=layout)
+    assert out.dtype == torch.float32
+    layout_in = torch.channels_last if layout.startswith("channels_last") else torch.contiguous_format
+    assert out.is_contiguous(memory_format=layout_in)  # the output follows the input's layout
+    assert_close_to_max(out, expected, 1e-5)
+    for actual, reference in zip(grads, grads_ref, strict=True):  # x, then w1, b1, ..., w5, b5
+        assert actual.dtype == torch.float32
+        assert_close_to_max(actual, reference, 1e-5)
+
+
+class RoundActivations:
+    """Rounds the reference's LeakyReLU outputs to `dtype` on the way forward (straight through backward):
+    the fast op stores F_1..F_4 in the input's dtype, so without this a Z_k within rounding of 0 can take
+    the other LeakyReLU branch in one of the two, and its slope 1 vs 0.2 makes a gradient differ by far
+    more than the rounding."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __call__(self, module, inputs, output):
+        return output + (output.to(self.dtype).float() - output).detach()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("c_in, c_out, growth, batch, size, layout", [CASES[0], CASES[3]])
+def test_half_precision_matches_an_fp32_reference_on_the_same_rounded_values(
+    c_in, c_out, growth, batch, size, layout, dtype
+):
+    """Inputs, weights, biases, the output gradient and the stored activations are the same rounded values
+    on both sides; what remains is the op's own rounding: the output (half an ulp), and dZ to the dtype for
+    the dots (fp32 accumulation everywhere, G in fp32). Measured: about 4e-4 of the largest value in fp16,
+    1e-2 in bf16; checked to tests/kernels/conftest.py's TOLERANCE, fp16 2e-3 (4 ulp of 2**-11) and bf16
+    1.6e-2 (2 ulp of 2**-8), as for the other kernels."""
+    torch.manual_seed(1)
+    block = reference_block(c_in, c_out, growth, dtype)
+    block.lrelu.register_forward_hook(RoundActivations(dtype))
+    x = torch.randn(batch, c_in, *size, device=DEVICE).to(dtype)
+    grad = torch.randn(batch, c_out, *size, device=DEVICE).to(dtype).float()
+    (out, grads), (expected, grads_ref) = run_both(block, x, dtype, layout, grad)
+    assert out.dtype == dtype
+    assert_close_to_max(out, expected, TOLERANCE[dtype])
+    for actual, reference in zip(grads, grads_ref, strict=True):
+        assert actual.dtype == dtype
+        assert_close_to_max(actual, reference, TOLERANCE[dtype])
+
+
+def test_weight_gradients_reduced_over_several_pixel_splits(monkeypatch):
+    """30 pixels in splits of 8: four rows of partials summed after the kernels."""
+    monkeypatch.setattr(dense, "PIXELS_PER_SPLIT", 8)
+    assert dense._pixel_splits(30) == (4, 8)
+    torch.manual_seed(2)
+    block = reference_block(9, 3, 4)
+    (out, grads), (expected, grads_ref) = run_both(block, torch.randn(2, 9, 3, 5, device=DEVICE))
+    for actual, reference in zip(grads, grads_ref, strict=True):
+        assert_close_to_max(actual, reference, 1e-5)
+
+
+def test_input_without_gradient_skips_it_and_still_trains_the_weights():
+    torch.manual_seed(3)
+    block = reference_block(3, 9, 8)
+    x = torch.randn(2, 3, 5, 7, device=DEVICE)
+    weights, biases = fast_params(block)
+    dense_block(x, weights, biases).square().sum().backward()
+    block(x).square().sum().backward()
+    for conv, weight, bias in zip(convs(block), weights, biases, strict=True):
+        assert_close_to_max(weight.grad, conv.weight.grad, 1e-5)
+        assert_close_to_max(bias.grad, conv.bias.grad, 1e-5)
+
+
+def test_autocast_runs_the_block_in_the_autocast_dtype_with_fp32_weights():
+    """Under autocast the block runs in bf16 as the five convs would, the fp32 weights cast inside the
+    kernels (biases are added in fp32): exactly the block on bf16 x and weights, with fp32 gradients."""
+    torch.manual_seed(4)
+    block = reference_block(3, 9, 8)
+    x = torch.randn(2, 3, 5, 7, device=DEVICE)
+    weights, biases = fast_params(block)
+    with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
+        out = dense_block(x, weights, biases)
+    half_weights, _ = fast_params(block, torch.bfloat16)
+    same_biases = [b.detach().clone().requires_grad_() for b in biases]
+    expected = dense_block(x.to(torch.bfloat16), half_weights, same_biases)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    for p, same in zip(weights + biases, half_weights + same_biases, strict=True):
+        assert p.grad.dtype == torch.float32
+        assert_close_to_max(p.grad, same.grad, 2**-8)  # the same sums; bf16 weights get bf16 gradients
+
+
+class CountLaunches:
+    """Counts the launches of the two Triton kernels, each inside a profiler range named LAUNCH."""
+
+    def __init__(self, monkeypatch):
+        self.launches = []
+        for kernel in (dense._conv3x3, dense._conv3x3_backward):
+            monkeypatch.setattr(kernel, "run", self.counting(kernel.run, kernel.fn.__name__))
+
+    def counting(self, run, name):
+        def counted(*args, **kwargs):
+            self.launches.append(name)
+            with torch.profiler.record_function(LAUNCH):
+                return run(*args, **kwargs)
+
+        return counted
+
+
+LAUNCH = "triton launch"
+# torch ops that allocate or make views, and launch nothing on a GPU
+NO_LAUNCH = {"empty", "empty_strided", "new_empty", "slice", "view", "as_strided", "alias", "detach", "select"}
+
+
+def torch_ops(profile):
+    """The outermost torch ops the custom ops run themselves, not inside a Triton launch (whose interpreter
+    copies tensors around): (those that would launch a GPU kernel, all of them)."""
+    ops = []
+    for event in profile.events():
+        ancestors, parent = [], event.cpu_parent
+        while parent is not None:
+            ancestors.append(parent.name)
+            parent = parent.cpu_parent
+        inside = [name for name in ancestors if name.startswith("aten::")]
+        in_op = any(name.startswith("irn::") for name in ancestors)
+        if in_op and LAUNCH not in ancestors and not inside and event.name.startswith("aten::"):
+            ops.append(event.name)
+    return [op for op in ops if op[6:] not in NO_LAUNCH], ops
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+def test_launch_counts_per_block(monkeypatch, splits):
+    """Forward: 5 launches (conv 1 copies x into the buffer). Backward: 5, plus one sum of the partials
+    when the weight gradients are reduced in more than one pixel split; no other torch compute op."""
+    monkeypatch.setattr(dense, "PIXELS_PER_SPLIT", 70 // splits + 1)
+    counter = CountLaunches(monkeypatch)
+    block = reference_block(3, 9, 8)
+    x = torch.randn(2, 3, 5, 7, device=DEVICE, requires_grad=True)
+    weights, biases = fast_params(block)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as forward_ops:
+        out = dense_block(x, weights, biases)
+    assert counter.launches == ["_conv3x3_kernel"] * 5
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as backward_ops:
+        out.backward(torch.randn_like(out))
+    assert counter.launches[5:] == ["_conv3x3_backward_kernel"] * 5
+    (forward_compute, forward_all), (backward_compute, backward_all) = torch_ops(forward_ops), torch_ops(backward_ops)
+    assert "aten::empty_strided" in forward_all and "aten::empty_strided" in backward_all  # F and G: seen
+    assert forward_compute == []
+    assert backward_compute == (["aten::sum"] if splits > 1 else [])
+
+
+# opcheck's tests but its static-shape AOTAutograd one, which the dynamic-shape one covers at half the time
+OPCHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def small_inputs(x_requires_grad=True, channels_last=False, seed=5):
+    torch.manual_seed(seed)
+    block = reference_block(3, 9, 4, seed=seed)
+    x = torch.randn(1, 3, 3, 4, device=DEVICE)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weights, biases = fast_params(block)
+    return block, x.requires_grad_(x_requires_grad), weights, biases
+
+
+def test_forward_op_is_registered_correctly():
+    """Schema, fake implementation (shapes, dtypes and strides), autograd registration, and tracing by
+    AOTAutograd with dynamic shapes, forward and backward; the fake's strides for a channels_last input."""
+    _, x, weights, biases = small_inputs()
+    torch.library.opcheck(dense_block_forward, (x, weights, biases, 0.2), test_utils=OPCHECKS)
+    _, x, weights, biases = small_inputs(channels_last=True)
+    torch.library.opcheck(dense_block_forward, (x, weights, biases, 0.2), test_utils="test_faketensor")
+
+
+@pytest.mark.parametrize("channels_last, input_grad", [(False, True), (True, True), (False, False)])
+def test_backward_op_is_registered_correctly(channels_last, input_grad):
+    _, x, weights, biases = small_inputs(x_requires_grad=False, channels_last=channels_last)
+    weights = [w.detach() for w in weights]
+    out, features = dense_block_forward(x, weights, [b.detach() for b in biases], 0.2)
+    args = (torch.randn_like(out), features, weights, 0.2, channels_last, input_grad)
+    full = not channels_last and input_grad  # the fake's layouts are all the other cases need
+    torch.library.opcheck(dense_block_backward, args, test_utils=OPCHECKS if full else "test_faketensor")
+
+
+def flops(fn):
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("x_needs_grad", [True, False])
+def test_flop_counts_equal_the_five_reference_convs(x_needs_grad):
+    """FlopCounterMode counts the op as it counts the five convs it replaces: forward, and the input and
+    weight gradients of the backward (conv 1's input gradient only when x needs one)."""
+    block, x, weights, biases = small_inputs(x_requires_grad=x_needs_grad)
+    x_ref = x.detach().clone().requires_grad_(x_needs_grad)
+    expected, out = [], []
+    expected.append(flops(lambda: expected.append(block(x_ref))))
+    out.append(flops(lambda: out.append(dense_block(x, weights, biases))))
+    grad = torch.randn_like(out[0])
+    assert out[1] == expected[1] == sum(2 * 3 * 4 * w.numel() for w in weights)  # 2 B H W per weight
+    assert flops(lambda: out[0].backward(grad)) == flops(lambda: expected[0].backward(grad))
+
+
+def test_compiles_with_aot_autograd_without_a_graph_break():
+    """torch.compile with fullgraph=True traces the forward and backward ops through their fake kernels;
+    the compiled results are the eager ones."""
+    _, x, weights, biases = small_inputs()
+
+    def loss(x, weights, biases):
+        return (dense_block(x * 2, weights, biases) ** 2).sum()
+
+    eager = loss(x, weights, biases)
+    grads_eager = torch.autograd.grad(eager, [x, *weights, *biases])
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)(x, weights, biases)
+    grads_compiled = torch.autograd.grad(compiled, [x, *weights, *biases])
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=0)
+    for a, b in zip(grads_compiled, grads_eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_wrong_weights_are_refused():
+    _, x, weights, biases = small_inputs(x_requires_grad=False)
+    with pytest.raises(ValueError, match="5 weights and 5 biases"):
+        dense_block(x, weights[:4], biases[:4])
+    with pytest.raises(ValueError, match=r"conv 3 .* needs a weight \(4, 11, 3, 3\)"):
+        dense_block(x, weights[:2] + [weights[2][:, :10]] + weights[3:], biases)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        dense_block(x[0], weights, biases)
+
+
+def test_aot_variants_cover_every_kernel_dtype_and_flag():
+    """Every constexpr combination the launchers use is in the list, in each dtype, as ASTSource takes it.
+    (Compiling them needs no GPU but takes minutes; see the module's aot_variants.)"""
+    from triton.compiler import ASTSource
+
+    variants = dense.aot_variants()
+    names = {name for name, *_ in variants}
+    assert len(names) == len(variants)
+    seen = set()
+    for _, fn, signature, constexprs in variants:
+        ASTSource(fn, signature, constexprs=constexprs)
+        assert set(signature) == set(fn.arg_names)
+        assert all(signature[k] == "constexpr" for k in constexprs)
+        flags = tuple(sorted((k, v) for k, v in constexprs.items() if k.isupper() and not k.startswith("BLOCK")))
+        pointers = {signature[p] for p in ("src", "feat") if p in signature}
+        seen.add((fn.__name__, flags, *pointers))
+    for dtype in ("*fp32", "*fp16", "*bf16"):
+        precisions = ("ieee", "tf32") if dtype == "*fp32" else ("ieee",)
+        for precision in precisions:
+            for a, c in [(True, True), (True, False), (False, False)]:
+                flags = tuple(sorted([("ACTIVATION", a), ("COPY_INPUT", c), ("PRECISION", precision)]))
+                assert ("_conv3x3_kernel", flags, dtype) in seen
+            for acc, tail, dx in [(False, True, True), (True, True, True), (True, False, True), (True, False, False)]:
+                flags = [("ACCUMULATE", acc), ("INPUT_GRAD", dx), ("PRECISION", precision), ("SLOPE_TAIL", tail)]
+                assert ("_conv3x3_backward_kernel", tuple(sorted(flags)), dtype) in seen
