@@ -22,7 +22,10 @@ class Rescaler(nn.Module):
         self.net = build_graph(scale, blocks_per_stage, growth, clamp)
 
     def forward(self, x, rev=False):
-        return self.net(x, rev=rev, jac=False)[0]
+        # The invertible stream stays fp32 even under an outer autocast; the dense blocks choose
+        # their own precision (engine/irn.py).
+        with torch.autocast(x.device.type, enabled=False):
+            return self.net(x, rev=rev, jac=False)[0]
 
     def z_channels(self):
         return IMAGE_CHANNELS * (self.scale**2 - 1)

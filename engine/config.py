@@ -15,13 +15,12 @@ import tomllib
 from pathlib import Path
 
 from engine.errors import UserError, parser
+from engine.ops import COMPILE_MODES, PRECISIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT = "demo"
 WINDOWS = ("py_spy", "torch_profile")  # step-window options: a bare flag takes DEFAULT_WINDOW
 DEFAULT_WINDOW = "10:20"
-COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
-PRECISIONS = ("fp32", "bf16", "fp16")
 RUN_FLAGS = {
     "--config": ("NAME", f"a config in configs/ by name, or a .toml path (default: {DEFAULT})"),
     "--resume": ("RUN", "continue a run folder (runs/run_N or its name) from its checkpoint, with its config"),
@@ -311,6 +310,7 @@ RULES = {
     "explosion_batches_kept": integer(0),
     "device": device,
     "precision": choice(*PRECISIONS),
+    "cudnn_benchmark": boolean,
     "fast_kernels": boolean,
     "compile": compile_mode,
     "checkpoint_every": integer(0),

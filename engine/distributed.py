@@ -6,7 +6,7 @@ global batch; NCCL on GPUs, gloo on CPUs. Without torchrun everything here is a 
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -20,6 +20,9 @@ class Ranks:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    # A CPU (gloo) group for the loop's control decisions, so that deciding to stop never waits for
+    # the GPU; None when the default group already is gloo.
+    control: object = field(default=None, compare=False, repr=False)
 
     @property
     def main(self):
@@ -42,9 +45,11 @@ def init():
                 f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible; lower --nproc_per_node"
             )
         torch.cuda.set_device(local_rank)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Ranks(rank, world, local_rank)
+        dist.init_process_group(backend)
+    control = dist.new_group(backend="gloo") if backend == "nccl" else None
+    return Ranks(rank, world, local_rank, control)
 
 
 def shutdown(ranks):
@@ -70,12 +75,12 @@ def gather(obj, ranks):
     return out
 
 
-def any_rank(flag, ranks, device):
-    """True on every rank if it is true on any: all ranks stop at the same step."""
+def any_rank(flag, ranks):
+    """True on every rank if it is true on any (all ranks stop at the same step); a CPU collective."""
     if not ranks.active:
         return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([1 if flag else 0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ranks.control)
     return bool(t.item())
 
 

@@ -1,8 +1,12 @@
 """IRN as a FrEIA graph: Haar downsampling stages, each followed by IRN's affine coupling blocks.
 
-The graph is the reference that defines correct outputs. Each Haar and coupling module has a
-`fast_op` attribute: None runs the reference math, a function from `kernels` runs the fused op
+The graph is the reference that defines correct outputs. Each Haar, coupling and dense-block module
+has a `fast_op` attribute: None runs the reference math, a function from `kernels` runs the fused op
 (engine/ops.py sets it); the weights are the same either way.
+
+Precision: the invertible stream (Haar, the coupling's affine update, the quantiser and the losses)
+is always fp32; only the dense blocks may compute in bf16 or fp16 (`compute_dtype`), and they hand
+their outputs back in the stream's dtype.
 """
 
 import math
@@ -20,6 +24,7 @@ class DenseBlock(nn.Module):
 
     def __init__(self, c_in, c_out, growth=32):
         super().__init__()
+        self.fast_op, self.compute_dtype = None, None
         for k in range(4):
             self.add_module(f"conv{k + 1}", nn.Conv2d(c_in + k * growth, growth, 3, padding=1))
         self.conv5 = nn.Conv2d(c_in + 4 * growth, c_out, 3, padding=1)
@@ -32,11 +37,20 @@ class DenseBlock(nn.Module):
         nn.init.zeros_(self.conv5.weight)
         nn.init.zeros_(self.conv5.bias)
 
+    def convs(self):
+        return (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5)
+
     def forward(self, x):
-        features = [x]
-        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
-            features.append(self.lrelu(conv(torch.cat(features, 1))))
-        return self.conv5(torch.cat(features, 1))
+        """F(x) computed in `compute_dtype` (None: x's own), returned in x's dtype."""
+        if self.fast_op is not None:
+            convs = self.convs()
+            return self.fast_op(x, [c.weight for c in convs], [c.bias for c in convs], self.compute_dtype)
+        low = self.compute_dtype is not None
+        with torch.autocast(x.device.type, dtype=self.compute_dtype, enabled=low):
+            features = [x]
+            for conv in self.convs()[:4]:
+                features.append(self.lrelu(conv(torch.cat(features, 1))))
+            return self.conv5(torch.cat(features, 1)).to(x.dtype)
 
 
 def coupling_scale(h, clamp):
@@ -91,6 +105,12 @@ class Haar(HaarDownsampling):
     def __init__(self, dims_in, dims_c=None):
         super().__init__(dims_in, dims_c, order_by_wavelet=True, rebalance=0.5)
         self.fast_op = None
+        # FrEIA keeps the band permutations as plain CPU tensors: on a GPU each use would be a
+        # host-to-device copy and a stream sync. As buffers they move with the module.
+        for name in ("perm", "perm_inv"):
+            index = getattr(self, name)
+            delattr(self, name)
+            self.register_buffer(name, index, persistent=False)
 
     def forward(self, x, c=None, jac=True, rev=False):
         if self.fast_op is None:

@@ -1,13 +1,14 @@
-"""How the model runs its ops: the FrEIA reference math, the fused Triton kernels, and compilation.
+"""How the model runs its ops: reference or fused kernels, the dense blocks' precision, compilation.
 
-The swap changes which function the Haar and coupling modules call, never their weights, so one
-checkpoint serves both paths.
+The swap changes which function the Haar, coupling and dense-block modules call, never their
+weights, so one checkpoint serves every path.
 """
 
 import torch
 
-from engine.irn import Haar, IRNCoupling
+from engine.irn import DenseBlock, Haar, IRNCoupling
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
@@ -22,6 +23,19 @@ def use_fast_kernels(model, enabled=True):
         elif isinstance(module, Haar):
             module.fast_op = haar if enabled else None
     return model
+
+
+def set_subnet_precision(model, precision):
+    """Run every dense block in `precision` (fp32, bf16, fp16); the invertible stream stays fp32."""
+    for module in model.modules():
+        if isinstance(module, DenseBlock):
+            module.compute_dtype = PRECISIONS[precision]
+    return model
+
+
+def configure_backends(cudnn_benchmark):
+    """Process-wide settings every training step relies on (the trainer and the bench share them)."""
+    torch.backends.cudnn.benchmark = cudnn_benchmark  # crops have one size: autotuned convs pay off
 
 
 def fast_kernels_unavailable(device):

@@ -49,6 +49,11 @@ def environment(device, extra=None):
         "git_commit": git_commit(),
         "versions": versions,
         "device": describe_device(device),
+        "backends": {
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        },
     }
     return {**info, **(extra or {})}
 

@@ -67,6 +67,12 @@ def pick_device(cfg):
         raise UserError(f"--device {want}: only {torch.cuda.device_count()} GPUs are visible (cuda:0 to cuda:N-1)")
     if cfg["precision"] != "fp32" and device.type != "cuda":
         raise UserError(f"--precision {cfg['precision']} needs a GPU; use --precision fp32 on the CPU")
+    if cfg["precision"] == "bf16" and torch.cuda.get_device_capability(device) < (8, 0):
+        name, (major, minor) = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
+        raise UserError(
+            f"--precision bf16 needs compute capability 8.0 or newer (A100, H100); this {name} is {major}.{minor}: "
+            "use --precision fp16 or fp32"
+        )
     return device
 
 
@@ -121,21 +127,25 @@ def capture_windows(cfg, folder, device):
     return windows
 
 
-def log_step(record, result, batch_size):
+def metrics_record(result, step_s, batch_size):
     """The metrics line of a step: its losses and grad norm, and its event unless it was an ordinary one."""
+    record = {"step": result.step, "lr": result.lr, "step_s": round(step_s, 5)}
     if result.event != "skipped":  # a non-finite step logs only its event; explosions.jsonl holds its values
         record.update(result.losses, loss=sum(result.losses.values()), grad_norm=result.grad_norm)
-        record["images_per_s"] = round(batch_size / max(record["step_s"], 1e-9), 3)
+        record["images_per_s"] = round(batch_size / max(step_s, 1e-9), 3)
     if result.event != "ok":
         record["event"] = result.event
     return record
 
 
 def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
-    """The loop: data, step, log; checkpoint on schedule, on signals, on the time limit and at the end.
+    """The loop: data, step, log; validate and checkpoint on schedule, stop on signals, the time limit
+    or the last step, always with a checkpoint.
 
-    Every rank runs it; rank 0 alone writes metrics, samples and checkpoints, each rank its own phase
-    timings and GPU samples. Returns (next step, why it stopped early or None, seconds).
+    A step's losses reach the host one step late (engine/trainer.py), so its metrics line is written
+    in the next iteration; before scheduled work the loop waits for them. Every rank runs the loop;
+    rank 0 alone writes metrics, samples and checkpoints, each rank its own phase timings and GPU
+    samples. Returns (next step, why it stopped early or None, seconds).
     """
     device, ranks, t0 = trainer.device, trainer.ranks, time.monotonic()
     guard = ExplosionGuard(
@@ -149,7 +159,7 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
     )
     pin = device.type == "cuda"
     batches = iter(data.loader(train_set.images, cfg, start, ranks.rank, ranks.world, pin_memory=pin))
-    step, stopped, last = start, None, time.perf_counter()
+    step, stopped, step_seconds, saved_at = start, None, {}, None
     with ExitStack() as stack:
         phases = stack.enter_context(records.JsonLines(records.rank_file(folder, records.PHASES_STEM, ranks.rank)))
         samples = stack.enter_context(records.JsonLines(records.rank_file(folder, records.SAMPLES_STEM, ranks.rank)))
@@ -164,30 +174,36 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
         stack.callback(captures.close)
         bar = stack.enter_context(TrainingProgress(cfg["steps"], start, enabled=ranks.main))
         while step < cfg["steps"] and not stopped:
-            captured = captures.at_step(step)
+            began = time.perf_counter()
+            with timer.phase("capture"):
+                captured = captures.at_step(step)
             with timer.phase("data"):
                 batch = next(batches)
-            lr = trainer.optimizer.param_groups[0]["lr"]  # the step's own, before the schedule advances
-            result = trainer.step(batch, timer, guard, step)
+            done = [trainer.step(batch, timer, guard, step)]
             step += 1
-            with timer.phase("other"):
-                now = time.perf_counter()
-                record = log_step(
-                    {"step": step - 1, "lr": lr, "step_s": round(now - last, 5)}, result, cfg["batch_size"]
-                )
-                last = now
-                if ranks.main:
-                    if due(step, cfg["val_every"]) or step == cfg["steps"]:
-                        record.update(validate(trainer, val_set, step, folder, cfg))
-                    metrics.write(record)
-                    bar.update(step, record)
-                if due(step, cfg["checkpoint_every"]):
+            validating = ranks.main and (due(step, cfg["val_every"]) or step == cfg["steps"])
+            checkpointing = due(step, cfg["checkpoint_every"])
+            out_of_time = time_limit and time.monotonic() - t0 + 3 * (time.perf_counter() - began) + 10 > time_limit
+            if distributed.any_rank(stop.reason or out_of_time, ranks):  # every rank stops at the same step
+                stopped = stop.reason or ("time limit" if out_of_time else "another rank")
+            if validating or checkpointing or stopped or step == cfg["steps"]:
+                done.append(trainer.drain(guard))  # this step's own values, before its scheduled work
+            step_seconds[step - 1] = time.perf_counter() - began
+            lines = [metrics_record(r, step_seconds.pop(r.step), cfg["batch_size"]) for r in done if r]
+            if validating:
+                with timer.phase("validation"):
+                    lines[-1].update(validate(trainer, val_set, step, folder, cfg))
+            with timer.phase("logging"):
+                for line in lines if ranks.main else ():
+                    metrics.write(line)
+                    bar.update(line["step"] + 1, line)
+            if checkpointing:
+                with timer.phase("checkpoint"):
                     save_checkpoint(trainer, folder, step)
-                out_of_time = time_limit and time.monotonic() - t0 + 3 * record["step_s"] + 10 > time_limit
-                if distributed.any_rank(stop.reason or out_of_time, ranks, device):  # every rank stops at the same step
-                    stopped = stop.reason or ("time limit" if out_of_time else "another rank")
+                saved_at = step
             timer.end_step(step - 1, captured=captured)
-    save_checkpoint(trainer, folder, step)
+    if saved_at != step:
+        save_checkpoint(trainer, folder, step)
     return step, stopped, time.monotonic() - t0
 
 

@@ -16,9 +16,53 @@ class StepResult:
     """What one step did. `event`: "ok", "spike" (recorded by the guard, applied), "skipped" (non-finite:
     recorded, not applied) or "overflow" (fp16: the grad scaler skipped the update and backed off)."""
 
+    step: int
     event: str
     losses: dict  # weighted losses by name, averaged over ranks
     grad_norm: float | None  # before clipping; None when the fp16 scaler overflowed
+    lr: float  # the learning rate the step used
+
+
+class LateValues:
+    """A step's losses and grad norm, read by the host one step late, so the step needs no host sync.
+
+    On a GPU the values are copied into one of two pinned buffers behind an event; they are read after
+    the next step has been enqueued, when that event has long completed, so the CPU keeps running
+    ahead of the GPU. On a CPU there is nothing to overlap and the values are read as they are.
+    """
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.buffers, self.turn, self.waiting = [], 0, None
+
+    def put(self, values, meta):
+        """Queue this step's `values` (a 1-d device tensor) with `meta`; returns the previous step's, if any."""
+        if self.cuda:
+            if not self.buffers:
+                self.buffers = [torch.empty(values.shape, dtype=values.dtype, pin_memory=True) for _ in range(2)]
+            host = self.buffers[self.turn]
+            host.copy_(values, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self.turn ^= 1
+        else:
+            host, event = values, None
+        previous, self.waiting = self.waiting, (host, event, meta)
+        return self.read(previous)
+
+    def drain(self):
+        """The last queued step's values (a sync on a GPU: for the end of a run and scheduled work)."""
+        previous, self.waiting = self.waiting, None
+        return self.read(previous)
+
+    @staticmethod
+    def read(entry):
+        if entry is None:
+            return None
+        host, event, meta = entry
+        if event is not None:
+            event.synchronize()
+        return host.tolist(), meta
 
 
 class Trainer:
@@ -30,12 +74,15 @@ class Trainer:
             cfg["scale"], blocks_per_stage=cfg["blocks_per_stage"], growth=cfg["growth"], clamp=cfg["clamp"]
         ).to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # Fused Adam skips an update on the device when told to (found_inf): no host sync per step.
         self.optimizer = torch.optim.Adam(
-            self.params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], foreach=True
+            self.params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], fused=True
         )
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg["lr_milestones"], cfg["lr_gamma"])
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"] == "fp16")
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"])
+        self.late = LateValues(device)
+        ops.configure_backends(cfg["cudnn_benchmark"])
+        ops.set_subnet_precision(self.model, cfg["precision"])
         # Fast kernels swap ops inside the same modules; compile traces whichever ops are in place.
         self.kernel_note = ops.fast_kernels_unavailable(device) if cfg["fast_kernels"] else None
         if cfg["fast_kernels"] and self.kernel_note is None:
@@ -72,40 +119,61 @@ class Trainer:
             )
             self.scheduler.step()
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
-
     def step(self, batch, timer, guard, step):
-        """One optimisation step of `batch`, timed phase by phase into `timer`."""
-        cfg, scale = self.cfg, self.cfg["scale"]
+        """Enqueue one optimisation step of `batch`, timed phase by phase into `timer`.
+
+        Returns the previous step's StepResult (None for the first): its values are read one step late.
+        """
+        cfg, lr = self.cfg, self.optimizer.param_groups[0]["lr"]
         with timer.phase("h2d"):
             hr = data.to_float(batch["hr"].to(self.device, non_blocking=True))
             noise = batch["noise"].to(self.device, non_blocking=True)
-            lr_ref = data.bicubic_down(hr, scale)
-        with timer.phase("forward"), self.autocast():
+            lr_ref = data.bicubic_down(hr, cfg["scale"])
+        with timer.phase("forward"):
             y, z, reconstruction = network_passes(self.net, hr, noise, cfg["z_scale"])
-        with timer.phase("loss"), self.autocast():
-            losses = irn_losses(y.float(), z.float(), reconstruction.float(), hr, lr_ref, cfg)
+        with timer.phase("loss"):
+            losses = irn_losses(y, z, reconstruction, hr, lr_ref, cfg)
             total = sum(losses.values())
         with timer.phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
         with timer.phase("optimizer"):
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg["grad_clip"])
-            # The one host sync per step: the explosion guard must see the values before the update.
-            # Losses are averaged over ranks (the grad norm already is) so every rank decides alike.
+            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg["grad_clip"], foreach=True)
+            # Losses averaged over ranks (the grad norm already is), so every rank decides alike.
             averaged = distributed.mean_over_ranks(torch.stack(list(losses.values())).detach(), self.ranks)
-            *values, norm = torch.cat([averaged, norm.reshape(1)]).tolist()
-            losses = dict(zip(losses, values, strict=True))
-            # fp16: finite losses with an infinite scaled gradient are the scaler's business (it skips the
-            # update and backs off), not an explosion.
-            overflow = self.scaler.is_enabled() and not math.isfinite(norm) and all(map(math.isfinite, values))
-            verdict = "overflow" if overflow else guard.check(step, losses, norm, batch)
-            if verdict != "skipped":  # a skipped step leaves weights and optimiser state untouched
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+            values = torch.cat([averaged, norm.reshape(1)])
+            self.update(skip=~torch.isfinite(values).all())
             self.advance_schedule()
+            previous = self.late.put(values, (step, lr, list(losses), batch))
         if self.allreduce is not None:
             timer.note("allreduce", self.allreduce.take())
-        return StepResult(verdict, losses, None if overflow else norm)
+        return self.outcome(previous, guard)
+
+    def drain(self, guard):
+        """The last enqueued step's StepResult, waiting for its values (None if there is none)."""
+        return self.outcome(self.late.drain(), guard)
+
+    def update(self, skip):
+        """Adam's update, skipped on the device when `skip` (a non-finite loss or gradient) is true.
+
+        The fused Adam honours `found_inf` as it does under a GradScaler: a skipped step leaves the
+        weights and the optimiser state (step count included) untouched. With fp16 the scaler's
+        update then backs the scale off, as its own overflow check saw the same non-finite gradients.
+        """
+        self.optimizer.found_inf = skip.float()
+        self.optimizer.step()
+        del self.optimizer.found_inf
+        self.scaler.update()
+
+    def outcome(self, read, guard):
+        """A step's StepResult from its values, once they reach the host; the guard judges them here."""
+        if read is None:
+            return None
+        (*loss_values, norm), (step, lr, names, batch) = read
+        losses = dict(zip(names, loss_values, strict=True))
+        # fp16: finite losses with an infinite scaled gradient are the scaler's business (the update was
+        # skipped and the scale backed off), not an explosion.
+        overflow = self.scaler.is_enabled() and not math.isfinite(norm) and all(map(math.isfinite, loss_values))
+        event = "overflow" if overflow else guard.check(step, losses, norm, batch)
+        return StepResult(step, event, losses, None if overflow else norm, lr)

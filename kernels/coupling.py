@@ -8,6 +8,8 @@ is one pass over memory. Tensors are processed as rows (one per sample) of a den
 slices of a bigger tensor (the block's x2) are read in place without a copy.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -97,7 +99,11 @@ def _inner_dense(t):
 
 
 def _shared_rows(*ts):
-    """The tensors as they are if they share one dense in-row order, else made contiguous."""
+    """The tensors in one dtype (promoted, as eager arithmetic would) and one dense in-row order: as they
+    are if they share one, else made contiguous. The real ops and their fake implementations both start
+    here, so the outputs' dtypes and strides cannot differ between them."""
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in ts))
+    ts = tuple(t.to(dtype) for t in ts)
     if all(t.stride()[1:] == ts[0].stride()[1:] and _inner_dense(t) for t in ts):
         return ts
     return tuple(t.contiguous() for t in ts)
@@ -190,22 +196,22 @@ def coupling_inverse_backward(
 
 @coupling_forward.register_fake
 def _(x, h, g, clamp):
-    return _empty_rows(h)[0]
+    return _empty_rows(_shared_rows(x, h, g)[1])[0]
 
 
 @coupling_inverse.register_fake
 def _(y, h, g, clamp):
-    return _empty_rows(h)[0]
+    return _empty_rows(_shared_rows(y, h, g)[1])[0]
 
 
 @coupling_forward_backward.register_fake
 def _(grad, x, h, clamp):
-    return tuple(_empty_rows(h, 2))
+    return tuple(_empty_rows(_shared_rows(grad, x, h)[2], 2))
 
 
 @coupling_inverse_backward.register_fake
 def _(grad, x, h, clamp):
-    return tuple(_empty_rows(h, 3))
+    return tuple(_empty_rows(_shared_rows(grad, x, h)[2], 3))
 
 
 def _save_forward(ctx, inputs, output):
@@ -237,3 +243,27 @@ coupling_inverse.register_autograd(_inverse_backward, setup_context=_save_invers
 def coupling(x2, h, g, clamp, rev=False):
     """IRN's affine coupling: x2 * exp(s(h)) + g, or its inverse (y2 - g) * exp(-s(h)) with rev=True."""
     return coupling_inverse(x2, h, g, clamp) if rev else coupling_forward(x2, h, g, clamp)
+
+
+def aot_variants():
+    """Every variant the ops launch, as (name, jit kernel, signature, constexprs) for ahead-of-time compiles."""
+    variants = []
+    for dtype in ("fp32", "fp16", "bf16"):
+        for inverse in (False, True):
+            direction = "inverse" if inverse else "forward"
+            constexprs = {"INVERSE": inverse, "BLOCK": BLOCK}
+            tensors = {name: f"*{dtype}" for name in ("x", "h", "g", "out")}
+            strides = {name: "i32" for name in ("sx", "sh", "sg", "so")}
+            signature = (
+                tensors | {"N": "i32"} | strides | {"clamp": "fp32", "INVERSE": "constexpr", "BLOCK": "constexpr"}
+            )
+            variants.append((f"coupling_{direction}_{dtype}", _coupling_kernel, signature, constexprs))
+            tensors = {name: f"*{dtype}" for name in ("grad", "saved", "h", "d_in", "d_h", "d_g")}
+            strides = {name: "i32" for name in ("s_grad", "s_saved", "s_h", "s_din", "s_dh", "s_dg")}
+            signature = (
+                tensors | {"N": "i32"} | strides | {"clamp": "fp32", "INVERSE": "constexpr", "BLOCK": "constexpr"}
+            )
+            variants.append(
+                (f"coupling_{direction}_backward_{dtype}", _coupling_backward_kernel, signature, constexprs)
+            )
+    return variants

@@ -145,3 +145,16 @@ haar_inverse.register_autograd(_haar_inverse_backward, setup_context=_save_scale
 def haar(x, rev=False):
     """IRN's Haar downsampling (rev=False: bands / 4) or its exact inverse (rev=True)."""
     return haar_inverse(x, 1.0) if rev else haar_forward(x, 0.25)
+
+
+def aot_variants():
+    """Every variant the ops launch, as (name, jit kernel, signature, constexprs) for ahead-of-time compiles."""
+    variants = []
+    for dtype in ("fp32", "fp16", "bf16"):
+        for inverse in (False, True):
+            signature = {"src": f"*{dtype}", "dst": f"*{dtype}", "n": "i32", "C": "i32", "Ho": "i32", "Wo": "i32"}
+            signature |= {s: "i32" for s in ("s_b", "s_c", "s_h", "s_w", "d_b", "d_c", "d_h", "d_w")}
+            signature |= {"scale": "fp32", "INVERSE": "constexpr", "BLOCK": "constexpr"}
+            name = f"haar_{'inverse' if inverse else 'forward'}_{dtype}"
+            variants.append((name, _haar_kernel, signature, {"INVERSE": inverse, "BLOCK": BLOCK}))
+    return variants

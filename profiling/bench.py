@@ -3,10 +3,13 @@
     python -m profiling.bench kernels      # each fused op vs torch eager and torch.compile of the same math, GB/s
     python -m profiling.bench step         # the trainer's step: FrEIA eager, fast kernels, compile, fast+compile
     python -m profiling.bench overhead     # the profiler's own cost: timing + sampling on vs off, interleaved
+    python -m profiling.bench registers    # every Triton kernel compiled for P100/A100/H100: registers, spills
 
 Defaults follow the paper's x4 recipe (batch 16, 144x144 crops) on a GPU, and a small shape on a CPU.
 """
 
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -17,6 +20,7 @@ from functools import partial
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch._dynamo.utils import counters
 
 from engine import config
 from engine.errors import UserError, cli, parser
@@ -205,8 +209,14 @@ def bench_step(args, device):
     base = None
     for name in names:
         cfg = step_config(args, VARIANTS[name])
+        # Each variant compiles afresh: a shared dynamo cache would hit its recompile limit after a few
+        # variants and run the rest eagerly under a compiled label.
+        torch._dynamo.reset()
+        counters.clear()
         run, timer = step_runner(cfg, device), PhaseTimer(device, enabled=False)
         ms = timed(partial(run, timer), device, warmup=args.warmup, repeats=args.steps)
+        if cfg["compile"] != "off" and not counters["stats"]["unique_graphs"]:
+            raise RuntimeError(f"variant {name} did not compile: dynamo made no graph")
         base = base or ms
         table.add_row(name, f"{ms:.1f}", f"{args.batch / ms * 1e3:.1f}", f"{base / ms:.2f}x")
         console.print(f"  {name}: {ms:.1f} ms/step")
@@ -237,11 +247,35 @@ def bench_overhead(args, device):
     )
 
 
+def bench_registers(args, device):
+    """Registers per thread and spills of every kernel variant, compiled ahead of time for each target GPU."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise UserError("ahead-of-time compiles need the real Triton compiler: unset TRITON_INTERPRET")
+    from kernels import aot
+
+    rows = aot.compile_all()
+    if args.json:
+        print(json.dumps(rows))
+        return
+    targets = sorted({r["target"] for r in rows})
+    table = Table(title="Triton kernels compiled ahead of time: registers per thread / spilled bytes")
+    table.add_column("kernel variant")
+    for target in targets:
+        table.add_column(f"{target} ({aot.TARGETS[int(target[3:])]})", justify="right")
+    by_kernel = {}
+    for r in rows:
+        cell = r.get("error") or f"{r['registers']} / {r['spill_bytes']}"
+        by_kernel.setdefault(r["kernel"], {})[r["target"]] = cell if not r.get("spill_bytes") else f"[red]{cell}"
+    for kernel, cells in by_kernel.items():
+        table.add_row(kernel, *(cells.get(t, "-") for t in targets))
+    console.print(table)
+
+
 @cli
 def main(argv=None):
     cuda = torch.cuda.is_available()
     p = parser("python -m profiling.bench", __doc__)
-    p.add_argument("what", choices=("kernels", "step", "overhead"))
+    p.add_argument("what", choices=("kernels", "step", "overhead", "registers"))
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--batch", type=int, default=16 if cuda else 2)
     p.add_argument("--crop", type=int, default=144 if cuda else 32)
@@ -251,10 +285,11 @@ def main(argv=None):
     )
     p.add_argument("--rounds", type=int, default=5, help="alternating on/off rounds for `overhead`")
     p.add_argument("--variants", default="", help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    p.add_argument("--json", action="store_true", help="`registers`: print the rows as JSON")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     device = torch.device("cuda" if cuda else "cpu")
-    torch.backends.cudnn.benchmark = True
-    {"kernels": bench_kernels, "step": bench_step, "overhead": bench_overhead}[args.what](args, device)
+    benches = {"kernels": bench_kernels, "step": bench_step, "overhead": bench_overhead, "registers": bench_registers}
+    benches[args.what](args, device)
 
 
 if __name__ == "__main__":

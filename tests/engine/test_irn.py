@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from FrEIA.framework import SequenceINN
@@ -96,3 +98,31 @@ def test_quantizer_rounds_to_8_bit_with_identity_gradient():
     assert torch.equal(q, torch.round(x.detach().clamp(0, 1) * 255) / 255)
     q.backward(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
     assert torch.equal(x.grad, torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_no_module_holds_a_tensor_outside_its_parameters_and_buffers(scale):
+    """A plain tensor attribute stays on the CPU when the model moves: each use would be a copy and a sync."""
+    for name, module in engine.build(scale, blocks_per_stage=1).named_modules():
+        stray = [key for key, value in vars(module).items() if torch.is_tensor(value)]
+        assert not stray, f"{name or 'model'} holds {stray} outside its parameters and buffers"
+    haar = engine.build(scale, blocks_per_stage=1).net.module_list[0]
+    assert {"perm", "perm_inv"} <= dict(haar.named_buffers()).keys() and "perm" not in haar.state_dict()
+
+
+def test_mixed_precision_runs_the_subnets_low_and_keeps_the_invertible_stream_fp32():
+    from engine.ops import set_subnet_precision
+
+    torch.manual_seed(0)
+    reference = randomize(engine.build(4, blocks_per_stage=2), std=0.02)
+    low = set_subnet_precision(copy.deepcopy(reference), "bf16")
+    hr = torch.rand(2, 3, 16, 24)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # an outer autocast changes nothing
+        lr, z = low.downscale(hr)
+        subnet_out = low.net.module_list[1].F(torch.rand(2, 9, 8, 12))
+    assert lr.dtype == z.dtype == subnet_out.dtype == torch.float32
+    assert torch.equal(lr * 255, torch.round(lr * 255))  # exactly on the 8-bit grid
+    with torch.no_grad():
+        lr_fp32, z_fp32 = reference.downscale(hr, quantize=False)
+        lr_bf16, _ = low.downscale(hr, quantize=False)
+    assert (lr_bf16 - lr_fp32).abs().max() < 0.05 and not torch.equal(lr_bf16, lr_fp32)  # bf16 convs, close

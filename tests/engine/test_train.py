@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -50,7 +51,8 @@ def test_one_step_changes_the_weights_and_is_deterministic(image_folder, tmp_pat
         torch.manual_seed(0)
         trainer, batch, guard = tiny_trainer(image_folder, tmp_path)
         before = params(trainer.model)
-        out = trainer.step(batch, PhaseTimer("cpu"), guard, 0)
+        assert trainer.step(batch, PhaseTimer("cpu"), guard, 0) is None  # its values come one step late
+        out = trainer.drain(guard)
         after = params(trainer.model)
         assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
         results.append((out.losses, after))
@@ -143,26 +145,67 @@ def poison(monkeypatch, steps):
     monkeypatch.setitem(train.Trainer.step.__globals__, "network_passes", passes)
 
 
-def test_non_finite_step_is_skipped_and_recorded(image_folder, tmp_path, monkeypatch):
-    trainer, batch, guard = tiny_trainer(image_folder, tmp_path)
-    poison(monkeypatch, {1})
-    before = params(trainer.model)
-    assert trainer.step(batch, PhaseTimer("cpu"), guard, 7).event == "skipped"
-    assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model), strict=True))
-    assert trainer.optimizer.state_dict()["state"] == {}
-    assert trainer.scheduler.last_epoch == 1  # the schedule counts steps, skipped ones too
+def optimizer_state(trainer):
+    return [{k: v.clone() for k, v in s.items()} for s in trainer.optimizer.state.values()]
+
+
+def assert_same_state(a, b):
+    assert len(a) == len(b) and all(x.keys() == y.keys() for x, y in zip(a, b, strict=True))
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_non_finite_step_is_skipped_on_the_device_and_recorded(image_folder, tmp_path, monkeypatch, precision):
+    trainer, batch, guard = tiny_trainer(image_folder, tmp_path, precision=precision)
+    if precision == "fp16":  # IRN's losses are sums over pixels: the default scale 2^16 overflows fp16 at once
+        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    poison(monkeypatch, {2})
+    timer = PhaseTimer("cpu")
+    assert trainer.step(batch, timer, guard, 6) is None
+    weights, state, scale = params(trainer.model), optimizer_state(trainer), trainer.scaler.get_scale()
+    assert trainer.step(batch, timer, guard, 7).event == "ok"  # step 6, read now
+    assert all(torch.equal(a, b) for a, b in zip(weights, params(trainer.model), strict=True))
+    assert_same_state(state, optimizer_state(trainer))  # step count included
+    assert trainer.scheduler.last_epoch == 2  # the schedule counts steps, skipped ones too
+    skipped = trainer.drain(guard)
+    assert skipped.step == 7 and skipped.event == "skipped" and not math.isfinite(skipped.losses["forw_fit"])
+    if precision == "fp16":  # the scaler stays consistent: it backed off and the next step runs
+        assert trainer.scaler.get_scale() == scale / 2
     event = read_jsonl(tmp_path / "explosions.jsonl")[0]
     assert event["step"] == 7 and event["kind"] == "non-finite" and len(event["images"]) == 2
     saved = torch.load(tmp_path / event["batch_file"], weights_only=True)
     assert torch.equal(saved["hr"], batch["hr"]) and saved["noise"].shape == (2, 9, 8, 8)
-    assert trainer.step(batch, PhaseTimer("cpu"), guard, 8).event == "ok"
+    trainer.step(batch, timer, guard, 8)
+    assert trainer.drain(guard).event == "ok" and not all(
+        torch.equal(a, b) for a, b in zip(weights, params(trainer.model), strict=True)
+    )
+
+
+def test_the_late_values_are_the_step_s_own(image_folder, tmp_path):
+    """Losses and grad norm of step n, read one step late, equal those of n's batch and weights."""
+    from engine.replay import losses_and_grad_norm
+
+    trainer, batch, guard = tiny_trainer(image_folder, tmp_path)
+    timer = PhaseTimer("cpu")
+    trainer.step(batch, timer, guard, 0)
+    second = {**batch, "hr": batch["hr"].flip(-1).contiguous()}
+    with torch.no_grad():
+        expected_weights = copy.deepcopy(trainer.model)  # the weights step 1 sees
+    result0 = trainer.step(second, timer, guard, 1)
+    result1 = trainer.drain(guard)
+    hr = data.to_float(second["hr"])
+    losses, norm = losses_and_grad_norm(expected_weights, hr, second["noise"], trainer.cfg)
+    assert (result0.step, result1.step) == (0, 1)
+    assert result1.losses == pytest.approx(losses, rel=1e-5) and result1.grad_norm == pytest.approx(norm, rel=1e-4)
+    assert result1.lr == trainer.cfg["lr"]
 
 
 def test_fp16_overflow_is_left_to_the_scaler_not_recorded_as_an_explosion(image_folder, tmp_path):
     trainer, batch, guard = tiny_trainer(image_folder, tmp_path, precision="fp16")
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**126)  # scaled gradients overflow fp32
     before = params(trainer.model)
-    out = trainer.step(batch, PhaseTimer("cpu"), guard, 0)
+    trainer.step(batch, PhaseTimer("cpu"), guard, 0)
+    out = trainer.drain(guard)
     assert out.event == "overflow" and out.grad_norm is None
     assert all(math.isfinite(v) for v in out.losses.values())
     assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model), strict=True))

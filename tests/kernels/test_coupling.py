@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from engine.irn import coupling_scale
-from kernels.coupling import coupling, coupling_forward, coupling_inverse
+from kernels.coupling import (
+    coupling,
+    coupling_forward,
+    coupling_forward_backward,
+    coupling_inverse,
+    coupling_inverse_backward,
+)
 from tests.kernels.conftest import CUDA, DEVICE, DTYPES, assert_close
 
 # (batch, block channels, H, W); the kernel sees the block's x2 part: channels - 3
@@ -62,9 +68,24 @@ def test_layouts_channels_last_and_mixed():
     torch.testing.assert_close(coupling(cl[0], h, g, 1.0), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("op", [coupling_forward, coupling_inverse])
-def test_custom_ops_are_registered_correctly(op):
-    full, h, g = inputs((2, 12, 4, 6), torch.float32)
-    args = [full[:, 3:].clone().requires_grad_(), h.requires_grad_(), g.requires_grad_()]
+def layouts(shape):
+    """A tensor of `shape` in each layout the ops meet: contiguous, channels_last, a channel slice."""
+    b, c, h, w = shape
+    return {
+        "contiguous": torch.randn(shape, device=DEVICE),
+        "channels_last": torch.randn(shape, device=DEVICE).to(memory_format=torch.channels_last),
+        "slice": torch.randn(b, c + 3, h, w, device=DEVICE)[:, 3:],
+    }
+
+
+LAYOUT_MIXES = [("contiguous",) * 3, ("channels_last",) * 3, ("slice",) * 3, ("contiguous", "channels_last", "slice")]
+
+
+@pytest.mark.parametrize("mix", LAYOUT_MIXES, ids="-".join)
+@pytest.mark.parametrize(
+    "op", [coupling_forward, coupling_inverse, coupling_forward_backward, coupling_inverse_backward]
+)
+def test_custom_ops_and_their_fakes_agree_on_every_layout(op, mix):
+    """opcheck: the fake implementation gives the real op's shapes, dtypes and strides; autograd works."""
+    args = [layouts((2, 9, 4, 6))[kind].requires_grad_(op in (coupling_forward, coupling_inverse)) for kind in mix]
     torch.library.opcheck(op, (*args, 1.0))
-    torch.library.opcheck(op, (*[a.detach().to(memory_format=torch.channels_last).requires_grad_() for a in args], 1.0))

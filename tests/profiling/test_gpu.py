@@ -74,6 +74,7 @@ def test_without_nvml_it_records_the_process_and_says_so_once(monkeypatch):
     assert sink.records[-1]["rss_mib"] > 10
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and NVML")
 def test_real_nvml_reads_this_gpu():
     sink = Sink()
