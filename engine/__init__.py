@@ -11,13 +11,23 @@ loads without torch or the model.
 
 import importlib
 
-_HOME = {"Rescaler": "engine.api", "build": "engine.api", "load": "engine.api", "quantize": "engine.irn"}
+_HOME = {
+    "Rescaler": "engine.api",
+    "build": "engine.api",
+    "load": "engine.api",
+    "quantize": "engine.irn",
+    "UserError": "engine.errors",
+}
 
 
 def __getattr__(name):
     if name not in _HOME:
         raise AttributeError(f"module 'engine' has no attribute {name!r}")
     return getattr(importlib.import_module(_HOME[name]), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_HOME))
 
 
 __all__ = list(_HOME)

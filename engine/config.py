@@ -2,9 +2,9 @@
 
 A config's tables ([model], [data], ...) group its keys for --help; the keys themselves are flat and
 unique (`batch_size` is `--batch-size`). `base = "irn_x4"` inherits another config and overrides some
-of its keys. The trailing comment of each key is its help text. `resolve()` applies the command line
-and `check()` validates every value with a one-line error naming the flag, the value and what is
-allowed.
+of its keys (in tables or, as older files did, at the top level). The trailing comment of each key is
+its help text. `resolve()` applies the command line; `check()` validates every value with a one-line
+error naming the flag, the value and what is allowed. KEYS below says how each key is read and checked.
 """
 
 import argparse
@@ -19,6 +19,7 @@ from engine.ops import COMPILE_MODES, PRECISIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT = "demo"
+SCHEMA = "irn_x4"  # the config that every other is based on: it holds every key, its section and comment
 WINDOWS = ("py_spy", "torch_profile")  # step-window options: a bare flag takes DEFAULT_WINDOW
 DEFAULT_WINDOW = "10:20"
 RUN_FLAGS = {
@@ -32,172 +33,7 @@ def flag(key):
     return "--" + key.replace("_", "-")
 
 
-# --- reading config files ------------------------------------------------------------------------
-
-
-def config_path(name_or_path):
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-        raise UserError(f"no config {str(name_or_path)!r}; choose one of {', '.join(names)} or give a .toml path")
-    return path
-
-
-def load_file(name_or_path):
-    """The flat config a file describes, its `base` chain resolved."""
-    return load_with_help(name_or_path)[0]
-
-
-def load_with_help(name_or_path):
-    """(config, {key: (section, help text)}) of a config file and its `base` chain."""
-    path = config_path(name_or_path)
-    try:
-        tables = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path} is not valid TOML ({err})") from None
-    base = tables.pop("base", None)
-    cfg, help_texts = load_with_help(base) if base else ({}, {})
-    comments = key_comments(path)
-    for section, table in tables.items():
-        if not isinstance(table, dict):
-            raise UserError(f"{path}: key {section!r} is outside a [section]; put it under one, e.g. [run]")
-        for key, value in table.items():
-            if base and key not in cfg:
-                raise UserError(f"{path}: unknown key {key!r}{_suggestion(key, cfg)}")
-            cfg[key] = value
-            base_section, base_text = help_texts.get(key, (section, ""))
-            help_texts[key] = (base_section, comments.get(key) or base_text)
-    return cfg, help_texts
-
-
-def key_comments(path):
-    """{key: its trailing comment} from a TOML file's lines (tomllib drops comments)."""
-    comments = {}
-    for line in Path(path).read_text().splitlines():
-        match = re.match(r"\s*([A-Za-z_]\w*)\s*=", line)
-        if not match:
-            continue
-        # The comment starts at the first '#' that is not inside the value: the first cut that parses.
-        for pos in (i for i, ch in enumerate(line) if ch == "#"):
-            try:
-                tomllib.loads(line[:pos])
-            except tomllib.TOMLDecodeError:
-                continue
-            comments[match[1]] = line[pos + 1 :].strip()
-            break
-    return comments
-
-
-def _suggestion(key, known):
-    close = difflib.get_close_matches(key, list(known), n=3)
-    return f"; did you mean {', '.join(close)}?" if close else ""
-
-
-# --- the command line ------------------------------------------------------------------------------
-
-
-def _parse_bool(text):
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _value_type(default):
-    """How a flag's text becomes a value of its config key's type (lists are comma-separated)."""
-    if isinstance(default, list):
-        item = type(default[0]) if default else str
-        return lambda text: [item(v) for v in text.split(",") if v]
-    if isinstance(default, float):
-        return float
-    return type(default)
-
-
-def _flag_parser(cfg, help_texts, prog, name):
-    """The full parser: run flags, then every config key grouped by its section, showing its value."""
-    about = f"Every config key is a flag; [the value] after each is that of config {name}."
-    usage = f"{prog} [--config NAME | --resume RUN] [--name NAME] [--KEY VALUE ...]"
-    p = parser(prog, about, usage=usage)
-    p.allow_abbrev = False
-    run = p.add_argument_group("run folder")
-    for name, (metavar, text) in RUN_FLAGS.items():
-        run.add_argument(name, metavar=metavar, help=text)
-    groups = {}
-    for key, value in cfg.items():
-        if key == "config":
-            continue
-        section, text = help_texts.get(key, ("other", ""))
-        group = groups.get(section) or groups.setdefault(section, p.add_argument_group(section.replace("_", " ")))
-        text = f"{text} [{_shown(value)}]" if text else f"[{_shown(value)}]"
-        if isinstance(value, bool):
-            group.add_argument(flag(key), dest=key, nargs="?", const=True, type=_parse_bool, metavar="BOOL", help=text)
-        elif key in WINDOWS:
-            group.add_argument(flag(key), dest=key, nargs="?", const=DEFAULT_WINDOW, metavar="START:STOP", help=text)
-        else:
-            metavar = {str: "TEXT", list: "LIST"}.get(type(value), type(value).__name__.upper())
-            group.add_argument(flag(key), dest=key, type=_value_type(value), metavar=metavar, help=text)
-    return p
-
-
-def _shown(value):
-    """A value as it is typed on the command line: lists comma-separated, the empty text as ""."""
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    return '""' if value == "" else str(value)
-
-
-def resolve(argv, resumed_config=None, world=1, prog="python -m engine.train"):
-    """(config, run flags): the chosen config with the command line applied, every value checked.
-
-    `resumed_config(run)` gives the config.json of the run that --resume names: the run continues with
-    it (keys added to the project since take their config's values). `world` is the number of ranks
-    the batch is split across. --help prints every key and exits.
-    """
-    pre = parser(prog, None, add_help=False)
-    pre.allow_abbrev = False
-    for name in RUN_FLAGS:
-        pre.add_argument(name)
-    flags, remaining = pre.parse_known_args(argv)
-    if flags.resume and flags.config:
-        raise UserError("--resume continues a run with its own config; drop --config (override single keys instead)")
-    if flags.resume and resumed_config:
-        resumed = resumed_config(flags.resume)
-        name = resumed.get("config", DEFAULT)
-        cfg, help_texts = load_with_help(name if _is_config(name) else DEFAULT)
-        cfg.update({k: v for k, v in resumed.items() if k in RULES})
-    else:
-        name = flags.config or DEFAULT
-        cfg, help_texts = load_with_help(name)
-    full = _flag_parser(cfg, help_texts, prog, name)
-    if any(arg in ("-h", "--help") for arg in remaining):
-        full.parse_args(["--help"])  # prints the help and exits 0
-    overrides, unknown = full.parse_known_args(remaining)
-    if unknown:
-        raise UserError(_unknown_message(unknown[0], cfg))
-    cfg.update({k: v for k, v in vars(overrides).items() if v is not None and k in RULES})
-    check(cfg, world)
-    cfg["config"] = name
-    return cfg, flags
-
-
-def _is_config(name):
-    try:
-        return config_path(name).is_file()
-    except UserError:
-        return False
-
-
-def _unknown_message(arg, cfg):
-    key = arg.split("=")[0].lstrip("-").replace("-", "_")
-    close = difflib.get_close_matches(key, list(cfg), n=3)
-    hint = f"; did you mean {', '.join(flag(c) for c in close)}?" if close else "; see --help for every flag"
-    return f"unknown option {arg!r}{hint}"
-
-
-# --- checking values -------------------------------------------------------------------------------
+# --- how each key is read from the command line and checked -----------------------------------------
 
 
 def _is_int(v):
@@ -206,6 +42,24 @@ def _is_int(v):
 
 def _is_number(v):
     return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def parse_bool(text):
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def list_of(item, what):
+    def parse(text):
+        try:
+            return [item(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+    return parse
 
 
 def integer(low):
@@ -233,16 +87,13 @@ def boolean(v, cfg):
 
 
 def power_of_two(v, cfg):
-    return None if _is_int(v) and v >= 2 and v & (v - 1) == 0 else "a power of two: 2, 4 or 8"
+    return None if _is_int(v) and v >= 2 and v & (v - 1) == 0 else "a power of two (2, 4, 8, 16, ...)"
 
 
 def crop_size(v, cfg):
     scale = cfg["scale"]
-    return (
-        None
-        if _is_int(v) and v % scale == 0 and v >= 2 * scale
-        else f"a multiple of the scale {scale}, at least {2 * scale}"
-    )
+    ok = _is_int(v) and v % scale == 0 and v >= 2 * scale
+    return None if ok else f"a multiple of the scale {scale}, at least {2 * scale}"
 
 
 def batch_size(v, cfg):
@@ -272,80 +123,231 @@ def window(v, cfg):
 
 
 def duration(v, cfg):
-    return None if isinstance(v, str) and _parses(parse_duration, v) else 'a duration like 11h50m, 90m or 3600s, or ""'
+    ok = isinstance(v, str) and _parses(parse_duration, v) and parse_duration(v) != 0
+    return None if ok else 'a duration like 11h50m, 90m or 3600s, or "" for none'
 
 
-def compile_mode(v, cfg):
-    return choice("off", *COMPILE_MODES)(v, cfg)
+def _parses(parse, value):
+    try:
+        parse(value)
+        return True
+    except UserError:
+        return False
 
 
-TEXT_KEYS = {"data", "val", "device", "precision", "compile", "time_limit", "py_spy", "torch_profile"}
-RULES = {
-    "scale": power_of_two,
-    "blocks_per_stage": integer(1),
-    "growth": integer(1),
-    "clamp": number(0, strict=True),
-    "data": text,
-    "val": text,
-    "crop": crop_size,
-    "batch_size": batch_size,
-    "workers": integer(0),
-    "val_every": integer(0),
-    "val_max_images": integer(0),
-    "steps": integer(1),
-    "lr": number(0, strict=True),
-    "betas": betas,
-    "weight_decay": number(0),
-    "lr_milestones": milestones,
-    "lr_gamma": number(0, strict=True),
-    "grad_clip": number(0, strict=True),
-    "seed": integer(0),
-    "lambda_fit": number(0),
-    "lambda_ce": number(0),
-    "lambda_rec": number(0),
-    "z_scale": number(0),
-    "explosion_factor": number(0),
-    "explosion_window": integer(1),
-    "max_bad_steps": integer(1),
-    "explosion_batches_kept": integer(0),
-    "device": device,
-    "precision": choice(*PRECISIONS),
-    "cudnn_benchmark": boolean,
-    "fast_kernels": boolean,
-    "compile": compile_mode,
-    "checkpoint_every": integer(0),
-    "time_limit": duration,
-    "py_spy": window,
-    "py_spy_native": boolean,
-    "torch_profile": window,
-    "gpu_sample_ms": integer(1),
+INTEGERS = list_of(int, "comma-separated integers")
+NUMBERS = list_of(float, "comma-separated numbers")
+KEYS = {  # key: (how its flag's text is read, the rule its value must meet)
+    "scale": (int, power_of_two),
+    "blocks_per_stage": (int, integer(1)),
+    "growth": (int, integer(1)),
+    "clamp": (float, number(0, strict=True)),
+    "data": (str, text),
+    "val": (str, text),
+    "crop": (int, crop_size),
+    "batch_size": (int, batch_size),
+    "workers": (int, integer(0)),
+    "val_every": (int, integer(0)),
+    "val_max_images": (int, integer(0)),
+    "steps": (int, integer(1)),
+    "lr": (float, number(0, strict=True)),
+    "betas": (NUMBERS, betas),
+    "weight_decay": (float, number(0)),
+    "lr_milestones": (INTEGERS, milestones),
+    "lr_gamma": (float, number(0, strict=True)),
+    "grad_clip": (float, number(0, strict=True)),
+    "seed": (int, integer(0)),
+    "lambda_fit": (float, number(0)),
+    "lambda_ce": (float, number(0)),
+    "lambda_rec": (float, number(0)),
+    "z_scale": (float, number(0)),
+    "explosion_factor": (float, number(0)),
+    "explosion_window": (int, integer(1)),
+    "max_bad_steps": (int, integer(1)),
+    "explosion_batches_kept": (int, integer(0)),
+    "device": (str, device),
+    "precision": (str, choice(*PRECISIONS)),
+    "fast_kernels": (parse_bool, boolean),
+    "compile": (str, choice("off", *COMPILE_MODES)),
+    "cudnn_benchmark": (parse_bool, boolean),
+    "checkpoint_every": (int, integer(0)),
+    "time_limit": (str, duration),
+    "py_spy": (str, window),
+    "py_spy_native": (parse_bool, boolean),
+    "torch_profile": (str, window),
+    "gpu_sample_ms": (int, integer(1)),
 }
 
 
 def check(cfg, world=1):
     """Every value against its rule; the first bad one is a one-line UserError."""
-    missing = [k for k in RULES if k not in cfg]
+    missing = [k for k in KEYS if k not in cfg]
     if missing:
-        raise UserError(f'the config has no {", ".join(missing[:3])}; base it on another: base = "irn_x4"')
-    unknown = [k for k in cfg if k not in RULES and k != "config"]
+        raise UserError(f'the config has no {", ".join(missing[:3])}; base it on another: base = "{SCHEMA}"')
+    unknown = [k for k in cfg if k not in KEYS and k != "config"]
     if unknown:
-        raise UserError(f"unknown config key {unknown[0]!r}{_suggestion(unknown[0], RULES)}")
+        raise UserError(f"unknown config key {unknown[0]!r}{_suggestion(unknown[0], KEYS)}")
     context = {**cfg, "_world": world}
-    for key, rule in RULES.items():
+    for key, (read, rule) in KEYS.items():
         if key == "crop" and power_of_two(cfg["scale"], context):
             continue  # the scale's own message comes first
         allowed = rule(cfg[key], context)
         if allowed:
-            quoted = isinstance(cfg[key], str) and key not in TEXT_KEYS  # a number written as "96" in a file
-            raise UserError(f"{flag(key)} {_shown(cfg[key]) if not quoted else repr(cfg[key])}: expected {allowed}")
+            quoted = isinstance(cfg[key], str) and read is not str  # a number written as "96" in a file
+            raise UserError(f"{flag(key)} {repr(cfg[key]) if quoted else shown(cfg[key])}: expected {allowed}")
 
 
-def _parses(parse, text):
+def shown(value):
+    """A value as it is typed on the command line: lists comma-separated, true/false, the empty text as ""."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return '""' if value == "" else str(value)
+
+
+# --- reading config files --------------------------------------------------------------------------
+
+
+def config_path(name_or_path):
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+        raise UserError(f"no config {str(name_or_path)!r}; choose one of {', '.join(names)} or give a .toml path")
+    return path
+
+
+def load(name_or_path):
+    """(config, {key: (section, help text)}) of a config file and its `base` chain."""
+    path = config_path(name_or_path)
     try:
-        parse(text)
-        return True
-    except UserError:
-        return False
+        tables = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path} is not valid TOML ({err})") from None
+    base = tables.pop("base", None)
+    cfg, help_texts = load(base) if base else ({}, {})
+    comments = key_comments(path)
+    seen = set()
+    for key, value, section in _entries(tables):
+        if key == "base":
+            raise UserError(f'{path}: put base = "..." at the top of the file, before any [section]')
+        if key in seen:
+            raise UserError(f"{path}: key {key!r} appears twice; each key belongs to one section")
+        if base and key not in cfg:
+            raise UserError(f"{path}: unknown key {key!r}{_suggestion(key, cfg)}")
+        seen.add(key)
+        cfg[key] = value
+        base_section, base_text = help_texts.get(key, (section, ""))
+        help_texts[key] = (base_section, comments.get(key) or base_text)
+    return cfg, help_texts
+
+
+def _entries(tables):
+    """(key, value, section) of a TOML document's keys: those of its tables, and top-level ones."""
+    for name, value in tables.items():
+        if isinstance(value, dict):
+            yield from ((key, v, name) for key, v in value.items())
+        else:
+            yield name, value, "other"
+
+
+def key_comments(path):
+    """{key: its trailing comment} from a TOML file's lines (tomllib drops comments)."""
+    comments = {}
+    for line in Path(path).read_text().splitlines():
+        match = re.match(r"\s*([A-Za-z_]\w*)\s*=", line)
+        if not match:
+            continue
+        # The comment starts at the first '#' that is not inside the value: the first cut that parses.
+        for pos in (i for i, ch in enumerate(line) if ch == "#"):
+            try:
+                tomllib.loads(line[:pos])
+            except tomllib.TOMLDecodeError:
+                continue
+            comments[match[1]] = line[pos + 1 :].strip()
+            break
+    return comments
+
+
+def _suggestion(key, known):
+    close = difflib.get_close_matches(key, list(known), n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def _flag_parser(cfg, help_texts, prog, origin):
+    """The full parser: run flags, then every config key grouped by its section, showing its value."""
+    about = f"Every config key is a flag; [the value] after each is that of {origin}."
+    usage = f"{prog} [--config NAME | --resume RUN] [--name NAME] [--KEY VALUE ...]"
+    p = parser(prog, about, usage=usage)
+    p.allow_abbrev = False
+    run = p.add_argument_group("run folder")
+    for name, (metavar, help_text) in RUN_FLAGS.items():
+        run.add_argument(name, metavar=metavar, help=help_text)
+    groups = {}
+    for key, (read, _) in KEYS.items():
+        section, comment = help_texts.get(key, ("other", ""))
+        group = groups.get(section) or groups.setdefault(section, p.add_argument_group(section.replace("_", " ")))
+        help_text = f"{comment} [{shown(cfg[key])}]".strip().replace("%", "%%")  # argparse %-formats help
+        if read is parse_bool:
+            group.add_argument(flag(key), dest=key, nargs="?", const=True, type=read, metavar="BOOL", help=help_text)
+        elif key in WINDOWS:
+            group.add_argument(
+                flag(key), dest=key, nargs="?", const=DEFAULT_WINDOW, metavar="START:STOP", help=help_text
+            )
+        else:
+            metavar = {int: "INT", float: "FLOAT", str: "TEXT"}.get(read, "LIST")
+            group.add_argument(flag(key), dest=key, type=read, metavar=metavar, help=help_text)
+    return p
+
+
+def resolve(argv, resumed_config=None, world=1, prog="python -m engine.train"):
+    """(config, run flags): the chosen config with the command line applied, every value checked.
+
+    `resumed_config(run)` gives the config.json of the run that --resume names: the run continues with
+    it; keys it lacks (added to the project since) take the schema config's values. `world` is the
+    number of ranks the batch is split across. --help prints every key and exits.
+    """
+    pre = parser(prog, None, add_help=False)
+    pre.allow_abbrev = False
+    for name in RUN_FLAGS:
+        pre.add_argument(name)
+    flags, remaining = pre.parse_known_args(argv)
+    if flags.resume and flags.config:
+        raise UserError("--resume continues a run with its own config; drop --config (override single keys instead)")
+    if flags.resume and resumed_config:
+        resumed = resumed_config(flags.resume)
+        cfg, help_texts = load(SCHEMA)  # never the run's own file: it may have moved or changed since
+        cfg.update({k: v for k, v in resumed.items() if k in KEYS})
+        name, origin = resumed.get("config", DEFAULT), f"run {flags.resume}"
+    else:
+        name = flags.config or DEFAULT
+        cfg, help_texts = load(name)
+        origin = f"config {name}"
+    full = _flag_parser(cfg, help_texts, prog, origin)
+    if any(arg in ("-h", "--help") for arg in remaining):
+        full.parse_args(["--help"])  # prints the help and exits 0
+    overrides, unknown = full.parse_known_args(remaining)
+    if unknown:
+        raise UserError(_unknown_message(unknown[0], cfg))
+    cfg.update({k: v for k, v in vars(overrides).items() if v is not None and k in KEYS})
+    check(cfg, world)
+    cfg["config"] = name
+    return cfg, flags
+
+
+def _unknown_message(arg, cfg):
+    key = arg.split("=")[0].lstrip("-").replace("-", "_")
+    close = difflib.get_close_matches(key, list(cfg), n=3)
+    hint = f"; did you mean {', '.join(flag(c) for c in close)}?" if close else "; see --help for every flag"
+    return f"unknown option {arg!r}{hint}"
+
+
+# --- values with their own syntax ------------------------------------------------------------------
 
 
 def parse_window(text, name):

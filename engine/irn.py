@@ -47,7 +47,7 @@ class DenseBlock(nn.Module):
             return self.fast_op(x, [c.weight for c in convs], [c.bias for c in convs], self.compute_dtype)
         low = self.compute_dtype is not None
         with torch.autocast(x.device.type, dtype=self.compute_dtype, enabled=low):
-            features = [x]
+            features = [x.to(self.compute_dtype) if low else x]  # one cast, then every concatenation is low
             for conv in self.convs()[:4]:
                 features.append(self.lrelu(conv(torch.cat(features, 1))))
             return self.conv5(torch.cat(features, 1)).to(x.dtype)

@@ -1,11 +1,10 @@
 """What the trainer shows: a rich progress bar while it runs and a one-screen summary at the end."""
 
-from statistics import fmean
-
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from profiling import records
+from profiling.stats import first_last_min
 
 
 class TrainingProgress:
@@ -50,7 +49,8 @@ def summary(console, folder, cfg, start, end, seconds, stopped):
     table.add_row("time", f"{seconds:.1f} s, {rate:.2f} it/s, {rate * cfg['batch_size']:.1f} images/s")
     if losses:
         k = max(1, min(10, len(losses) // 4))
-        table.add_row("loss", f"first {fmean(losses[:k]):.2f} -> last {fmean(losses[-k:]):.2f} (mean of {k} steps)")
+        moved = first_last_min(losses, k)
+        table.add_row("loss", f"first {moved['first']:.2f} -> last {moved['last']:.2f} (mean of {k} steps)")
     if vals:
         v = vals[-1]
         scores = f"PSNR-Y {v['val_psnr_y']:.2f} dB, SSIM-Y {v['val_ssim_y']:.4f}, LR PSNR-Y {v['val_lr_psnr_y']:.2f} dB"

@@ -5,10 +5,12 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import engine
 from engine import checkpoint, data, distributed, ops
 from engine.losses import irn_losses, network_passes
+from profiling.counting import StepCounter
 
 
 @dataclass
@@ -111,6 +113,15 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
 
+    def initialise_optimizer_state(self):
+        """Create Adam's moments with a skipped update (weights untouched), as after a first step."""
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+        self.optimizer.found_inf = torch.ones(())
+        self.optimizer.step()
+        del self.optimizer.found_inf
+        self.optimizer.zero_grad(set_to_none=True)
+
     def advance_schedule(self):
         """The recipe's milestones count steps, skipped ones too; torch warns when no update came first."""
         with warnings.catch_warnings():
@@ -177,3 +188,31 @@ class Trainer:
         overflow = self.scaler.is_enabled() and not math.isfinite(norm) and all(map(math.isfinite, loss_values))
         event = "overflow" if overflow else guard.check(step, losses, norm, batch)
         return StepResult(step, event, losses, None if overflow else norm, lr)
+
+
+def census(cfg, fast_kernels=None):
+    """One training step of `cfg` counted on fake tensors (profiling/counting.py): no compute, no GPU.
+
+    `fast_kernels` counts the fused path (default: the config's), whatever device this machine has;
+    the Triton ops' fake implementations stand in for them.
+    """
+    from kernels import coupling, dense, haar
+
+    fast = cfg["fast_kernels"] if fast_kernels is None else fast_kernels
+    counter = StepCounter(launches={**haar.LAUNCHES, **coupling.LAUNCHES, **dense.LAUNCHES})
+    # Built for real (FrEIA's Haar computes its permutation from values); the step then runs on fake
+    # tensors, the real weights standing in as fake ones.
+    trainer = Trainer({**cfg, "fast_kernels": False, "compile": "off"}, torch.device("cpu"))
+    trainer.initialise_optimizer_state()  # a steady-state step: Adam's moments exist already
+    if fast:
+        ops.use_fast_kernels(trainer.model)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        b, crop, side = cfg["batch_size"], cfg["crop"], cfg["crop"] // cfg["scale"]
+        batch = {
+            "hr": torch.empty(b, 3, crop, crop, dtype=torch.uint8),
+            "noise": torch.empty(b, trainer.model.z_channels(), side, side),
+        }
+        with counter.counting():
+            trainer.step(batch, counter, guard=None, step=0)
+    setting = {k: cfg[k] for k in ("scale", "batch_size", "crop", "precision", "blocks_per_stage", "growth")}
+    return counter.census(setting | {"fast_kernels": fast})

@@ -245,6 +245,12 @@ def coupling(x2, h, g, clamp, rev=False):
     return coupling_inverse(x2, h, g, clamp) if rev else coupling_forward(x2, h, g, clamp)
 
 
+# one kernel per call, forward, inverse and either backward
+LAUNCHES = {
+    f"irn::coupling_{op}": lambda args: 1 for op in ("forward", "inverse", "forward_backward", "inverse_backward")
+}
+
+
 def aot_variants():
     """Every variant the ops launch, as (name, jit kernel, signature, constexprs) for ahead-of-time compiles."""
     variants = []

@@ -10,17 +10,9 @@ from statistics import mean, median
 
 from profiling import records
 from profiling.records import PHASES, read_jsonl
+from profiling.stats import first_last_min, percentile
 
 WARMUP_STEPS = 5  # first steps (allocation, autotuning, compilation) left out of the statistics
-
-
-def percentile(values, q):
-    values = sorted(values)
-    if not values:
-        return 0.0
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
 def last_per_step(records):
@@ -115,15 +107,6 @@ def verdict(phases, gpu, device_type):
         if device_type == "cuda"
         else "train on a CUDA GPU; on the CPU, smaller crops or fewer blocks",
     )
-
-
-def first_last_min(values, k):
-    """Mean of the first and last k values and the minimum; None values (fp16 overflow steps log no grad
-    norm) are left out."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"first": None, "last": None, "min": None}
-    return {"first": mean(values[:k]), "last": mean(values[-k:]), "min": min(values)}
 
 
 def loss_summary(metrics):

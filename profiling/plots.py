@@ -7,9 +7,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from profiling import records  # noqa: E402
-from profiling.analysis import last_per_step  # noqa: E402
-from profiling.records import PHASES, read_jsonl  # noqa: E402
+from profiling import records  # noqa: E402  (after the backend is chosen)
+from profiling.analysis import last_per_step  # noqa: E402  (after the backend is chosen)
+from profiling.records import PHASES, read_jsonl  # noqa: E402  (after the backend is chosen)
 
 LOSSES = ("loss", "forw_fit", "forw_ce", "back_rec")
 

@@ -17,6 +17,7 @@ user errors of engine.errors) is used here, so the report starts without torch o
 """
 
 import json
+import os
 from pathlib import Path
 
 from engine.errors import UserError
@@ -87,11 +88,19 @@ def read_jsonl(path):
 
 
 def write_json(path, obj):
-    Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    """Written aside and renamed, so a crash never leaves half a file."""
+    path = Path(path)
+    aside = path.with_name(path.name + ".tmp")
+    aside.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(aside, path)
 
 
 def read_config(folder):
-    return json.loads((Path(folder) / CONFIG).read_text())
+    path = Path(folder) / CONFIG
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {path} ({type(err).__name__}); the run folder is damaged") from None
 
 
 def read_envs(folder):

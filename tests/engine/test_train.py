@@ -81,6 +81,11 @@ def test_run_folder_contents(image_folder, in_tmp):
     assert engine.load(folder / "checkpoints" / "last.pt").scale == 2
 
 
+def test_each_step_logs_the_learning_rate_it_used(image_folder, in_tmp):
+    run(["--steps", "3", "--name", "lr", "--lr-milestones", "1,2"], image_folder)
+    assert [r["lr"] for r in read_jsonl(Path("runs/lr/metrics.jsonl"))] == pytest.approx([2e-4, 1e-4, 5e-5])
+
+
 def test_zero_intervals_validate_and_checkpoint_only_at_the_end(image_folder, in_tmp):
     run(
         ["--steps", "3", "--name", "z", "--val", str(image_folder), "--val-every", "0", "--checkpoint-every", "0"],
@@ -270,7 +275,7 @@ def test_help_lists_every_flag_and_exits_0(in_tmp, capsys):
             train.main([flag])
         assert exit_info.value.code == 0
         out = capsys.readouterr().out
-        assert all(config.flag(key) in out for key in config.RULES) and "--resume RUN" in out
+        assert all(config.flag(key) in out for key in config.KEYS) and "--resume RUN" in out
 
 
 def test_resume_folder_without_checkpoint(image_folder, in_tmp, capsys):
