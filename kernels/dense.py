@@ -1,18 +1,21 @@
 """IRN's dense block (five 3x3 convs, each seeing the input and every earlier output) in Triton.
 
-One feature buffer F of shape (B, c_in + 4g, H, W), channels_last (NHWC in memory), holds the input
-F_0 = x and the four g-channel outputs F_1..F_4, so conv k reads the channel prefix F[:, :c_k] with
-c_k = c_in + (k - 1) g and writes its output into the next g channels: no torch.cat. With p a pixel,
-o = (ky - 1, kx - 1) a tap's offset (zero padding outside the image) and s the negative slope (0.2):
-    Z_k[p, n] = b_k[n] + sum_{c < c_k, ky, kx} W_k[n, c, ky, kx] F[p + o, c]        (an implicit GEMM)
+One feature buffer F, NHWC in memory (a channels_last (B, C, H, W) tensor), holds the input F_0 = x and
+the four g-channel outputs F_1..F_4: conv k reads a channel prefix of F and writes its output into the
+next g channels, so there is no torch.cat. x's c_in channels are padded with zeros up to a multiple of 16
+and the pixel stride is a multiple of 16, so with IRN's g = 32 every slice starts 16-element aligned
+(vectorised loads). With p a pixel, o = (ky - 1, kx - 1) a tap's offset (zero padding outside the
+image), s the negative slope (0.2) and c running over conv k's c_k = c_in + (k - 1) g input channels:
+    Z_k[p, n] = b_k[n] + sum_{c, ky, kx} W_k[n, c, ky, kx] F[p + o, c]        (an implicit GEMM)
     F_k = Z_k if Z_k > 0 else s Z_k        (k = 1..4)        out = Z_5        (c_out channels)
-The backward keeps one fp32 gradient buffer G = dL/dF, F's shape and strides, and walks k = 5, 4, ..., 1:
-    dZ_5 = dout        dZ_k = G[:, c_k : c_k + g] * (1 if F_k > 0 else s)        (k = 1..4)
-    G[p, c] += sum_{n, ky, kx} dZ_k[p - o, n] W_k[n, c, ky, kx]        for c < c_k (conv 5 writes G)
-    dW_k[n, c, ky, kx] = sum_p dZ_k[p, n] F[p + o, c]        db_k[n] = sum_p dZ_k[p, n]
-    dx = G[:, :c_in] once conv 1 has added its part
-G[:, c_k : c_k + g] is complete when step k reads it, since only convs k+1..5 see F_k. As s > 0, F_k > 0
-exactly where Z_k > 0, so the saved post-activation F_k gives the slope and no pre-activation is kept.
+The backward keeps one fp32 gradient buffer G with F's shape and strides, and walks k = 5, 4, ..., 1:
+    dF[p, c] = sum_{k reading c} sum_{n, ky, kx} dZ_k[p - o, n] W_k[n, c, ky, kx]        (accumulated in G)
+    dZ_5 = dout        dZ_k = dF_k * (1 if F_k > 0 else s)        (k = 1..4)
+    dW_k[n, c, ky, kx] = sum_p dZ_k[p, n] F[p + o, c]        db_k[n] = sum_p dZ_k[p, n]        dx = dF_0
+Step k adds conv k's input gradient into G's prefix (conv 5 writes G: no zero fill). The last g channels
+of that prefix are F_{k-1}, which only convs k..5 read, so their dF is complete there: step k stores them
+already multiplied by LeakyReLU's slope, as dZ_{k-1}, for step k - 1 to read as plain loads. As s > 0,
+F_k > 0 exactly where Z_k > 0, so the saved post-activation gives the slope and no pre-activation is kept.
 
 Launches per block: forward 5 (conv 1 also copies x into F); backward 5 (each step computes its input
 gradient and its weight and bias gradients in one launch), plus one sum of the weight-gradient partials
@@ -71,13 +74,12 @@ def _pixels(start, end, H, W, BLOCK: tl.constexpr):
     p = start + tl.arange(0, BLOCK)
     w = p % W
     h = (p // W) % H
-    b = (p // (W * H)).to(tl.int64)  # batch offsets are the ones that can pass 2**31 elements
-    return b, h, w, p < end
+    return p // (W * H), h, w, p < end
 
 
 @triton.jit
 def _offsets(b, h, w, s_b, s_h, s_w):
-    return b * s_b + h * s_h + w * s_w
+    return b.to(tl.int64) * s_b + h * s_h + w * s_w  # batch offsets are the ones that can pass 2**31
 
 
 @triton.jit
