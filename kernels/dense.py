@@ -448,7 +448,7 @@ def _backward_step_launch(grad, feat, c_x, x_end, tail_start, weight, gbuf, dst,
     starts in feat (None for conv 1)."""
     b, c_in, h, w = feat.shape
     c_out, n_pixels = weight.shape[0], b * h * w
-    input_grad, last = dst is not None, c_in == gbuf.shape[1]
+    input_grad, last = dst is not None, c_in == gbuf.shape[1]  # conv 5 reads every channel
     dst = gbuf if dst is None else dst  # a pointer the kernel ignores without INPUT_GRAD
     tail = c_in if tail_start is None else tail_start
     args = [grad, feat, weight, gbuf, dst, partials, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_x, x_end]
@@ -530,11 +530,8 @@ def dense_block_backward(
         partials = flat.view(1, -1)  # a single split: the kernels write the gradients in place
     else:
         partials = torch.empty(splits, flat.numel(), dtype=torch.float32, device=features.device)
-    _run(
-        _backward_launches(
-            grad, features, weights, negative_slope, _gradient_buffer(features), dx, partials, input_grad
-        )
-    )
+    gbuf = _gradient_buffer(features)
+    _run(_backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad))
     if partials.data_ptr() != flat.data_ptr():  # the splits summed in a fixed order: deterministic
         if flat.dtype == torch.float32:
             torch.sum(partials, 0, out=flat)
