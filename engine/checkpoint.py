@@ -1,15 +1,28 @@
-"""Atomic checkpoints of everything a run needs to continue exactly: weights, optimiser, RNGs, step."""
+"""Checkpoints of everything a run needs to continue exactly: weights, optimiser, schedule, scaler, RNGs,
+the explosion guard's statistics, the step and the data position.
+
+A run folder's checkpoints/ holds step_NNNNNNNN.pt files, the newest `kept` of them; last.pt, the
+newest; and best.pt, the one with the best validation PSNR-Y. Each file is written aside, flushed to
+disk, renamed into place and its folder flushed too: a crash or a full disk mid-write never leaves a
+broken checkpoint behind and never harms an older one. last.pt and best.pt are hard links (a copy
+where the file system has none), so pruning old steps never breaks them. Resuming takes the newest
+checkpoint that reads back whole, and says which it skipped and why.
+"""
 
 import os
 import random
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.errors import UserError
+from profiling import records
 
-LATEST = "last.pt"
+LATEST, BEST = "last.pt", "best.pt"
+STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
 
 
 def seed_all(seed):
@@ -41,23 +54,94 @@ def _as_tuple(v):
     return tuple(_as_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
-def save(path, **state):
-    """Write aside, then rename: a crash mid-write never leaves a broken checkpoint behind."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({**state, "rng": rng_state()}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def folder_of(run):
+    return Path(run) / records.CHECKPOINTS
 
 
-def load(path):
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / LATEST
-    if not path.is_file():
-        raise UserError(f"no checkpoint at {path}; resume from a run folder that has saved one (runs/run_N)")
+def step_file(run, step):
+    return folder_of(run) / f"step_{step:08d}.pt"
+
+
+def save(run, step, state, kept=2, best=False):
+    """Write the checkpoint of `step` (with the RNG states), point last.pt (and best.pt) at it, and keep
+    the newest `kept` step files. A write that fails leaves every earlier checkpoint as it was."""
+    folder = folder_of(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = step_file(run, step)
+    aside = path.with_name(path.name + ".tmp")
+    try:
+        torch.save({**state, "step": step, "rng": rng_state()}, aside)
+        _fsync(aside)
+        os.replace(aside, path)
+        for name in (LATEST, BEST) if best else (LATEST,):
+            _link(path, folder / name)
+        _fsync(folder)
+    except OSError as err:
+        aside.unlink(missing_ok=True)
+        intact = newest_step(run, below=step)
+        kept_note = f"the checkpoint of step {intact} is intact" if intact is not None else "no earlier checkpoint"
+        raise UserError(
+            f"cannot write the checkpoint of step {step} ({err.strerror or type(err).__name__}); {kept_note}: "
+            "free space or fix the folder, then --resume"
+        ) from None
+    prune(run, kept)
+    return path
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link(target, name):
+    """`name` becomes `target` (a hard link, replaced atomically; a copy where links are not supported)."""
+    aside = name.with_name(name.name + ".tmp")
+    aside.unlink(missing_ok=True)
+    try:
+        os.link(target, aside)
+    except OSError:
+        shutil.copyfile(target, aside)
+    os.replace(aside, name)
+
+
+def steps_saved(run):
+    """The steps with a checkpoint file, newest first."""
+    found = (STEP_FILE.match(p.name) for p in folder_of(run).glob("step_*.pt"))
+    return sorted((int(m[1]) for m in found if m), reverse=True)
+
+
+def newest_step(run, below=None):
+    return next((s for s in steps_saved(run) if below is None or s < below), None)
+
+
+def prune(run, kept):
+    """Delete all but the newest `kept` step files (last.pt and best.pt are links of their own)."""
+    for step in steps_saved(run)[kept:]:
+        step_file(run, step).unlink(missing_ok=True)
+
+
+def read(path):
+    """A checkpoint's state, or UserError saying why it cannot be used."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001  (any failure to read back means the file is not usable)
         raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}); it may be truncated") from None
+
+
+def load_newest(run, log=print):
+    """The state of the newest readable checkpoint of a run folder; each one skipped is one line of `log`."""
+    steps = steps_saved(run)
+    candidates = [step_file(run, s) for s in steps] or [folder_of(run) / LATEST]  # folders of older releases
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            state = read(path)
+        except UserError as err:
+            log(f"skipped {path.name}: {err}")
+            continue
+        return state
+    raise UserError(f"no readable checkpoint in {folder_of(run)}; resume from a run folder that has saved one")

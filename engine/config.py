@@ -171,6 +171,7 @@ KEYS = {  # key: (how its flag's text is read, the rule its value must meet)
     "compile": (str, choice("off", *COMPILE_MODES)),
     "cudnn_benchmark": (parse_bool, boolean),
     "checkpoint_every": (int, integer(0)),
+    "checkpoints_kept": (int, integer(1)),
     "time_limit": (str, duration),
     "py_spy": (str, window),
     "py_spy_native": (parse_bool, boolean),

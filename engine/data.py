@@ -5,6 +5,7 @@ Sample g of a run (g counts over the global batch: step * batch + position) is a
 sees does not depend on workers, on resumption, or on how many ranks share the batch.
 """
 
+import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.errors import UserError
 
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")  # what a cluster or a user sends to stop a job
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 EMBEDDED_TRAIN = [
     "astronaut.png",
@@ -150,29 +152,38 @@ def augment(patch, code):
 
 
 class RankSamples(torch.utils.data.Sampler):
-    """This rank's share of every global batch from `start_step` on, forever."""
+    """This rank's share of every global batch, the first starting at sample `start`, forever."""
 
-    def __init__(self, start_step, global_batch, rank, per_rank):
-        self.start_step, self.global_batch, self.rank, self.per_rank = start_step, global_batch, rank, per_rank
+    def __init__(self, start, global_batch, rank, per_rank):
+        self.start, self.global_batch, self.rank, self.per_rank = start, global_batch, rank, per_rank
 
     def __iter__(self):
-        step = self.start_step
+        first = self.start + self.rank * self.per_rank
         while True:
-            first = step * self.global_batch + self.rank * self.per_rank
             yield from range(first, first + self.per_rank)
-            step += 1
+            first += self.global_batch
 
 
-def loader(images, cfg, start_step, rank=0, world=1, pin_memory=False):
+def ignore_stop_signals(worker_id):
+    """In a loader worker: SLURM and Ctrl-C signal the whole process group, workers included. The
+    training process handles the signal (a checkpoint, then a clean exit that shuts the workers down);
+    a worker that died of it would take the training process down with it first."""
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def loader(images, cfg, start_sample, rank=0, world=1, pin_memory=False):
+    """Batches of this rank's share of the global sample stream, from global sample `start_sample` on."""
     per_rank = cfg["batch_size"] // world
     return torch.utils.data.DataLoader(
         CropDataset(images, cfg["crop"], cfg["seed"], cfg["scale"]),
         batch_size=per_rank,
-        sampler=RankSamples(start_step, cfg["batch_size"], rank, per_rank),
+        sampler=RankSamples(start_sample, cfg["batch_size"], rank, per_rank),
         num_workers=cfg["workers"],
         pin_memory=pin_memory,
         persistent_workers=cfg["workers"] > 0,
         prefetch_factor=4 if cfg["workers"] > 0 else None,
+        worker_init_fn=ignore_stop_signals,
         generator=torch.Generator().manual_seed(cfg["seed"]),  # keeps the loader off the global RNG
     )
 

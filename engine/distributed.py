@@ -101,25 +101,51 @@ def weights_agree(model, ranks):
 
 
 class AllReduceTime:
-    """Host time from each gradient bucket's all-reduce launch to its completion, summed per step.
-    Buckets overlap the backward pass: this is time spent communicating, not time added to the step."""
+    """Time of each step's gradient all-reduces, from each bucket's readiness to its completion, summed.
 
-    def __init__(self):
-        self.total_ms = 0.0
+    With NCCL the clock is the GPU's: a CUDA event on the compute stream when the bucket is handed over,
+    and one recorded in the future's callback, which runs on a stream that waits for the collective; the
+    pairs are read one step late, when they have long completed (no sync). With gloo the clock is the
+    host's: the collective runs on the CPU, and the callback fires when it has finished. Buckets overlap
+    the backward pass: this is time spent communicating, not time added to the step.
+    """
+
+    def __init__(self, cuda):
+        self.clock = "cuda" if cuda else "host"
+        self.spans, self.waiting = [], []
+
+    def begin(self):
+        if self.clock == "host":
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def end(self, start):
+        if self.clock == "host":
+            self.spans.append((time.perf_counter() - start) * 1e3)
+        else:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()  # on the callback's stream, after the all-reduce
+            self.spans.append((start, event))
 
     def take(self):
-        total, self.total_ms = self.total_ms, 0.0
-        return total
+        """The milliseconds of the step whose all-reduces have completed: this one on the host clock,
+        the previous one on the GPU's."""
+        done, self.spans = self.spans, []
+        if self.clock == "cuda":
+            done, self.waiting = self.waiting, done
+        return sum(span if isinstance(span, float) else span[0].elapsed_time(span[1]) for span in done)
 
 
 def timed_allreduce(timer, bucket):
     """A DDP communication hook: the default averaging all-reduce, timed into `timer`."""
-    start = time.perf_counter()
+    start = timer.begin()
     tensor = bucket.buffer().div_(dist.get_world_size())
     future = dist.all_reduce(tensor, async_op=True).get_future()
 
     def done(fut):
-        timer.total_ms += (time.perf_counter() - start) * 1e3
+        timer.end(start)
         return fut.value()[0]
 
     return future.then(done)
@@ -128,6 +154,6 @@ def timed_allreduce(timer, bucket):
 def wrap(model, ranks, device):
     """DDP around `model` with the timing hook; returns (ddp, all-reduce timer)."""
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    timer = AllReduceTime()
+    timer = AllReduceTime(device.type == "cuda")
     ddp.register_comm_hook(timer, timed_allreduce)
     return ddp, timer

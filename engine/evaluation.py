@@ -2,7 +2,8 @@
 
 Images are cropped to multiples of the scale; metrics crop `scale` border pixels (BasicSR's crop_border)
 on the Y channel of 8-bit images (engine/metrics.py). Sampled z is seeded per (sample, image), so K
-samples give a mean and a standard deviation over samples.
+samples give a mean and a standard deviation over samples, and an image's result does not depend on
+which images are scored beside it (ranks can share a validation set).
 """
 
 import statistics
@@ -10,6 +11,8 @@ import statistics
 import torch
 
 from engine import data, metrics
+
+SCORES = ("psnr_y", "ssim_y", "psnr_rgb")
 
 
 def z_settings(z, temperatures, samples):
@@ -19,33 +22,35 @@ def z_settings(z, temperatures, samples):
     return [("z=0" if t == 0 else f"T={t:g}", t, [0] if t == 0 else list(range(samples))) for t in temperatures]
 
 
-@torch.no_grad()
-def evaluate_set(model, images, settings, device, on_image=None):
-    """Per setting, the mean metrics of each seed over the images; plus the LR's PSNR against bicubic.
+VALIDATION = z_settings("sample", [0.0, 1.0], 1)  # the trainer's: z = 0 for the grid, T = 1 for the scores
 
-    `on_image(index, hr, lr, {label: upscale of seed 0})` sees every image's results (grids, files).
+
+@torch.no_grad()
+def score_images(model, images, settings, device, on_image=None, indices=None):
+    """Per image: its LR's PSNR-Y against bicubic and, per setting, the scores of each seed's upscale.
+
+    `indices` are the images' places in their set (default 0, 1, ...): they seed z. `on_image(index, hr,
+    lr, {label: upscale of the first seed})` sees every image's results (grids, files).
     """
     was_training = model.training
     model.eval()
-    scale = model.scale
-    per_seed = {label: {seed: [] for seed in seeds} for label, _, seeds in settings}
-    lr_psnr = []
-    for i, img in enumerate(images):
-        hr = data.image_tensor(img, scale).to(device)
+    rows = []
+    for i, img in zip(indices or range(len(images)), images, strict=True):
+        hr = data.image_tensor(img, model.scale).to(device)
         lr, _ = model.downscale(hr)
-        lr_psnr.append(metrics.psnr(lr, data.bicubic_down(hr, scale)).item())
-        first = {}
+        row, first = {"lr_psnr_y": metrics.psnr(lr, data.bicubic_down(hr, model.scale)).item()}, {}
         for label, temperature, seeds in settings:
+            row[label] = []
             for seed in seeds:
                 generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
                 sr = model.upscale(lr, temperature=temperature, generator=generator)
-                per_seed[label][seed].append(image_scores(sr, hr, scale))
+                row[label].append(image_scores(sr, hr, model.scale))
                 first.setdefault(label, sr)
+        rows.append(row)
         if on_image:
             on_image(i, hr, lr, first)
     model.train(was_training)
-    settings_summary = {label: summarise(seeds) for label, seeds in per_seed.items()}
-    return {"lr_psnr_y": statistics.fmean(lr_psnr) if lr_psnr else None, "settings": settings_summary}
+    return rows
 
 
 def image_scores(sr, hr, scale):
@@ -56,26 +61,21 @@ def image_scores(sr, hr, scale):
     }
 
 
-def summarise(seeds):
-    """Mean over images per seed, then mean and std over seeds."""
-    means = [{k: statistics.fmean(r[k] for r in rows) for k in rows[0]} for rows in seeds.values() if rows]
+def summarise(rows, settings):
+    """Per setting: the mean over images of each seed, then mean and std over seeds; the LR's mean PSNR-Y."""
     out = {}
-    for key in ("psnr_y", "ssim_y", "psnr_rgb"):
-        values = [m[key] for m in means]
-        out[key] = statistics.fmean(values) if values else None
-        out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    out["samples"] = len(means)
-    return out
+    for label, _, seeds in settings:
+        means = [{k: statistics.fmean(r[label][s][k] for r in rows) for k in SCORES} for s in range(len(seeds))]
+        summary = {"samples": len(means) if rows else 0}
+        for key in SCORES:
+            values = [m[key] for m in means] if rows else []
+            summary[key] = statistics.fmean(values) if values else None
+            summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out[label] = summary
+    lr_psnr = statistics.fmean(r["lr_psnr_y"] for r in rows) if rows else None
+    return {"lr_psnr_y": lr_psnr, "settings": out}
 
 
-def validation_scores(model, images, device="cpu", on_image=None):
-    """The trainer's validation: metrics with sampled z (T = 1, seed 0), means over the images;
-    `on_image` also sees the z = 0 upscale."""
-    result = evaluate_set(model, images, z_settings("sample", [0.0, 1.0], 1), device, on_image)
-    row = result["settings"]["T=1"]
-    return {
-        "psnr_y": row["psnr_y"],
-        "ssim_y": row["ssim_y"],
-        "psnr_rgb": row["psnr_rgb"],
-        "lr_psnr_y": result["lr_psnr_y"],
-    }
+def evaluate_set(model, images, settings, device, on_image=None):
+    """Score every image of a set and summarise (engine.evaluate's table)."""
+    return summarise(score_images(model, images, settings, device, on_image), settings)

@@ -27,6 +27,15 @@ class ExplosionGuard:
         self.bad_in_row = 0
         self.log = None
 
+    def state_dict(self):
+        """The running statistics, so that a resumed run detects spikes from its first step."""
+        return {"history": {k: list(v) for k, v in self.history.items()}, "bad_in_row": self.bad_in_row}
+
+    def load_state_dict(self, state):
+        for key, values in state["history"].items():
+            self.history[key].extend(values)
+        self.bad_in_row = state["bad_in_row"]
+
     def check(self, step, losses, grad_norm, batch):
         values = {"loss": sum(losses.values()), "grad_norm": grad_norm}
         if not all(math.isfinite(v) for v in [*losses.values(), grad_norm]):

@@ -42,15 +42,19 @@ class DenseBlock(nn.Module):
 
     def forward(self, x):
         """F(x) computed in `compute_dtype` (None: x's own), returned in x's dtype."""
-        if self.fast_op is not None:
-            convs = self.convs()
-            return self.fast_op(x, [c.weight for c in convs], [c.bias for c in convs], self.compute_dtype)
         low = self.compute_dtype is not None
         with torch.autocast(x.device.type, dtype=self.compute_dtype, enabled=low):
-            features = [x.to(self.compute_dtype) if low else x]  # one cast, then every concatenation is low
-            for conv in self.convs()[:4]:
-                features.append(self.lrelu(conv(torch.cat(features, 1))))
-            return self.conv5(torch.cat(features, 1)).to(x.dtype)
+            if self.fast_op is not None:  # casts x itself under autocast
+                out = self.fast_op(x, [c.weight for c in self.convs()], [c.bias for c in self.convs()])
+            else:
+                out = self.reference(x.to(self.compute_dtype) if low else x)  # one cast: every concatenation is low
+        return out.to(x.dtype)
+
+    def reference(self, x):
+        features = [x]
+        for conv in self.convs()[:4]:
+            features.append(self.lrelu(conv(torch.cat(features, 1))))
+        return self.conv5(torch.cat(features, 1))
 
 
 def coupling_scale(h, clamp):

@@ -13,15 +13,16 @@ COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-
 
 
 def use_fast_kernels(model, enabled=True):
-    """Route every Haar and coupling module of `model` to the Triton kernels (or back to the reference)."""
+    """Route every Haar, coupling and dense-block module of `model` to the Triton kernels (or back to the
+    reference)."""
     from kernels.coupling import coupling
+    from kernels.dense import dense_block
     from kernels.haar import haar
 
+    kernels = {IRNCoupling: coupling, Haar: haar, DenseBlock: dense_block}
     for module in model.modules():
-        if isinstance(module, IRNCoupling):
-            module.fast_op = coupling if enabled else None
-        elif isinstance(module, Haar):
-            module.fast_op = haar if enabled else None
+        if type(module) in kernels:
+            module.fast_op = kernels[type(module)] if enabled else None
     return model
 
 

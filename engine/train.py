@@ -5,7 +5,6 @@ folder gets metrics.jsonl, phases.jsonl, gpu.jsonl, checkpoints/, samples/ and e
 """
 
 import os
-import signal
 import sys
 import time
 from contextlib import ExitStack
@@ -16,42 +15,19 @@ from rich.console import Console
 
 from engine import checkpoint, config, data, distributed, rundir
 from engine.errors import UserError, cli
-from engine.evaluation import validation_scores
+from engine.evaluation import VALIDATION, score_images, summarise
 from engine.grids import save_rescale_grid
 from engine.guard import ExplosionGuard, TooManyBadSteps
 from engine.progress import TrainingProgress, summary
-from engine.trainer import Trainer
+from engine.stopping import StopRequest, TimeLimit
+from engine.trainer import Trainer, census
 from profiling import records
 from profiling.capture import Captures, PySpyCapture, TorchProfileCapture
 from profiling.gpu import Sampler
+from profiling.probe import probe
 from profiling.timer import PhaseTimer
 
 console = Console(stderr=True)
-
-
-class StopRequest:
-    """SIGTERM, SIGUSR1 and Ctrl-C ask the loop to checkpoint and leave after the current step."""
-
-    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
-
-    def __init__(self):
-        self.reason = None
-        self.previous = {}
-
-    def __enter__(self):
-        for name in self.SIGNALS:
-            sig = getattr(signal, name)
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.reason and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: leave now
-        self.reason = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
 
 
 def pick_device(cfg):
@@ -90,40 +66,53 @@ def training_data(cfg):
 
 
 def validate(trainer, val, step, folder, cfg):
-    """Full-image PSNR/SSIM on Y (border = scale) and a sample grid of the first image."""
-    images = val.images[: cfg["val_max_images"]]
-    if not images:
-        return {}
+    """Full-image PSNR/SSIM on Y (border = scale), every rank scoring its share of the images (so no
+    rank waits in a collective while one validates), and rank 0's grid of the first image."""
+    ranks = trainer.ranks
+    indices = list(range(min(len(val.images), cfg["val_max_images"])))[ranks.rank :: ranks.world]
 
     def grid_of_first(i, hr, lr, upscales):
         if i == 0:
             save_rescale_grid(hr, lr, upscales, cfg["scale"], folder / "samples" / f"step_{step:08d}.png")
 
-    result = validation_scores(trainer.model, images, device=trainer.device, on_image=grid_of_first)
-    return {f"val_{k}": round(v, 4) for k, v in result.items()}
+    mine = score_images(
+        trainer.model, [val.images[i] for i in indices], VALIDATION, trainer.device, grid_of_first, indices
+    )
+    rows = [row for part in distributed.gather(mine, ranks) for row in part]
+    if not rows:
+        return {}
+    result = summarise(rows, VALIDATION)
+    scores = {k: result["settings"]["T=1"][k] for k in ("psnr_y", "ssim_y", "psnr_rgb")}
+    return {f"val_{k}": round(v, 4) for k, v in (scores | {"lr_psnr_y": result["lr_psnr_y"]}).items()}
 
 
-def save_checkpoint(trainer, folder, step):
+def save_checkpoint(trainer, folder, step, progress, best=False):
     """Every rank checks that the weights agree (a collective); rank 0 alone writes."""
     agree = distributed.weights_agree(trainer.model, trainer.ranks)
     if not agree:
         console.print(f"[red]warning: the ranks' weights differ at step {step}; the checkpoint holds rank 0's")
     if trainer.ranks.main:
-        (folder / records.CHECKPOINTS).mkdir(exist_ok=True)
-        state = {**trainer.state(step), "world_size": trainer.ranks.world, "ranks_agree": agree}
-        checkpoint.save(folder / records.CHECKPOINTS / checkpoint.LATEST, **state)
+        state = {**trainer.state(step), **progress, "world_size": trainer.ranks.world, "ranks_agree": agree}
+        checkpoint.save(folder, step, state, kept=trainer.cfg["checkpoints_kept"], best=best)
+
+
+def write_census(cfg, folder, ranks, fused):
+    """census.json: one rank's training step counted on fake tensors (the ops this run runs)."""
+    counted = census({**cfg, "batch_size": cfg["batch_size"] // ranks.world}, fast_kernels=fused)
+    records.write_json(folder / records.CENSUS, counted.to_json())
 
 
 def resume_command(folder):
     return f"python -m engine.train --resume {folder}"
 
 
-def capture_windows(cfg, folder, device):
+def capture_windows(cfg, folder, device, rank):
+    """py-spy on rank 0; torch.profiler on every rank, each writing its own trace."""
     windows = []
-    if window := config.parse_window(cfg["py_spy"], "py-spy"):
+    if rank == 0 and (window := config.parse_window(cfg["py_spy"], "py-spy")):
         windows.append((PySpyCapture(folder, console.print, cfg["py_spy_native"]), window))
     if window := config.parse_window(cfg["torch_profile"], "torch-profile"):
-        windows.append((TorchProfileCapture(folder, device, console.print), window))
+        windows.append((TorchProfileCapture(folder, device, console.print, rank=rank), window))
     return windows
 
 
@@ -138,7 +127,7 @@ def metrics_record(result, step_s, batch_size):
     return record
 
 
-def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
+def train(trainer, cfg, folder, state, train_set, val_set, time_limit):
     """The loop: data, step, log; validate and checkpoint on schedule, stop on signals, the time limit
     or the last step, always with a checkpoint.
 
@@ -157,22 +146,22 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
         write=ranks.main,
         keep_batches=cfg["explosion_batches_kept"],
     )
+    step, progress = resume_point(state, guard, cfg)
     pin = device.type == "cuda"
-    batches = iter(data.loader(train_set.images, cfg, start, ranks.rank, ranks.world, pin_memory=pin))
-    step, stopped, step_seconds, saved_at = start, None, {}, None
+    batches = iter(data.loader(train_set.images, cfg, progress["samples_seen"], ranks.rank, ranks.world, pin))
+    stopped, step_seconds, saved_at = None, {}, None
     with ExitStack() as stack:
         phases = stack.enter_context(records.JsonLines(records.rank_file(folder, records.PHASES_STEM, ranks.rank)))
         samples = stack.enter_context(records.JsonLines(records.rank_file(folder, records.SAMPLES_STEM, ranks.rank)))
         metrics = stack.enter_context(records.JsonLines(folder / records.METRICS)) if ranks.main else None
         timer = PhaseTimer(device, sink=phases)
         stack.callback(timer.flush)
-        devices = [ranks.local_rank] if ranks.active and device.type == "cuda" else None
         log = console.print if ranks.main else print_nothing
-        stack.enter_context(Sampler(samples, cfg["gpu_sample_ms"], log=log, devices=devices))
+        stack.enter_context(Sampler(samples, cfg["gpu_sample_ms"], log=log, devices=device))
         stop = stack.enter_context(StopRequest())
-        captures = Captures(capture_windows(cfg, folder, device) if ranks.main else [], console.print)
+        captures = Captures(capture_windows(cfg, folder, device, ranks.rank), console.print)
         stack.callback(captures.close)
-        bar = stack.enter_context(TrainingProgress(cfg["steps"], start, enabled=ranks.main))
+        bar = stack.enter_context(TrainingProgress(cfg["steps"], step, enabled=ranks.main))
         while step < cfg["steps"] and not stopped:
             began = time.perf_counter()
             with timer.phase("capture"):
@@ -181,9 +170,11 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
                 batch = next(batches)
             done = [trainer.step(batch, timer, guard, step)]
             step += 1
-            validating = ranks.main and (due(step, cfg["val_every"]) or step == cfg["steps"])
+            progress["samples_seen"] += cfg["batch_size"]
+            validating = due(step, cfg["val_every"]) or step == cfg["steps"]
             checkpointing = due(step, cfg["checkpoint_every"])
-            out_of_time = time_limit and time.monotonic() - t0 + 3 * (time.perf_counter() - began) + 10 > time_limit
+            time_limit.timed(step_s=time.perf_counter() - began)
+            out_of_time = time_limit.reached(validation_next=due(step + 1, cfg["val_every"]))
             if distributed.any_rank(stop.reason or out_of_time, ranks):  # every rank stops at the same step
                 stopped = stop.reason or ("time limit" if out_of_time else "another rank")
             if validating or checkpointing or stopped or step == cfg["steps"]:
@@ -192,19 +183,41 @@ def train(trainer, cfg, folder, start, train_set, val_set, time_limit=None):
             lines = [metrics_record(r, step_seconds.pop(r.step), cfg["batch_size"]) for r in done if r]
             if validating:
                 with timer.phase("validation"):
+                    began_validation = time.perf_counter()
                     lines[-1].update(validate(trainer, val_set, step, folder, cfg))
+                    time_limit.timed(validation_s=time.perf_counter() - began_validation)
+                improved = lines[-1].get("val_psnr_y", float("-inf")) > progress["best_psnr_y"]
+                if improved:
+                    progress["best_psnr_y"] = lines[-1]["val_psnr_y"]
+                checkpointing = checkpointing or improved  # the best checkpoint is kept apart
             with timer.phase("logging"):
                 for line in lines if ranks.main else ():
                     metrics.write(line)
                     bar.update(line["step"] + 1, line)
-            if checkpointing:
+            if checkpointing or stopped or step == cfg["steps"]:
                 with timer.phase("checkpoint"):
-                    save_checkpoint(trainer, folder, step)
+                    began_save = time.perf_counter()
+                    progress["guard"] = guard.state_dict()
+                    save_checkpoint(trainer, folder, step, progress, best=validating and improved)
+                    time_limit.timed(checkpoint_s=time.perf_counter() - began_save)
                 saved_at = step
             timer.end_step(step - 1, captured=captured)
-    if saved_at != step:
-        save_checkpoint(trainer, folder, step)
+    if saved_at != step:  # a loop that never ran (the run was already complete)
+        save_checkpoint(trainer, folder, step, progress | {"guard": guard.state_dict()})
     return step, stopped, time.monotonic() - t0
+
+
+def resume_point(state, guard, cfg):
+    """(first step, progress) of a run: where its checkpoint left off, or the start."""
+    if state is None:
+        return 0, {"samples_seen": 0, "best_psnr_y": float("-inf")}
+    if "guard" in state:
+        guard.load_state_dict(state["guard"])
+    progress = {
+        "samples_seen": state.get("samples_seen", state["step"] * cfg["batch_size"]),
+        "best_psnr_y": state.get("best_psnr_y", float("-inf")),
+    }
+    return state["step"], progress
 
 
 def due(step, every):
@@ -223,7 +236,8 @@ def open_run(cfg, flags, ranks):
         folder = records.find(flags.resume) if flags.resume else rundir.create(flags.name)
         records.write_json(folder / records.CONFIG, cfg)
     folder = Path(distributed.broadcast(str(folder) if folder else None, ranks))
-    return folder, (checkpoint.load(folder) if flags.resume else None)
+    log = console.print if ranks.main else print_nothing
+    return folder, (checkpoint.load_newest(folder, log=log) if flags.resume else None)
 
 
 @cli
@@ -231,7 +245,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the batch must split evenly across ranks
     cfg, flags = config.resolve(argv, resumed_config=lambda run: records.read_config(records.find(run)), world=world)
-    time_limit = config.parse_duration(cfg["time_limit"])
+    time_limit = TimeLimit(config.parse_duration(cfg["time_limit"]))
     ranks = distributed.init()
     try:
         run(cfg, flags, ranks, time_limit)
@@ -247,18 +261,19 @@ def run(cfg, flags, ranks, time_limit):
     if cfg["fast_kernels"] and ranks.main:
         console.print(f"--fast-kernels: {trainer.kernel_note or 'Haar and coupling run as fused Triton kernels'}")
     folder, state = open_run(cfg, flags, ranks)
-    start = 0
     if state is not None:
         trainer.load_state(state)
-        start = state["step"]
+    start = state["step"] if state else 0
     job = {"rank": ranks.rank, "seed": cfg["seed"] + ranks.rank, "start_step": start, "time": time.time()}
+    job["probe"] = probe(device, cfg["precision"])  # launch cost and matmul rate, for the report's floors
     envs = distributed.gather(rundir.environment(device, job), ranks)
     if ranks.main:
         with records.JsonLines(folder / records.ENV) as out:
             out.write({**envs[0], "world_size": ranks.world, "ranks": envs})
+        write_census(cfg, folder, ranks, fused=trainer.kernel_note is None and cfg["fast_kernels"])
         console.print(f"run folder: [bold]{folder}[/]  (report: python -m profiling.report {folder})")
     try:
-        step, stopped, seconds = train(trainer, cfg, folder, start, train_set, val_set, time_limit)
+        step, stopped, seconds = train(trainer, cfg, folder, state, train_set, val_set, time_limit)
     except TooManyBadSteps as err:
         raise UserError(str(err)) from None
     if ranks.main:

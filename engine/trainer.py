@@ -158,7 +158,7 @@ class Trainer:
             self.advance_schedule()
             previous = self.late.put(values, (step, lr, list(losses), batch))
         if self.allreduce is not None:
-            timer.note("allreduce", self.allreduce.take())
+            timer.note("allreduce", self.allreduce.take(), clock=self.allreduce.clock)
         return self.outcome(previous, guard)
 
     def drain(self, guard):
@@ -199,7 +199,7 @@ def census(cfg, fast_kernels=None):
     from kernels import coupling, dense, haar
 
     fast = cfg["fast_kernels"] if fast_kernels is None else fast_kernels
-    counter = StepCounter(launches={**haar.LAUNCHES, **coupling.LAUNCHES, **dense.LAUNCHES})
+    counter = StepCounter(launches={**haar.LAUNCHES, **coupling.LAUNCHES, **dense.LAUNCHES}, traffic=dense.TRAFFIC)
     # Built for real (FrEIA's Haar computes its permutation from values); the step then runs on fake
     # tensors, the real weights standing in as fake ones.
     trainer = Trainer({**cfg, "fast_kernels": False, "compile": "off"}, torch.device("cpu"))

@@ -585,6 +585,53 @@ def dense_block(x, weights, biases, negative_slope=NEGATIVE_SLOPE):
     return dense_block_forward(x, list(weights), list(biases), negative_slope)[0]
 
 
+def _backward_launches_count(args):
+    features, weights = args[1], args[2]
+    splits, _ = _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])
+    return CONVS + (splits > 1) + (weights[0].dtype != torch.float32)  # + the partials' sum, + a cast back
+
+
+# Kernels per call, for a census of a step: one per conv forward; one per conv backward step, then the
+# sum of the weight gradients' pixel splits when there are several, and a cast to non-fp32 weights.
+LAUNCHES = {"irn::dense_block": lambda args: CONVS, "irn::dense_block_backward": _backward_launches_count}
+
+
+def _forward_traffic(args):
+    """Bytes the forward's kernels read and write once each: x, then per conv its channel prefix of the
+    buffer and its weights, and its output slice (conv 5: the block output)."""
+    x, weights = args[0], args[1]
+    pixels, size = x.shape[0] * x.shape[2] * x.shape[3], x.element_size()
+    x_end, channels, _ = _buffer_layout(x.shape[1], weights[0].shape[0])
+    moved = pixels * x.shape[1] * size + pixels * x_end * size  # x read, copied into the buffer
+    for k, w in enumerate(weights):
+        prefix = x_end + k * weights[0].shape[0]
+        moved += pixels * (prefix + w.shape[0]) * size + w.numel() * w.element_size()
+    return moved
+
+
+def _backward_traffic(args):
+    """Bytes the backward's kernels read and write once each. Step k (conv 5 down to conv 1) reads its
+    output's gradient (the op's grad, or its fp32 slice of G), its feature prefix (for the weight
+    gradient) and its weights, writes the weight-gradient partials, and adds its input gradient to G's
+    prefix: conv 5 writes G without reading it, convs 4 to 2 read and write it, conv 1 reads G's x part
+    and writes dx (when x needs a gradient)."""
+    grad, features, weights, input_grad = args[0], args[1], args[2], args[5]
+    pixels, size = features.shape[0] * features.shape[2] * features.shape[3], features.element_size()
+    growth = weights[0].shape[0]
+    x_end, _, _ = _buffer_layout(weights[0].shape[1], growth)
+    splits, _ = _pixel_splits(pixels)
+    moved = grad.numel() * grad.element_size()
+    for k, w in enumerate(weights):
+        prefix = x_end + k * growth
+        g_passes = 1 if k == CONVS - 1 else 2 if k else int(input_grad)  # G's prefix: written, read+written, read
+        moved += pixels * prefix * (size + 4 * g_passes) + w.numel() * (w.element_size() + splits * 4)
+        moved += pixels * w.shape[0] * 4 if k < CONVS - 1 else 0  # conv k+1's output gradient, from G
+    return moved + (pixels * weights[0].shape[1] * size if input_grad else 0)
+
+
+TRAFFIC = {"irn::dense_block": _forward_traffic, "irn::dense_block_backward": _backward_traffic}
+
+
 # --- FLOP counts: the five convs' counts, as FlopCounterMode counts aten.convolution(_backward) -----
 
 

@@ -8,9 +8,12 @@ For each input channel c and 2x2 patch (a b / c d), forward writes four bands in
 Indexing goes through strides, so contiguous and channels_last tensors work without copies.
 """
 
+import math
+
 import torch
 import triton
 import triton.language as tl
+from torch.utils.flop_counter import register_flop_formula
 
 BLOCK = 1024
 
@@ -114,6 +117,16 @@ def haar_inverse(y: torch.Tensor, scale: float) -> torch.Tensor:
     out = _image_like(y)
     _launch(out, y, scale, inverse=True)
     return out
+
+
+def _haar_flops(x_shape, scale, out_shape=None, **kwargs):
+    """As FlopCounterMode counts the reference's grouped 2x2 convolution (or its transpose): 2 FLOPs for
+    each of the 4 taps behind every band value (the image and its bands have as many values)."""
+    return 2 * 4 * math.prod(x_shape)
+
+
+for _op in (torch.ops.irn.haar_forward, torch.ops.irn.haar_inverse):
+    register_flop_formula(_op)(_haar_flops)
 
 
 @haar_forward.register_fake

@@ -1,55 +1,86 @@
-"""What a run folder says: throughput, phase shares, GPU use, the bottleneck, explosions and losses.
+"""What a run folder says: throughput, the training step's phases, scheduled work, GPU use, how far the
+step is from the hardware's floors, the bottleneck, explosions and losses.
 
 `analyse(folder)` returns plain data (the report renders it, --json prints it). It reads files that
-may still be growing or were cut short by a crash.
+may still be growing or were cut short by a crash. The steady-state statistics judge the training step
+alone: warm-up steps and steps under a profiler capture are left out, and scheduled work (validation,
+checkpoints) is taken out of each step's time and reported on its own lines.
 """
 
 import json
 from pathlib import Path
 from statistics import mean, median
 
-from profiling import records
-from profiling.records import PHASES, read_jsonl
+from profiling import records, roofline
+from profiling.records import SCHEDULED_PHASES, STEP_PHASES, read_jsonl
 from profiling.stats import first_last_min, percentile
 
 WARMUP_STEPS = 5  # first steps (allocation, autotuning, compilation) left out of the statistics
+SCHEDULED_HINT_SHARE = 0.10  # scheduled work above this share of the wall time gets a hint
+SCHEDULED_HINTS = {
+    "validation": "raise --val-every or validate fewer images (--val-max-images)",
+    "checkpoint": "raise --checkpoint-every",
+    "capture": "a profiler capture costs this once; shorten --py-spy/--torch-profile windows",
+}
 
 
-def last_per_step(records):
+def last_per_step(steps):
     """A resumed run may log a step twice; keep the newest record of each step."""
-    return sorted({r["step"]: r for r in records if "step" in r}.values(), key=lambda r: r["step"])
+    return sorted({r["step"]: r for r in steps if "step" in r}.values(), key=lambda r: r["step"])
 
 
-def steady(records):
+def step_ms(record):
+    """The training step's own time: the loop iteration less its scheduled work."""
+    return record["wall_ms"] - sum(record.get(p, 0.0) for p in SCHEDULED_PHASES)
+
+
+def steady(steps):
     """Steps that show the run's usual speed: neither warm-up nor under a py-spy or torch.profiler capture."""
-    records = records[WARMUP_STEPS:] if len(records) > 2 * WARMUP_STEPS else records
-    return [r for r in records if not r.get("captured")]
+    steps = steps[WARMUP_STEPS:] if len(steps) > 2 * WARMUP_STEPS else steps
+    return [r for r in steps if not r.get("captured")]
 
 
-def phase_stats(records):
-    walls = [r["wall_ms"] for r in records]
-    total = mean(walls) if walls else 0.0
+def phase_stats(steps):
+    """Mean, p50, p95 and share of each phase of the training step, and of the step itself."""
+    times = [step_ms(r) for r in steps]
+    total = mean(times) if times else 0.0
     rows = {}
-    for name in PHASES:
-        values = [r.get(name, 0.0) for r in records]
+    for name in STEP_PHASES:
+        values = [r.get(name, 0.0) for r in steps]
         rows[name] = {
             "mean_ms": mean(values) if values else 0.0,
             "p50_ms": percentile(values, 0.5),
             "p95_ms": percentile(values, 0.95),
             "share": (mean(values) / total) if total else 0.0,
         }
+    peaks = [r["mem_peak_mib"] for r in steps if "mem_peak_mib" in r]
     return {
         "step_ms": total,
-        "step_p50_ms": percentile(walls, 0.5),
-        "step_p95_ms": percentile(walls, 0.95),
+        "step_p50_ms": percentile(times, 0.5),
+        "step_p95_ms": percentile(times, 0.95),
         "phases": rows,
+        "mem_peak_mib": max(peaks) if peaks else None,
     }
 
 
-def gpu_stats(samples, step_ms):
+def scheduled_work(steps):
+    """Per kind of scheduled work: how often it ran, its total time and its share of the wall time."""
+    wall = sum(r["wall_ms"] for r in steps)
+    out = {}
+    for name in SCHEDULED_PHASES:
+        times = [r[name] for r in steps if r.get(name, 0.0) > 0]
+        if times:
+            share = sum(times) / wall if wall else 0.0
+            hint = SCHEDULED_HINTS[name] if share > SCHEDULED_HINT_SHARE else None
+            out[name] = {"count": len(times), "total_s": sum(times) / 1e3, "share": share, "hint": hint}
+    return out
+
+
+def gpu_stats(samples, step_time_ms):
     gpu = [s for s in samples if "util" in s]
     if gpu:
         power = [s["power_w"] for s in gpu if "power_w" in s]
+        clocks = [s["sm_clock_mhz"] for s in gpu if "sm_clock_mhz" in s]
         return {
             "kind": "gpu",
             "devices": sorted({s["gpu"] for s in gpu}),
@@ -57,10 +88,8 @@ def gpu_stats(samples, step_ms):
             "under_50_share": sum(s["util"] < 50 for s in gpu) / len(gpu),
             "mem_peak_mib": max(s["mem_used_mib"] for s in gpu),
             "power_mean_w": mean(power) if power else None,
-            "energy_per_step_j": mean(power) * step_ms / 1e3 if power else None,
-            "sm_clock_mean_mhz": mean(s["sm_clock_mhz"] for s in gpu if "sm_clock_mhz" in s)
-            if any("sm_clock_mhz" in s for s in gpu)
-            else None,
+            "energy_per_step_j": mean(power) * step_time_ms / 1e3 if power else None,
+            "sm_clock_mean_mhz": mean(clocks) if clocks else None,
             "throttled_share": sum(bool(s.get("throttle", 0) & ~1) for s in gpu) / len(gpu),  # bit 0 is 'idle'
             "samples": len(gpu),
         }
@@ -75,8 +104,43 @@ def gpu_stats(samples, step_ms):
     return {"kind": "none"}
 
 
-def verdict(phases, gpu, device_type):
-    """The bottleneck in plain words: (label, evidence, what to try next)."""
+def hardware(cfg, env, census, measured_ms):
+    """The run's own device against the census: floors, achieved FLOP/s and MFU; forecasts for the
+    named GPUs. None without a census (runs made before it existed)."""
+    if not census:
+        return None
+    device, probe = env.get("device", {}), env.get("probe", {})
+    backends = env.get("backends", {})
+    precision, tf32 = cfg.get("precision", "fp32"), backends.get("cudnn_allow_tf32", True)
+    gpu = roofline.named_gpu(device.get("name")) if device.get("type") == "cuda" else None
+    launch_us = probe.get("launch_us", roofline.LAUNCH_US)
+    if gpu:
+        own = roofline.floors(census, gpu, precision, tf32, launch_us)
+        peak, peak_source = gpu.peak_tflops[own["math"]], f"{gpu.name}, {own['math']} peak"
+    else:  # a CPU or an unlisted GPU: its measured matrix-product rate is the peak, bandwidth unknown
+        peak = probe.get("matmul_tflops")
+        peak_source = f"measured {precision} matrix product on this {device.get('type', 'device')}"
+        own = own_floors_without_bandwidth(census, peak, launch_us)
+    own = (own or {}) | roofline.utilisation(census, measured_ms, peak)
+    return {
+        "census": census,
+        "own": own | {"peak_tflops": peak, "peak_source": peak_source, "launch_us": launch_us},
+        "vs_floor": measured_ms / own["floor_ms"] if own.get("floor_ms") else None,
+        "forecasts": roofline.forecasts(census, precision, tf32),
+    }
+
+
+def own_floors_without_bandwidth(census, peak_tflops, launch_us):
+    if not peak_tflops:
+        return None
+    ms = {"compute": census["flops_per_step"] / (peak_tflops * 1e12) * 1e3}
+    ms["launch"] = census["kernels_per_step"] * launch_us / 1e3
+    bound = max(ms, key=ms.get)
+    return {f"{k}_ms": v for k, v in ms.items()} | {"bound": bound, "floor_ms": ms[bound], "math": "measured"}
+
+
+def verdict(phases, gpu, device_type, hw):
+    """The bottleneck of the training step in plain words: (label, evidence, what to try next)."""
     share = {k: v["share"] for k, v in phases["phases"].items()}
     if share["data"] > 0.15:
         return (
@@ -84,11 +148,12 @@ def verdict(phases, gpu, device_type):
             f"the training loop waited for data {share['data']:.0%} of each step",
             "raise --workers, or lower the cost of each crop (the images are decoded once, into memory)",
         )
-    if share["other"] > 0.2:
+    overhead = share["other"] + share["logging"]
+    if overhead > 0.2:
         return (
             "overhead-bound",
-            f"logging, validation and checkpoints took {share['other']:.0%} of each step",
-            "raise --val-every and --checkpoint-every, or validate on fewer images (--val-max-images)",
+            f"logging and the loop's own work took {overhead:.0%} of each step",
+            "log less often, or look at a py-spy capture (--py-spy) for where the host spends it",
         )
     if device_type == "cuda" and gpu.get("kind") == "gpu" and gpu["util_mean"] < 80:
         return (
@@ -98,14 +163,20 @@ def verdict(phases, gpu, device_type):
             "the CPU cannot issue kernels fast enough: try --compile reduce-overhead (CUDA graphs), --fast-kernels, "
             "or a larger batch",
         )
+    own = hw and hw["own"]
+    if own and own.get("bound"):
+        floor = f"{own['bound']} floor of {own['floor_ms']:.1f} ms"
+        mfu = f", MFU {own['mfu']:.0%}" if own.get("mfu") is not None else ""
+        evidence = f"the step takes {phases['step_ms']:.1f} ms, {hw['vs_floor']:.1f}x its {floor}{mfu}"
+        if own["bound"] == "launch":
+            evidence += f" (about {hw['census']['kernels_per_step']:,} kernels per step)"
+        next_step = roofline.NEXT_STEP[own["bound"]] if device_type == "cuda" else "train on a CUDA GPU"
+        return f"{own['bound']}-bound", evidence, next_step
     compute = share["forward"] + share["backward"] + share["loss"]
-    where = "the GPU" if device_type == "cuda" else "the CPU"
     return (
         "compute-bound",
-        f"forward, loss and backward took {compute:.0%} of each step on {where}",
-        "try --fast-kernels with --compile, --precision bf16"
-        if device_type == "cuda"
-        else "train on a CUDA GPU; on the CPU, smaller crops or fewer blocks",
+        f"forward, loss and backward took {compute:.0%} of each step",
+        "try --fast-kernels with --compile, --precision bf16" if device_type == "cuda" else "train on a CUDA GPU",
     )
 
 
@@ -119,11 +190,31 @@ def loss_summary(metrics):
     out["window"] = k
     vals = [r for r in metrics if "val_psnr_y" in r]
     if vals:
-        out["validation"] = {k2: vals[-1][k2] for k2 in vals[-1] if k2.startswith("val_")} | {
-            "step": vals[-1]["step"] + 1
-        }
+        last = vals[-1]
+        out["validation"] = {k2: last[k2] for k2 in last if k2.startswith("val_")} | {"step": last["step"] + 1}
     out["skipped_steps"] = len(metrics) - len(trained)
     return out
+
+
+def progress(cfg, metrics, logged_steps, step_seconds):
+    """Where the run is: its last step, whether it finished, the wall time so far and the time to go."""
+    last_step = metrics[-1]["step"] + 1 if metrics else 0
+    steps = cfg.get("steps", 0)
+    return {
+        "last_step": last_step,
+        "steps": steps,
+        "finished": last_step >= steps,
+        "elapsed_s": sum(r["wall_ms"] for r in logged_steps) / 1e3,
+        "remaining_s": max(0, steps - last_step) * step_seconds,
+    }
+
+
+def read_json(path):
+    """A JSON file of the run folder, or None if it is missing or was cut short by a crash."""
+    try:
+        return json.loads(Path(path).read_text()) if Path(path).is_file() else None
+    except json.JSONDecodeError:
+        return None
 
 
 def analyse(folder):
@@ -132,53 +223,45 @@ def analyse(folder):
     envs = records.read_envs(folder)
     env = envs[-1] if envs else {}
     metrics = last_per_step(read_jsonl(folder / records.METRICS))
-    logged = {rank: last_per_step(read_jsonl(p)) for rank, p in records.rank_files(folder, records.PHASES_STEM).items()}
-    ranks = {rank: steady(records) for rank, records in logged.items()}
-    phases = ranks.get(0, [])
-    stats = phase_stats(phases)
+    phase_files = records.rank_files(folder, records.PHASES_STEM)
+    logged = {rank: last_per_step(read_jsonl(path)) for rank, path in phase_files.items()}
+    ranks = {rank: steady(steps) for rank, steps in logged.items()}
+    steps = ranks.get(0, [])
+    stats = phase_stats(steps)
     samples = [s for p in records.rank_files(folder, records.SAMPLES_STEM).values() for s in read_jsonl(p)]
     gpu = gpu_stats(samples, stats["step_ms"])
     device_type = env.get("device", {}).get("type", "cpu")
-    last_step = metrics[-1]["step"] + 1 if metrics else 0
+    hw = hardware(cfg, env, read_json(folder / records.CENSUS), stats["step_ms"])
+    if steps:
+        label, evidence, next_step = verdict(stats, gpu, device_type, hw)
+    else:
+        label, evidence, next_step = "unknown", "no step timings yet", "let the run take a few steps"
     step_s = stats["step_ms"] / 1e3
-    label, evidence, next_step = (
-        verdict(stats, gpu, device_type)
-        if phases
-        else ("unknown", "no step timings yet", "let the run take a few steps")
-    )
-    world = env.get("world_size", 1)
     return {
         "run": str(folder),
         "config": cfg,
         "env": env,
         "jobs": len(envs),
-        "progress": {"last_step": last_step, "steps": cfg.get("steps"), "finished": last_step >= cfg.get("steps", 0)},
+        "progress": progress(cfg, metrics, logged.get(0, []), step_s),
         "throughput": {
             "it_per_s": 1 / step_s if step_s else 0.0,
             "images_per_s": cfg.get("batch_size", 0) / step_s if step_s else 0.0,
-            "remaining_s": (cfg.get("steps", 0) - last_step) * step_s,
-            "timed_steps": len(phases),
+            "timed_steps": len(steps),
             "captured_steps": sum(bool(r.get("captured")) for r in logged.get(0, [])),
         },
         "phases": stats,
+        "scheduled": scheduled_work(logged.get(0, [])),
         "gpu": gpu,
+        "hardware": hw,
         "verdict": {"label": label, "evidence": evidence, "next": next_step},
         "ranks": rank_table(ranks) if len(ranks) > 1 else [],
-        "world_size": world,
+        "world_size": env.get("world_size", 1),
         "explosions": read_jsonl(folder / records.EXPLOSIONS),
         "losses": loss_summary(metrics),
-        "torch_profile": read_torch_profile(folder),
+        "torch_profile": read_json(folder / records.TORCH_PROFILE),
         "captures": sorted(p.name for p in folder.glob(f"{records.PYSPY_PREFIX}.*"))
-        + sorted(p.name for p in folder.glob(records.TORCH_TRACE)),
+        + sorted(p.name for p in folder.glob(records.TORCH_TRACE.replace(".json", "*.json"))),
     }
-
-
-def read_torch_profile(folder):
-    path = Path(folder) / records.TORCH_PROFILE
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except json.JSONDecodeError:  # cut short by a crash while it was written
-        return None
 
 
 def rank_table(ranks):
@@ -189,13 +272,14 @@ def rank_table(ranks):
             continue
         row = {
             "rank": rank,
-            "step_ms": mean(r["wall_ms"] for r in steps),
+            "step_ms": mean(step_ms(r) for r in steps),
             "data_ms": mean(r.get("data", 0.0) for r in steps),
             "backward_ms": mean(r.get("backward", 0.0) for r in steps),
             "work_ms": mean(sum(r.get(k, 0.0) for k in ("data", "h2d", "forward", "loss")) for r in steps),
         }
         if any("allreduce_ms" in r for r in steps):
             row["allreduce_ms"] = mean(r.get("allreduce_ms", 0.0) for r in steps)
+            row["allreduce_clock"] = next((r["allreduce_clock"] for r in steps if "allreduce_clock" in r), "host")
         rows.append(row)
     # Every rank waits for the slowest in the backward's all-reduce, so the step time is shared; a
     # straggler shows in the work before it: data, copy, forward and loss.

@@ -234,7 +234,10 @@ def bench_overhead(args, device):
     times, kind = {"on": [], "off": []}, None
     for _ in range(args.rounds):
         for key, timer in timers.items():
-            sampler = Sampler(samples, cfg["gpu_sample_ms"], log=lambda m: None) if key == "on" else nullcontext()
+            on = key == "on"
+            sampler = (
+                Sampler(samples, cfg["gpu_sample_ms"], log=lambda m: None, devices=device) if on else nullcontext()
+            )
             with sampler:
                 times[key].append(timed(partial(run, timer), device, warmup=1, repeats=args.steps))
             timer.flush()

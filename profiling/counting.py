@@ -7,7 +7,8 @@ the step dispatches (the backward's included) is counted once:
 - FLOPs: torch.utils.flop_counter's formulas (2 FLOPs per multiply-add), custom ops included when
   they register one (kernels/*.py do).
 - bytes: every input and output tensor of the op read or written once, at its dtype's size; views
-  move nothing. A lower bound of the traffic, and the one a fused kernel can reach.
+  move nothing. A lower bound of the traffic, and the one a fused kernel can reach. A custom op that
+  runs several kernels counts what each of them moves (the `traffic` table the caller passes).
 - kernel launches: KERNELS below, what PyTorch launches on a CUDA GPU for each aten op; a custom op
   counts its own launches (the `launches` table the caller passes).
 
@@ -186,8 +187,9 @@ class _Dispatch(TorchDispatchMode):
 class StepCounter:
     """Counts a step's ops by category; use it as the step's phase timer, under FakeTensorMode."""
 
-    def __init__(self, launches=None):
+    def __init__(self, launches=None, traffic=None):
         self.launches = launches or {}  # custom op name -> fn(args) -> kernels it launches
+        self.traffic = traffic or {}  # custom op name -> fn(args) -> bytes its kernels move
         self.current_phase, self.forward_category = None, None
         self.by_category = defaultdict(Counts)
         self.unknown_kernels = set()
@@ -200,7 +202,7 @@ class StepCounter:
         finally:
             self.current_phase = previous
 
-    def note(self, name, ms):
+    def note(self, name, ms, clock=None):
         """The timer interface's overlap figures (all-reduce time): nothing to count."""
 
     @contextmanager
@@ -227,7 +229,10 @@ class StepCounter:
             if func._overloadpacket in flop_registry
             else 0
         )
-        moved = _bytes(_tensors((args, kwargs))) + _bytes(_tensors(out))
+        if full in self.traffic:
+            moved = self.traffic[full](args)
+        else:
+            moved = _bytes(_tensors((args, kwargs))) + _bytes(_tensors(out))
         self.by_category[self.category(full, args, kwargs)].add(int(flops), moved, self.kernels(full, namespace, args))
 
     def kernels(self, name, namespace, args):

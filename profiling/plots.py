@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 from profiling import records  # noqa: E402  (after the backend is chosen)
 from profiling.analysis import last_per_step  # noqa: E402  (after the backend is chosen)
-from profiling.records import PHASES, read_jsonl  # noqa: E402  (after the backend is chosen)
+from profiling.records import STEP_PHASES, read_jsonl  # noqa: E402  (after the backend is chosen)
+from profiling.stats import percentile  # noqa: E402  (after the backend is chosen)
 
 LOSSES = ("loss", "forw_fit", "forw_ce", "back_rec")
 
@@ -30,12 +31,24 @@ def write_plots(folder):
     return written
 
 
-def draw_phases(folder, ax):
+def draw_phases(folder, ax, outlier_factor=3.0, labelled=5):
+    """The training step's phases stacked per step (scheduled work left out). The y axis stops at
+    `outlier_factor` x the p95 step time, so a few slow steps (warm-up, compilation, captures) do not
+    flatten the rest; each step above it is marked at the top, the slowest with their true time."""
     steps = last_per_step(read_jsonl(records.rank_file(folder, records.PHASES_STEM, 0)))
     if not steps:
         return False
-    ax.stackplot([r["step"] for r in steps], *[[r.get(p, 0.0) for r in steps] for p in PHASES], labels=PHASES)
-    ax.set(xlabel="step", ylabel="ms", title="time per step by phase")
+    x = [r["step"] for r in steps]
+    ax.stackplot(x, *[[r.get(p, 0.0) for r in steps] for p in STEP_PHASES], labels=STEP_PHASES)
+    totals = [sum(r.get(p, 0.0) for p in STEP_PHASES) for r in steps]
+    top = outlier_factor * percentile(totals, 0.95)
+    outliers = [(s, t) for s, t in zip(x, totals, strict=True) if t > top]
+    if outliers:
+        ax.set_ylim(0, top)
+        ax.plot([s for s, _ in outliers], [top] * len(outliers), "v", color="black", ms=4, clip_on=False)
+        for s, t in sorted(outliers, key=lambda o: -o[1])[:labelled]:
+            ax.annotate(f"{t:.0f} ms", (s, top), textcoords="offset points", xytext=(0, 4), fontsize=7, ha="center")
+    ax.set(xlabel="step", ylabel="ms", title="the training step by phase (scheduled work left out)")
     ax.legend(loc="upper right", fontsize=7, ncol=4)
     return True
 

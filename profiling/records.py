@@ -7,6 +7,7 @@
         phases.jsonl         per step: wall time and each phase in ms     (rank N > 0: phases.rankN.jsonl)
         gpu.jsonl            NVML (or process) samples                    (rank N > 0: gpu.rankN.jsonl)
         explosions.jsonl     recorded gradient explosions, batches in explosions/
+        census.json          one training step counted: FLOPs, kernels, bytes (profiling/counting.py)
         torch_profile.json   top ops of a torch.profiler capture, torch_trace.json its Chrome trace
         pyspy.*              py-spy captures
         checkpoints/
@@ -29,13 +30,17 @@ METRICS = "metrics.jsonl"
 PHASES_STEM = "phases"
 SAMPLES_STEM = "gpu"
 EXPLOSIONS = "explosions.jsonl"
+CENSUS = "census.json"
 TORCH_PROFILE = "torch_profile.json"
 TORCH_TRACE = "torch_trace.json"
 PYSPY_PREFIX = "pyspy"
 CHECKPOINTS = "checkpoints"
 
-# The phases of a training step, in the order they run; `other` is what they leave of the wall time.
-PHASES = ("data", "h2d", "forward", "loss", "backward", "optimizer", "other")
+# The phases of a training step, in the order they run; `other` is what the named phases leave of a
+# loop iteration. Scheduled work runs between steps, now and then; it is timed apart from the step.
+STEP_PHASES = ("data", "h2d", "forward", "loss", "backward", "optimizer", "logging", "other")
+SCHEDULED_PHASES = ("validation", "checkpoint", "capture")
+PHASES = STEP_PHASES + SCHEDULED_PHASES
 
 
 def rank_file(folder, stem, rank):

@@ -1,4 +1,5 @@
-"""`python -m profiling.report run_42 [--compare run_41] [--plot] [--json]`: where a run's time goes."""
+"""`python -m profiling.report run_42 [--compare run_41] [--plot] [--json]`: where a run's time goes, and
+how far its training step is from what the hardware allows."""
 
 import json
 import sys
@@ -8,8 +9,9 @@ from rich.panel import Panel
 from rich.table import Table
 
 from engine.errors import cli, parser
+from profiling import roofline
 from profiling.analysis import analyse
-from profiling.records import PHASES, find
+from profiling.records import STEP_PHASES, find
 
 
 def fmt_duration(seconds):
@@ -26,11 +28,11 @@ def header(run):
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
     p = run["progress"]
     fast = "on" if cfg.get("fast_kernels") else "off"
+    ranks = f" x{run['world_size']} ranks" if run["world_size"] > 1 else ""
     lines = [
         f"config [bold]{cfg.get('config')}[/]: x{cfg.get('scale')}, batch {cfg.get('batch_size')}, "
         f"crop {cfg.get('crop')}, precision {cfg.get('precision')}, fast kernels {fast}, compile {cfg.get('compile')}",
-        f"device: {dev.get('name', '?')} ({dev.get('type', '?')})"
-        + (f" x{run['world_size']} ranks" if run["world_size"] > 1 else ""),
+        f"device: {dev.get('name', '?')} ({dev.get('type', '?')}){ranks}",
         f"versions: {versions}",
         f"commit: {env.get('git_commit')}   jobs: {run['jobs']}   step {p['last_step']} of {p['steps']}"
         + (" (finished)" if p["finished"] else ""),
@@ -39,19 +41,23 @@ def header(run):
 
 
 def throughput_line(run):
-    t = run["throughput"]
+    t, p = run["throughput"], run["progress"]
     captured = f" ({t['captured_steps']} steps under a profiler capture left out)" if t.get("captured_steps") else ""
+    if p["finished"]:
+        when = f"finished {p['last_step']} steps in {fmt_duration(p['elapsed_s'])} of training loop"
+    else:
+        when = f"time to step {p['steps']}: {fmt_duration(p['remaining_s'])}"
     return (
         f"throughput: {t['it_per_s']:.2f} it/s, {t['images_per_s']:.1f} images/s over {t['timed_steps']} "
-        f"timed steps{captured}; time to step {run['progress']['steps']}: {fmt_duration(t['remaining_s'])}"
+        f"timed steps{captured}; {when}"
     )
 
 
 def phase_table(run):
-    table = Table(title="phases per step (steady state)")
+    table = Table(title="the training step, by phase (steady state)")
     for col in ("phase", "mean ms", "p50 ms", "p95 ms", "share"):
         table.add_column(col, justify="right" if col != "phase" else "left")
-    for name in PHASES:
+    for name in STEP_PHASES:
         row = run["phases"]["phases"][name]
         table.add_row(
             name, f"{row['mean_ms']:.2f}", f"{row['p50_ms']:.2f}", f"{row['p95_ms']:.2f}", f"{row['share']:.1%}"
@@ -61,8 +67,20 @@ def phase_table(run):
     return table
 
 
+def scheduled_lines(run):
+    lines = []
+    for name, s in run["scheduled"].items():
+        hint = f"  -> {s['hint']}" if s["hint"] else ""
+        lines.append(
+            f"{name}: {s['count']} times, {s['total_s']:.1f} s in all, {s['share']:.1%} of the wall time{hint}"
+        )
+    return ["scheduled work (apart from the step): " + ("none" if not lines else "")] + [f"  {x}" for x in lines]
+
+
 def gpu_lines(run):
     g = run["gpu"]
+    memory = run["phases"].get("mem_peak_mib")
+    allocated = f"; step peak allocated {memory / 1024:.2f} GiB" if memory else ""
     if g["kind"] == "gpu":
         power = ""
         if g["power_mean_w"]:
@@ -70,7 +88,7 @@ def gpu_lines(run):
         throttled = f", throttled {g['throttled_share']:.0%} of samples" if g["throttled_share"] else ""
         return (
             f"GPU {g['devices']}: utilisation mean {g['util_mean']:.0f}%, under 50% in {g['under_50_share']:.0%} "
-            f"of samples, peak memory {g['mem_peak_mib'] / 1024:.1f} GiB{power}{throttled}"
+            f"of samples, peak memory {g['mem_peak_mib'] / 1024:.1f} GiB{power}{throttled}{allocated}"
         )
     if g["kind"] == "process":
         return (
@@ -80,6 +98,43 @@ def gpu_lines(run):
     return "no utilisation samples"
 
 
+def hardware_lines(run):
+    hw = run["hardware"]
+    if not hw:
+        return ["hardware: no census.json in this run (made before the census existed)"]
+    c, own = hw["census"], hw["own"]
+    lines = [
+        f"one step, counted: {c['flops_per_step'] / 1e12:.3f} TFLOP, {c['bytes_per_step'] / 1e9:.1f} GB moved, "
+        f"{c['kernels_per_step']:,} kernels, {c['flops_per_step'] / max(c['bytes_per_step'], 1):.1f} FLOP/byte"
+    ]
+    if own.get("peak_tflops"):
+        lines.append(
+            f"achieved {own['achieved_tflops'] * 1e3:.1f} GFLOP/s = MFU {own['mfu']:.1%} of {own['peak_tflops']:.3g} "
+            f"TFLOP/s ({own['peak_source']})"
+        )
+    if own.get("floor_ms"):
+        floors = ", ".join(f"{k} {own[f'{k}_ms']:.2f} ms" for k in ("compute", "memory", "launch") if f"{k}_ms" in own)
+        lines.append(f"floors on this device: {floors}; the step is {hw['vs_floor']:.1f}x its {own['bound']} floor")
+    captured = (run["torch_profile"] or {}).get("kernels_per_step")
+    if captured and captured.get("mean"):
+        lines.append(
+            f"torch.profiler counted {captured['mean']:,.0f} {captured['unit']} per step; "
+            f"the census estimates {c['kernels_per_step']:,} GPU kernels ({c['ops_per_step']:,} aten ops)"
+        )
+    return lines
+
+
+def forecast_table(forecasts, precision, batch):
+    """Floors of one step on each named GPU, its bound, and the images/s a step at the floor would give."""
+    table = Table(title=f"this step on other GPUs ({precision}; floors, launches at {roofline.LAUNCH_US:g} us)")
+    for col in ("GPU", "math", "compute ms", "memory ms", "launch ms", "bound", "images/s at the floor"):
+        table.add_column(col, justify="left" if col in ("GPU", "bound") else "right")
+    for key, f in forecasts.items():
+        cells = [f"{f[k]:.2f}" for k in ("compute_ms", "memory_ms", "launch_ms")]
+        table.add_row(roofline.GPUS[key].name, f["math"], *cells, f["bound"], f"{batch / f['floor_ms'] * 1e3:,.0f}")
+    return table
+
+
 def verdict_panel(run):
     v = run["verdict"]
     return Panel(f"[bold]{v['label']}[/]: {v['evidence']}.\nnext: {v['next']}.", title="bottleneck")
@@ -87,22 +142,15 @@ def verdict_panel(run):
 
 def rank_table(run):
     table = Table(title="ranks")
-    extra = any("allreduce_ms" in r for r in run["ranks"])
-    for col in (
-        ("rank", "step ms", "data ms", "backward ms (incl. all-reduce)", "work before all-reduce ms")
-        + (("all-reduce ms",) if extra else ())
-        + ("",)
-    ):
+    clock = next((r["allreduce_clock"] for r in run["ranks"] if "allreduce_clock" in r), None)
+    reduce_col = (f"all-reduce ms ({'device' if clock == 'cuda' else 'host'} time)",) if clock else ()
+    for col in ("rank", "step ms", "data ms", "backward ms (incl. all-reduce)", "work before all-reduce ms"):
+        table.add_column(col, justify="right")
+    for col in (*reduce_col, ""):
         table.add_column(col, justify="right")
     for r in run["ranks"]:
-        cells = [
-            str(r["rank"]),
-            f"{r['step_ms']:.1f}",
-            f"{r['data_ms']:.1f}",
-            f"{r['backward_ms']:.1f}",
-            f"{r['work_ms']:.1f}",
-        ]
-        cells += [f"{r.get('allreduce_ms', 0.0):.1f}"] if extra else []
+        cells = [str(r["rank"]), *(f"{r[k]:.1f}" for k in ("step_ms", "data_ms", "backward_ms", "work_ms"))]
+        cells += [f"{r.get('allreduce_ms', 0.0):.1f}"] if clock else []
         table.add_row(*cells, "[red]straggler (>10% over median)" if r["straggler"] else "")
     return table
 
@@ -154,8 +202,12 @@ def render(console, run):
     console.print(header(run))
     console.print(throughput_line(run))
     console.print(phase_table(run))
-    console.print(gpu_lines(run))
+    for line in scheduled_lines(run) + [gpu_lines(run)] + hardware_lines(run):
+        console.print(line)
     console.print(verdict_panel(run))
+    if run["hardware"]:
+        batch = run["config"].get("batch_size", 0) // max(run["world_size"], 1)  # the census counts one rank
+        console.print(forecast_table(run["hardware"]["forecasts"], run["config"].get("precision", "fp32"), batch))
     if run["ranks"]:
         console.print(rank_table(run))
     if run["torch_profile"]:
@@ -174,10 +226,20 @@ def comparison_rows(first, second):
         ("step ms", first["phases"]["step_ms"], second["phases"]["step_ms"]),
     ]
     rows += [
-        (f"{p} ms", first["phases"]["phases"][p]["mean_ms"], second["phases"]["phases"][p]["mean_ms"]) for p in PHASES
+        (f"{p} ms", first["phases"]["phases"][p]["mean_ms"], second["phases"]["phases"][p]["mean_ms"])
+        for p in STEP_PHASES
     ]
     if first["gpu"]["kind"] == second["gpu"]["kind"] == "gpu":
         rows.append(("GPU util %", first["gpu"]["util_mean"], second["gpu"]["util_mean"]))
+    if first["hardware"] and second["hardware"]:
+        a, b = first["hardware"], second["hardware"]
+        rows.append(("GFLOP per step", a["census"]["flops_per_step"] / 1e9, b["census"]["flops_per_step"] / 1e9))
+        rows.append(("GB per step", a["census"]["bytes_per_step"] / 1e9, b["census"]["bytes_per_step"] / 1e9))
+        rows.append(("kernels per step", a["census"]["kernels_per_step"], b["census"]["kernels_per_step"]))
+        if a["own"].get("mfu") is not None and b["own"].get("mfu") is not None:
+            rows.append(("MFU %", 100 * a["own"]["mfu"], 100 * b["own"]["mfu"]))
+        for key in roofline.GPUS:
+            rows.append((f"floor on {key} ms", a["forecasts"][key]["floor_ms"], b["forecasts"][key]["floor_ms"]))
     if first["losses"] and second["losses"]:
         rows.append(("last loss", first["losses"]["loss"]["last"], second["losses"]["loss"]["last"]))
     return rows
@@ -189,7 +251,7 @@ def comparison_table(first, second):
     for col in ("", first["run"], second["run"], "ratio"):
         table.add_column(col, justify="right")
     for name, x, y in comparison_rows(first, second):
-        table.add_row(name, f"{x:.3f}", f"{y:.3f}", f"{y / x:.2f}x" if x else "-")
+        table.add_row(name, f"{x:,.3f}", f"{y:,.3f}", f"{y / x:.2f}x" if x else "-")
     return table
 
 

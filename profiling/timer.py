@@ -1,8 +1,9 @@
 """Per-phase step timings: `with timer.phase("forward"): ...`, then `timer.end_step(step)`.
 
-Host phases (waiting for data, logging, checkpoints) are timed with perf_counter. Device phases on CUDA
-are timed with CUDA events that are read back one step later, so timing never adds a synchronize.
-Every step yields one record: wall time of the step, each phase in ms, and `other` (the rest).
+Host phases (waiting for data, logging, validation, checkpoints) are timed with perf_counter. Device
+phases on CUDA are timed with CUDA events that are read back one step later, so timing never adds a
+synchronize. Every step yields one record: wall time of the loop iteration, each phase in ms, `other`
+(the rest) and, on CUDA, the step's peak of allocated memory and the memory the allocator holds.
 """
 
 import time
@@ -12,7 +13,7 @@ import torch
 
 from profiling.records import PHASES
 
-HOST_PHASES = ("data", "other")
+DEVICE_PHASES = ("h2d", "forward", "loss", "backward", "optimizer")
 
 
 class PhaseTimer:
@@ -28,7 +29,7 @@ class PhaseTimer:
         if not self.enabled:
             yield
             return
-        device = self.cuda and name not in HOST_PHASES
+        device = self.cuda and name in DEVICE_PHASES
         parent = self.open[-1] if self.open else None
         self.open.append(name)
         begin = _event() if device else time.perf_counter()
@@ -39,10 +40,13 @@ class PhaseTimer:
             measure = (begin, _event()) if device else (time.perf_counter() - begin) * 1e3
             self.spans.append((name, parent, measure))
 
-    def note(self, name, ms):
-        """A figure that overlaps the phases (e.g. all-reduce during backward): recorded as NAME_ms, not summed."""
+    def note(self, name, ms, clock=None):
+        """A figure that overlaps the phases (e.g. all-reduce during backward): recorded as NAME_ms, not
+        summed into the step; `clock` says whose clock measured it (NAME_clock)."""
         if self.enabled:
             self.notes[f"{name}_ms"] = self.notes.get(f"{name}_ms", 0.0) + ms
+            if clock:
+                self.notes[f"{name}_clock"] = clock
 
     def end_step(self, step, captured=False):
         """Close the step (`captured`: a profiler ran during it); returns the record completed now (the
@@ -57,6 +61,7 @@ class PhaseTimer:
         self.step_start, self.spans, self.notes = now, [], {}
         if not self.cuda:
             return self._emit(_resolve(*closed))
+        record.update(memory_of_step())
         done, self.pending = self.pending, closed
         return self._emit(_resolve(*done)) if done else None
 
@@ -69,6 +74,14 @@ class PhaseTimer:
         if self.sink is not None:
             self.sink.write(record)
         return record
+
+
+def memory_of_step():
+    """The step's peak of allocated memory and what the caching allocator holds, in MiB (host-side
+    counters: no sync); the peak is reset for the next step."""
+    peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.memory_reserved()
+    torch.cuda.reset_peak_memory_stats()
+    return {"mem_peak_mib": round(peak / 2**20, 1), "mem_reserved_mib": round(reserved / 2**20, 1)}
 
 
 def _event():

@@ -16,8 +16,19 @@ STDLIB = set(sys.stdlib_module_names)
 
 MODEL = {"api", "irn", "ops", "losses", "metrics", "images", "grids", "data", "imresize", "evaluation", "errors"}
 MODEL_CLIS = {"evaluate", "rescale"}
-TRAINING = {"trainer", "train", "guard", "checkpoint", "distributed", "progress", "rundir", "config", "replay"}
-PROFILING_RUNTIME = {"timer", "gpu", "capture", "flamegraph", "records", "stats", "counting"}
+TRAINING = {
+    "trainer",
+    "train",
+    "guard",
+    "checkpoint",
+    "distributed",
+    "progress",
+    "rundir",
+    "config",
+    "replay",
+    "stopping",
+}
+PROFILING_RUNTIME = {"timer", "gpu", "capture", "flamegraph", "records", "stats", "counting", "probe"}
 REPORT = {"report", "analysis", "plots", "roofline"}
 TOOLS = {"bench", "census", "targets"}  # drivers that run the engine to measure it
 

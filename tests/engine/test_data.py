@@ -31,8 +31,8 @@ def test_samples_are_deterministic_per_index_and_augmented():
 
 
 def test_ranks_split_each_global_batch_and_together_see_one_process_s_samples():
-    one = data.RankSamples(start_step=3, global_batch=4, rank=0, per_rank=4)
-    two = [data.RankSamples(3, 4, rank, 2) for rank in (0, 1)]
+    one = data.RankSamples(start=12, global_batch=4, rank=0, per_rank=4)
+    two = [data.RankSamples(12, 4, rank, 2) for rank in (0, 1)]
 
     def take(sampler, n):
         return list(itertools.islice(iter(sampler), n))

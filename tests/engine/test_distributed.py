@@ -78,7 +78,8 @@ def test_two_ranks_hold_identical_weights_equal_to_one_process(runs):
 def test_rank_zero_alone_writes_metrics_and_checkpoints(runs):
     folder = runs / "runs" / "two"
     assert len(read_jsonl(folder / "metrics.jsonl")) == 6
-    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["last.pt"]
+    saved = ["last.pt", "step_00000003.pt", "step_00000006.pt"]  # --checkpoint-every 3 (no validation images)
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == saved
     assert len(read_jsonl(folder / "phases.jsonl")) == 6 and len(read_jsonl(folder / "phases.rank1.jsonl")) == 6
     assert (folder / "gpu.rank1.jsonl").exists() and not list(folder.glob("metrics.rank*"))
     env = read_jsonl(folder / "env.jsonl")[0]

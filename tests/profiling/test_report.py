@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine import data, train
+from engine import config, data, train
 from profiling import report
 from profiling.analysis import analyse, loss_summary
 from profiling.records import read_jsonl
@@ -29,10 +29,12 @@ def test_report_renders_a_real_run(two_runs, capsys):
     for text in (
         "run runs/a",
         "throughput",
-        "phases per step",
+        "the training step, by phase",
         "backward",
         "bottleneck",
-        "compute-bound",
+        "-bound",
+        "MFU",
+        "this step on other GPUs",
         "losses",
         "commit",
     ):
@@ -52,9 +54,17 @@ def test_slow_loader_makes_the_verdict_data_bound(image_folder, in_tmp, monkeypa
     assert verdict["label"] == "data-bound" and "waited for data" in verdict["evidence"]
 
 
-def test_in_memory_data_on_a_cpu_is_compute_bound(two_runs):
-    verdict = analyse(two_runs[0])["verdict"]
-    assert verdict["label"] == "compute-bound" and "forward, loss and backward" in verdict["evidence"]
+def test_a_cpu_run_is_judged_against_its_own_floors(two_runs):
+    """In-memory data is not the bottleneck; the step is set against the CPU's measured matrix-product rate
+    and launch cost: the larger floor names the bound."""
+    run = analyse(two_runs[0])
+    own, census = run["hardware"]["own"], run["hardware"]["census"]
+    assert own["peak_source"].startswith("measured fp32 matrix product")
+    expected = "launch" if own["launch_ms"] > own["compute_ms"] else "compute"
+    assert run["verdict"]["label"] == f"{expected}-bound" and f"its {expected} floor" in run["verdict"]["evidence"]
+    assert own["mfu"] == pytest.approx(
+        census["flops_per_step"] / (run["phases"]["step_ms"] / 1e3) / 1e12 / own["peak_tflops"]
+    )
 
 
 def test_compare_two_runs_side_by_side(two_runs, capsys):
@@ -84,7 +94,7 @@ def test_crashed_run_with_truncated_files_still_reports(two_runs, capsys):
     shutil.rmtree(crashed / "checkpoints")
     complete = (crashed / "metrics.jsonl").read_text().count("\n")
     report.main(["crashed"])
-    assert "phases per step" in capsys.readouterr().out
+    assert "the training step, by phase" in capsys.readouterr().out
     progress = analyse(crashed)["progress"]
     assert progress["last_step"] == complete < 14 and not progress["finished"]
 
@@ -148,3 +158,71 @@ def test_loss_summary_leaves_out_overflow_steps_without_a_grad_norm():
     ]
     summary = loss_summary(records)
     assert summary["grad_norm"] == {"first": 2.0, "last": 5.0, "min": 2.0} and summary["loss"]["first"] == 10.0
+
+
+def recorded_gpu_run(folder, steps=30, step_ms=40.0, validation_ms=5000.0):
+    """A run folder as an H100 run of the x4 recipe in bf16 would leave it: records written by hand."""
+    from profiling import records
+
+    folder.mkdir(parents=True)
+    cfg = {**config.load("irn_x4")[0], "config": "irn_x4", "precision": "bf16", "steps": 100}
+    records.write_json(folder / "config.json", cfg)
+    env = {"device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}, "world_size": 1}
+    env |= {"probe": {"launch_us": 4.0, "matmul_tflops": 700.0}, "backends": {"cudnn_allow_tf32": True}}
+    census = {"flops_per_step": 2.32e12, "bytes_per_step": 73e9, "kernels_per_step": 6000, "ops_per_step": 4469}
+    records.write_json(folder / "census.json", census | {"categories": {}, "setting": {}})
+    with records.JsonLines(folder / "env.jsonl") as out:
+        out.write(env)
+    with records.JsonLines(folder / "phases.jsonl") as phases, records.JsonLines(folder / "metrics.jsonl") as metrics:
+        for step in range(steps):
+            validation = validation_ms if step % 10 == 9 else 0.0
+            parts = {"data": 1.0, "h2d": 1.0, "forward": 12.0, "loss": 1.0, "backward": 22.0, "optimizer": 2.0}
+            parts |= {"logging": 0.5, "other": 0.5, "validation": validation}
+            phases.write({"step": step, "wall_ms": step_ms + validation, **parts})
+            metrics.write(
+                {"step": step, "loss": 100.0 - step, "forw_fit": 1.0, "forw_ce": 1.0, "back_rec": 98.0 - step}
+            )
+    with records.JsonLines(folder / "gpu.jsonl") as samples:
+        for t in range(20):
+            samples.write({"t": t / 10, "gpu": 0, "util": 97, "mem_used_mib": 30000, "power_w": 600.0})
+    return folder
+
+
+def test_a_recorded_gpu_run_gets_its_mfu_floors_and_bound(in_tmp, capsys):
+    run = analyse(recorded_gpu_run(Path("runs/h100")))
+    assert run["phases"]["step_ms"] == pytest.approx(40.0)  # validation is scheduled work, not the step
+    own = run["hardware"]["own"]
+    assert own["peak_tflops"] == 989.4 and own["math"] == "bf16"
+    assert own["mfu"] == pytest.approx(2.32e12 / 0.040 / 1e12 / 989.4)
+    assert own["launch_ms"] == pytest.approx(6000 * 4.0 / 1e3) and own["bound"] == "launch"
+    assert run["verdict"]["label"] == "launch-bound" and "about 6,000 kernels per step" in run["verdict"]["evidence"]
+    assert "reduce-overhead" in run["verdict"]["next"]
+    validation = run["scheduled"]["validation"]
+    assert validation["count"] == 3 and validation["share"] == pytest.approx(15000 / (30 * 40 + 15000))
+    assert "--val-every" in validation["hint"]
+    report.main(["h100"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "MFU 5.9%" in out and "time to step 100:" in out and "validation: 3 times" in out
+    assert "H100 SXM5" in out and "A100 SXM4" in out  # the forecast table
+
+
+def test_a_finished_run_says_so_instead_of_a_time_to_go(two_runs, capsys):
+    report.main(["a"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "finished 14 steps in" in out and "time to step" not in out
+
+
+def test_the_phase_plot_keeps_slow_steps_from_flattening_the_rest(in_tmp):
+    import matplotlib.pyplot as plt
+
+    from profiling import plots
+
+    folder = recorded_gpu_run(Path("runs/h100"))
+    with open(folder / "phases.jsonl", "a") as f:
+        f.write(json.dumps({"step": 30, "wall_ms": 4000.0, "forward": 3960.0, "other": 40.0}) + "\n")
+    fig, ax = plt.subplots()
+    assert plots.draw_phases(folder, ax)
+    top = ax.get_ylim()[1]
+    assert top == pytest.approx(3 * 40.0, rel=0.05)  # 3 x the p95 step, not the 4 s one
+    assert any(text.get_text() == "4000 ms" for text in ax.texts)
+    plt.close(fig)

@@ -1,0 +1,66 @@
+"""`python -m profiling.census --config irn_x4 [--KEY VALUE ...] [--fast-kernels] [--json]`
+
+One training step counted on fake tensors (no GPU, no compute): FLOPs, GPU kernel launches and bytes
+moved per op category and in all, then the floors of that step on P100, V100, A100 and H100
+(profiling/roofline.py). Every config key is a flag, as for engine.train. The counts are of the eager
+ops; torch.compile fuses some of them.
+"""
+
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from engine import config
+from engine.errors import cli
+from engine.trainer import census
+from profiling import roofline
+from profiling.report import forecast_table
+
+
+def census_table(counted, title):
+    table = Table(title=title)
+    for col in ("category", "GFLOP", "GB moved", "kernels", "aten ops", "FLOP/byte"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    rows = [
+        *counted["categories"].items(),
+        ("[bold]step", {k: counted[f"{k}_per_step"] for k in ("flops", "bytes", "kernels", "ops")}),
+    ]
+    for name, c in rows:
+        intensity = c["flops"] / c["bytes"] if c["bytes"] else 0.0
+        table.add_row(
+            name,
+            f"{c['flops'] / 1e9:.1f}",
+            f"{c['bytes'] / 1e9:.2f}",
+            f"{c['kernels']:,}",
+            f"{c['ops']:,}",
+            f"{intensity:.1f}",
+        )
+    return table
+
+
+@cli
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
+    argv = [a for a in argv if a != "--json"]
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+    cfg, _ = config.resolve(argv, prog="python -m profiling.census")
+    counted = census(cfg).to_json()
+    if as_json:
+        print(json.dumps({**counted, "forecasts": roofline.forecasts(counted, cfg["precision"])}, indent=1))
+        return
+    console = Console()
+    s = counted["setting"]
+    path = "fused (--fast-kernels)" if s["fast_kernels"] else "FrEIA reference ops"
+    shape = f"x{s['scale']}, batch {s['batch_size']}, {s['crop']}x{s['crop']}"
+    title = f"one training step at {shape}, {s['precision']}, {path}"
+    console.print(census_table(counted, title))
+    forecasts = roofline.forecasts(counted, cfg["precision"])
+    console.print(forecast_table(forecasts, cfg["precision"], cfg["batch_size"]))
+
+
+if __name__ == "__main__":
+    main()

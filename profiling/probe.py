@@ -1,0 +1,49 @@
+"""What this machine can do, measured once at the start of a run: the cost of one kernel launch and the
+FLOP/s of a large matrix product, the practical peak where no vendor figure is known (CPUs, unlisted
+GPUs). The report sets a run's measured step against these (profiling/roofline.py).
+"""
+
+import time
+
+import torch
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def launch_us(device, launches=200):
+    """Host time per launch of a tiny kernel, issued back to back: the floor of an op-by-op step."""
+    x = torch.zeros(1, device=device)
+    for _ in range(20):
+        x.add_(1)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(launches):
+        x.add_(1)
+    issued = time.perf_counter() - start
+    _sync(device)
+    return issued / launches * 1e6
+
+
+def matmul_tflops(device, dtype=torch.float32, size=None, repeats=3):
+    """Best TFLOP/s of a square matrix product (2 n^3 FLOPs) in `dtype` on `device`."""
+    n = size or (8192 if device.type == "cuda" else 1024)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e12
+
+
+def probe(device, precision):
+    """{'launch_us', 'matmul_tflops'} of `device`, the product in the run's precision."""
+    device = torch.device(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return {"launch_us": round(launch_us(device), 3), "matmul_tflops": round(matmul_tflops(device, dtype), 4)}
