@@ -86,8 +86,9 @@ def boolean(v, cfg):
     return None if isinstance(v, bool) else "true or false"
 
 
-def power_of_two(v, cfg):
-    return None if _is_int(v) and v >= 2 and v & (v - 1) == 0 else "a power of two (2, 4, 8, 16, ...)"
+def scale_factor(v, cfg):
+    ok = _is_int(v) and (v == 3 or v >= 2 and v & (v - 1) == 0)
+    return None if ok else "a power of two (2, 4, 8, 16, ...) or 3"
 
 
 def crop_size(v, cfg):
@@ -138,10 +139,11 @@ def _parses(parse, value):
 INTEGERS = list_of(int, "comma-separated integers")
 NUMBERS = list_of(float, "comma-separated numbers")
 KEYS = {  # key: (how its flag's text is read, the rule its value must meet)
-    "scale": (int, power_of_two),
+    "scale": (int, scale_factor),
     "blocks_per_stage": (int, integer(1)),
     "growth": (int, integer(1)),
     "clamp": (float, number(0, strict=True)),
+    "invertible_backprop": (parse_bool, boolean),
     "data": (str, text),
     "val": (str, text),
     "crop": (int, crop_size),
@@ -173,10 +175,12 @@ KEYS = {  # key: (how its flag's text is read, the rule its value must meet)
     "checkpoint_every": (int, integer(0)),
     "checkpoints_kept": (int, integer(1)),
     "time_limit": (str, duration),
+    "init_from": (str, text),
     "py_spy": (str, window),
     "py_spy_native": (parse_bool, boolean),
     "torch_profile": (str, window),
     "gpu_sample_ms": (int, integer(1)),
+    "tensorboard": (parse_bool, boolean),
 }
 
 
@@ -190,7 +194,7 @@ def check(cfg, world=1):
         raise UserError(f"unknown config key {unknown[0]!r}{_suggestion(unknown[0], KEYS)}")
     context = {**cfg, "_world": world}
     for key, (read, rule) in KEYS.items():
-        if key == "crop" and power_of_two(cfg["scale"], context):
+        if key == "crop" and scale_factor(cfg["scale"], context):
             continue  # the scale's own message comes first
         allowed = rule(cfg[key], context)
         if allowed:

@@ -62,7 +62,7 @@ def test_unknown_key_names_close_matches():
         (["--crop", "30"], "--crop 30: expected a multiple of the scale 4, at least 8"),
         (["--crop", "33"], "--crop 33: expected a multiple of the scale 4"),
         (["--scale", "8", "--crop", "8"], "--crop 8: expected a multiple of the scale 8, at least 16"),
-        (["--scale", "3"], "--scale 3: expected a power of two"),
+        (["--scale", "5"], "--scale 5: expected a power of two (2, 4, 8, 16, ...) or 3"),
         (["--lr", "nan"], "--lr nan: expected a finite number > 0"),
         (["--lr", "0"], "--lr 0.0: expected a finite number > 0"),
         (["--lambda-fit", "inf"], "--lambda-fit inf: expected a finite number >= 0"),
