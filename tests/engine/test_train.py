@@ -263,7 +263,7 @@ def test_too_many_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(image
         (["--device", "tpu"], "--device tpu: expected auto, cpu, cuda or cuda:N"),
         (["--precision", "fp8"], "--precision fp8: expected fp32, bf16 or fp16"),
         (["--precision", "bf16", "--device", "cpu"], "--precision bf16 needs a GPU"),
-        (["--device", "cuda"], "needs a CUDA GPU") if not torch.cuda.is_available() else (["--scale", "3"], "power of"),
+        (["--device", "cuda"], "needs a CUDA GPU") if not torch.cuda.is_available() else (["--scale", "5"], "power of"),
     ],
 )
 def test_bad_input_gives_one_line(args, message, in_tmp, capsys):
