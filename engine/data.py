@@ -1,8 +1,12 @@
-"""Training data: HR images decoded once into memory as uint8, random augmented crops, GPU-side bicubic LR.
+"""Training data: HR images decoded once into memory, their LR references, random augmented crops.
 
-Sample g of a run (g counts over the global batch: step * batch + position) is a pure function of
-(seed, g): its image, crop box, flip/rotation and the z noise of its backward pass. So the data a run
-sees does not depend on workers, on resumption, or on how many ranks share the batch.
+As the official pipeline does, the LR reference of a training image is MATLAB's bicubic downscaling of
+the whole image (engine/imresize.py), made once at load and kept in memory beside the HR (uint8) as
+float32; a crop is drawn in LR pixels, the HR crop is the same area at `scale` times the size, and both
+get the same flip/rotation. Sample g of a run (g counts over the global batch: step * batch +
+position) is a pure function of (seed, g): its image, crop box, flip/rotation and the z noise of its
+backward pass. So the data a run sees does not depend on workers, on resumption, or on how many ranks
+share the batch.
 """
 
 import signal
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from engine.errors import UserError
+from engine.imresize import imresize
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")  # what a cluster or a user sends to stop a job
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
@@ -35,6 +40,22 @@ class ImageSet:
     names: list  # file names, for recording where a sample came from
     images: list  # HxWx3 uint8 arrays
     skipped: dict  # reason -> list of names
+
+
+@dataclass
+class TrainingSet:
+    names: list
+    hrs: list  # HxWx3 uint8, H and W multiples of the scale
+    lrs: list  # (H/s)x(W/s)x3 float32: the LR reference of the whole image, neither rounded nor clipped
+
+
+def training_set(found, scale):
+    """The images cropped to multiples of the scale, each with its LR reference (MATLAB bicubic)."""
+    hrs = [
+        np.ascontiguousarray(img[: img.shape[0] - img.shape[0] % scale, : img.shape[1] - img.shape[1] % scale])
+        for img in found.images
+    ]
+    return TrainingSet(found.names, hrs, [imresize(hr, scale) for hr in hrs])
 
 
 def embedded_dir():
@@ -118,8 +139,8 @@ def describe_skipped(skipped):
 class CropDataset(torch.utils.data.Dataset):
     """Sample g: a random image, crop box, flip/rotation and z noise, all drawn from rng(seed, g)."""
 
-    def __init__(self, images, crop, seed, scale):
-        self.images, self.crop, self.seed = images, crop, seed
+    def __init__(self, data, crop, seed, scale):
+        self.data, self.crop, self.seed, self.scale = data, crop, seed, scale
         self.z_shape = (3 * (scale**2 - 1), crop // scale, crop // scale)
 
     def __len__(self):
@@ -127,16 +148,19 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         rng = np.random.default_rng([self.seed, index])
-        image = int(rng.integers(len(self.images)))
-        h, w, _ = self.images[image].shape
-        top, left = int(rng.integers(h - self.crop + 1)), int(rng.integers(w - self.crop + 1))
+        image = int(rng.integers(len(self.data.hrs)))
+        lr_image, side = self.data.lrs[image], self.crop // self.scale
+        top, left = int(rng.integers(lr_image.shape[0] - side + 1)), int(rng.integers(lr_image.shape[1] - side + 1))
         aug = int(rng.integers(8))  # bit 0: h-flip, bit 1: v-flip, bit 2: transpose (with flips: the 8 rotations)
-        patch = augment(self.images[image][top : top + self.crop, left : left + self.crop], aug)
+        s = self.scale
+        hr = augment(self.data.hrs[image][s * top : s * (top + side), s * left : s * (left + side)], aug)
+        lr = augment(lr_image[top : top + side, left : left + side], aug)
         return {
-            "hr": torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))),
+            "hr": torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1))),
+            "lr_ref": torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1))),
             "noise": torch.from_numpy(rng.standard_normal(self.z_shape, dtype=np.float32)),
             "image": image,
-            "box": torch.tensor([top, left, self.crop, self.crop]),
+            "box": torch.tensor([s * top, s * left, self.crop, self.crop]),
             "aug": aug,
         }
 
@@ -172,11 +196,11 @@ def ignore_stop_signals(worker_id):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
-def loader(images, cfg, start_sample, rank=0, world=1, pin_memory=False):
+def loader(data, cfg, start_sample, rank=0, world=1, pin_memory=False):
     """Batches of this rank's share of the global sample stream, from global sample `start_sample` on."""
     per_rank = cfg["batch_size"] // world
     return torch.utils.data.DataLoader(
-        CropDataset(images, cfg["crop"], cfg["seed"], cfg["scale"]),
+        CropDataset(data, cfg["crop"], cfg["seed"], cfg["scale"]),
         batch_size=per_rank,
         sampler=RankSamples(start_sample, cfg["batch_size"], rank, per_rank),
         num_workers=cfg["workers"],
@@ -194,8 +218,16 @@ def to_float(batch_u8):
 
 
 def bicubic_down(hr, scale):
-    """The LR reference: antialiased bicubic (a = -0.5, as MATLAB's imresize) on the training device."""
+    """Antialiased bicubic (a = -0.5) on the device: MATLAB's imresize inside the image, renormalised at
+    its border; for images shown beside IRN's LR. The training LR reference is engine/imresize.py's."""
     return F.interpolate(hr, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
+
+
+def lr_reference(img, scale):
+    """The official LR reference of a whole HxWx3 uint8 image (cropped to multiples of the scale) as a
+    (1,3,h,w) float tensor: MATLAB bicubic, neither rounded nor clipped."""
+    h, w = (s - s % scale for s in img.shape[:2])
+    return torch.from_numpy(np.ascontiguousarray(imresize(img[:h, :w], scale).transpose(2, 0, 1)))[None]
 
 
 def image_tensor(img, multiple):

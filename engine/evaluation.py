@@ -27,7 +27,8 @@ VALIDATION = z_settings("sample", [0.0, 1.0], 1)  # the trainer's: z = 0 for the
 
 @torch.no_grad()
 def score_images(model, images, settings, device, on_image=None, indices=None):
-    """Per image: its LR's PSNR-Y against bicubic and, per setting, the scores of each seed's upscale.
+    """Per image: its LR's PSNR-Y against the bicubic reference and, per setting, the scores of each seed's
+    upscale.
 
     `indices` are the images' places in their set (default 0, 1, ...): they seed z. `on_image(index, hr,
     lr, {label: upscale of the first seed})` sees every image's results (grids, files).
@@ -38,7 +39,8 @@ def score_images(model, images, settings, device, on_image=None, indices=None):
     for i, img in zip(indices or range(len(images)), images, strict=True):
         hr = data.image_tensor(img, model.scale).to(device)
         lr, _ = model.downscale(hr)
-        row, first = {"lr_psnr_y": metrics.psnr(lr, data.bicubic_down(hr, model.scale)).item()}, {}
+        reference = data.lr_reference(img, model.scale).to(device)
+        row, first = {"lr_psnr_y": metrics.psnr(lr, reference).item()}, {}
         for label, temperature, seeds in settings:
             row[label] = []
             for seed in seeds:

@@ -35,11 +35,11 @@ def pick_event(folder, step):
     raise UserError(f"no saved batch for step {step}; steps with one: {', '.join(str(e['step']) for e in events[:20])}")
 
 
-def losses_and_grad_norm(model, hr, noise, cfg):
+def losses_and_grad_norm(model, hr, lr_ref, noise, cfg):
     """Losses and the grad norm of the training objective for a batch (one sample or all)."""
     model.zero_grad(set_to_none=True)
     y, z, reconstruction = network_passes(model, hr, noise, cfg["z_scale"])
-    losses = irn_losses(y, z, reconstruction, hr, data.bicubic_down(hr, cfg["scale"]), cfg)
+    losses = irn_losses(y, z, reconstruction, hr, lr_ref, cfg)
     sum(losses.values()).backward()
     norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item()
     return {k: v.item() for k, v in losses.items()}, norm
@@ -54,7 +54,9 @@ def replay(folder, event, weights, device="cpu"):
     rows = []
     for name, image, box, part in [*parts, ("batch", "all", "", slice(None))]:
         hr = data.to_float(batch["hr"][part].to(device))
-        rows.append((name, image, box, *losses_and_grad_norm(model, hr, batch["noise"][part].to(device), cfg)))
+        # batches of runs before the official LR reference carry none: theirs was bicubic on the crop
+        lr_ref = batch["lr_ref"][part].to(device) if "lr_ref" in batch else data.bicubic_down(hr, cfg["scale"])
+        rows.append((name, image, box, *losses_and_grad_norm(model, hr, lr_ref, batch["noise"][part].to(device), cfg)))
     return rows
 
 

@@ -53,7 +53,7 @@ def pick_device(cfg):
 
 
 def training_data(cfg):
-    """(train set, validation set) from --data/--val, or the embedded photographs."""
+    """(train set with its LR references, validation set) from --data/--val, or the embedded photographs."""
     train = data.read_folder(cfg["data"], min_size=cfg["crop"]) if cfg["data"] else data.embedded("train")
     if cfg["val"]:
         val = data.read_folder(cfg["val"], min_size=cfg["scale"] * 2)
@@ -62,7 +62,7 @@ def training_data(cfg):
     for name, found in (("training", train), ("validation", val)):
         if found.skipped:
             console.print(f"[yellow]{name} images skipped: {data.describe_skipped(found.skipped)}")
-    return train, val
+    return data.training_set(train, cfg["scale"]), val
 
 
 def validate(trainer, val, step, folder, cfg):
@@ -148,7 +148,7 @@ def train(trainer, cfg, folder, state, train_set, val_set, time_limit):
     )
     step, progress = resume_point(state, guard, cfg)
     pin = device.type == "cuda"
-    batches = iter(data.loader(train_set.images, cfg, progress["samples_seen"], ranks.rank, ranks.world, pin))
+    batches = iter(data.loader(train_set, cfg, progress["samples_seen"], ranks.rank, ranks.world, pin))
     stopped, step_seconds, saved_at = None, {}, None
     with ExitStack() as stack:
         phases = stack.enter_context(records.JsonLines(records.rank_file(folder, records.PHASES_STEM, ranks.rank)))

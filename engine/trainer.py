@@ -139,7 +139,7 @@ class Trainer:
         with timer.phase("h2d"):
             hr = data.to_float(batch["hr"].to(self.device, non_blocking=True))
             noise = batch["noise"].to(self.device, non_blocking=True)
-            lr_ref = data.bicubic_down(hr, cfg["scale"])
+            lr_ref = batch["lr_ref"].to(self.device, non_blocking=True)
         with timer.phase("forward"):
             y, z, reconstruction = network_passes(self.net, hr, noise, cfg["z_scale"])
         with timer.phase("loss"):
@@ -210,6 +210,7 @@ def census(cfg, fast_kernels=None):
         b, crop, side = cfg["batch_size"], cfg["crop"], cfg["crop"] // cfg["scale"]
         batch = {
             "hr": torch.empty(b, 3, crop, crop, dtype=torch.uint8),
+            "lr_ref": torch.empty(b, 3, side, side),
             "noise": torch.empty(b, trainer.model.z_channels(), side, side),
         }
         with counter.counting():

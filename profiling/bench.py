@@ -173,6 +173,7 @@ def step_runner(cfg, device, folder=None):
     b, crop, scale = cfg["batch_size"], cfg["crop"], cfg["scale"]
     batch = {
         "hr": torch.randint(0, 256, (b, 3, crop, crop), dtype=torch.uint8, generator=g),
+        "lr_ref": torch.rand(b, 3, crop // scale, crop // scale, generator=g),
         "noise": torch.randn(b, trainer.model.z_channels(), crop // scale, crop // scale, generator=g),
         "image": torch.zeros(b, dtype=torch.long),
         "box": torch.zeros(b, 4, dtype=torch.long),

@@ -7,6 +7,7 @@ from PIL import Image
 
 from engine import data
 from engine.errors import UserError
+from engine.imresize import imresize
 
 
 def test_embedded_images_are_natural_rgb_photographs():
@@ -16,18 +17,37 @@ def test_embedded_images_are_natural_rgb_photographs():
     assert all(img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 for img in train.images + held_out.images)
 
 
+def ramp_set(scale=2):
+    img = np.arange(21 * 31 * 3, dtype=np.uint8).reshape(21, 31, 3)  # not a multiple of the scale
+    return data.training_set(data.ImageSet(["ramp.png"], [img], {}), scale)
+
+
 def test_samples_are_deterministic_per_index_and_augmented():
-    imgs = [np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)]
-    ds = data.CropDataset(imgs, 8, seed=1, scale=2)
+    found = ramp_set()
+    ds = data.CropDataset(found, 8, seed=1, scale=2)
     a, b = ds[5], ds[5]
     assert torch.equal(a["hr"], b["hr"]) and a["hr"].shape == (3, 8, 8) and a["hr"].dtype == torch.uint8
     assert torch.equal(a["noise"], b["noise"]) and a["noise"].shape == (9, 4, 4)
     assert not torch.equal(ds[6]["noise"], a["noise"])
-    assert not torch.equal(data.CropDataset(imgs, 8, seed=2, scale=2)[5]["hr"], a["hr"])
+    assert not torch.equal(data.CropDataset(found, 8, seed=2, scale=2)[5]["hr"], a["hr"])
     top, left, _, _ = a["box"].tolist()
-    raw = imgs[0][top : top + 8, left : left + 8]
+    raw = found.hrs[0][top : top + 8, left : left + 8]
     assert np.array_equal(a["hr"].numpy().transpose(1, 2, 0), data.augment(raw, a["aug"]))
     assert len({ds[i]["aug"] for i in range(64)}) == 8
+
+
+def test_the_lr_reference_is_the_whole_image_s_official_bicubic_cropped_with_the_hr():
+    """As the official pipeline: imresize of the whole (scale-cropped) image, crops aligned to the scale,
+    the same flip/rotation on both; not torch's bicubic of the crop, which differs along its border."""
+    found = ramp_set(scale=2)
+    assert found.hrs[0].shape == (20, 30, 3) and found.lrs[0].shape == (10, 15, 3)
+    whole = imresize(found.hrs[0], 2)
+    for sample in (data.CropDataset(found, 8, seed=3, scale=2)[i] for i in range(20)):
+        top, left, _, _ = sample["box"].tolist()
+        assert top % 2 == 0 and left % 2 == 0
+        expected = data.augment(whole[top // 2 : top // 2 + 4, left // 2 : left // 2 + 4], sample["aug"])
+        assert np.array_equal(sample["lr_ref"].numpy().transpose(1, 2, 0), expected)
+    assert sample["lr_ref"].dtype == torch.float32
 
 
 def test_ranks_split_each_global_batch_and_together_see_one_process_s_samples():

@@ -35,7 +35,7 @@ def tiny_trainer(image_folder, tmp_path, **overrides):
     cfg, _ = config.resolve([*TINY, "--data", str(image_folder)])
     cfg.update(overrides)
     images = data.read_folder(image_folder, cfg["crop"])
-    batch = next(iter(data.loader(images.images, cfg, 0)))
+    batch = next(iter(data.loader(data.training_set(images, cfg["scale"]), cfg, 0)))
     guard = ExplosionGuard(
         tmp_path, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], images.names
     )
@@ -203,7 +203,7 @@ def test_the_late_values_are_the_step_s_own(image_folder, tmp_path):
     result0 = trainer.step(second, timer, guard, 1)
     result1 = trainer.drain(guard)
     hr = data.to_float(second["hr"])
-    losses, norm = losses_and_grad_norm(expected_weights, hr, second["noise"], trainer.cfg)
+    losses, norm = losses_and_grad_norm(expected_weights, hr, second["lr_ref"], second["noise"], trainer.cfg)
     assert (result0.step, result1.step) == (0, 1)
     assert result1.losses == pytest.approx(losses, rel=1e-5) and result1.grad_norm == pytest.approx(norm, rel=1e-4)
     assert result1.lr == trainer.cfg["lr"]

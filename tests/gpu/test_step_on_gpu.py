@@ -18,6 +18,7 @@ def trainer_and_batch(tmp_path, **overrides):
     b, crop = cfg["batch_size"], cfg["crop"]
     batch = {
         "hr": torch.randint(0, 256, (b, 3, crop, crop), dtype=torch.uint8).pin_memory(),
+        "lr_ref": torch.rand(b, 3, crop // 4, crop // 4).pin_memory(),
         "noise": torch.randn(b, 45, crop // 4, crop // 4).pin_memory(),
         "image": torch.zeros(b, dtype=torch.long),
         "box": torch.zeros(b, 4, dtype=torch.long),

@@ -31,6 +31,7 @@ def real_step_flops(cfg, tmp_path):
     b, crop, side = cfg["batch_size"], cfg["crop"], cfg["crop"] // cfg["scale"]
     batch = {
         "hr": torch.randint(0, 256, (b, 3, crop, crop), dtype=torch.uint8),
+        "lr_ref": torch.rand(b, 3, side, side),
         "noise": torch.randn(b, trainer.model.z_channels(), side, side),
         "image": torch.zeros(b, dtype=torch.long),
         "box": torch.zeros(b, 4, dtype=torch.long),
