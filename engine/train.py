@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+import engine
 from engine import checkpoint, config, data, distributed, rundir
 from engine.errors import UserError, cli
 from engine.evaluation import VALIDATION, score_images, summarise
@@ -21,7 +22,7 @@ from engine.guard import ExplosionGuard, TooManyBadSteps
 from engine.progress import TrainingProgress, summary
 from engine.stopping import StopRequest, TimeLimit
 from engine.trainer import Trainer, census
-from profiling import records
+from profiling import records, tensorboard
 from profiling.capture import Captures, PySpyCapture, TorchProfileCapture
 from profiling.gpu import Sampler
 from profiling.probe import probe
@@ -73,7 +74,7 @@ def validate(trainer, val, step, folder, cfg):
 
     def grid_of_first(i, hr, lr, upscales):
         if i == 0:
-            save_rescale_grid(hr, lr, upscales, cfg["scale"], folder / "samples" / f"step_{step:08d}.png")
+            save_rescale_grid(hr, lr, upscales, cfg["scale"], sample_grid(folder, step))
 
     mine = score_images(
         trainer.model, [val.images[i] for i in indices], VALIDATION, trainer.device, grid_of_first, indices
@@ -86,6 +87,10 @@ def validate(trainer, val, step, folder, cfg):
     return {f"val_{k}": round(v, 4) for k, v in (scores | {"lr_psnr_y": result["lr_psnr_y"]}).items()}
 
 
+def sample_grid(folder, step):
+    return folder / "samples" / f"step_{step:08d}.png"
+
+
 def save_checkpoint(trainer, folder, step, progress, best=False):
     """Every rank checks that the weights agree (a collective); rank 0 alone writes."""
     agree = distributed.weights_agree(trainer.model, trainer.ranks)
@@ -94,6 +99,18 @@ def save_checkpoint(trainer, folder, step, progress, best=False):
     if trainer.ranks.main:
         state = {**trainer.state(step), **progress, "world_size": trainer.ranks.world, "ranks_agree": agree}
         checkpoint.save(folder, step, state, kept=trainer.cfg["checkpoints_kept"], best=best)
+
+
+def initialise_from(trainer, path, log):
+    """Fine-tuning: the weights of a checkpoint or an official .pth, with a fresh optimiser and schedule."""
+    weights = engine.load(path)
+    if weights.arch != trainer.model.arch:
+        mismatch = ", ".join(
+            f"{k} {weights.arch[k]} (not {v})" for k, v in trainer.model.arch.items() if weights.arch[k] != v
+        )
+        raise UserError(f"--init-from {path} holds another network: {mismatch}; set those flags to match it")
+    trainer.model.load_state_dict(weights.state_dict())
+    log(f"--init-from: weights of {path}; the optimiser and the learning-rate schedule start afresh")
 
 
 def write_census(cfg, folder, ranks, fused):
@@ -154,6 +171,10 @@ def train(trainer, cfg, folder, state, train_set, val_set, time_limit):
         phases = stack.enter_context(records.JsonLines(records.rank_file(folder, records.PHASES_STEM, ranks.rank)))
         samples = stack.enter_context(records.JsonLines(records.rank_file(folder, records.SAMPLES_STEM, ranks.rank)))
         metrics = stack.enter_context(records.JsonLines(folder / records.METRICS)) if ranks.main else None
+        board = tensorboard.TensorBoard(folder) if cfg["tensorboard"] and ranks.main else None
+        if board:
+            stack.callback(board.close)
+            phases, metrics = records.Tee(phases.write, board.phases), records.Tee(metrics.write, board.metrics)
         timer = PhaseTimer(device, sink=phases)
         stack.callback(timer.flush)
         log = console.print if ranks.main else print_nothing
@@ -186,6 +207,9 @@ def train(trainer, cfg, folder, state, train_set, val_set, time_limit):
                     began_validation = time.perf_counter()
                     lines[-1].update(validate(trainer, val_set, step, folder, cfg))
                     time_limit.timed(validation_s=time.perf_counter() - began_validation)
+                    grid = sample_grid(folder, step)
+                    if board and grid.is_file():
+                        board.image("samples", grid, step)
                 improved = lines[-1].get("val_psnr_y", float("-inf")) > progress["best_psnr_y"]
                 if improved:
                     progress["best_psnr_y"] = lines[-1]["val_psnr_y"]
@@ -245,6 +269,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the batch must split evenly across ranks
     cfg, flags = config.resolve(argv, resumed_config=lambda run: records.read_config(records.find(run)), world=world)
+    if cfg["tensorboard"] and (why := tensorboard.missing()):
+        raise UserError(why)
     time_limit = TimeLimit(config.parse_duration(cfg["time_limit"]))
     ranks = distributed.init()
     try:
@@ -260,6 +286,8 @@ def run(cfg, flags, ranks, time_limit):
     trainer = Trainer(cfg, device, ranks)
     if cfg["fast_kernels"] and ranks.main:
         console.print(f"--fast-kernels: {trainer.kernel_note or 'Haar and coupling run as fused Triton kernels'}")
+    if cfg["init_from"] and not flags.resume:  # before the run folder exists: a mismatch leaves none behind
+        initialise_from(trainer, cfg["init_from"], log=console.print if ranks.main else print_nothing)
     folder, state = open_run(cfg, flags, ranks)
     if state is not None:
         trainer.load_state(state)

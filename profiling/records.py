@@ -78,6 +78,17 @@ class JsonLines:
         self.close()
 
 
+class Tee:
+    """A sink that hands each record to several writers (a JSONL file and its TensorBoard mirror, say)."""
+
+    def __init__(self, *writers):
+        self.writers = writers
+
+    def write(self, record):
+        for write in self.writers:
+            write(record)
+
+
 def read_jsonl(path):
     """Records of a .jsonl file, skipping lines cut short by a crash."""
     path = Path(path)

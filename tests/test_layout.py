@@ -28,7 +28,7 @@ TRAINING = {
     "replay",
     "stopping",
 }
-PROFILING_RUNTIME = {"timer", "gpu", "capture", "flamegraph", "records", "stats", "counting", "probe"}
+PROFILING_RUNTIME = {"timer", "gpu", "capture", "flamegraph", "records", "stats", "counting", "probe", "tensorboard"}
 REPORT = {"report", "analysis", "plots", "roofline"}
 TOOLS = {"bench", "census", "targets"}  # drivers that run the engine to measure it
 

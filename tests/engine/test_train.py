@@ -290,3 +290,50 @@ def test_resume_folder_without_checkpoint(image_folder, in_tmp, capsys):
     with pytest.raises(SystemExit):
         train.main(["--resume", "runs/empty"])
     assert "no readable checkpoint in runs/empty/checkpoints" in capsys.readouterr().err
+
+
+def test_fine_tuning_takes_weights_only_with_a_fresh_optimiser(image_folder, in_tmp):
+    run(["--steps", "3", "--name", "base"], image_folder)
+    base = torch.load("runs/base/checkpoints/last.pt", weights_only=True)
+    run(
+        ["--steps", "2", "--name", "tuned", "--init-from", "runs/base/checkpoints/last.pt", "--lr", "1e-30"],
+        image_folder,
+    )
+    tuned = torch.load("runs/tuned/checkpoints/last.pt", weights_only=True)
+    for key, value in base["model"].items():  # an lr of 1e-30 leaves the base weights as they were
+        torch.testing.assert_close(tuned["model"][key], value, rtol=0, atol=1e-20)
+    assert tuned["scheduler"]["last_epoch"] == 2 and tuned["samples_seen"] == 2 * 2
+    assert all(s["step"].item() == 2 for s in tuned["optimizer"]["state"].values())  # not 3 + 2
+
+
+def test_fine_tuning_from_an_official_release_and_a_mismatched_network(image_folder, in_tmp, capsys):
+    from tests.official_irn import OfficialIRN, randomize
+
+    torch.save(randomize(OfficialIRN(2, blocks=1), std=0.01).state_dict(), "IRN_x2.pth")
+    run(["--steps", "1", "--name", "official", "--init-from", "IRN_x2.pth", "--growth", "32"], image_folder)
+    assert read_jsonl(Path("runs/official/metrics.jsonl"))[0]["loss"] > 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--steps", "1", "--name", "mismatch", "--init-from", "IRN_x2.pth"], image_folder)  # growth 4 here
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "growth 32 (not 4)" in err and err.count("\n") == 1
+    assert not Path("runs/mismatch").exists()
+
+
+def test_tensorboard_mirrors_the_records(image_folder, in_tmp):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(["--steps", "4", "--name", "tb", "--tensorboard", "--val", str(image_folder), "--val-every", "2"], image_folder)
+    events = EventAccumulator("runs/tb/tensorboard", size_guidance={"images": 0}).Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert losses == pytest.approx([r["loss"] for r in read_jsonl(Path("runs/tb/metrics.jsonl"))], rel=1e-6)
+    assert [e.step for e in events.Scalars("validation/psnr_y")] == [2, 4]
+    assert len(events.Scalars("phases_ms/forward")) == 4 and len(events.Images("samples")) == 2
+
+
+def test_tensorboard_without_its_package_is_one_line(image_folder, in_tmp, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--steps", "1", "--tensorboard"], image_folder)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pip install tensorboard" in err and err.count("\n") == 1
