@@ -155,9 +155,9 @@ class CropDataset(torch.utils.data.Dataset):
         s = self.scale
         hr = augment(self.data.hrs[image][s * top : s * (top + side), s * left : s * (left + side)], aug)
         lr = augment(lr_image[top : top + side, left : left + side], aug)
-        return {
-            "hr": torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1))),
-            "lr_ref": torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1))),
+        return {  # copies: the arrays may be a read-only mapping shared by the node's ranks
+            "hr": torch.from_numpy(np.array(hr.transpose(2, 0, 1), order="C")),
+            "lr_ref": torch.from_numpy(np.array(lr.transpose(2, 0, 1), order="C")),
             "noise": torch.from_numpy(rng.standard_normal(self.z_shape, dtype=np.float32)),
             "image": image,
             "box": torch.tensor([s * top, s * left, self.crop, self.crop]),

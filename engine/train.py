@@ -19,6 +19,7 @@ from engine.errors import UserError, cli
 from engine.evaluation import VALIDATION, score_images, summarise
 from engine.grids import save_rescale_grid
 from engine.guard import ExplosionGuard, TooManyBadSteps
+from engine.node_data import load_once_per_node
 from engine.progress import TrainingProgress, summary
 from engine.stopping import StopRequest, TimeLimit
 from engine.trainer import Trainer, census
@@ -281,7 +282,8 @@ def main(argv=None):
 
 def run(cfg, flags, ranks, time_limit):
     device = pick_device(cfg)
-    train_set, val_set = training_data(cfg)
+    log = console.print if ranks.main else print_nothing
+    train_set, val_set = load_once_per_node(lambda: training_data(cfg), ranks, log)
     checkpoint.seed_all(cfg["seed"] + ranks.rank)  # DDP copies rank 0's initial weights to every rank
     trainer = Trainer(cfg, device, ranks)
     if cfg["fast_kernels"] and ranks.main:

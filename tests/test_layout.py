@@ -27,6 +27,7 @@ TRAINING = {
     "config",
     "replay",
     "stopping",
+    "node_data",
 }
 PROFILING_RUNTIME = {"timer", "gpu", "capture", "flamegraph", "records", "stats", "counting", "probe", "tensorboard"}
 REPORT = {"report", "analysis", "plots", "roofline"}

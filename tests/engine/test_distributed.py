@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import train
+import engine
+from engine import data, train
+from engine.evaluation import VALIDATION, score_images, summarise
 from profiling import report
 from profiling.analysis import analyse
-from profiling.records import read_jsonl
+from profiling.records import read_config, read_jsonl
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +60,8 @@ def runs(tmp_path_factory):
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(smooth_image(rng, 40, 48)).save(folder / f"img{i}.png")
-    torchrun([*ARGS, "--data", str(folder), "--steps", "6", "--name", "two"], root)
+    done = torchrun([*ARGS, "--data", str(folder), "--steps", "6", "--name", "two", "--val", str(folder)], root)
+    (root / "two.err").write_text(done.stderr)
     old = os.getcwd()
     os.chdir(root)
     try:
@@ -78,13 +81,29 @@ def test_two_ranks_hold_identical_weights_equal_to_one_process(runs):
 def test_rank_zero_alone_writes_metrics_and_checkpoints(runs):
     folder = runs / "runs" / "two"
     assert len(read_jsonl(folder / "metrics.jsonl")) == 6
-    saved = ["last.pt", "step_00000003.pt", "step_00000006.pt"]  # --checkpoint-every 3 (no validation images)
+    saved = ["best.pt", "last.pt", "step_00000003.pt", "step_00000006.pt"]  # --checkpoint-every 3, validated at 6
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == saved
     assert len(read_jsonl(folder / "phases.jsonl")) == 6 and len(read_jsonl(folder / "phases.rank1.jsonl")) == 6
     assert (folder / "gpu.rank1.jsonl").exists() and not list(folder.glob("metrics.rank*"))
     env = read_jsonl(folder / "env.jsonl")[0]
     assert env["world_size"] == 2 and [r["seed"] for r in env["ranks"]] == [10, 11]
     assert "allreduce_ms" in read_jsonl(folder / "phases.rank1.jsonl")[-1]
+
+
+def test_the_node_decodes_the_data_once_and_leaves_no_shared_memory_behind(runs):
+    said = (runs / "two.err").read_text()
+    assert said.count("data decoded once for this node's 2 ranks") == 1
+    assert not list(Path("/dev/shm").glob("irnscope-*")) and not list(Path("/tmp").glob("irnscope-*"))
+
+
+def test_both_ranks_share_the_validation(runs):
+    """Each rank scores its share of the images; the logged scores equal one process scoring all of them."""
+    logged = read_jsonl(runs / "runs" / "two" / "metrics.jsonl")[-1]
+    model = engine.load(runs / "runs" / "two" / "checkpoints" / "step_00000006.pt")
+    images = data.read_folder(runs / "hr").images[: read_config(runs / "runs" / "two")["val_max_images"]]
+    expected = summarise(score_images(model, images, VALIDATION, "cpu"), VALIDATION)
+    assert logged["val_psnr_y"] == pytest.approx(expected["settings"]["T=1"]["psnr_y"], abs=1e-4)
+    assert logged["val_lr_psnr_y"] == pytest.approx(expected["lr_psnr_y"], abs=1e-4)
 
 
 def test_report_shows_both_ranks(runs, capsys, monkeypatch):

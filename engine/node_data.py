@@ -1,0 +1,90 @@
+"""One decoded copy of the data per node, in shared memory, for every rank on the node.
+
+DIV2K is about 7 GB as uint8, plus its float32 LR references: eight ranks decoding their own copies
+hold eight times that and decode it eight times. Here the node's first rank decodes once and writes
+the arrays into one file under /dev/shm; the node's other ranks map it; once every rank has mapped it
+the file is unlinked, so the memory lives exactly as long as the ranks and nothing is left behind by a
+crash after the start. Loader workers, forked from their rank, share the same pages.
+"""
+
+import json
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+
+from engine import distributed
+from engine.data import ImageSet, TrainingSet
+
+SHM = Path("/dev/shm")
+
+
+def load_once_per_node(load, ranks, log=print):
+    """(training set, validation set) from `load()`: decoded by the node's first rank, mapped by the rest."""
+    if not ranks.active:
+        return load()
+    node = node_group(ranks)
+    name = distributed.broadcast(f"irnscope-{uuid.uuid4().hex}", ranks)  # one name per job
+    path = (SHM if SHM.is_dir() else Path("/tmp")) / f"{name}-{socket.gethostname()}"
+    if ranks.local_rank == 0:
+        train, val = load()
+        write(path, train, val)
+        size = path.stat().st_size / 2**30
+        log(f"data decoded once for this node's {dist.get_world_size(node)} ranks ({size:.2f} GiB shared)")
+    dist.barrier(group=node)
+    if ranks.local_rank != 0:
+        train, val = read(path)
+    dist.barrier(group=node)  # every rank holds its mapping: the name can go
+    if ranks.local_rank == 0:
+        path.unlink()
+    return train, val
+
+
+def node_group(ranks):
+    """The ranks of this node (torchrun numbers them contiguously per node), as a CPU group."""
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world))
+    group, _ = dist.new_subgroups(group_size=per_node, backend="gloo")
+    return group
+
+
+def write(path, train, val):
+    """All arrays of both sets into one file: a JSON index (length-prefixed), then the raw bytes."""
+    arrays = [*train.hrs, *train.lrs, *val.images]
+    offsets, position = [], 0
+    for a in arrays:
+        offsets.append(position)
+        position += a.nbytes
+    index = {
+        "train": {"names": train.names, "count": len(train.hrs)},
+        "val": {"names": val.names, "skipped": val.skipped, "count": len(val.images)},
+        "arrays": [{"offset": o, "shape": a.shape, "dtype": a.dtype.str} for o, a in zip(offsets, arrays, strict=True)],
+    }
+    header = json.dumps(index).encode()
+    start = 8 + len(header)
+    start += -start % 64  # aligned arrays
+    data = np.memmap(path, dtype=np.uint8, mode="w+", shape=(start + position,))
+    data[:8] = np.frombuffer(len(header).to_bytes(8, "little"), dtype=np.uint8)
+    data[8 : 8 + len(header)] = np.frombuffer(header, dtype=np.uint8)
+    for o, a in zip(offsets, arrays, strict=True):
+        np.ndarray(a.shape, dtype=a.dtype, buffer=data, offset=start + o)[...] = a
+    data.flush()
+
+
+def read(path):
+    """The two sets of a file that `write` made, as read-only arrays over one shared mapping."""
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    length = int.from_bytes(data[:8].tobytes(), "little")
+    index = json.loads(data[8 : 8 + length].tobytes())
+    start = 8 + length
+    start += -start % 64
+    arrays = [
+        np.ndarray(tuple(a["shape"]), dtype=np.dtype(a["dtype"]), buffer=data, offset=start + a["offset"])
+        for a in index["arrays"]
+    ]
+    n = index["train"]["count"]
+    train = TrainingSet(index["train"]["names"], arrays[:n], arrays[n : 2 * n])
+    val = ImageSet(index["val"]["names"], arrays[2 * n :], index["val"]["skipped"])
+    return train, val
