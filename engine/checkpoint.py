@@ -127,12 +127,15 @@ def read(path):
     """A checkpoint's state, or UserError saying why it cannot be used."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  (any failure to read back means the file is not usable)
+    except Exception as err:  # any failure to read it back means the file cannot be used
         raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}); it may be truncated") from None
 
 
 def load_newest(run, log=print):
-    """The state of the newest readable checkpoint of a run folder; each one skipped is one line of `log`."""
+    """The state of the newest readable checkpoint of a run folder; each one skipped is one line of `log`.
+    Files a crash left half written aside (*.tmp) are removed: they never were checkpoints."""
+    for aside in folder_of(run).glob("*.tmp"):
+        aside.unlink()
     steps = steps_saved(run)
     candidates = [step_file(run, s) for s in steps] or [folder_of(run) / LATEST]  # folders of older releases
     for path in candidates:

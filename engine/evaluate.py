@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import engine
-from engine import data, paper
+from engine import data, metrics, paper
 from engine.errors import UserError, cli, parser
 from engine.evaluation import evaluate_set, z_settings
 from engine.grids import save_rescale_grid
@@ -292,7 +292,7 @@ def main(argv=None):
             f"drop --scale or pick an x{args.scale} checkpoint"
         )
     console = Console()
-    sets, found_line = load_sets(args.data, model.scale, min_size=2 * model.scale)
+    sets, found_line = load_sets(args.data, model.scale, min_size=metrics.smallest_side(model.scale))
     if sets:
         console.print(found_line, markup=False, highlight=False, soft_wrap=True)
     sets = sets or [EvalSet(EMBEDDED_SET, None, None, data.embedded("held_out"), "")]

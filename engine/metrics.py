@@ -33,7 +33,16 @@ def psnr(img, ref, border=0, y_channel=True):
     return 10 * torch.log10(255.0**2 / mse)
 
 
-def gaussian_window(size=11, sigma=1.5, dtype=torch.float64, device=None):
+SSIM_WINDOW = 11
+
+
+def smallest_side(scale):
+    """The smallest image side that can be scored: an SSIM window left after cropping `scale` pixels at
+    each border."""
+    return 2 * scale + SSIM_WINDOW
+
+
+def gaussian_window(size=SSIM_WINDOW, sigma=1.5, dtype=torch.float64, device=None):
     coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = g / g.sum()
@@ -44,7 +53,7 @@ def ssim(img, ref, border=0, y_channel=True):
     """SSIM with an 11x11 Gaussian window (sigma 1.5), valid region only, on 0..255 data."""
     a, b = prepare(img, border, y_channel), prepare(ref, border, y_channel)
     c = a.shape[1]
-    w = gaussian_window(dtype=a.dtype, device=a.device).expand(c, 1, 11, 11)
+    w = gaussian_window(dtype=a.dtype, device=a.device).expand(c, 1, SSIM_WINDOW, SSIM_WINDOW)
 
     def blur(t):
         return F.conv2d(t, w, groups=c)

@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 
 import engine
-from engine import checkpoint, config, data, distributed, rundir
+from engine import checkpoint, config, data, distributed, metrics, rundir
 from engine.errors import UserError, cli
 from engine.evaluation import VALIDATION, score_images, summarise
 from engine.grids import save_rescale_grid
@@ -29,7 +29,7 @@ from profiling.gpu import Sampler
 from profiling.probe import probe
 from profiling.timer import PhaseTimer
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a message is one line, however long
 
 
 def pick_device(cfg):
@@ -58,7 +58,7 @@ def training_data(cfg):
     """(train set with its LR references, validation set) from --data/--val, or the embedded photographs."""
     train = data.read_folder(cfg["data"], min_size=cfg["crop"]) if cfg["data"] else data.embedded("train")
     if cfg["val"]:
-        val = data.read_folder(cfg["val"], min_size=cfg["scale"] * 2)
+        val = data.read_folder(cfg["val"], min_size=metrics.smallest_side(cfg["scale"]))
     else:
         val = data.embedded("held_out") if not cfg["data"] else data.ImageSet([], [], {})
     for name, found in (("training", train), ("validation", val)):

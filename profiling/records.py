@@ -60,10 +60,14 @@ def rank_files(folder, stem):
 
 
 class JsonLines:
-    """An append-only, line-buffered .jsonl file: a crash leaves only whole lines behind."""
+    """An append-only, line-buffered .jsonl file: a crash leaves only whole lines behind, but a line cut
+    short by a crash mid-write is closed first, so the records appended after it stay readable."""
 
     def __init__(self, path):
+        cut_short = _last_byte(path) not in (None, b"\n")
         self.file = open(path, "a", buffering=1)
+        if cut_short:
+            self.file.write("\n")
 
     def write(self, record):
         self.file.write(json.dumps(record) + "\n")
@@ -76,6 +80,16 @@ class JsonLines:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _last_byte(path):
+    """The last byte of a file, or None if it is missing or empty."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1)
+    except (FileNotFoundError, OSError):
+        return None
 
 
 class Tee:

@@ -14,7 +14,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 STDLIB = set(sys.stdlib_module_names)
 
-MODEL = {"api", "irn", "ops", "losses", "metrics", "images", "grids", "data", "imresize", "evaluation", "errors"}
+MODEL = {
+    "api",
+    "irn",
+    "ops",
+    "losses",
+    "metrics",
+    "images",
+    "grids",
+    "data",
+    "imresize",
+    "evaluation",
+    "errors",
+    "paper",
+}
 MODEL_CLIS = {"evaluate", "rescale"}
 TRAINING = {
     "trainer",
