@@ -27,6 +27,7 @@ MODEL = {
     "evaluation",
     "errors",
     "paper",
+    "backprop",
 }
 MODEL_CLIS = {"evaluate", "rescale"}
 TRAINING = {
