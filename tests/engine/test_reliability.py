@@ -153,3 +153,14 @@ def test_a_half_written_record_line_neither_stops_the_report_nor_a_resume(image_
     train.main(["--resume", "runs/torn", "--steps", "10"])
     assert losses("runs/torn") == pytest.approx(whole_run, rel=1e-6)  # the lines after the torn one read fine
     assert len(read_jsonl("runs/torn/phases.jsonl")) == 10
+
+
+def test_a_damaged_config_file_is_one_line_for_the_report_and_resume(image_folder, in_tmp, capsys):
+    train.main([*TINY, "--data", str(image_folder), "--steps", "2", "--name", "bad"])
+    Path("runs/bad/config.json").write_text('{"scale": 2, "crop"')
+    capsys.readouterr()
+    for command in (lambda: report.main(["runs/bad"]), lambda: train.main(["--resume", "runs/bad"])):
+        with pytest.raises(SystemExit) as exit_info:
+            command()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "runs/bad/config.json" in err and err.count("\n") == 1
