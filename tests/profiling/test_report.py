@@ -142,6 +142,8 @@ def test_py_spy_and_torch_profiler_captures(image_folder, in_tmp, capsys):
     report.main(["cap"])
     out = " ".join(capsys.readouterr().out.split())  # undo rich's line wrapping
     assert "torch.profiler: top ops" in out and "7 steps under a profiler capture left out" in out
+    counted = json.loads((folder / "torch_profile.json").read_text())["kernels_per_step"]["mean"]
+    assert f"torch.profiler counted {counted:,.0f} aten ops per step; the census estimates" in out
 
 
 def test_loss_summary_leaves_out_overflow_steps_without_a_grad_norm():
