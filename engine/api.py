@@ -9,14 +9,16 @@ import torch.nn as nn
 
 from engine import irn
 from engine.errors import UserError
-from engine.irn import IMAGE_CHANNELS, build_graph, stages
+from engine.irn import IMAGE_CHANNELS, LEARNED_DOWNSAMPLING, build_graph, official_blocks, stages
 
 
 class Rescaler(nn.Module):
     """An IRN: forward turns an HR image into (LR, z), the inverse turns (LR, z) back into HR."""
 
-    def __init__(self, scale, blocks_per_stage=8, growth=32, clamp=1.0):
+    def __init__(self, scale, blocks_per_stage=None, growth=32, clamp=1.0):
         super().__init__()
+        if blocks_per_stage is None:  # the official recipe's: 8 after each Haar, 12 at x3
+            blocks_per_stage = official_blocks(scale)
         self.arch = dict(scale=scale, blocks_per_stage=blocks_per_stage, growth=growth, clamp=clamp)
         self.scale = scale
         self.net = build_graph(scale, blocks_per_stage, growth, clamp)
@@ -67,7 +69,7 @@ def check_image(x, multiple, name):
 
 
 def build(scale, **overrides):
-    """A fresh, officially initialised IRN for `scale` (2, 4, 8, ...)."""
+    """A fresh, officially initialised IRN for `scale` (2, 4, 8, ... or 3)."""
     try:
         return Rescaler(scale, **overrides)
     except ValueError as err:
@@ -140,7 +142,9 @@ def from_state_dict(state):
 
 
 def infer_arch(state):
-    """Scale, blocks per stage and growth from the weights of the coupling blocks."""
+    """Scale, blocks per stage and growth from the weights: the learnable downsampling's matrix
+    (operations.0.conv_weights, s^2 x s^2) gives the scale where there is one, else the widest
+    coupling block (3 * 4^k channels after k Haar stages)."""
     block_input = re.compile(r"^net\.module_list\.(\d+)\.F\.conv1\.weight$")
     blocks = {int(m[1]): state[k].shape for k in state if (m := block_input.match(k))}
     if not blocks:
@@ -149,10 +153,23 @@ def infer_arch(state):
             "(keys like operations.1.F.conv1.weight)"
         )
     channels = max(IMAGE_CHANNELS + shape[1] for shape in blocks.values())
+    growth = next(iter(blocks.values()))[0]
+    matrix = state.get("net.module_list.0.conv_weights")
+    if matrix is not None:
+        scale = math.isqrt(matrix.shape[0]) if matrix.dim() == 2 and matrix.shape[0] == matrix.shape[1] else 0
+        if scale not in LEARNED_DOWNSAMPLING or channels != IMAGE_CHANNELS * scale**2:
+            raise UserError(
+                f"cannot infer the scale: a learnable downsampling matrix of shape {tuple(matrix.shape)} before "
+                f"blocks of {channels} channels; only x3 (9x9, 27 channels) is built with one"
+            )
+        return dict(scale=scale, blocks_per_stage=len(blocks), growth=growth)
     n_stages = round(math.log(channels / IMAGE_CHANNELS, 4))
     if IMAGE_CHANNELS * 4**n_stages != channels or len(blocks) % n_stages:
-        raise UserError(f"cannot infer the scale: the widest block has {channels} channels, not 3 * 4^k")
-    return dict(scale=2**n_stages, blocks_per_stage=len(blocks) // n_stages, growth=next(iter(blocks.values()))[0])
+        raise UserError(
+            f"cannot infer the scale: the widest block has {channels} channels, not 3 * 4^k after Haar stages "
+            "(and there is no learnable downsampling, operations.0.conv_weights, as at x3)"
+        )
+    return dict(scale=2**n_stages, blocks_per_stage=len(blocks) // n_stages, growth=growth)
 
 
 __all__ = ["Rescaler", "build", "load", "from_state_dict", "check_image", "stages"]

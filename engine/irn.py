@@ -1,12 +1,15 @@
-"""IRN as a FrEIA graph: Haar downsampling stages, each followed by IRN's affine coupling blocks.
+"""IRN as a FrEIA graph: downsampling stages, each followed by IRN's affine coupling blocks.
+
+Power-of-two scales downsample with one Haar transform per factor of two (8 blocks after each); x3,
+as the official release builds it, with one learnable 3x3 downsampling followed by 12 blocks.
 
 The graph is the reference that defines correct outputs. Each Haar, coupling and dense-block module
 has a `fast_op` attribute: None runs the reference math, a function from `kernels` runs the fused op
 (engine/ops.py sets it); the weights are the same either way.
 
-Precision: the invertible stream (Haar, the coupling's affine update, the quantiser and the losses)
-is always fp32; only the dense blocks may compute in bf16 or fp16 (`compute_dtype`), and they hand
-their outputs back in the stream's dtype.
+Precision: the invertible stream (Haar, the learnable downsampling, the coupling's affine update, the
+quantiser and the losses) is always fp32; only the dense blocks may compute in bf16 or fp16
+(`compute_dtype`), and they hand their outputs back in the stream's dtype.
 """
 
 import math
@@ -123,21 +126,85 @@ class Haar(HaarDownsampling):
         return (self.fast_op(x[0], rev),), log_det
 
 
+class LearnedDownsampling(InvertibleModule):
+    """The official x3 downsampling (`ConvDownsampling`): space-to-depth by `scale`, then one learnable
+    s^2 x s^2 matrix W that mixes the s^2 pixels of every s x s block, the same W for every channel.
+
+    Layout, as the official code's: pixel (i, j) of a block is value m = i * s + j; output channel
+    k * C + c (band-major, as the Haar transform) is sum_m W[k, m] * x[c, s * y + i, s * x + j].
+    Init: the identity with its first row set to 1 / s^2 (band 0 is the block's mean: a box-filtered
+    LR; at s = 2 the official code starts from Haar instead). Inverse: W^-1. Log-det per sample:
+    (C * H * W / s^2) * log|det W| (log(1/9) per block and channel at init; the official module
+    defines none). H and W must be multiples of s (the official forward pads, which its inverse does not
+    undo). Computes in the stream's dtype under any outer autocast.
+    """
+
+    def __init__(self, dims_in, dims_c=None, scale=3):
+        super().__init__(dims_in, dims_c)
+        self.scale, n = scale, scale * scale
+        weights = torch.eye(n)
+        if scale == 2:  # the official Haar start: every band / 4
+            weights = torch.tensor([[1.0, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]]) / 4
+        else:
+            weights[0] = 1 / n
+        self.conv_weights = nn.Parameter(weights)  # the official state-dict name (operations.0.conv_weights)
+
+    def forward(self, x, c=None, jac=True, rev=False):
+        x, s, n = x[0], self.scale, self.scale**2
+        with torch.autocast(x.device.type, enabled=False):
+            if not rev:
+                b, ch, h, w = x.shape
+                blocks = x.reshape(b, ch, h // s, s, w // s, s).permute(0, 3, 5, 1, 2, 4)  # (b, i, j, c, y, x)
+                mixed = torch.bmm(self.conv_weights.expand(b, n, n), blocks.reshape(b, n, -1))  # one batched GEMM
+                out = mixed.reshape(b, n * ch, h // s, w // s)
+            else:
+                b, chn, h, w = x.shape
+                # inv_ex: torch.inverse without its error check, which syncs the host with a GPU
+                inverse = torch.linalg.inv_ex(self.conv_weights).inverse
+                blocks = torch.bmm(inverse.expand(b, n, n), x.reshape(b, n, -1)).reshape(b, s, s, chn // n, h, w)
+                out = blocks.permute(0, 3, 4, 1, 5, 2).reshape(b, chn // n, h * s, w * s)
+            if not jac:
+                return (out,), 0.0
+            log_det = torch.linalg.slogdet(self.conv_weights).logabsdet * (x[0].numel() / n)
+        return (out,), (-log_det if rev else log_det).expand(b)
+
+    def output_dims(self, input_dims):
+        ch, h, w = input_dims[0]
+        s = self.scale
+        return [(ch * s * s, h // s, w // s)]
+
+
+LEARNED_DOWNSAMPLING = (3,)  # scales the official release builds with one learnable downsampling
+OFFICIAL_BLOCKS = {3: 12}  # coupling blocks per stage where the official recipe has other than 8
+
+
 def stages(scale):
-    """Number of Haar stages for a power-of-two scale."""
+    """Number of downsampling stages: one Haar per factor of two, or one learnable downsampling at x3."""
+    if scale in LEARNED_DOWNSAMPLING:
+        return 1
     n = round(math.log2(scale)) if scale >= 2 else 0
     if scale < 2 or 2**n != scale:
-        raise ValueError(f"scale must be a power of two (2, 4, 8, ...), got {scale}")
+        raise ValueError(f"scale must be a power of two (2, 4, 8, ...) or 3, got {scale}")
     return n
 
 
-def build_graph(scale, blocks_per_stage=8, growth=32, clamp=1.0):
-    """The IRN SequenceINN; module order matches the official `operations.N` indices."""
+def official_blocks(scale):
+    """The official recipe's coupling blocks per stage: 8 after each Haar, 12 at x3."""
+    return OFFICIAL_BLOCKS.get(scale, 8)
+
+
+def build_graph(scale, blocks_per_stage=None, growth=32, clamp=1.0):
+    """The IRN SequenceINN; module order matches the official `operations.N` indices.
+    blocks_per_stage None: the official number for the scale (official_blocks)."""
+    blocks = official_blocks(scale) if blocks_per_stage is None else blocks_per_stage
     side = scale  # nominal size: FrEIA needs one, the graph itself runs on any multiple of `scale`
     graph = SequenceINN(IMAGE_CHANNELS, side, side)
     for _ in range(stages(scale)):
-        graph.append(Haar)
-        for _ in range(blocks_per_stage):
+        if scale in LEARNED_DOWNSAMPLING:
+            graph.append(LearnedDownsampling, scale=scale)
+        else:
+            graph.append(Haar)
+        for _ in range(blocks):
             graph.append(IRNCoupling, clamp=clamp, growth=growth)
     return graph
 

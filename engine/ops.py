@@ -19,6 +19,7 @@ def use_fast_kernels(model, enabled=True):
     from kernels.dense import dense_block
     from kernels.haar import haar
 
+    # No kernel for x3's LearnedDownsampling: the census (irn_x3, fused) puts it at 64 MB of 24 GB, 14 of 1,598 kernels
     kernels = {IRNCoupling: coupling, Haar: haar, DenseBlock: dense_block}
     for module in model.modules():
         if type(module) in kernels:

@@ -28,6 +28,33 @@ class OfficialHaar(nn.Module):
         return F.conv_transpose2d(out, self.haar_weights, stride=2, groups=self.channels)
 
 
+class OfficialConvDownsampling(nn.Module):
+    """The release's learnable x3 downsampling: each s x s block of a channel to s^2 channels (pixel (i, j)
+    at i * s + j, channel-major), a grouped 1x1 conv by one s^2 x s^2 matrix shared by the channels, then
+    band-major order; the inverse runs the same steps backwards with torch.inverse of the matrix."""
+
+    def __init__(self, scale=3):
+        super().__init__()
+        self.s = scale
+        eye = torch.eye(scale * scale)
+        eye[0] = 1.0 / (scale * scale)
+        self.conv_weights = nn.Parameter(eye)
+
+    def forward(self, x, rev=False):
+        s, n = self.s, self.s * self.s
+        if not rev:
+            b, c, h, w = x.shape
+            cells = x.reshape(b, c, h // s, s, w // s, s).permute(0, 1, 3, 5, 2, 4).reshape(b, c * n, h // s, w // s)
+            mixed = F.conv2d(cells, self.conv_weights.reshape(n, n, 1, 1).repeat(c, 1, 1, 1), groups=c)
+            return mixed.reshape(b, c, n, h // s, w // s).transpose(1, 2).reshape(b, c * n, h // s, w // s)
+        b, cn, h, w = x.shape
+        c = cn // n
+        grouped = x.reshape(b, n, c, h, w).transpose(1, 2).reshape(b, cn, h, w)
+        inverse = torch.inverse(self.conv_weights).reshape(n, n, 1, 1).repeat(c, 1, 1, 1)
+        cells = F.conv2d(grouped, inverse, groups=c).reshape(b, c, s, s, h, w)
+        return cells.permute(0, 1, 4, 2, 5, 3).reshape(b, c, h * s, w * s)
+
+
 class OfficialDense(nn.Module):
     def __init__(self, c_in, c_out, gc=32):
         super().__init__()
@@ -67,8 +94,14 @@ class OfficialBlock(nn.Module):
 
 
 class OfficialIRN(nn.Module):
+    """x2, x4, x8: Haar stages with `blocks` blocks each; x3: the learnable downsampling, then `blocks`
+    blocks on 27 channels (the release's use_ConvDownsampling with block_num [12])."""
+
     def __init__(self, scale, blocks=8):
         super().__init__()
+        if scale == 3:
+            self.operations = nn.ModuleList([OfficialConvDownsampling(3), *(OfficialBlock(27) for _ in range(blocks))])
+            return
         ops, channels = [], 3
         for _ in range(scale.bit_length() - 1):
             ops.append(OfficialHaar(channels))
@@ -83,10 +116,14 @@ class OfficialIRN(nn.Module):
 
 
 def randomize(model, std=0.05, seed=0):
-    """Non-zero weights everywhere (fresh IRN blocks are the identity), fixed Haar weights kept."""
+    """Non-zero weights everywhere (fresh IRN blocks are the identity), fixed Haar weights kept; a
+    downsampling matrix (conv_weights) is perturbed around its start instead, so that it stays
+    well-conditioned and invertible."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
+        for name, p in model.named_parameters():
+            if name.endswith("conv_weights"):
+                p.add_(torch.randn(p.shape, generator=g) * std)
+            elif p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
     return model
