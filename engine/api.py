@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from engine import irn
+from engine.backprop import run_inverting
 from engine.errors import UserError
 from engine.irn import IMAGE_CHANNELS, LEARNED_DOWNSAMPLING, build_graph, official_blocks, stages
 
@@ -22,11 +23,14 @@ class Rescaler(nn.Module):
         self.arch = dict(scale=scale, blocks_per_stage=blocks_per_stage, growth=growth, clamp=clamp)
         self.scale = scale
         self.net = build_graph(scale, blocks_per_stage, growth, clamp)
+        self.invertible_backprop = False  # engine/ops.py sets it: how training runs, not what the network is
 
     def forward(self, x, rev=False):
         # The invertible stream stays fp32 even under an outer autocast; the dense blocks choose
         # their own precision (engine/irn.py).
         with torch.autocast(x.device.type, enabled=False):
+            if self.invertible_backprop:  # the backward recomputes activations from outputs (engine/backprop.py)
+                return run_inverting(self.net, x, rev)
             return self.net(x, rev=rev, jac=False)[0]
 
     def z_channels(self):

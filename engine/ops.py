@@ -35,6 +35,13 @@ def set_subnet_precision(model, precision):
     return model
 
 
+def use_invertible_backprop(model, enabled=True):
+    """Train `model` with backprop by inversion (engine/backprop.py): each block's activations are
+    recomputed from its output in the backward instead of being stored."""
+    model.invertible_backprop = enabled
+    return model
+
+
 def configure_backends(cudnn_benchmark):
     """Process-wide settings every training step relies on (the trainer and the bench share them)."""
     torch.backends.cudnn.benchmark = cudnn_benchmark  # crops have one size: autotuned convs pay off

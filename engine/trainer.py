@@ -85,6 +85,7 @@ class Trainer:
         self.late = LateValues(device)
         ops.configure_backends(cfg["cudnn_benchmark"])
         ops.set_subnet_precision(self.model, cfg["precision"])
+        ops.use_invertible_backprop(self.model, cfg["invertible_backprop"])
         # Fast kernels swap ops inside the same modules; compile traces whichever ops are in place.
         self.kernel_note = ops.fast_kernels_unavailable(device) if cfg["fast_kernels"] else None
         if cfg["fast_kernels"] and self.kernel_note is None:

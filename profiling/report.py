@@ -28,10 +28,12 @@ def header(run):
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
     p = run["progress"]
     fast = "on" if cfg.get("fast_kernels") else "off"
+    inverting = ", invertible backprop" if cfg.get("invertible_backprop") else ""
     ranks = f" x{run['world_size']} ranks" if run["world_size"] > 1 else ""
     lines = [
         f"config [bold]{cfg.get('config')}[/]: x{cfg.get('scale')}, batch {cfg.get('batch_size')}, "
-        f"crop {cfg.get('crop')}, precision {cfg.get('precision')}, fast kernels {fast}, compile {cfg.get('compile')}",
+        f"crop {cfg.get('crop')}, precision {cfg.get('precision')}, fast kernels {fast}, compile {cfg.get('compile')}"
+        f"{inverting}",
         f"device: {dev.get('name', '?')} ({dev.get('type', '?')}){ranks}",
         f"versions: {versions}",
         f"commit: {env.get('git_commit')}   jobs: {run['jobs']}   step {p['last_step']} of {p['steps']}"

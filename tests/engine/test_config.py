@@ -51,8 +51,8 @@ def test_help_lists_every_key_by_section_with_its_value_and_comment(capsys):
 def test_unknown_key_names_close_matches():
     with pytest.raises(UserError, match="did you mean --batch-size"):
         config.resolve(["--batchsize", "4"])
-    with pytest.raises(UserError, match="no config 'irn_x3'"):
-        config.resolve(["--config", "irn_x3"])
+    with pytest.raises(UserError, match="no config 'irn_x5'"):
+        config.resolve(["--config", "irn_x5"])
 
 
 @pytest.mark.parametrize(

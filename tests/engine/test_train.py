@@ -337,3 +337,17 @@ def test_tensorboard_without_its_package_is_one_line(image_folder, in_tmp, capsy
         run(["--steps", "1", "--tensorboard"], image_folder)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "pip install tensorboard" in err and err.count("\n") == 1
+
+
+def test_invertible_backprop_trains_as_standard_backprop_and_checkpoints_cross_over(image_folder, in_tmp):
+    """Same losses step for step (fp32 sums in another order), and a run switches it on or off on resume."""
+    run(["--steps", "6", "--name", "standard"], image_folder)
+    run(["--steps", "3", "--name", "inverted", "--invertible-backprop"], image_folder)
+    train.main(["--resume", "runs/inverted", "--steps", "6", "--invertible-backprop", "false"])
+    run(["--steps", "3", "--name", "back", "--checkpoint-every", "3"], image_folder)
+    train.main(["--resume", "runs/back", "--steps", "6", "--invertible-backprop"])
+    standard = losses("runs/standard")
+    assert losses("runs/inverted") == pytest.approx(standard, rel=1e-4)
+    assert losses("runs/back") == pytest.approx(standard, rel=1e-4)
+    assert read_jsonl(Path("runs/inverted/env.jsonl"))  # both jobs recorded
+    assert json.loads(Path("runs/back/config.json").read_text())["invertible_backprop"] is True
