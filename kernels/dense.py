@@ -286,10 +286,38 @@ if _INTERPRET:  # one config with large pixel tiles: the interpreter's cost is p
     _FORWARD_CONFIGS = [triton.Config({"BLOCK_M": 128})]
     _BACKWARD_CONFIGS = [triton.Config({"BLOCK_M": 128})]
 
+# Before Hopper, fp32 backward steps take 32-pixel tiles only, pruned so at launch. With 64 pixels,
+# ptxas 12.9 spills 4 to 8 bytes per thread on sm_80 in two of them, squeezing them into 128 or 168
+# registers (4 or 3 blocks per SM). A register cap moves the spills rather than removing them: maxnreg
+# 168 or 255 spills 24 to 72 bytes in other 64-pixel steps; 8 warps spill too. With 32 pixels the input-
+# gradient tiles hold half the accumulator, and none spills. Hopper keeps both sizes: none spills there.
+_WIDE_FP32_BACKWARD_FROM = 90  # compute capability (10 * major + minor) from which fp32 may take 64
+
+
+def _backward_configs(configs, dtype, capability):
+    """The backward configs the autotuner may launch for features in `dtype` on a GPU of `capability`."""
+    if dtype == torch.float32 and capability < _WIDE_FP32_BACKWARD_FROM:
+        return [config for config in configs if config.kwargs["BLOCK_M"] <= 32] or configs
+    return configs
+
+
+def _prune_backward_configs(configs, named_args, **kwargs):
+    feat = named_args["feat"]
+    if feat.device.type != "cuda":
+        return configs
+    major, minor = torch.cuda.get_device_capability(feat.device)
+    return _backward_configs(configs, feat.dtype, 10 * major + minor)
+
+
 _TUNING_KEY = ["C_in", "C_out", "pixel_bucket"]  # the autotuner adds the tensors' dtypes to the key
 _conv3x3 = triton.autotune(_FORWARD_CONFIGS, key=_TUNING_KEY)(_conv3x3_kernel)
 # benchmarking runs a step many times, and the steps that add into G must find the same G each time
-_conv3x3_backward = triton.autotune(_BACKWARD_CONFIGS, key=_TUNING_KEY, restore_value=["dst"])(_conv3x3_backward_kernel)
+_conv3x3_backward = triton.autotune(
+    _BACKWARD_CONFIGS,
+    key=_TUNING_KEY,
+    restore_value=["dst"],
+    prune_configs_by={"early_config_prune": _prune_backward_configs},
+)(_conv3x3_backward_kernel)
 
 
 def _tile(channels, smallest, largest):
@@ -659,8 +687,10 @@ def _dense_block_backward_flops(
 
 # --- ahead-of-time compilation ----------------------------------------------------------------------
 
-# IRN's dense blocks: F maps C - 3 -> 3 channels, G and H map 3 -> C - 3, with C = 12, 48, 192.
-IRN_BLOCKS = [(c_in, c_out) for c in (12, 48, 192) for c_in, c_out in ((c - 3, 3), (3, c - 3))]
+# IRN's dense blocks: F maps C - 3 -> 3 channels, G and H map 3 -> C - 3, with C = 12, 48, 192 after one,
+# two and three Haar steps, and C = 27 after x3's space-to-depth by 3 (the parameter count of its 3 -> 24
+# blocks, 87,200, is 16-divisible: the JIT specialises their partial_stride, backward variants of their own).
+IRN_BLOCKS = [(c_in, c_out) for c in (12, 27, 48, 192) for c_in, c_out in ((c - 3, 3), (3, c - 3))]
 # (features' dtype, parameters' dtype): under autocast the parameters stay fp32
 _AOT_DTYPES = [
     (torch.float32, torch.float32),
@@ -672,10 +702,12 @@ _AOT_DTYPES = [
 _POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 
 
-def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False):
+def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False, capability=None):
     """Every kernel variant the op launches for these (c_in, c_out) blocks, as (name, jit kernel, signature,
     constexprs) for triton.compiler.ASTSource: both kernels, every dtype, TF32 setting, constexpr variant
     and autotune config. Compile them with default options (4 warps, 3 stages, as every config has).
+    With a compute capability (80 for sm_80), only the configs the autotuner may launch on that GPU;
+    without, those of every GPU.
 
     With attrs=True each entry gains a fifth element, ASTSource's attrs: the 16-divisibility the JIT finds
     at run time in 16-divisible ints and 16-byte aligned pointers (base allocations assumed aligned), so
@@ -688,7 +720,10 @@ def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False):
                 torch.backends.cudnn.allow_tf32 = allow_tf32  # picks the dot precision of fp32 launches
                 for c_in, c_out in blocks:
                     for kernel, _, args, constexprs in _meta_launches(c_in, c_out, growth, dtype, param_dtype):
-                        for config in kernel.configs:
+                        configs = kernel.configs
+                        if kernel is _conv3x3_backward and capability is not None:
+                            configs = _backward_configs(configs, dtype, capability)
+                        for config in configs:
                             signature, constants, aligned = _signature(kernel.fn, args, constexprs | config.kwargs)
                             name = _variant_name(kernel.fn, signature, constants, aligned if attrs else [])
                             variant = (name, kernel.fn, signature, constants)

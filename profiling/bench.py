@@ -252,27 +252,41 @@ def bench_overhead(args, device):
 
 
 def bench_registers(args, device):
-    """Registers per thread and spills of every kernel variant, compiled ahead of time for each target GPU."""
+    """Registers per thread and spilled bytes of every kernel variant, compiled ahead of time for each target
+    GPU (no GPU needed): one row per variant, one column per target."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise UserError("ahead-of-time compiles need the real Triton compiler: unset TRITON_INTERPRET")
+    from rich import box
+
     from kernels import aot
 
     rows = aot.compile_all()
     if args.json:
         print(json.dumps(rows))
         return
-    targets = sorted({r["target"] for r in rows})
-    table = Table(title="Triton kernels compiled ahead of time: registers per thread / spilled bytes")
+    targets = sorted({r["target"] for r in rows}, key=lambda t: int(t[3:]))
+    cells = {}
+    for r in rows:
+        cell = "error" if "error" in r else f"{r['registers']}/{r['spill_bytes']}"
+        cells.setdefault(r["short"], {})[r["target"]] = f"[red]{cell}" if "error" in r or r["spill_bytes"] else cell
+    title = "Triton kernels compiled ahead of time: registers per thread / spilled bytes"
+    caption = "M N K P WN WC: BLOCK_M ... BLOCK_WC; /w32: fp32 weights (autocast); +16:arg: arg 16-divisible"
+    caption += "; -: not launched"
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     table.add_column("kernel variant")
     for target in targets:
-        table.add_column(f"{target} ({aot.TARGETS[int(target[3:])]})", justify="right")
-    by_kernel = {}
-    for r in rows:
-        cell = r.get("error") or f"{r['registers']} / {r['spill_bytes']}"
-        by_kernel.setdefault(r["kernel"], {})[r["target"]] = cell if not r.get("spill_bytes") else f"[red]{cell}"
-    for kernel, cells in by_kernel.items():
-        table.add_row(kernel, *(cells.get(t, "-") for t in targets))
+        table.add_column(f"{target} {aot.TARGETS.get(int(target[3:]), '')}", justify="right")
+    order = {v.short: i for i, v in enumerate(aot.variants())}
+    for short in sorted(cells, key=lambda name: order.get(name, len(order))):
+        table.add_row(short, *(cells[short].get(t, "-") for t in targets))
     console.print(table)
+    for target in targets:
+        done = [r for r in rows if r["target"] == target]
+        spilling = sum(1 for r in done if r.get("spill_bytes"))
+        failed = [r for r in done if "error" in r]
+        console.print(f"{target}: {len(done)} variants, {spilling} spilling, {len(failed)} failing to compile")
+        for r in failed:
+            console.print(f"  {r['short']}: {r['error']}", markup=False)
 
 
 @cli

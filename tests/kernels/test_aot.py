@@ -1,0 +1,131 @@
+"""The Triton kernels compiled ahead of time for real GPUs, without one (kernels/aot.py): every variant
+compiles, and none spills registers to local memory on the A100 (sm_80) and the H100 (sm_90).
+
+The compiles run in a subprocess without TRITON_INTERPRET (this process has the interpreter's kernels),
+in parallel processes, one per CPU: 274 compiles, ~145 CPU seconds, so ~75 s with a cold Triton cache on
+CI's 2 cores (the budget: ~90 s) and ~3 s warm. What they cover:
+- sm_80 and sm_90: every variant of the Haar and coupling kernels, and every variant of the dense block
+  that the engine launches: fp32 features (TF32 on and off) and fp16/bf16 features with fp32 weights
+  (its --precision runs the dense blocks under autocast, which keeps the parameters fp32). Dense variants
+  with fp16/bf16 weights (a model cast to half precision as a whole, which only direct callers of
+  kernels.dense.dense_block launch) would add ~75 CPU seconds: `python -m profiling.bench registers`
+  compiles them, as every variant on every target.
+- sm_60 (P100): the fp32 and fp16 Haar and coupling kernels (bf16 needs sm_80), which must not spill
+  there either. The dense block's tensor-core paths do not target P100; the bench reports its spills.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import triton
+
+ROOT = pathlib.Path(__file__).parents[2]
+TARGETS = (60, 80, 90)
+SPILL_FREE_TARGETS = ("sm_80", "sm_90")  # and sm_60 for what it compiles there: haar, coupling
+ENGINE_DENSE_DTYPES = {"fp32", "fp16/w32", "bf16/w32"}  # features / weights, as kernels.aot.dtype names them
+
+
+def compiled_here(variant, capability):
+    """Whether the test compiles this variant (an aot.Variant) for this target (see the module docstring)."""
+    from kernels import aot
+
+    if aot.family(variant) in ("haar", "coupling"):
+        return True
+    return capability >= 80 and aot.dtype(variant) in ENGINE_DENSE_DTYPES
+
+
+def _compile(targets=TARGETS):
+    """In the subprocess: compile the test's variants, one JSON row per compile on stdout."""
+    from kernels import aot
+
+    for row in aot.compile_all(targets, select=compiled_here):
+        print(json.dumps(row))
+
+
+@pytest.fixture(scope="module")
+def rows():
+    pytest.importorskip("triton.backends.nvidia", reason="the NVIDIA backend of Triton (Linux) compiles for GPUs")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    command = [sys.executable, "-c", "from tests.kernels.test_aot import _compile; _compile()"]
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    _report(rows)
+    return rows
+
+
+def _report(rows):
+    """Registers per kernel family, dtype and target, and any spills (shown with pytest -s)."""
+    print(f"\nAOT compiles: {len(rows)}, {sum(r.get('cpu_s', 0) for r in rows):.0f} CPU seconds")
+    ranges = {}
+    for r in rows:
+        if "error" not in r:
+            ranges.setdefault((r["target"], r["family"], r["dtype"]), []).append(r["registers"])
+    for (target, family, dtype), registers in sorted(ranges.items()):
+        print(f"  {target} {family:9} {dtype:8}: {min(registers)}-{max(registers)} registers")
+    for r in rows:
+        if r.get("spill_bytes"):
+            print(f"  spills: {r['target']} {r['short']}: {r['spill_bytes']} bytes")
+
+
+def _by_target(rows):
+    found = {}
+    for r in rows:
+        found.setdefault(r["target"], []).append(r)
+    return found
+
+
+def test_every_variant_compiles(rows):
+    failed = [f"{r['target']} {r['short']}: {r['error']}" for r in rows if "error" in r]
+    assert not failed, "\n".join(failed)
+    kinds = {target: {(r["family"], r["dtype"]) for r in found} for target, found in _by_target(rows).items()}
+    stream = {(family, dtype) for family in ("haar", "coupling") for dtype in ("fp32", "fp16", "bf16")}
+    dense = {(family, dtype) for family in ("dense_fwd", "dense_bwd") for dtype in ENGINE_DENSE_DTYPES}
+    assert kinds == {
+        "sm_60": {(family, dtype) for family, dtype in stream if dtype != "bf16"},
+        "sm_80": stream | dense,
+        "sm_90": stream | dense,
+    }
+    for target in SPILL_FREE_TARGETS:  # both TF32 settings of the fp32 dense kernels
+        fp32 = [r for r in rows if r["target"] == target and r["family"].startswith("dense") and r["dtype"] == "fp32"]
+        precisions = {r["short"].split()[3] for r in fp32}
+        assert {"tf32", "ieee"} <= precisions, (target, precisions)
+    assert len({(r["target"], r["short"]) for r in rows}) == len(rows)  # short names tell variants apart
+
+
+def test_no_variant_spills_on_a100_and_h100(rows):
+    spills = [
+        f"{r['target']} {r['short']}: {r['registers']} registers, {r['spill_bytes']} bytes spilled"
+        for r in rows
+        if r.get("spill_bytes") and (r["target"] in SPILL_FREE_TARGETS or r["family"] in ("haar", "coupling"))
+    ]
+    assert not spills, "\n".join(spills)
+
+
+@pytest.mark.parametrize(
+    "capability, dtype, tiles",
+    [
+        ((8, 0), torch.float32, [32]),  # A100: 64-pixel fp32 backward steps spill with ptxas 12.9
+        ((8, 6), torch.float32, [32]),
+        ((6, 0), torch.float32, [32]),
+        ((9, 0), torch.float32, [32, 64]),  # H100: both, spill-free
+        ((8, 0), torch.bfloat16, [32, 64]),
+    ],
+)
+def test_fp32_backward_steps_take_32_pixel_tiles_before_hopper(monkeypatch, capability, dtype, tiles):
+    """The autotuner's pruning at launch, which aot_variants(capability=...) applies to what it compiles."""
+    from kernels import dense
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    configs = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (32, 64)]
+    feat = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
+    pruned = dense._prune_backward_configs(configs, {"feat": feat})
+    assert [config.kwargs["BLOCK_M"] for config in pruned] == tiles
+    cpu = SimpleNamespace(device=torch.device("cpu"), dtype=dtype)  # the interpreter: no pruning
+    assert dense._prune_backward_configs(configs, {"feat": cpu}) == configs
