@@ -1,37 +1,78 @@
 """Benchmarks that print figures (tests never assert times):
 
-    python -m profiling.bench kernels      # each fused op vs torch eager and torch.compile of the same math, GB/s
-    python -m profiling.bench step         # the trainer's step: FrEIA eager, fast kernels, compile, fast+compile
-    python -m profiling.bench overhead     # the profiler's own cost: timing + sampling on vs off, interleaved
-    python -m profiling.bench registers    # every Triton kernel compiled for P100/A100/H100: registers, spills
+    python -m profiling.bench kernels     # each fused op vs torch eager (cuDNN) and torch.compile, GB/s vs a copy
+    python -m profiling.bench step        # the trainer's step per variant: ms, images/s, MFU, kernels per step
+    python -m profiling.bench memory      # one step with and without --invertible-backprop: memory and time
+    python -m profiling.bench overhead    # the profiler's own cost: timing + sampling on vs off, interleaved
+    python -m profiling.bench registers   # every Triton kernel compiled for P100/A100/H100: registers, spills
+    python -m profiling.bench gpu         # on a GPU: the GPU tests, then all of the above into docs/PERFORMANCE.md
 
 Defaults follow the paper's x4 recipe (batch 16, 144x144 crops) on a GPU, and a small shape on a CPU.
+Every figure of one command comes from one process on one machine, so ratios compare like with like.
 """
 
 import json
 import os
+import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import date
 from functools import partial
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 from torch._dynamo.utils import counters
+from torch._subclasses.fake_tensor import FakeTensorMode
 
-from engine import config
+from engine import config, rundir
+from engine.backprop import saved_bytes
 from engine.errors import UserError, cli, parser
 from engine.guard import ExplosionGuard
-from engine.irn import coupling_scale
-from engine.trainer import Trainer
-from profiling import records
+from engine.irn import DenseBlock, coupling_scale
+from engine.losses import irn_losses, network_passes
+from engine.trainer import Trainer, census
+from profiling import records, roofline
 from profiling.gpu import Sampler
+from profiling.probe import matmul_tflops
 from profiling.timer import PhaseTimer
 
 console = Console(width=None if sys.stdout.isatty() else 150)
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Figures:
+    """One bench's result: a titled table with notes, printed in the terminal or written as Markdown."""
+
+    title: str
+    columns: list
+    rows: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def table(self):
+        table = Table(title=self.title)
+        for i, col in enumerate(self.columns):
+            table.add_column(col, justify="left" if i == 0 else "right")
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+    def markdown(self):
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines + [""] + [f"{note}  " for note in self.notes]) + "\n"
+
+    def show(self):
+        console.print(self.table())
+        for note in self.notes:
+            console.print(note)
 
 
 def sync(device):
@@ -51,6 +92,10 @@ def timed(fn, device, warmup=3, repeats=20):
         sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def shape(args):
+    return f"x{args.scale}, batch {args.batch}, {args.crop}x{args.crop}"
 
 
 # --- kernels ------------------------------------------------------------------------------------
@@ -73,76 +118,76 @@ def coupling_math(x2, h, g):
     return x2 * torch.exp(coupling_scale(h, 1.0)) + g
 
 
+def stages(scale, crop):
+    """(channels, side) of the coupling blocks' input at each stage of an x`scale` network."""
+    if scale == 3:
+        return [(27, crop // 3)]
+    out, channels, side = [], 3, crop
+    while side > crop // scale:
+        channels, side = channels * 4, side // 2
+        out.append((channels, side))
+    return out
+
+
 def kernel_cases(batch, crop, scale, device):
-    """(name, fused fn, same math in torch, inputs, bytes moved) at the shapes of an x`scale` training step."""
+    """(name, fused fn, the same op in torch, inputs, bytes the fused op moves) at a training step's shapes."""
     from kernels.coupling import coupling
+    from kernels.dense import TRAFFIC, dense_block
     from kernels.haar import haar
 
-    cases, channels, side = [], 3, crop
-    for _ in range(scale.bit_length() - 1):  # one Haar stage per factor of two
-        x = torch.randn(batch, channels, side, side, device=device)
-        n = x.numel() * 4
-        cases.append((f"haar fwd  {tuple(x.shape)}", haar, haar_math, (x,), 2 * n))
-        channels, side = channels * 4, side // 2
+    cases = []
+    for channels, side in stages(scale, crop):
+        if scale != 3:
+            x = torch.randn(batch, channels // 4, 2 * side, 2 * side, device=device)
+            cases.append((f"haar fwd {tuple(x.shape)}", haar, haar_math, (x,), 2 * x.numel() * 4))
         t = [torch.randn(batch, channels - 3, side, side, device=device) for _ in range(3)]
-        n = t[0].numel() * 4
+        fused_coupling = partial(coupling, clamp=1.0)
         cases.append(
-            (
-                f"coupling fwd {tuple(t[0].shape)}",
-                lambda a, b, c: coupling(a, b, c, 1.0),
-                coupling_math,
-                tuple(t),
-                4 * n,
-            )
+            (f"coupling fwd {tuple(t[0].shape)}", fused_coupling, coupling_math, tuple(t), 4 * t[0].numel() * 4)
         )
+        for c_in, c_out in ((channels - 3, 3), (3, channels - 3)):
+            block = DenseBlock(c_in, c_out).to(device)
+            convs = block.convs()
+            weights, biases = [c.weight for c in convs], [c.bias for c in convs]
+            x = torch.randn(batch, c_in, side, side, device=device)
+            moved = TRAFFIC["irn::dense_block"]((x, weights, biases, 0.2))
+            fused = partial(dense_block, weights=weights, biases=biases)
+            cases.append((f"dense block {c_in}->{c_out} at {side}x{side}", fused, block.reference, (x,), moved))
     return cases
 
 
 def with_backward(fn, inputs):
+    """fn's forward and its whole backward (weights' gradients included), as training runs it."""
     inputs = [t.detach().requires_grad_() for t in inputs]
-    out = fn(*inputs)
-    grad = torch.ones_like(out)
-    return lambda: torch.autograd.grad(fn(*inputs), inputs, grad)
+    grad = torch.ones_like(fn(*inputs))
+    return lambda: fn(*inputs).backward(grad)
 
 
 def bench_kernels(args, device):
-    cases = kernel_cases(args.batch, args.crop, args.scale, device)
-    roof = copy_bandwidth(device) if device.type == "cuda" else None
-    table = Table(
-        title=f"fused ops at x{args.scale}, batch {args.batch}, {args.crop}x{args.crop} ({device})"
-        + (f"; copy bandwidth {roof:.0f} GB/s" if roof else "")
-    )
-    for col in (
-        "op",
-        "eager ms",
-        "compile ms",
-        "triton ms",
-        "triton GB/s",
-        "of copy",
-        "triton fwd+bwd ms",
-        "eager fwd+bwd ms",
-    ):
-        table.add_column(col, justify="right" if col != "op" else "left")
-    for name, fused, math, inputs, nbytes in cases:
-        eager = timed(partial(math, *inputs), device)
-        compiled = timed(partial(torch.compile(math), *inputs), device)
-        eager_bwd = timed(with_backward(math, inputs), device)
-        if device.type == "cuda":
+    cuda = device.type == "cuda"
+    roof = copy_bandwidth(device) if cuda else None
+    columns = ["op", "eager ms", "compile ms", "triton ms", "triton GB/s", "of copy", "eager fwd+bwd ms"]
+    result = Figures(f"fused ops at {shape(args)} ({device_name(device)})", columns + ["triton fwd+bwd ms"])
+    for name, fused, reference, inputs, moved in kernel_cases(args.batch, args.crop, args.scale, device):
+        torch._dynamo.reset()
+        eager = timed(partial(reference, *inputs), device)
+        compiled = timed(partial(torch.compile(reference), *inputs), device)
+        eager_backward = timed(with_backward(reference, inputs), device)
+        if cuda:
             ms = timed(partial(fused, *inputs), device)
-            gbs = nbytes / ms / 1e6
-            cells = [
-                f"{ms:.3f}",
-                f"{gbs:.0f}",
-                f"{gbs / roof:.0%}",
-                f"{timed(with_backward(fused, inputs), device):.3f}",
-            ]
+            gbs = moved / ms / 1e6
+            backward = timed(with_backward(fused, inputs), device)
+            cells = [f"{ms:.3f}", f"{gbs:.0f}", f"{gbs / roof:.0%}", f"{eager_backward:.3f}", f"{backward:.3f}"]
         else:
-            cells = ["needs CUDA", "-", "-", "-"]
-        table.add_row(name, f"{eager:.3f}", f"{compiled:.3f}", *cells, f"{eager_bwd:.3f}")
-    console.print(table)
+            cells = ["needs CUDA", "-", "-", f"{eager_backward:.3f}", "-"]
+        result.rows.append([name, f"{eager:.3f}", f"{compiled:.3f}", *cells])
+    if roof:
+        result.notes.append(f"copy bandwidth {roof:.0f} GB/s; dense blocks' bytes: each kernel's reads and writes once")
+    result.notes.append("eager: the reference ops (cuDNN convolutions, concatenation, LeakyReLU for the dense blocks)")
+    return result
 
 
-# --- training step ------------------------------------------------------------------------------
+# --- the training step ----------------------------------------------------------------------------
 
 VARIANTS = {
     "freia": {},
@@ -152,15 +197,16 @@ VARIANTS = {
     "compile-max-autotune": {"compile": "max-autotune"},
     "compile-cudagraphs": {"compile": "reduce-overhead"},
     "freia-bf16": {"precision": "bf16"},
+    "fast-bf16": {"fast_kernels": True, "precision": "bf16"},
     "fast+compile-bf16": {"fast_kernels": True, "compile": "default", "precision": "bf16"},
+    "fast+cudagraphs-bf16": {"fast_kernels": True, "compile": "reduce-overhead", "precision": "bf16"},
 }
 
 
 def step_config(args, overrides):
     flags = ["--config", f"irn_x{args.scale}", "--batch-size", str(args.batch), "--crop", str(args.crop)]
     cfg, _ = config.resolve(flags, prog="python -m profiling.bench")
-    cfg.update(overrides)
-    return cfg
+    return {**cfg, **overrides}
 
 
 def step_runner(cfg, device, folder=None):
@@ -170,11 +216,11 @@ def step_runner(cfg, device, folder=None):
     if trainer.kernel_note:
         raise UserError(f"--fast-kernels: {trainer.kernel_note}; run the fast variants on a CUDA GPU")
     g = torch.Generator().manual_seed(0)
-    b, crop, scale = cfg["batch_size"], cfg["crop"], cfg["scale"]
+    b, crop, side = cfg["batch_size"], cfg["crop"], cfg["crop"] // cfg["scale"]
     batch = {
         "hr": torch.randint(0, 256, (b, 3, crop, crop), dtype=torch.uint8, generator=g),
-        "lr_ref": torch.rand(b, 3, crop // scale, crop // scale, generator=g),
-        "noise": torch.randn(b, trainer.model.z_channels(), crop // scale, crop // scale, generator=g),
+        "lr_ref": torch.rand(b, 3, side, side, generator=g),
+        "noise": torch.randn(b, trainer.model.z_channels(), side, side, generator=g),
         "image": torch.zeros(b, dtype=torch.long),
         "box": torch.zeros(b, 4, dtype=torch.long),
         "aug": torch.zeros(b, dtype=torch.long),
@@ -189,7 +235,35 @@ def step_runner(cfg, device, folder=None):
         timer.end_step(state["step"])
         state["step"] += 1
 
+    run.trainer = trainer
     return run
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+
+
+def peak_tflops(cfg, device):
+    """The peak a step is measured against: the GPU's table figure at its math precision, or the
+    matrix-product rate measured here (CPUs, unlisted GPUs), with where it comes from."""
+    gpu = roofline.named_gpu(device_name(device)) if device.type == "cuda" else None
+    if gpu:
+        math = roofline.math_precision(cfg["precision"], torch.backends.cudnn.allow_tf32, gpu)
+        return gpu.peak_tflops[math], f"{gpu.name} {math} peak"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"], torch.float32)
+    return matmul_tflops(device, dtype), "measured matrix product"
+
+
+def kernels_in_a_step(run, device):
+    """GPU kernels one step launches, counted by torch.profiler (None on a CPU)."""
+    if device.type != "cuda":
+        return None
+    timer = PhaseTimer(device, enabled=False)
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        run(timer)
+        sync(device)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
 def bench_step(args, device):
@@ -201,12 +275,17 @@ def bench_step(args, device):
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise UserError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    table = Table(
-        title=f"training step at x{args.scale}, batch {args.batch}, {args.crop}x{args.crop} ({device}), "
-        f"median of {args.steps}"
-    )
-    for col in ("variant", "ms/step", "images/s", "vs freia eager"):
-        table.add_column(col, justify="right" if col != "variant" else "left")
+    columns = [
+        "variant",
+        "ms/step",
+        "images/s",
+        "vs freia eager",
+        "TFLOP/s",
+        "MFU",
+        "kernels (profiled)",
+        "kernels (census)",
+    ]
+    result = Figures(f"training step at {shape(args)} ({device_name(device)}), median of {args.steps}", columns)
     base = None
     for name in names:
         cfg = step_config(args, VARIANTS[name])
@@ -214,14 +293,83 @@ def bench_step(args, device):
         # variants and run the rest eagerly under a compiled label.
         torch._dynamo.reset()
         counters.clear()
-        run, timer = step_runner(cfg, device), PhaseTimer(device, enabled=False)
-        ms = timed(partial(run, timer), device, warmup=args.warmup, repeats=args.steps)
+        run = step_runner(cfg, device)
+        ms = timed(partial(run, PhaseTimer(device, enabled=False)), device, warmup=args.warmup, repeats=args.steps)
         if cfg["compile"] != "off" and not counters["stats"]["unique_graphs"]:
             raise RuntimeError(f"variant {name} did not compile: dynamo made no graph")
         base = base or ms
-        table.add_row(name, f"{ms:.1f}", f"{args.batch / ms * 1e3:.1f}", f"{base / ms:.2f}x")
-        console.print(f"  {name}: {ms:.1f} ms/step")
-    console.print(table)
+        counted = census(cfg)
+        peak, source = peak_tflops(cfg, device)
+        achieved = counted.flops_per_step / ms / 1e9
+        profiled = kernels_in_a_step(run, device)
+        result.rows.append([
+            name, f"{ms:.2f}", f"{args.batch / ms * 1e3:.0f}", f"{base / ms:.2f}x", f"{achieved:.1f}",
+            f"{achieved / peak:.1%}", f"{profiled:,}" if profiled is not None else "-", f"{counted.kernels_per_step:,}",
+        ])  # fmt: skip
+        console.print(f"  {name}: {ms:.2f} ms/step")
+    result.notes.append(f"MFU against {source}; census kernels count the eager ops (compilation fuses some)")
+    return result
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def activation_bytes(cfg):
+    """Bytes autograd saves for the backward in one step's two passes and losses, counted on fake
+    tensors at the step's real size (no compute)."""
+    trainer = Trainer({**cfg, "fast_kernels": False, "compile": "off"}, torch.device("cpu"))
+    model, exclude = trainer.model, [*trainer.model.parameters(), *trainer.model.buffers()]
+    b, crop, side = cfg["batch_size"], cfg["crop"], cfg["crop"] // cfg["scale"]
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        hr, lr_ref = torch.empty(b, 3, crop, crop), torch.empty(b, 3, side, side)
+        noise = torch.empty(b, model.z_channels(), side, side)
+
+        def step():
+            y, z, reconstruction = network_passes(model, hr, noise)
+            return sum(irn_losses(y, z, reconstruction, hr, lr_ref, cfg).values())
+
+        return saved_bytes(step, exclude=exclude)[1]
+
+
+def peak_bytes(run, device):
+    """The peak of allocated memory over one step: the CUDA allocator's, or on a CPU the 'Total
+    Allocated' of torch.profiler's memory events."""
+    timer = PhaseTimer(device, enabled=False)
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run(timer)
+        sync(device)
+        return torch.cuda.max_memory_allocated(device)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        run(timer)
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.loads(Path(f.name).read_text())["traceEvents"]
+    return max((e["args"].get("Total Allocated", 0) for e in events if e.get("name") == "[memory]"), default=0)
+
+
+def bench_memory(args, device):
+    """One step with and without backprop by inversion, side by side in one process."""
+    columns = ["backprop", "activations saved (GiB)", "peak allocated (GiB)", "ms/step"]
+    clock = "the CUDA allocator" if device.type == "cuda" else "torch.profiler's CPU memory events"
+    result = Figures(f"memory of one step at {shape(args)} ({device_name(device)})", columns)
+    figures = {}
+    for inverting in (False, True):
+        cfg = step_config(args, {"invertible_backprop": inverting})
+        run = step_runner(cfg, device)
+        ms = timed(partial(run, PhaseTimer(device, enabled=False)), device, warmup=args.warmup, repeats=args.steps)
+        figures[inverting] = (activation_bytes(cfg), peak_bytes(run, device), ms)
+        saved, peak, _ = figures[inverting]
+        name = "by inversion" if inverting else "standard"
+        result.rows.append([name, f"{saved / 2**30:.3f}", f"{peak / 2**30:.3f}", f"{ms:.1f}"])
+    (saved0, peak0, ms0), (saved1, peak1, ms1) = figures[False], figures[True]
+    result.rows.append(["ratio", f"{saved1 / saved0:.1%}", f"{peak1 / peak0:.1%}", f"{ms1 / ms0:.2f}x"])
+    result.notes.append(f"activations: saved-tensor hooks on fake tensors at this size; peak: {clock}")
+    return result
+
+
+# --- the profiler's own cost ------------------------------------------------------------------------
 
 
 def bench_overhead(args, device):
@@ -244,11 +392,19 @@ def bench_overhead(args, device):
             timer.flush()
             kind = getattr(sampler, "kind", kind)
     on_ms, off_ms = statistics.median(times["on"]), statistics.median(times["off"])
-    console.print(
-        f"profiler overhead at x{args.scale}, batch {args.batch}, {args.crop}x{args.crop} ({device}): "
-        f"on {on_ms:.2f} ms/step, off {off_ms:.2f} ms/step -> {100 * (on_ms / off_ms - 1):+.2f}% "
-        f"(median of {args.rounds} alternating rounds of {args.steps} steps; sampler: {kind})"
+    result = Figures(
+        f"the profiler's own cost at {shape(args)} ({device_name(device)})", ["timers and sampler", "ms/step"]
     )
+    result.rows += [
+        ["on", f"{on_ms:.2f}"],
+        ["off", f"{off_ms:.2f}"],
+        ["overhead", f"{100 * (on_ms / off_ms - 1):+.2f}%"],
+    ]
+    result.notes.append(f"median of {args.rounds} alternating rounds of {args.steps} steps; sampler: {kind}")
+    return result
+
+
+# --- registers ------------------------------------------------------------------------------------
 
 
 def bench_registers(args, device):
@@ -256,44 +412,95 @@ def bench_registers(args, device):
     GPU (no GPU needed): one row per variant, one column per target."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise UserError("ahead-of-time compiles need the real Triton compiler: unset TRITON_INTERPRET")
-    from rich import box
-
     from kernels import aot
 
     rows = aot.compile_all()
     if args.json:
         print(json.dumps(rows))
-        return
+        return None
     targets = sorted({r["target"] for r in rows}, key=lambda t: int(t[3:]))
     cells = {}
     for r in rows:
         cell = "error" if "error" in r else f"{r['registers']}/{r['spill_bytes']}"
-        cells.setdefault(r["short"], {})[r["target"]] = f"[red]{cell}" if "error" in r or r["spill_bytes"] else cell
-    title = "Triton kernels compiled ahead of time: registers per thread / spilled bytes"
-    caption = "M N K P WN WC: BLOCK_M ... BLOCK_WC; /w32: fp32 weights (autocast); +16:arg: arg 16-divisible"
-    caption += "; -: not launched"
-    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    table.add_column("kernel variant")
-    for target in targets:
-        table.add_column(f"{target} {aot.TARGETS.get(int(target[3:]), '')}", justify="right")
+        cells.setdefault(r["short"], {})[r["target"]] = cell
+    columns = ["kernel variant"] + [f"{t} {aot.TARGETS.get(int(t[3:]), '')}" for t in targets]
+    result = Figures("Triton kernels compiled ahead of time: registers per thread / spilled bytes", columns)
     order = {v.short: i for i, v in enumerate(aot.variants())}
     for short in sorted(cells, key=lambda name: order.get(name, len(order))):
-        table.add_row(short, *(cells[short].get(t, "-") for t in targets))
-    console.print(table)
+        result.rows.append([short, *(cells[short].get(t, "-") for t in targets)])
+    result.notes.append("M N K P WN WC: BLOCK_M ... BLOCK_WC; /w32: fp32 weights (autocast); +16:arg: arg 16-divisible")
     for target in targets:
         done = [r for r in rows if r["target"] == target]
-        spilling = sum(1 for r in done if r.get("spill_bytes"))
-        failed = [r for r in done if "error" in r]
-        console.print(f"{target}: {len(done)} variants, {spilling} spilling, {len(failed)} failing to compile")
-        for r in failed:
-            console.print(f"  {r['short']}: {r['error']}", markup=False)
+        spilling, failed = sum(1 for r in done if r.get("spill_bytes")), [r for r in done if "error" in r]
+        result.notes.append(f"{target}: {len(done)} variants, {spilling} spilling, {len(failed)} failing to compile")
+        result.notes += [f"{r['short']}: {r['error']}" for r in failed]
+    return result
+
+
+# --- everything, on a GPU ----------------------------------------------------------------------------
+
+
+def run_tests(*pytest_args):
+    """(command, pytest's summary line, exit code) of a pytest run in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    summary = next((line for line in reversed(done.stdout.splitlines()) if line.strip()), "no output")
+    return " ".join(["pytest", *pytest_args]), summary, done.returncode
+
+
+def bench_gpu(args, device):
+    """The GPU tests, then every bench at the recipe's shape, all into one Markdown file."""
+    if device.type != "cuda":
+        raise UserError("`bench gpu` runs on a CUDA GPU; on a CPU run the benches one by one")
+    tests = [run_tests("-m", "gpu"), run_tests("tests/kernels")]
+    figures = []
+    for bench in (bench_kernels, bench_step, bench_memory, bench_overhead, bench_registers):
+        console.print(f"[bold]{bench.__name__}")
+        figures.append(bench(args, device))
+        figures[-1].show()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(performance_page(device, tests, figures))
+    console.print(f"wrote {args.out}")
+
+
+def performance_page(device, tests, figures):
+    import triton
+
+    props = torch.cuda.get_device_properties(device)
+    lines = [
+        "# Performance",
+        "",
+        f"Measured by `python -m profiling.bench gpu` on {date.today():%Y-%m-%d}: one process, one card.",
+        "",
+        f"- card: {props.name} (compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB)",
+        f"- torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), "
+        f"triton {triton.__version__}, Python {platform.python_version()}",
+        f"- commit {rundir.git_commit()}",
+        "",
+        "## Tests on this card",
+        "",
+        *[f"- `{command}`: {summary}" + ("" if code == 0 else " (FAILED)") for command, summary, code in tests],
+        "",
+        "## Figures",
+        "",
+    ]
+    return "\n".join(lines) + "\n" + "\n".join(f.markdown() for f in figures)
 
 
 @cli
 def main(argv=None):
     cuda = torch.cuda.is_available()
+    benches = {
+        "kernels": bench_kernels,
+        "step": bench_step,
+        "memory": bench_memory,
+        "overhead": bench_overhead,
+        "registers": bench_registers,
+        "gpu": bench_gpu,
+    }
     p = parser("python -m profiling.bench", __doc__)
-    p.add_argument("what", choices=("kernels", "step", "overhead", "registers"))
+    p.add_argument("what", choices=list(benches))
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--batch", type=int, default=16 if cuda else 2)
     p.add_argument("--crop", type=int, default=144 if cuda else 32)
@@ -302,12 +509,15 @@ def main(argv=None):
         "--warmup", type=int, default=10 if cuda else 2, help="untimed steps first (compilation, autotuning)"
     )
     p.add_argument("--rounds", type=int, default=5, help="alternating on/off rounds for `overhead`")
-    p.add_argument("--variants", default="", help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="", help=f"`step`: comma-separated, from: {', '.join(VARIANTS)}")
     p.add_argument("--json", action="store_true", help="`registers`: print the rows as JSON")
+    p.add_argument("--out", default=str(REPO / "docs" / "PERFORMANCE.md"), help="`gpu`: the page to write")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    step_config(args, {})  # one line for a bad --scale/--batch/--crop before any work
     device = torch.device("cuda" if cuda else "cpu")
-    benches = {"kernels": bench_kernels, "step": bench_step, "overhead": bench_overhead, "registers": bench_registers}
-    benches[args.what](args, device)
+    result = benches[args.what](args, device)
+    if result is not None:
+        result.show()
 
 
 if __name__ == "__main__":
