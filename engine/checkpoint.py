@@ -70,8 +70,12 @@ def save(run, step, state, kept=2, best=False):
     path = step_file(run, step)
     aside = path.with_name(path.name + ".tmp")
     try:
-        torch.save({**state, "step": step, "rng": rng_state()}, aside)
-        _fsync(aside)
+        # Through a Python file, so that the kernel's own error (a full disk: ENOSPC) comes back as an
+        # OSError; torch.save given a path reports it as a RuntimeError from its C++ writer.
+        with open(aside, "wb") as f:
+            torch.save({**state, "step": step, "rng": rng_state()}, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(aside, path)
         for name in (LATEST, BEST) if best else (LATEST,):
             _link(path, folder / name)
@@ -135,7 +139,7 @@ def load_newest(run, log=print):
     """The state of the newest readable checkpoint of a run folder; each one skipped is one line of `log`.
     Files a crash left half written aside (*.tmp) are removed: they never were checkpoints."""
     for aside in folder_of(run).glob("*.tmp"):
-        aside.unlink()
+        aside.unlink(missing_ok=True)  # every rank reads the checkpoint; one may have removed it already
     steps = steps_saved(run)
     candidates = [step_file(run, s) for s in steps] or [folder_of(run) / LATEST]  # folders of older releases
     for path in candidates:

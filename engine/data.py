@@ -9,7 +9,6 @@ backward pass. So the data a run sees does not depend on workers, on resumption,
 share the batch.
 """
 
-import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from PIL import Image, UnidentifiedImageError
 from engine.errors import UserError
 from engine.imresize import imresize
 
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")  # what a cluster or a user sends to stop a job
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 EMBEDDED_TRAIN = [
     "astronaut.png",
@@ -188,15 +186,7 @@ class RankSamples(torch.utils.data.Sampler):
             first += self.global_batch
 
 
-def ignore_stop_signals(worker_id):
-    """In a loader worker: SLURM and Ctrl-C signal the whole process group, workers included. The
-    training process handles the signal (a checkpoint, then a clean exit that shuts the workers down);
-    a worker that died of it would take the training process down with it first."""
-    for name in STOP_SIGNALS:
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-
-
-def loader(data, cfg, start_sample, rank=0, world=1, pin_memory=False):
+def loader(data, cfg, start_sample, rank=0, world=1, pin_memory=False, worker_init_fn=None):
     """Batches of this rank's share of the global sample stream, from global sample `start_sample` on."""
     per_rank = cfg["batch_size"] // world
     return torch.utils.data.DataLoader(
@@ -207,7 +197,7 @@ def loader(data, cfg, start_sample, rank=0, world=1, pin_memory=False):
         pin_memory=pin_memory,
         persistent_workers=cfg["workers"] > 0,
         prefetch_factor=4 if cfg["workers"] > 0 else None,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=worker_init_fn,
         generator=torch.Generator().manual_seed(cfg["seed"]),  # keeps the loader off the global RNG
     )
 

@@ -101,7 +101,8 @@ def weights_agree(model, ranks):
 
 
 class AllReduceTime:
-    """Time of each step's gradient all-reduces, from each bucket's readiness to its completion, summed.
+    """Time of each step's gradient all-reduces: the union of the spans from each bucket's readiness to
+    its completion (buckets queue behind each other; summing their spans would count the wait twice).
 
     With NCCL the clock is the GPU's: a CUDA event on the compute stream when the bucket is handed over,
     and one recorded in the future's callback, which runs on a stream that waits for the collective; the
@@ -123,7 +124,7 @@ class AllReduceTime:
 
     def end(self, start):
         if self.clock == "host":
-            self.spans.append((time.perf_counter() - start) * 1e3)
+            self.spans.append((start, time.perf_counter()))
         else:
             event = torch.cuda.Event(enable_timing=True)
             event.record()  # on the callback's stream, after the all-reduce
@@ -135,7 +136,24 @@ class AllReduceTime:
         done, self.spans = self.spans, []
         if self.clock == "cuda":
             done, self.waiting = self.waiting, done
-        return sum(span if isinstance(span, float) else span[0].elapsed_time(span[1]) for span in done)
+        if not done:
+            return 0.0
+        origin = done[0][0]
+        if self.clock == "host":
+            spans = [((a - origin) * 1e3, (b - origin) * 1e3) for a, b in done]
+        else:  # each event's time from the first bucket's start, on the GPU's clock
+            spans = [(origin.elapsed_time(a) if a is not origin else 0.0, origin.elapsed_time(b)) for a, b in done]
+        return union_length(spans)
+
+
+def union_length(spans):
+    """The length covered by (start, end) intervals, overlaps counted once."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def timed_allreduce(timer, bucket):

@@ -9,8 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from engine.data import STOP_SIGNALS
-
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")  # what a cluster or a user sends to stop a job
 DEFAULT_CHECKPOINT_S = 10.0  # the margin for writing a checkpoint before one has been timed
 
 
@@ -36,6 +35,14 @@ class StopRequest:
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def ignore_stop_signals(worker_id):
+    """In a loader worker: SLURM and Ctrl-C signal the whole process group, workers included. The
+    training process handles the signal (a checkpoint, then a clean exit that shuts the workers down);
+    a worker that died of it would take the training process down with it first."""
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def process_age_s():

@@ -7,7 +7,7 @@ folder gets metrics.jsonl, phases.jsonl, gpu.jsonl, checkpoints/, samples/ and e
 import os
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from engine.grids import save_rescale_grid
 from engine.guard import ExplosionGuard, TooManyBadSteps
 from engine.node_data import load_once_per_node
 from engine.progress import TrainingProgress, summary
-from engine.stopping import StopRequest, TimeLimit
+from engine.stopping import StopRequest, TimeLimit, ignore_stop_signals
 from engine.trainer import Trainer, census
 from profiling import records, tensorboard
 from profiling.capture import Captures, PySpyCapture, TorchProfileCapture
@@ -115,9 +115,14 @@ def initialise_from(trainer, path, log):
 
 
 def write_census(cfg, folder, ranks, fused):
-    """census.json: one rank's training step counted on fake tensors (the ops this run runs)."""
-    counted = census({**cfg, "batch_size": cfg["batch_size"] // ranks.world}, fast_kernels=fused)
-    records.write_json(folder / records.CENSUS, counted.to_json())
+    """census.json: one rank's training step counted on fake tensors (the ops this run runs), and the
+    model FLOPs of the step (as standard backprop makes them: MFU counts no recomputation)."""
+    per_rank = {**cfg, "batch_size": cfg["batch_size"] // ranks.world}
+    counted = census(per_rank, fast_kernels=fused).to_json()
+    model = census({**per_rank, "invertible_backprop": False}) if cfg["invertible_backprop"] else None
+    counted["model_flops_per_step"] = model.flops_per_step if model else counted["flops_per_step"]
+    counted["compile"] = cfg["compile"]
+    records.write_json(folder / records.CENSUS, counted)
 
 
 def resume_command(folder):
@@ -145,7 +150,7 @@ def metrics_record(result, step_s, batch_size):
     return record
 
 
-def train(trainer, cfg, folder, state, train_set, val_set, time_limit):
+def train(trainer, cfg, folder, state, train_set, val_set, time_limit, log):
     """The loop: data, step, log; validate and checkpoint on schedule, stop on signals, the time limit
     or the last step, always with a checkpoint.
 
@@ -166,7 +171,9 @@ def train(trainer, cfg, folder, state, train_set, val_set, time_limit):
     )
     step, progress = resume_point(state, guard, cfg)
     pin = device.type == "cuda"
-    batches = iter(data.loader(train_set, cfg, progress["samples_seen"], ranks.rank, ranks.world, pin))
+    start = progress["samples_seen"]
+    loader = data.loader(train_set, cfg, start, ranks.rank, ranks.world, pin, worker_init_fn=ignore_stop_signals)
+    batches = iter(loader)
     stopped, step_seconds, saved_at = None, {}, None
     with ExitStack() as stack:
         phases = stack.enter_context(records.JsonLines(records.rank_file(folder, records.PHASES_STEM, ranks.rank)))
@@ -178,7 +185,6 @@ def train(trainer, cfg, folder, state, train_set, val_set, time_limit):
             phases, metrics = records.Tee(phases.write, board.phases), records.Tee(metrics.write, board.metrics)
         timer = PhaseTimer(device, sink=phases)
         stack.callback(timer.flush)
-        log = console.print if ranks.main else print_nothing
         stack.enter_context(Sampler(samples, cfg["gpu_sample_ms"], log=log, devices=device))
         stop = stack.enter_context(StopRequest())
         captures = Captures(capture_windows(cfg, folder, device, ranks.rank), console.print)
@@ -186,19 +192,22 @@ def train(trainer, cfg, folder, state, train_set, val_set, time_limit):
         bar = stack.enter_context(TrainingProgress(cfg["steps"], step, enabled=ranks.main))
         while step < cfg["steps"] and not stopped:
             began = time.perf_counter()
-            with timer.phase("capture"):
+            with timer.phase("capture") if captures.busy(step) else nullcontext():
                 captured = captures.at_step(step)
             with timer.phase("data"):
                 batch = next(batches)
             done = [trainer.step(batch, timer, guard, step)]
             step += 1
             progress["samples_seen"] += cfg["batch_size"]
-            validating = due(step, cfg["val_every"]) or step == cfg["steps"]
             checkpointing = due(step, cfg["checkpoint_every"])
             time_limit.timed(step_s=time.perf_counter() - began)
-            out_of_time = time_limit.reached(validation_next=due(step + 1, cfg["val_every"]))
+            out_of_time = time_limit.reached(
+                validation_next=due(step + 1, cfg["val_every"]) or step + 1 == cfg["steps"]
+            )
             if distributed.any_rank(stop.reason or out_of_time, ranks):  # every rank stops at the same step
                 stopped = stop.reason or ("time limit" if out_of_time else "another rank")
+            # a stop request leaves time for the checkpoint only (a cluster kills a job soon after its signal)
+            validating = (due(step, cfg["val_every"]) or step == cfg["steps"]) and not stopped
             if validating or checkpointing or stopped or step == cfg["steps"]:
                 done.append(trainer.drain(guard))  # this step's own values, before its scheduled work
             step_seconds[step - 1] = time.perf_counter() - began
@@ -289,21 +298,24 @@ def run(cfg, flags, ranks, time_limit):
     if cfg["fast_kernels"] and ranks.main:
         console.print(f"--fast-kernels: {trainer.kernel_note or 'Haar and coupling run as fused Triton kernels'}")
     if cfg["init_from"] and not flags.resume:  # before the run folder exists: a mismatch leaves none behind
-        initialise_from(trainer, cfg["init_from"], log=console.print if ranks.main else print_nothing)
+        initialise_from(trainer, cfg["init_from"], log)
     folder, state = open_run(cfg, flags, ranks)
     if state is not None:
         trainer.load_state(state)
     start = state["step"] if state else 0
     job = {"rank": ranks.rank, "seed": cfg["seed"] + ranks.rank, "start_step": start, "time": time.time()}
-    job["probe"] = probe(device, cfg["precision"])  # launch cost and matmul rate, for the report's floors
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # measuring must not move the run's random streams
+        job["probe"] = probe(device, cfg["precision"])  # launch cost and matmul rate, for the report's floors
+        if ranks.main:
+            write_census(cfg, folder, ranks, fused=trainer.kernel_note is None and cfg["fast_kernels"])
     envs = distributed.gather(rundir.environment(device, job), ranks)
     if ranks.main:
         with records.JsonLines(folder / records.ENV) as out:
             out.write({**envs[0], "world_size": ranks.world, "ranks": envs})
-        write_census(cfg, folder, ranks, fused=trainer.kernel_note is None and cfg["fast_kernels"])
         console.print(f"run folder: [bold]{folder}[/]  (report: python -m profiling.report {folder})")
     try:
-        step, stopped, seconds = train(trainer, cfg, folder, state, train_set, val_set, time_limit)
+        step, stopped, seconds = train(trainer, cfg, folder, state, train_set, val_set, time_limit, log)
     except TooManyBadSteps as err:
         raise UserError(str(err)) from None
     if ranks.main:

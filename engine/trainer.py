@@ -111,7 +111,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and self.scaler.is_enabled():  # an fp32 or bf16 run has no scale to resume
+            self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
 
     def initialise_optimizer_state(self):

@@ -106,40 +106,43 @@ def gpu_stats(samples, step_time_ms):
 
 def hardware(cfg, env, census, measured_ms):
     """The run's own device against the census: floors, achieved FLOP/s and MFU; forecasts for the
-    named GPUs. None without a census (runs made before it existed)."""
+    named GPUs. None without a census (runs made before it existed).
+
+    A run under CUDA graphs (--compile reduce-overhead) replays its kernels without launching them one
+    by one: it has no launch floor. MFU counts the model's FLOPs (a step's as standard backprop makes
+    them); the floors count what the step runs, recomputation included."""
     if not census:
         return None
     device, probe = env.get("device", {}), env.get("probe", {})
-    backends = env.get("backends", {})
-    precision, tf32 = cfg.get("precision", "fp32"), backends.get("cudnn_allow_tf32", True)
-    gpu = roofline.named_gpu(device.get("name")) if device.get("type") == "cuda" else None
-    launch_us = probe.get("launch_us", roofline.LAUNCH_US)
+    precision, tf32 = cfg.get("precision", "fp32"), env.get("backends", {}).get("cudnn_allow_tf32", True)
+    graphs = census.get("compile", cfg.get("compile")) == "reduce-overhead"
+    launch_us = 0.0 if graphs else probe.get("launch_us", roofline.LAUNCH_US)
+    peak, source, gpu = roofline.peak(device, precision, tf32, probe.get("matmul_tflops"))
     if gpu:
         own = roofline.floors(census, gpu, precision, tf32, launch_us)
-        peak, peak_source = gpu.peak_tflops[own["math"]], f"{gpu.name}, {own['math']} peak"
-    else:  # a CPU or an unlisted GPU: its measured matrix-product rate is the peak, bandwidth unknown
-        peak = probe.get("matmul_tflops")
-        peak_source = f"measured {precision} matrix product on this {device.get('type', 'device')}"
-        own = own_floors_without_bandwidth(census, peak, launch_us)
-    own = (own or {}) | roofline.utilisation(census, measured_ms, peak)
+    else:  # a CPU or an unlisted GPU: its measured matrix-product rate is the compute roof, bandwidth unknown
+        own = floors_without_bandwidth(census, peak, launch_us)
+    model = {**census, "flops_per_step": census.get("model_flops_per_step", census["flops_per_step"])}
+    own = own | roofline.utilisation(model, measured_ms, peak)
     return {
         "census": census,
-        "own": own | {"peak_tflops": peak, "peak_source": peak_source, "launch_us": launch_us},
+        "own": own | {"peak_tflops": peak, "peak_source": source, "launch_us": launch_us, "cuda_graphs": graphs},
         "vs_floor": measured_ms / own["floor_ms"] if own.get("floor_ms") else None,
         "forecasts": roofline.forecasts(census, precision, tf32),
     }
 
 
-def own_floors_without_bandwidth(census, peak_tflops, launch_us):
+def floors_without_bandwidth(census, peak_tflops, launch_us):
+    """Compute and launch floors where the memory bandwidth is not known (a CPU)."""
     if not peak_tflops:
-        return None
+        return {}
     ms = {"compute": census["flops_per_step"] / (peak_tflops * 1e12) * 1e3}
     ms["launch"] = census["kernels_per_step"] * launch_us / 1e3
     bound = max(ms, key=ms.get)
     return {f"{k}_ms": v for k, v in ms.items()} | {"bound": bound, "floor_ms": ms[bound], "math": "measured"}
 
 
-def verdict(phases, gpu, device_type, hw):
+def verdict(phases, gpu, device_type, hw, cfg):
     """The bottleneck of the training step in plain words: (label, evidence, what to try next)."""
     share = {k: v["share"] for k, v in phases["phases"].items()}
     if share["data"] > 0.15:
@@ -160,8 +163,7 @@ def verdict(phases, gpu, device_type, hw):
             "host-bound",
             f"the GPU was busy only {gpu['util_mean']:.0f}% of the time ({gpu['under_50_share']:.0%} of samples "
             "under 50%) although data was ready",
-            "the CPU cannot issue kernels fast enough: try --compile reduce-overhead (CUDA graphs), --fast-kernels, "
-            "or a larger batch",
+            roofline.next_steps("launch", cfg),
         )
     own = hw and hw["own"]
     if own and own.get("bound"):
@@ -170,13 +172,13 @@ def verdict(phases, gpu, device_type, hw):
         evidence = f"the step takes {phases['step_ms']:.1f} ms, {hw['vs_floor']:.1f}x its {floor}{mfu}"
         if own["bound"] == "launch":
             evidence += f" (about {hw['census']['kernels_per_step']:,} kernels per step)"
-        next_step = roofline.NEXT_STEP[own["bound"]] if device_type == "cuda" else "train on a CUDA GPU"
+        next_step = roofline.next_steps(own["bound"], cfg) if device_type == "cuda" else "train on a CUDA GPU"
         return f"{own['bound']}-bound", evidence, next_step
     compute = share["forward"] + share["backward"] + share["loss"]
     return (
         "compute-bound",
         f"forward, loss and backward took {compute:.0%} of each step",
-        "try --fast-kernels with --compile, --precision bf16" if device_type == "cuda" else "train on a CUDA GPU",
+        roofline.next_steps("compute", cfg) if device_type == "cuda" else "train on a CUDA GPU",
     )
 
 
@@ -233,7 +235,7 @@ def analyse(folder):
     device_type = env.get("device", {}).get("type", "cpu")
     hw = hardware(cfg, env, read_json(folder / records.CENSUS), stats["step_ms"])
     if steps:
-        label, evidence, next_step = verdict(stats, gpu, device_type, hw)
+        label, evidence, next_step = verdict(stats, gpu, device_type, hw, cfg)
     else:
         label, evidence, next_step = "unknown", "no step timings yet", "let the run take a few steps"
     step_s = stats["step_ms"] / 1e3

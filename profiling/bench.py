@@ -243,17 +243,6 @@ def device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 
 
-def peak_tflops(cfg, device):
-    """The peak a step is measured against: the GPU's table figure at its math precision, or the
-    matrix-product rate measured here (CPUs, unlisted GPUs), with where it comes from."""
-    gpu = roofline.named_gpu(device_name(device)) if device.type == "cuda" else None
-    if gpu:
-        math = roofline.math_precision(cfg["precision"], torch.backends.cudnn.allow_tf32, gpu)
-        return gpu.peak_tflops[math], f"{gpu.name} {math} peak"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"], torch.float32)
-    return matmul_tflops(device, dtype), "measured matrix product"
-
-
 def kernels_in_a_step(run, device):
     """GPU kernels one step launches, counted by torch.profiler (None on a CPU)."""
     if device.type != "cuda":
@@ -299,7 +288,11 @@ def bench_step(args, device):
             raise RuntimeError(f"variant {name} did not compile: dynamo made no graph")
         base = base or ms
         counted = census(cfg)
-        peak, source = peak_tflops(cfg, device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"], torch.float32)
+        named = {"type": device.type, "name": device_name(device)}
+        listed = device.type == "cuda" and roofline.named_gpu(named["name"])
+        measured = None if listed else matmul_tflops(device, dtype)
+        peak, source, _ = roofline.peak(named, cfg["precision"], torch.backends.cudnn.allow_tf32, measured)
         achieved = counted.flops_per_step / ms / 1e9
         profiled = kernels_in_a_step(run, device)
         result.rows.append([

@@ -296,6 +296,12 @@ class Captures:
         self.windows, self.log = windows, log
         self.running, self.tried = [], set()
 
+    def busy(self, step):
+        """Whether a capture starts, runs or stops at `step` (the loop times only such steps' capture work)."""
+        return bool(self.running) or any(
+            start - getattr(capture, "lead", 0) <= step <= stop for capture, (start, stop) in self.windows
+        )
+
     def at_step(self, step):
         """Start and stop captures before `step`; whether a capture touched this step (its timing is not typical)."""
         touched = bool(self.running)

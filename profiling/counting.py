@@ -52,11 +52,10 @@ KERNELS = {
     "convolution": lambda args: 2 if args[2] is not None else 1,
     # input, weight and bias gradients: one kernel each that the output mask asks for
     "convolution_backward": lambda args: sum(bool(m) for m in args[-1]),
-    # multi_tensor_apply: one launch per chunk of tensors (36 per launch at depth 4 for Adam's four lists)
-    "_fused_adam": lambda args: math.ceil(len(args[0]) / 36),
-    "_fused_adam_": lambda args: math.ceil(len(args[0]) / 36),
 }
-FOREACH_TENSORS_PER_LAUNCH = 48  # multi_tensor_apply at depth 2 to 3
+# multi_tensor_apply (foreach ops, fused Adam) launches one kernel per chunk of tensors: how many fit in
+# one launch's arguments depends on how many tensor lists it walks together (its depth).
+TENSORS_PER_LAUNCH = {1: 110, 2: 64, 3: 48, 4: 36, 5: 30}
 
 CONVOLUTIONS = {"conv2d", "convolution", "conv_transpose2d"}
 
@@ -118,6 +117,15 @@ def forward_category(name, args, kwargs, phase):
 def _groups(name, args, kwargs):
     position = {"convolution": 8, "conv2d": 6, "conv_transpose2d": 6}[name]
     return kwargs.get("groups", args[position] if len(args) > position else 1)
+
+
+def _written_in_place(func, args):
+    """What an op mutates without returning it (fused Adam, in-place foreach ops): its writes. An op that
+    returns what it wrote counts it as its output already."""
+    if func._schema.returns:
+        return []
+    specs = func._schema.arguments
+    return _tensors([a for a, spec in zip(args, specs, strict=False) if spec.alias_info and spec.alias_info.is_write])
 
 
 def _bytes(tensors):
@@ -232,7 +240,7 @@ class StepCounter:
         if full in self.traffic:
             moved = self.traffic[full](args)
         else:
-            moved = _bytes(_tensors((args, kwargs))) + _bytes(_tensors(out))
+            moved = _bytes(_tensors((args, kwargs))) + _bytes(_tensors(out)) + _bytes(_written_in_place(func, args))
         self.by_category[self.category(full, args, kwargs)].add(int(flops), moved, self.kernels(full, namespace, args))
 
     def kernels(self, name, namespace, args):
@@ -243,8 +251,9 @@ class StepCounter:
             return 1
         if name in KERNELS:
             return KERNELS[name](args)
-        if name.startswith("_foreach_"):
-            return math.ceil(len(args[0]) / FOREACH_TENSORS_PER_LAUNCH)
+        lists = [a for a in args if isinstance(a, list | tuple) and a and isinstance(a[0], torch.Tensor)]
+        if name.startswith(("_foreach_", "_fused_")) and lists:
+            return math.ceil(len(lists[0]) / TENSORS_PER_LAUNCH[min(len(lists), 5)])
         return 1
 
     def census(self, setting=None):

@@ -20,17 +20,46 @@ class GPU:
     bandwidth_gbs: float
 
 
-GPUS = {
+GPUS = {  # the forecast table: one of each generation, as a user would choose
     "P100": GPU("Tesla P100 PCIe 16 GB", {"fp32": 9.3, "fp16": 18.7}, 732),
     "V100": GPU("Tesla V100 SXM2", {"fp32": 15.7, "fp16": 125.0}, 900),
     "A100": GPU("A100 SXM4 80 GB", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 2039),
     "H100": GPU("H100 SXM5", {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, 3350),
 }
-NEXT_STEP = {
-    "launch": "try --compile reduce-overhead (CUDA graphs) or --fast-kernels: fewer, larger kernels",
-    "memory": "try --fast-kernels (fused dense blocks move fewer bytes) and --precision bf16 (half the bytes)",
-    "compute": "try --precision bf16 (tensor cores); beyond that, only a smaller network or batch",
+# A run's own GPU, by the words of its device name (torch.cuda.get_device_name), the first that matches.
+VARIANTS = [
+    (("H100", "PCIe"), GPU("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}, 2000)),
+    (("H100", "NVL"), GPU("H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.0, "fp16": 835.0}, 3900)),
+    (("H100",), GPUS["H100"]),
+    (("A100", "40GB"), GPU("A100 40 GB", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 1555)),
+    (("A100", "PCIe"), GPU("A100 PCIe 80 GB", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 1935)),
+    (("A100",), GPUS["A100"]),
+    (("V100", "PCIE"), GPU("Tesla V100 PCIe", {"fp32": 14.0, "fp16": 112.0}, 900)),
+    (("V100",), GPUS["V100"]),
+    (("P100", "SXM2"), GPU("Tesla P100 SXM2", {"fp32": 10.6, "fp16": 21.2}, 732)),
+    (("P100",), GPUS["P100"]),
+]
+NEXT_STEP = {  # (what to try, the config that already does it)
+    "launch": [
+        ("--compile reduce-overhead (CUDA graphs)", ("compile", "reduce-overhead")),
+        ("--fast-kernels (fewer, larger kernels)", ("fast_kernels", True)),
+        ("a larger batch (as many launches, more work each)", None),
+    ],
+    "memory": [
+        ("--fast-kernels (fused dense blocks move fewer bytes)", ("fast_kernels", True)),
+        ("--precision bf16 (half the bytes)", ("precision", "bf16")),
+    ],
+    "compute": [
+        ("--precision bf16 (tensor cores)", ("precision", "bf16")),
+        ("a GPU with more FLOP/s; the step is at the hardware's arithmetic limit", None),
+    ],
 }
+
+
+def next_steps(bound, cfg):
+    """What to try against `bound`, leaving out what the run's config already does."""
+    tries = [text for text, done in NEXT_STEP[bound] if done is None or cfg.get(done[0]) != done[1]]
+    return "try " + "; or ".join(tries) if tries else "the run already uses what this engine offers against it"
 
 
 def math_precision(precision, tf32, gpu):
@@ -53,8 +82,19 @@ def floors(census, gpu, precision="fp32", tf32=True, launch_us=LAUNCH_US):
 
 
 def named_gpu(device_name):
-    """The table's entry for a device name such as 'NVIDIA H100 80GB HBM3', or None."""
-    return next((gpu for key, gpu in GPUS.items() if key in (device_name or "")), None)
+    """The figures of a device name such as 'NVIDIA H100 80GB HBM3' or 'NVIDIA A100-PCIE-40GB', or None."""
+    words = (device_name or "").upper()
+    return next((gpu for keys, gpu in VARIANTS if all(k.upper() in words for k in keys)), None)
+
+
+def peak(device, precision, tf32, measured_tflops):
+    """(peak TFLOP/s, where it comes from, the GPU's figures or None) a run is measured against: its
+    GPU's vendor figure at the math precision, or, on CPUs and unlisted GPUs, the measured matrix product."""
+    gpu = named_gpu(device.get("name")) if device.get("type") == "cuda" else None
+    if gpu:
+        math = math_precision(precision, tf32, gpu)
+        return gpu.peak_tflops[math], f"{gpu.name}, {math} peak", gpu
+    return measured_tflops, f"measured {precision} matrix product on this {device.get('type', 'device')}", None
 
 
 def forecasts(census, precision="fp32", tf32=True, launch_us=LAUNCH_US):

@@ -3,7 +3,6 @@
 Real processes, real signals to real process groups, real DataLoader workers, real files cut short.
 """
 
-import errno
 import os
 import signal
 import subprocess
@@ -12,9 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-import engine
 from engine import checkpoint, train
 from profiling import report
 from profiling.records import read_jsonl
@@ -122,27 +119,29 @@ def test_a_truncated_newest_checkpoint_is_skipped_with_one_line(image_folder, in
 
 
 def test_a_full_disk_during_a_checkpoint_stops_with_one_line_and_the_previous_checkpoint(
-    image_folder, in_tmp, monkeypatch, capsys
+    image_folder, in_tmp, capsys, monkeypatch
 ):
-    real_save, calls = torch.save, []
+    """The checkpoint of step 4 goes into /dev/full, where every write fails with ENOSPC: the real write path
+    meets a real full device (placed once the resume has cleaned up what a crash leaves aside)."""
+    train.main([*TINY, "--data", str(image_folder), "--steps", "2", "--name", "full", "--checkpoint-every", "2"])
+    real_load = checkpoint.load_newest
 
-    def save(obj, path, *args, **kwargs):
-        calls.append(path)
-        if len(calls) == 2:
-            Path(path).write_bytes(b"part")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_save(obj, path, *args, **kwargs)
+    def load_then_fill_the_disk(run, log=print):
+        state = real_load(run, log)
+        Path("runs/full/checkpoints/step_00000004.pt.tmp").symlink_to("/dev/full")
+        return state
 
-    monkeypatch.setattr(checkpoint.torch, "save", save)
+    monkeypatch.setattr(checkpoint, "load_newest", load_then_fill_the_disk)
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        train.main([*TINY, "--data", str(image_folder), "--steps", "10", "--name", "full", "--checkpoint-every", "2"])
+        train.main(["--resume", "runs/full", "--steps", "10"])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert exit_info.value.code == 2 and len(errors) == 1
     assert (
         "cannot write the checkpoint of step 4 (No space left on device); the checkpoint of step 2 is intact"
         in errors[0]
     )
-    assert engine.load("runs/full/checkpoints/last.pt").scale == 2
+    assert checkpoint.read("runs/full/checkpoints/last.pt")["step"] == 2
     assert not list(Path("runs/full/checkpoints").glob("*.tmp")) and len(read_jsonl("runs/full/metrics.jsonl")) == 4
 
 
@@ -167,3 +166,31 @@ def test_a_damaged_config_file_is_one_line_for_the_report_and_resume(image_folde
             command()
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and "runs/bad/config.json" in err and err.count("\n") == 1
+
+
+def test_sigterm_to_torchrun_reaches_every_rank_and_ends_in_a_checkpoint(image_folder, tmp_path):
+    """As SLURM signals a job step run by torchrun: torchrun forwards SIGTERM to its ranks, which finish the
+    step, agree to stop and write the checkpoint; torchrun itself then exits non-zero (chain jobs with
+    --dependency=afterany)."""
+    args = [
+        *TINY,
+        "--batch-size",
+        "4",
+        "--data",
+        str(image_folder),
+        "--steps",
+        "100000",
+        "--name",
+        "tr",
+        "--workers",
+        "2",
+    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "engine.train"]
+    proc = subprocess.Popen([*cmd, *args], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = tmp_path / "runs" / "tr" / "metrics.jsonl"
+    wait_for(metrics, 3, proc)
+    proc.send_signal(signal.SIGTERM)  # torchrun alone
+    _, err = proc.communicate(timeout=120)
+    state = checkpoint.read(tmp_path / "runs" / "tr" / "checkpoints" / "last.pt")
+    assert state["step"] == len(read_jsonl(metrics)) >= 3 and state["ranks_agree"], err.decode()[-2000:]
+    assert "stopped by SIGTERM" in " ".join(err.decode().split())
