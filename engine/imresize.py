@@ -113,8 +113,7 @@ def working_image(img):
 def resize_axis(x, weights, indices, axis):
     """Apply one axis' tables along ``axis`` of ``x``: one gather and one multiply-add per tap.
 
-    The loop runs over the taps (4 s of them), never over pixels. Multiply and add stay separate operations so
-    that every output pixel is computed the same way whatever the array's size (``imresize_crop`` relies on it).
+    The loop runs over the taps (4 s of them), never over pixels, and adds each tap's term into the output in place.
     """
     weights = weights.astype(x.dtype)
     shape = [1] * x.ndim
@@ -136,30 +135,3 @@ def imresize(img, scale):
     weights_h, indices_h = axis_tables(x.shape[0], scale)
     weights_w, indices_w = axis_tables(x.shape[1], scale)
     return resize_axis(resize_axis(x, weights_h, indices_h, 0), weights_w, indices_w, 1)
-
-
-def imresize_crop(img, scale, top, left, height, width):
-    """``imresize(img, scale)[top:top+height, left:left+width]``, computed from the HR pixels it needs only.
-
-    ``top``, ``left``, ``height``, ``width`` are in LR pixels. The result equals the crop of the whole image's
-    LR exactly (same tables, same operations per pixel), with MATLAB's mirroring applied only where the crop
-    touches the image border: this lets a loader keep HR images in memory and make the official LR reference
-    per crop, instead of storing every LR image.
-    """
-    x = np.asarray(img)
-    weights_h, indices_h = axis_tables(x.shape[0], scale)
-    weights_w, indices_w = axis_tables(x.shape[1], scale)
-    if not (0 <= top and top + height <= weights_h.shape[0] and 0 <= left and left + width <= weights_w.shape[0]):
-        raise ValueError(
-            f"LR crop {height}x{width} at ({top}, {left}) outside the LR image {weights_h.shape[0]}x"
-            f"{weights_w.shape[0]}"
-        )
-    weights_h, indices_h = weights_h[top : top + height], indices_h[top : top + height]
-    weights_w, indices_w = weights_w[left : left + width], indices_w[left : left + width]
-    # Cut out the HR rows and columns the crop reads, then renumber the tables into that window.
-    rows, indices_h = np.unique(indices_h, return_inverse=True)
-    cols, indices_w = np.unique(indices_w, return_inverse=True)
-    window = working_image(x[rows[:, None], cols[None, :]])
-    return resize_axis(
-        resize_axis(window, weights_h, indices_h.reshape(height, -1), 0), weights_w, indices_w.reshape(width, -1), 1
-    )

@@ -28,6 +28,7 @@ MODEL = {
     "errors",
     "paper",
     "backprop",
+    "benchmarks",
 }
 MODEL_CLIS = {"evaluate", "rescale"}
 TRAINING = {

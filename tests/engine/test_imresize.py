@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data as skdata
 
-from engine.imresize import LR_REACH, axis_tables, imresize, imresize_crop
+from engine.imresize import LR_REACH, axis_tables, imresize
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reference: MATLAB's imresize (bicubic, antialiasing on) restated scalar by scalar, in MATLAB's 1-based terms.
@@ -159,7 +159,7 @@ def test_real_photograph_differs_from_torch_only_at_the_border():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# (3) Invariants: constants, linear ramps, the crop shortcut
+# (3) Invariants: constants, linear ramps
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -185,21 +185,6 @@ def test_linear_ramp_is_sampled_at_the_lr_pixel_centres_inside(factor):
     r = LR_REACH
     np.testing.assert_allclose(out[r:-r, r:-r], want[r:-r, r:-r], rtol=0, atol=1e-12)
     assert np.abs(out - want).max() > 1e-4  # the mirror bends the ramp at the border
-
-
-@pytest.mark.parametrize("box", [(0, 0, 9, 9), (5, 7, 9, 9), (21, 0, 4, 30), (0, 26, 25, 5), (0, 0, 25, 31)])
-def test_crop_is_exactly_the_crop_of_the_whole_lr(box):
-    img = noisy_image(99, 123, seed=7)  # not multiples of 4: the last LR row and column are partial
-    top, left, height, width = box
-    whole = imresize(img, 4)
-    crop = imresize_crop(img, 4, top, left, height, width)
-    assert crop.shape == (height, width, 3)
-    assert np.array_equal(crop, whole[top : top + height, left : left + width])
-
-
-def test_crop_outside_the_lr_image_is_refused():
-    with pytest.raises(ValueError, match="outside"):
-        imresize_crop(np.zeros((40, 40, 3), np.uint8), 4, 5, 0, 6, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------------
