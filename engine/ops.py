@@ -12,19 +12,33 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
-def use_fast_kernels(model, enabled=True):
-    """Route every Haar, coupling and dense-block module of `model` to the Triton kernels (or back to the
-    reference)."""
+DENSE_CAPABILITY = (8, 0)  # below it the dense kernels' half-precision tiles spill: cuDNN is faster there
+
+
+def use_fast_kernels(model, enabled=True, dense=True):
+    """Route every Haar, coupling and (with `dense`) dense-block module of `model` to the Triton kernels,
+    or back to the reference."""
     from kernels.coupling import coupling
     from kernels.dense import dense_block
     from kernels.haar import haar
 
     # No kernel for x3's LearnedDownsampling: the census (irn_x3, fused) puts it at 64 MB of 24 GB, 14 of 1,598 kernels
-    kernels = {IRNCoupling: coupling, Haar: haar, DenseBlock: dense_block}
+    kernels = {IRNCoupling: coupling, Haar: haar, DenseBlock: dense_block if dense else None}
     for module in model.modules():
         if type(module) in kernels:
             module.fast_op = kernels[type(module)] if enabled else None
     return model
+
+
+def dense_kernels_unavailable(device):
+    """Why the dense-block kernels do not run on `device` (None when they do)."""
+    capability = torch.cuda.get_device_capability(device)
+    if capability < DENSE_CAPABILITY:
+        return (
+            f"the dense blocks stay on cuDNN on this compute capability {capability[0]}.{capability[1]} GPU "
+            "(their kernels are tuned for 8.0 and newer); Haar and coupling run fused"
+        )
+    return None
 
 
 def set_subnet_precision(model, precision):

@@ -114,11 +114,12 @@ def initialise_from(trainer, path, log):
     log(f"--init-from: weights of {path}; the optimiser and the learning-rate schedule start afresh")
 
 
-def write_census(cfg, folder, ranks, fused):
+def write_census(cfg, folder, ranks, trainer):
     """census.json: one rank's training step counted on fake tensors (the ops this run runs), and the
     model FLOPs of the step (as standard backprop makes them: MFU counts no recomputation)."""
     per_rank = {**cfg, "batch_size": cfg["batch_size"] // ranks.world}
-    counted = census(per_rank, fast_kernels=fused).to_json()
+    fused = cfg["fast_kernels"] and trainer.kernel_note is None
+    counted = census(per_rank, fast_kernels=fused, fused_dense=trainer.dense_note is None).to_json()
     model = census({**per_rank, "invertible_backprop": False}) if cfg["invertible_backprop"] else None
     counted["model_flops_per_step"] = model.flops_per_step if model else counted["flops_per_step"]
     counted["compile"] = cfg["compile"]
@@ -295,8 +296,9 @@ def run(cfg, flags, ranks, time_limit):
     train_set, val_set = load_once_per_node(lambda: training_data(cfg), ranks, log)
     checkpoint.seed_all(cfg["seed"] + ranks.rank)  # DDP copies rank 0's initial weights to every rank
     trainer = Trainer(cfg, device, ranks)
-    if cfg["fast_kernels"] and ranks.main:
-        console.print(f"--fast-kernels: {trainer.kernel_note or 'Haar and coupling run as fused Triton kernels'}")
+    if cfg["fast_kernels"]:
+        fused = trainer.kernel_note or trainer.dense_note or "dense blocks, Haar and coupling run fused"
+        log(f"--fast-kernels: {fused}")
     if cfg["init_from"] and not flags.resume:  # before the run folder exists: a mismatch leaves none behind
         initialise_from(trainer, cfg["init_from"], log)
     folder, state = open_run(cfg, flags, ranks)
@@ -308,7 +310,7 @@ def run(cfg, flags, ranks, time_limit):
     with torch.random.fork_rng(devices=devices):  # measuring must not move the run's random streams
         job["probe"] = probe(device, cfg["precision"])  # launch cost and matmul rate, for the report's floors
         if ranks.main:
-            write_census(cfg, folder, ranks, fused=trainer.kernel_note is None and cfg["fast_kernels"])
+            write_census(cfg, folder, ranks, trainer)
     envs = distributed.gather(rundir.environment(device, job), ranks)
     if ranks.main:
         with records.JsonLines(folder / records.ENV) as out:

@@ -88,8 +88,10 @@ class Trainer:
         ops.use_invertible_backprop(self.model, cfg["invertible_backprop"])
         # Fast kernels swap ops inside the same modules; compile traces whichever ops are in place.
         self.kernel_note = ops.fast_kernels_unavailable(device) if cfg["fast_kernels"] else None
+        self.dense_note = None
         if cfg["fast_kernels"] and self.kernel_note is None:
-            ops.use_fast_kernels(self.model)
+            self.dense_note = ops.dense_kernels_unavailable(device)
+            ops.use_fast_kernels(self.model, dense=self.dense_note is None)
         self.net, self.allreduce = self.model, None
         if self.ranks.active:
             self.net, self.allreduce = distributed.wrap(self.model, self.ranks, device)
@@ -192,11 +194,11 @@ class Trainer:
         return StepResult(step, event, losses, None if overflow else norm, lr)
 
 
-def census(cfg, fast_kernels=None):
+def census(cfg, fast_kernels=None, fused_dense=True):
     """One training step of `cfg` counted on fake tensors (profiling/counting.py): no compute, no GPU.
 
-    `fast_kernels` counts the fused path (default: the config's), whatever device this machine has;
-    the Triton ops' fake implementations stand in for them.
+    `fast_kernels` counts the fused path (default: the config's; `fused_dense`: with the dense blocks fused),
+    whatever device this machine has; the Triton ops' fake implementations stand in for them.
     """
     from kernels import coupling, dense, haar
 
@@ -207,7 +209,7 @@ def census(cfg, fast_kernels=None):
     trainer = Trainer({**cfg, "fast_kernels": False, "compile": "off"}, torch.device("cpu"))
     trainer.initialise_optimizer_state()  # a steady-state step: Adam's moments exist already
     if fast:
-        ops.use_fast_kernels(trainer.model)
+        ops.use_fast_kernels(trainer.model, dense=fused_dense)
     with FakeTensorMode(allow_non_fake_inputs=True):
         b, crop, side = cfg["batch_size"], cfg["crop"], cfg["crop"] // cfg["scale"]
         batch = {

@@ -29,11 +29,19 @@ def trainer_and_batch(tmp_path, **overrides):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"fast_kernels": True}, {"precision": "bf16"}, {"fast_kernels": True, "precision": "bf16"}],
-    ids=["eager", "fast", "bf16", "fast-bf16"],
+    [
+        {},
+        {"fast_kernels": True},
+        {"precision": "bf16"},
+        {"fast_kernels": True, "precision": "bf16"},
+        {"fast_kernels": True, "precision": "fp16"},
+        {"invertible_backprop": True},
+    ],
+    ids=["eager", "fast", "bf16", "fast-bf16", "fast-fp16", "inverting"],
 )
 def test_a_training_step_makes_no_host_sync_after_warm_up(tmp_path, overrides):
-    """The step enqueues everything; its values are read one step late, from a step long finished."""
+    """The step enqueues everything, timer and all; its values are read one step late, from a step long
+    finished (an event wait, which the sync debug mode rightly does not count)."""
     trainer, batch, guard = trainer_and_batch(tmp_path, **overrides)
     timer = PhaseTimer("cuda", sink=None)
     for step in range(3):  # allocation, cuDNN autotuning, Triton autotuning
@@ -44,6 +52,7 @@ def test_a_training_step_makes_no_host_sync_after_warm_up(tmp_path, overrides):
     try:
         for step in range(3, 6):
             trainer.step(batch, timer, guard, step)
+            timer.end_step(step)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert trainer.drain(guard).step == 5

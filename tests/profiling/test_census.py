@@ -81,6 +81,10 @@ def test_the_fused_path_does_the_same_arithmetic_with_fewer_kernels_and_bytes():
     # what concatenation is left joins a coupling's two halves: the dense blocks' own are gone
     assert fused.categories["concatenation"]["bytes"] < 0.1 * reference.categories["concatenation"]["bytes"]
     assert fused.categories["dense block (fused)"]["flops"] == reference.categories["conv"]["flops"]
+    # before compute capability 8.0 the dense blocks stay on cuDNN: Haar and coupling alone are fused
+    partly = census(small(4), fast_kernels=True, fused_dense=False)
+    assert "dense block (fused)" not in partly.categories and partly.categories["conv"] == reference.categories["conv"]
+    assert fused.kernels_per_step < partly.kernels_per_step < reference.kernels_per_step
 
 
 def test_bf16_moves_fewer_bytes_and_counts_autocast_s_casts():

@@ -3,6 +3,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -10,7 +11,7 @@ from engine import config, data, train
 from profiling import report
 from profiling.analysis import analyse, loss_summary
 from profiling.records import read_jsonl
-from tests.conftest import TINY
+from tests.conftest import TINY, smooth_image
 
 
 def tiny_run(image_folder, name, *args):
@@ -18,9 +19,25 @@ def tiny_run(image_folder, name, *args):
     return Path("runs") / name
 
 
+@pytest.fixture(scope="module")
+def trained_twice(tmp_path_factory):
+    """Two finished runs, trained once for this module's tests, which read them (and add beside them)."""
+    root = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(0)
+    (root / "hr").mkdir()
+    for i in range(3):
+        Image.fromarray(smooth_image(rng, 40 + 8 * i, 48)).save(root / "hr" / f"img{i}.png")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        runs = tiny_run(root / "hr", "a", "--steps", "14"), tiny_run(root / "hr", "b", "--steps", "14", "--growth", "8")
+    return root, runs
+
+
 @pytest.fixture
-def two_runs(image_folder, in_tmp):
-    return tiny_run(image_folder, "a", "--steps", "14"), tiny_run(image_folder, "b", "--steps", "14", "--growth", "8")
+def two_runs(trained_twice, monkeypatch):
+    root, runs = trained_twice
+    monkeypatch.chdir(root)
+    return runs
 
 
 def test_report_renders_a_real_run(two_runs, capsys):
