@@ -179,17 +179,17 @@ def test_loss_summary_leaves_out_overflow_steps_without_a_grad_norm():
     assert summary["grad_norm"] == {"first": 2.0, "last": 5.0, "min": 2.0} and summary["loss"]["first"] == 10.0
 
 
-def recorded_gpu_run(folder, steps=30, step_ms=40.0, validation_ms=5000.0):
+def recorded_gpu_run(folder, steps=30, step_ms=40.0, validation_ms=5000.0, census_extra=(), **overrides):
     """A run folder as an H100 run of the x4 recipe in bf16 would leave it: records written by hand."""
     from profiling import records
 
     folder.mkdir(parents=True)
-    cfg = {**config.load("irn_x4")[0], "config": "irn_x4", "precision": "bf16", "steps": 100}
+    cfg = {**config.load("irn_x4")[0], "config": "irn_x4", "precision": "bf16", "steps": 100, **overrides}
     records.write_json(folder / "config.json", cfg)
     env = {"device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}, "world_size": 1}
     env |= {"probe": {"launch_us": 4.0, "matmul_tflops": 700.0}, "backends": {"cudnn_allow_tf32": True}}
     census = {"flops_per_step": 2.32e12, "bytes_per_step": 73e9, "kernels_per_step": 6000, "ops_per_step": 4469}
-    records.write_json(folder / "census.json", census | {"categories": {}, "setting": {}})
+    records.write_json(folder / "census.json", census | {"categories": {}, "setting": {}} | dict(census_extra))
     with records.JsonLines(folder / "env.jsonl") as out:
         out.write(env)
     with records.JsonLines(folder / "phases.jsonl") as phases, records.JsonLines(folder / "metrics.jsonl") as metrics:
@@ -223,6 +223,23 @@ def test_a_recorded_gpu_run_gets_its_mfu_floors_and_bound(in_tmp, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "MFU 5.9%" in out and "time to step 100:" in out and "validation: 3 times" in out
     assert "H100 SXM5" in out and "A100 SXM4" in out  # the forecast table
+
+
+def test_cuda_graphs_have_no_launch_floor_and_are_not_advised_again(in_tmp):
+    run = analyse(
+        recorded_gpu_run(Path("runs/graphs"), compile="reduce-overhead", census_extra={"compile": "reduce-overhead"})
+    )
+    own = run["hardware"]["own"]
+    assert own["cuda_graphs"] and own["launch_ms"] == 0.0 and own["bound"] != "launch"
+    assert "reduce-overhead" not in run["verdict"]["next"]
+
+
+def test_mfu_counts_the_model_s_flops_when_backprop_by_inversion_recomputes(in_tmp):
+    """Recomputation raises the step's FLOPs and its compute floor, not its MFU."""
+    extra = {"flops_per_step": 3.1e12, "model_flops_per_step": 2.32e12}
+    own = analyse(recorded_gpu_run(Path("runs/inv"), invertible_backprop=True, census_extra=extra))["hardware"]["own"]
+    assert own["mfu"] == pytest.approx(2.32e12 / 0.040 / 1e12 / 989.4)
+    assert own["compute_ms"] == pytest.approx(3.1e12 / 989.4e12 * 1e3)
 
 
 def test_a_finished_run_says_so_instead_of_a_time_to_go(two_runs, capsys):
