@@ -82,13 +82,13 @@ KILL_DURING_SAVE = """
 import os, signal, torch
 from engine import checkpoint, train
 real_save, calls = torch.save, []
-def save(obj, path, *args, **kwargs):
-    calls.append(path)
+def save(obj, f, *args, **kwargs):
+    calls.append(f)
     if len(calls) == 2:  # the second checkpoint: half written, then the process dies
-        with open(path, "wb") as f:
-            f.write(b"half a checkpoint")
+        f.write(b"half a checkpoint")
+        f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-    return real_save(obj, path, *args, **kwargs)
+    return real_save(obj, f, *args, **kwargs)
 checkpoint.torch.save = save
 train.main()
 """
