@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import UserError
+from kernels.precision import tf32_convolutions
 from profiling import records
 
 DISTRIBUTION = "irnscope"
@@ -51,8 +52,8 @@ def environment(device, extra=None):
         "device": describe_device(device),
         "backends": {
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "conv_tf32": tf32_convolutions(),
+            "matmul_tf32": torch.backends.cuda.matmul.fp32_precision == "tf32",
         },
     }
     return {**info, **(extra or {})}

@@ -19,8 +19,9 @@ F_k > 0 exactly where Z_k > 0, so the saved post-activation gives the slope and 
 
 Launches per block: forward 5 (conv 1 also copies x into F); backward 5 (each step computes its input
 gradient and its weight and bias gradients in one launch), plus one sum of the weight-gradient partials
-when the pixels are reduced in more than one split. Every output element is written by one program and
-the splits are summed in a fixed order, so the results are deterministic: no atomics.
+when the pixels are reduced in more than one split, and one cast into the weights' dtype when that is not
+fp32 (LAUNCHES). Every output element is written by one program and the splits are summed in a fixed
+order, so the results are deterministic: no atomics.
 """
 
 import os
@@ -29,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
+
+from kernels.precision import tf32_convolutions
 
 NEGATIVE_SLOPE = 0.2
 CONVS = 5
@@ -280,11 +283,15 @@ def _conv3x3_backward_kernel(
 
 # Every config has 4 warps and 3 stages, Triton's default compile options, so an ahead-of-time compile
 # with default options builds exactly what the autotuner may launch. The interpreter gets one config.
-_FORWARD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (64, 128)]
-_BACKWARD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (32, 64)]
+_GPU_FORWARD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (64, 128)]
+_GPU_BACKWARD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (32, 64)]
+_FORWARD_CONFIGS, _BACKWARD_CONFIGS = _GPU_FORWARD_CONFIGS, _GPU_BACKWARD_CONFIGS
 if _INTERPRET:  # one config with large pixel tiles: the interpreter's cost is per program and loop step
     _FORWARD_CONFIGS = [triton.Config({"BLOCK_M": 128})]
     _BACKWARD_CONFIGS = [triton.Config({"BLOCK_M": 128})]
+# Whether the channel tiles, K steps and pixel steps below are the interpreter's (larger: fewer programs
+# and loop steps) rather than a GPU's. A test sets it False, with one of the GPU configs, to run a GPU's.
+_INTERPRETER_TILES = _INTERPRET
 
 # Before Hopper, fp32 backward steps take 32-pixel tiles only, pruned so at launch. With 64 pixels,
 # ptxas 12.9 spills 4 to 8 bytes per thread on sm_80 in two of them, squeezing them into 128 or 168
@@ -323,18 +330,18 @@ _conv3x3_backward = triton.autotune(
 def _tile(channels, smallest, largest):
     """The power-of-two tile covering `channels`, at least tl.dot's minimum, at most a register budget
     (doubled in the interpreter, whose cost is per program)."""
-    return min(2 * largest if _INTERPRET else largest, max(smallest, triton.next_power_of_2(channels)))
+    return min(2 * largest if _INTERPRETER_TILES else largest, max(smallest, triton.next_power_of_2(channels)))
 
 
 def _k_tile(dtype):
     """The GEMMs' K step over channels: fp32 operands take twice the registers of fp16/bf16 ones (and the
     FMA dot of fp32 without TF32 more again), so on GPUs they step by 16 to stay clear of spills."""
-    return 16 if dtype == torch.float32 and not _INTERPRET else 32
+    return 16 if dtype == torch.float32 and not _INTERPRETER_TILES else 32
 
 
 def _pixel_step(dtype):
     """Pixels per step of the weight-gradient reduction (its GEMM's K); the interpreter pays per step."""
-    return 128 if _INTERPRET else 2 * _k_tile(dtype)
+    return 128 if _INTERPRETER_TILES else 2 * _k_tile(dtype)
 
 
 def _pixel_bucket(n_pixels):
@@ -342,9 +349,10 @@ def _pixel_bucket(n_pixels):
     return triton.next_power_of_2(n_pixels)
 
 
-def _dot_precision(dtype):
-    """fp32 convs follow cuDNN's TF32 switch; fp16/bf16 operands are exact either way."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
+def _dot_precision(dtype, tf32):
+    """tl.dot's input precision: fp32 convs take TF32 when `tf32` (PyTorch lets its convolutions take it:
+    kernels/precision.py, read once per op call); fp16/bf16 operands are exact either way."""
+    return "tf32" if dtype == torch.float32 and tf32 else "ieee"
 
 
 # --- layouts, shared by the real ops and their fake implementations ----------------------------
@@ -435,7 +443,7 @@ def _pixel_splits(n_pixels):
 # --- launchers: the launches as (kernel, grid, args, constexprs), run by _run ---------------------
 
 
-def _conv_launch(src, c_x, x_end, weight, bias, out, copy_dst, copy_channels, negative_slope, activation):
+def _conv_launch(src, c_x, x_end, weight, bias, out, copy_dst, copy_channels, negative_slope, activation, tf32):
     """Conv of src's channels (x's c_x ones, then those from x_end on) into out; copy_dst gets src's, padded
     with zeros to copy_channels."""
     b, c_in, h, w = src.shape
@@ -445,7 +453,7 @@ def _conv_launch(src, c_x, x_end, weight, bias, out, copy_dst, copy_channels, ne
     args = [src, weight, bias, out, copy_dst, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_x, x_end, c_out]
     args += [copy_channels]
     args += [*src.stride(), *weight.stride(), *out.stride(), *copy_dst.stride(), negative_slope]
-    constexprs = {"ACTIVATION": activation, "COPY_INPUT": copy_input, "PRECISION": _dot_precision(src.dtype)}
+    constexprs = {"ACTIVATION": activation, "COPY_INPUT": copy_input, "PRECISION": _dot_precision(src.dtype, tf32)}
     constexprs |= {"BLOCK_N": _tile(c_out, 16, 32), "BLOCK_K": _tile(c_in, 16, _k_tile(src.dtype))}
 
     def grid(meta):
@@ -454,7 +462,7 @@ def _conv_launch(src, c_x, x_end, weight, bias, out, copy_dst, copy_channels, ne
     return _conv3x3, grid, args, constexprs
 
 
-def _forward_launches(x, weights, biases, negative_slope, out, features):
+def _forward_launches(x, weights, biases, negative_slope, out, features, tf32):
     c_in, growth = x.shape[1], weights[0].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
     launches = []
@@ -462,15 +470,18 @@ def _forward_launches(x, weights, biases, negative_slope, out, features):
         reads = x_end + k * growth  # conv k + 1 reads the buffer's channels up to here, and writes after
         dst = features[:, reads : reads + growth] if k < CONVS - 1 else out
         if k == 0:  # conv 1 reads x where it lies, and copies it into the buffer on the way
-            launch = _conv_launch(x, c_in, c_in, weights[k], biases[k], dst, features, x_end, negative_slope, True)
+            src, src_x_end, copy_dst, copy_channels = x, c_in, features, x_end
         else:
-            src, activation = features[:, :reads], k < CONVS - 1
-            launch = _conv_launch(src, c_in, x_end, weights[k], biases[k], dst, None, 0, negative_slope, activation)
-        launches.append(launch)
+            src, src_x_end, copy_dst, copy_channels = features[:, :reads], x_end, None, 0
+        activation = k < CONVS - 1
+        launches.append(_conv_launch(src, c_in, src_x_end, weights[k], biases[k], dst, copy_dst, copy_channels,
+                                     negative_slope, activation, tf32))  # fmt: skip
     return launches
 
 
-def _backward_step_launch(grad, feat, c_x, x_end, tail_start, weight, gbuf, dst, partials, slot, split_len, slope):
+def _backward_step_launch(
+    grad, feat, c_x, x_end, tail_start, weight, gbuf, dst, partials, slot, split_len, slope, tf32
+):
     """One conv's backward step. feat: the buffer channels it read; grad: dout for conv 5, else its dZ in G;
     dst: G, dx for conv 1, or None for no input gradient; tail_start: where the previous conv's output
     starts in feat (None for conv 1)."""
@@ -483,7 +494,7 @@ def _backward_step_launch(grad, feat, c_x, x_end, tail_start, weight, gbuf, dst,
     args += [c_out, tail, split_len, *slot, partials.stride(0), *grad.stride(), *feat.stride(), *dst.stride()]
     args += [*weight.stride(), slope]
     constexprs = {"ACCUMULATE": not last, "SLOPE_TAIL": tail_start is not None, "INPUT_GRAD": input_grad}
-    constexprs |= {"PRECISION": _dot_precision(feat.dtype)}
+    constexprs |= {"PRECISION": _dot_precision(feat.dtype, tf32)}
     constexprs |= {"BLOCK_N": _tile(c_in, 16, 32), "BLOCK_K": _tile(c_out, 16, _k_tile(feat.dtype))}
     constexprs |= {
         "BLOCK_P": _pixel_step(feat.dtype),
@@ -500,7 +511,7 @@ def _backward_step_launch(grad, feat, c_x, x_end, tail_start, weight, gbuf, dst,
     return _conv3x3_backward, grid, args, constexprs
 
 
-def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad):
+def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32):
     c_in, growth = weights[0].shape[1], weights[0].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
     slots, _ = _param_slots(weights)
@@ -516,7 +527,7 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
         tail_start = output_at - growth if k else None  # conv k's output, whose dZ this step completes
         launches.append(_backward_step_launch(step_grad, features[:, :reads], c_in, x_end if k else c_in,
                                               tail_start, weights[k], gbuf, dst, partials, slots[k], split_len,
-                                              negative_slope))  # fmt: skip
+                                              negative_slope, tf32))  # fmt: skip
     return launches
 
 
@@ -535,7 +546,7 @@ def dense_block_forward(
     """The block output, and the feature buffer [x, F_1..F_4] that the backward reads."""
     out, features = _forward_outputs(x, weights, biases)
     if out.numel():
-        _run(_forward_launches(x, weights, biases, negative_slope, out, features))
+        _run(_forward_launches(x, weights, biases, negative_slope, out, features, tf32_convolutions()))
     return out, features
 
 
@@ -559,12 +570,13 @@ def dense_block_backward(
     else:
         partials = torch.empty(splits, flat.numel(), dtype=torch.float32, device=features.device)
     gbuf = _gradient_buffer(features)
-    _run(_backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad))
+    tf32 = tf32_convolutions()
+    _run(_backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32))
     if partials.data_ptr() != flat.data_ptr():  # the splits summed in a fixed order: deterministic
         if flat.dtype == torch.float32:
             torch.sum(partials, 0, out=flat)
-        else:
-            flat.copy_(partials.sum(0))
+        else:  # one launch more, the cast: of the sum, or of the single split as it is
+            flat.copy_(partials.sum(0) if splits > 1 else partials[0])
     return dx, flat
 
 
@@ -616,11 +628,12 @@ def dense_block(x, weights, biases, negative_slope=NEGATIVE_SLOPE):
 def _backward_launches_count(args):
     features, weights = args[1], args[2]
     splits, _ = _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])
-    return CONVS + (splits > 1) + (weights[0].dtype != torch.float32)  # + the partials' sum, + a cast back
+    return CONVS + (splits > 1) + (weights[0].dtype != torch.float32)  # + the partials' sum, + a cast
 
 
 # Kernels per call, for a census of a step: one per conv forward; one per conv backward step, then the
-# sum of the weight gradients' pixel splits when there are several, and a cast to non-fp32 weights.
+# sum of the weight gradients' pixel splits when there are several, and a cast to non-fp32 weights
+# (dense_block_backward's torch ops after its Triton launches: sum, copy_, or both).
 LAUNCHES = {"irn::dense_block": lambda args: CONVS, "irn::dense_block_backward": _backward_launches_count}
 
 
@@ -713,42 +726,37 @@ def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False, capability=None):
     at run time in 16-divisible ints and 16-byte aligned pointers (base allocations assumed aligned), so
     the compile is the one the GPU runs; without it, the compile assumes no alignment at all."""
     variants = {}
-    tf32 = torch.backends.cudnn.allow_tf32
-    try:
-        for dtype, param_dtype in _AOT_DTYPES:
-            for allow_tf32 in (True, False) if dtype == torch.float32 else (False,):
-                torch.backends.cudnn.allow_tf32 = allow_tf32  # picks the dot precision of fp32 launches
-                for c_in, c_out in blocks:
-                    for kernel, _, args, constexprs in _meta_launches(c_in, c_out, growth, dtype, param_dtype):
-                        configs = kernel.configs
-                        if kernel is _conv3x3_backward and capability is not None:
-                            configs = _backward_configs(configs, dtype, capability)
-                        for config in configs:
-                            signature, constants, aligned = _signature(kernel.fn, args, constexprs | config.kwargs)
-                            name = _variant_name(kernel.fn, signature, constants, aligned if attrs else [])
-                            variant = (name, kernel.fn, signature, constants)
-                            if attrs:
-                                indices = [kernel.fn.arg_names.index(arg) for arg in aligned]
-                                variant += ({(i,): [["tt.divisibility", 16]] for i in indices},)
-                            variants.setdefault(name, variant)
-    finally:
-        torch.backends.cudnn.allow_tf32 = tf32
+    for dtype, param_dtype in _AOT_DTYPES:
+        for tf32 in (True, False) if dtype == torch.float32 else (False,):  # the dot precision of fp32 launches
+            for c_in, c_out in blocks:
+                for kernel, _, args, constexprs in _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32):
+                    configs = kernel.configs
+                    if kernel is _conv3x3_backward and capability is not None:
+                        configs = _backward_configs(configs, dtype, capability)
+                    for config in configs:
+                        signature, constants, aligned = _signature(kernel.fn, args, constexprs | config.kwargs)
+                        name = _variant_name(kernel.fn, signature, constants, aligned if attrs else [])
+                        variant = (name, kernel.fn, signature, constants)
+                        if attrs:
+                            indices = [kernel.fn.arg_names.index(arg) for arg in aligned]
+                            variant += ({(i,): [["tt.divisibility", 16]] for i in indices},)
+                        variants.setdefault(name, variant)
     return list(variants.values())
 
 
-def _meta_launches(c_in, c_out, growth, dtype, param_dtype, batch=2, size=36):
+def _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32, batch=2, size=36):
     """The launches of one forward and of the backward with and without dx, on meta tensors."""
     x = torch.empty(batch, c_in, size, size, dtype=dtype, device="meta")
     shapes = [(growth if k < CONVS - 1 else c_out, c_in + k * growth, 3, 3) for k in range(CONVS)]
     weights = [torch.empty(shape, dtype=param_dtype, device="meta") for shape in shapes]
     biases = [torch.empty(shape[0], dtype=param_dtype, device="meta") for shape in shapes]
     out, features = _forward_outputs(x, weights, biases)
-    launches = _forward_launches(x, weights, biases, NEGATIVE_SLOPE, out, features)
+    launches = _forward_launches(x, weights, biases, NEGATIVE_SLOPE, out, features, tf32)
     for input_grad in (True, False):
         dx, flat = _backward_outputs(features, weights, False, input_grad)
         partials = torch.empty(2, flat.numel(), dtype=torch.float32, device="meta")
         gbuf = _gradient_buffer(features)
-        launches += _backward_launches(out, features, weights, NEGATIVE_SLOPE, gbuf, dx, partials, input_grad)
+        launches += _backward_launches(out, features, weights, NEGATIVE_SLOPE, gbuf, dx, partials, input_grad, tf32)
     return launches
 
 

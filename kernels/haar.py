@@ -16,16 +16,16 @@ import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
 
 BLOCK = 1024
+MAX_BLOCKS = 65535  # programs along a grid's second axis (CUDA's limit): pixel blocks of one channel
 
 
 @triton.jit
 def _haar_kernel(
     src,
     dst,
-    n,
     C,
-    Ho,
     Wo,
+    P,  # low-resolution pixels per channel: Ho * Wo
     s_b,
     s_c,
     s_h,
@@ -38,36 +38,43 @@ def _haar_kernel(
     INVERSE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    # one lane per (batch, channel, low-res row, low-res column)
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < n
-    j = idx % Wo
-    i = (idx // Wo) % Ho
-    c = (idx // (Wo * Ho)) % C
-    b = idx // (Wo * Ho * C)
-    hi = b * s_b + c * s_c + (2 * i) * s_h + (2 * j) * s_w  # top-left pixel of the 2x2 patch
-    lo = b * d_b + c * d_c + i * d_h + j * d_w  # band 0 of channel c
+    # Program (row, block): one (batch, channel) row, and a block of its low-resolution pixels, one per lane.
+    # The row's offsets are int64 (a tensor can pass 2**31 elements); those inside a row are int32 (_launch
+    # checks that one sample spans fewer), so each lane does one 32-bit division, not 64-bit ones.
+    row = tl.program_id(0)
+    b = row // C
+    c = row - b * C
+    q = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = q < P
+    i = q // Wo
+    j = q - i * Wo
+    image = b.to(tl.int64) * s_b + c.to(tl.int64) * s_c
+    bands = b.to(tl.int64) * d_b + c.to(tl.int64) * d_c  # band 0 of channel c
+    hi = 2 * i * s_h + 2 * j * s_w  # top-left pixel of the 2x2 patch, in the row
+    lo = i * d_h + j * d_w
     band = C * d_c
     if INVERSE:
-        p0 = tl.load(src + lo, mask=mask).to(tl.float32)
-        p1 = tl.load(src + lo + band, mask=mask).to(tl.float32)
-        p2 = tl.load(src + lo + 2 * band, mask=mask).to(tl.float32)
-        p3 = tl.load(src + lo + 3 * band, mask=mask).to(tl.float32)
+        src_row, dst_row = src + bands, dst + image
+        p0 = tl.load(src_row + lo, mask=mask).to(tl.float32)
+        p1 = tl.load(src_row + lo + band, mask=mask).to(tl.float32)
+        p2 = tl.load(src_row + lo + 2 * band, mask=mask).to(tl.float32)
+        p3 = tl.load(src_row + lo + 3 * band, mask=mask).to(tl.float32)
         out = dst.dtype.element_ty
-        tl.store(dst + hi, ((p0 + p1 + p2 + p3) * scale).to(out), mask=mask)
-        tl.store(dst + hi + s_w, ((p0 - p1 + p2 - p3) * scale).to(out), mask=mask)
-        tl.store(dst + hi + s_h, ((p0 + p1 - p2 - p3) * scale).to(out), mask=mask)
-        tl.store(dst + hi + s_h + s_w, ((p0 - p1 - p2 + p3) * scale).to(out), mask=mask)
+        tl.store(dst_row + hi, ((p0 + p1 + p2 + p3) * scale).to(out), mask=mask)
+        tl.store(dst_row + hi + s_w, ((p0 - p1 + p2 - p3) * scale).to(out), mask=mask)
+        tl.store(dst_row + hi + s_h, ((p0 + p1 - p2 - p3) * scale).to(out), mask=mask)
+        tl.store(dst_row + hi + s_h + s_w, ((p0 - p1 - p2 + p3) * scale).to(out), mask=mask)
     else:
-        a = tl.load(src + hi, mask=mask).to(tl.float32)
-        b_ = tl.load(src + hi + s_w, mask=mask).to(tl.float32)
-        c_ = tl.load(src + hi + s_h, mask=mask).to(tl.float32)
-        d = tl.load(src + hi + s_h + s_w, mask=mask).to(tl.float32)
+        src_row, dst_row = src + image, dst + bands
+        a = tl.load(src_row + hi, mask=mask).to(tl.float32)
+        b_ = tl.load(src_row + hi + s_w, mask=mask).to(tl.float32)
+        c_ = tl.load(src_row + hi + s_h, mask=mask).to(tl.float32)
+        d = tl.load(src_row + hi + s_h + s_w, mask=mask).to(tl.float32)
         out = dst.dtype.element_ty
-        tl.store(dst + lo, ((a + b_ + c_ + d) * scale).to(out), mask=mask)
-        tl.store(dst + lo + band, ((a - b_ + c_ - d) * scale).to(out), mask=mask)
-        tl.store(dst + lo + 2 * band, ((a + b_ - c_ - d) * scale).to(out), mask=mask)
-        tl.store(dst + lo + 3 * band, ((a - b_ - c_ + d) * scale).to(out), mask=mask)
+        tl.store(dst_row + lo, ((a + b_ + c_ + d) * scale).to(out), mask=mask)
+        tl.store(dst_row + lo + band, ((a - b_ + c_ - d) * scale).to(out), mask=mask)
+        tl.store(dst_row + lo + 2 * band, ((a + b_ - c_ - d) * scale).to(out), mask=mask)
+        tl.store(dst_row + lo + 3 * band, ((a - b_ - c_ + d) * scale).to(out), mask=mask)
 
 
 def _memory_format(x):
@@ -85,12 +92,24 @@ def _image_like(y):
     return torch.empty(b, c4 // 4, 2 * h, 2 * w, dtype=y.dtype, device=y.device, memory_format=_memory_format(y))
 
 
+def _sample_span(t):
+    """One past the largest offset, in elements, of one sample of t from its first element."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:], strict=True))
+
+
 def _launch(image, bands, scale, inverse):
     b, c, h, w = image.shape
-    n = b * c * (h // 2) * (w // 2)
+    pixels = (h // 2) * (w // 2)
+    if image.numel() == 0:
+        return
+    if max(_sample_span(image), _sample_span(bands)) >= 2**31:
+        raise ValueError(f"the Haar kernel indexes within a sample in int32: {tuple(image.shape)} spans 2**31 elements")
+    blocks = triton.cdiv(pixels, BLOCK)
+    if blocks > MAX_BLOCKS:
+        raise ValueError(f"the Haar kernel takes at most {MAX_BLOCKS * BLOCK} pixels per channel, got {h}x{w}")
     src, dst = (bands, image) if inverse else (image, bands)
-    _haar_kernel[(triton.cdiv(n, BLOCK),)](
-        src, dst, n, c, h // 2, w // 2, *image.stride(), *bands.stride(), scale, INVERSE=inverse, BLOCK=BLOCK
+    _haar_kernel[(b * c, blocks)](
+        src, dst, c, w // 2, pixels, *image.stride(), *bands.stride(), scale, INVERSE=inverse, BLOCK=BLOCK
     )
 
 
@@ -168,7 +187,7 @@ def aot_variants():
     variants = []
     for dtype in ("fp32", "fp16", "bf16"):
         for inverse in (False, True):
-            signature = {"src": f"*{dtype}", "dst": f"*{dtype}", "n": "i32", "C": "i32", "Ho": "i32", "Wo": "i32"}
+            signature = {"src": f"*{dtype}", "dst": f"*{dtype}", "C": "i32", "Wo": "i32", "P": "i32"}
             signature |= {s: "i32" for s in ("s_b", "s_c", "s_h", "s_w", "d_b", "d_c", "d_h", "d_w")}
             signature |= {"scale": "fp32", "INVERSE": "constexpr", "BLOCK": "constexpr"}
             name = f"haar_{'inverse' if inverse else 'forward'}_{dtype}"

@@ -114,7 +114,7 @@ def hardware(cfg, env, census, measured_ms):
     if not census:
         return None
     device, probe = env.get("device", {}), env.get("probe", {})
-    precision, tf32 = cfg.get("precision", "fp32"), env.get("backends", {}).get("cudnn_allow_tf32", True)
+    precision, tf32 = cfg.get("precision", "fp32"), env.get("backends", {}).get("conv_tf32", True)
     graphs = census.get("compile", cfg.get("compile")) == "reduce-overhead"
     launch_us = 0.0 if graphs else probe.get("launch_us", roofline.LAUNCH_US)
     peak, source, gpu = roofline.peak(device, precision, tf32, probe.get("matmul_tflops"))

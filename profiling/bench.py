@@ -38,6 +38,7 @@ from engine.guard import ExplosionGuard
 from engine.irn import DenseBlock, coupling_scale
 from engine.losses import irn_losses, network_passes
 from engine.trainer import Trainer, census
+from kernels.precision import tf32_convolutions
 from profiling import records, roofline
 from profiling.gpu import Sampler
 from profiling.probe import matmul_tflops
@@ -291,8 +292,8 @@ def bench_step(args, device):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"], torch.float32)
         named = {"type": device.type, "name": device_name(device)}
         listed = device.type == "cuda" and roofline.named_gpu(named["name"])
-        measured = None if listed else matmul_tflops(device, dtype)
-        peak, source, _ = roofline.peak(named, cfg["precision"], torch.backends.cudnn.allow_tf32, measured)
+        measured = None if listed else matmul_tflops(device, dtype, tf32_convolutions())
+        peak, source, _ = roofline.peak(named, cfg["precision"], tf32_convolutions(), measured)
         achieved = counted.flops_per_step / ms / 1e9
         profiled = kernels_in_a_step(run, device)
         result.rows.append([

@@ -27,13 +27,13 @@ def launch_us(device, launches=200):
     return issued / launches * 1e6
 
 
-def matmul_tflops(device, dtype=torch.float32, size=None, repeats=3):
-    """Best TFLOP/s of a square matrix product (2 n^3 FLOPs) in `dtype` on `device`; fp32 with TF32 as
-    cuDNN's convolutions have it, so the rate is the one the step's math can reach."""
+def matmul_tflops(device, dtype=torch.float32, tf32=False, size=None, repeats=3):
+    """Best TFLOP/s of a square matrix product (2 n^3 FLOPs) in `dtype` on `device`; fp32 in TF32 when
+    `tf32` (pass what the convolutions take), so the rate is the one the step's math can reach."""
     n = size or (8192 if device.type == "cuda" else 1024)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    matmul = torch.backends.cuda.matmul  # its per-op setting: the legacy flag raises once the APIs are mixed
+    before, matmul.fp32_precision = matmul.fp32_precision, "tf32" if tf32 else "ieee"
     try:
         a @ b
         _sync(device)
@@ -44,12 +44,14 @@ def matmul_tflops(device, dtype=torch.float32, size=None, repeats=3):
             _sync(device)
             best = min(best, time.perf_counter() - start)
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+        matmul.fp32_precision = before
     return 2 * n**3 / best / 1e12
 
 
-def probe(device, precision):
-    """{'launch_us', 'matmul_tflops'} of `device`, the product in the run's precision."""
+def probe(device, precision, tf32):
+    """{'launch_us', 'matmul_tflops'} of `device`, the product in the run's precision (fp32 in TF32 when
+    `tf32`: the convolutions' setting)."""
     device = torch.device(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    return {"launch_us": round(launch_us(device), 3), "matmul_tflops": round(matmul_tflops(device, dtype), 4)}
+    tflops = matmul_tflops(device, dtype, tf32)
+    return {"launch_us": round(launch_us(device), 3), "matmul_tflops": round(tflops, 4)}

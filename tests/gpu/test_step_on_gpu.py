@@ -60,7 +60,7 @@ def test_a_training_step_makes_no_host_sync_after_warm_up(tmp_path, overrides):
 
 def test_fast_path_step_equals_the_reference_step(tmp_path):
     """One fp32 step (TF32 off) of the fused path against the FrEIA reference: losses and updated weights."""
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
     reference, batch, guard = trainer_and_batch(tmp_path)
     fast, _, _ = trainer_and_batch(tmp_path, fast_kernels=True)
     fast.model.load_state_dict(copy.deepcopy(reference.model.state_dict()))

@@ -18,8 +18,12 @@ def assert_close(actual, expected, dtype):
 
 @pytest.fixture(autouse=True)
 def full_precision():
-    """Compare against fp32 references with TF32 off (PyTorch enables it for convolutions on GPUs)."""
-    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    """Compare against fp32 references with TF32 off (PyTorch enables it for convolutions on GPUs), set and
+    restored through the per-op API (the legacy flags raise on reading once the two APIs are mixed)."""
+    levels = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    previous = [level.fp32_precision for level in levels]
+    for level in levels:
+        level.fp32_precision = "ieee"
     yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
+    for level, value in zip(levels, previous, strict=True):
+        level.fp32_precision = value

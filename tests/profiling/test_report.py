@@ -187,7 +187,7 @@ def recorded_gpu_run(folder, steps=30, step_ms=40.0, validation_ms=5000.0, censu
     cfg = {**config.load("irn_x4")[0], "config": "irn_x4", "precision": "bf16", "steps": 100, **overrides}
     records.write_json(folder / "config.json", cfg)
     env = {"device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}, "world_size": 1}
-    env |= {"probe": {"launch_us": 4.0, "matmul_tflops": 700.0}, "backends": {"cudnn_allow_tf32": True}}
+    env |= {"probe": {"launch_us": 4.0, "matmul_tflops": 700.0}, "backends": {"conv_tf32": True}}
     census = {"flops_per_step": 2.32e12, "bytes_per_step": 73e9, "kernels_per_step": 6000, "ops_per_step": 4469}
     records.write_json(folder / "census.json", census | {"categories": {}, "setting": {}} | dict(census_extra))
     with records.JsonLines(folder / "env.jsonl") as out:
