@@ -12,9 +12,6 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
-DENSE_CAPABILITY = (8, 0)  # below it the dense kernels' half-precision tiles spill: cuDNN is faster there
-
-
 def use_fast_kernels(model, enabled=True, dense=True):
     """Route every Haar, coupling and (with `dense`) dense-block module of `model` to the Triton kernels,
     or back to the reference."""
@@ -32,10 +29,12 @@ def use_fast_kernels(model, enabled=True, dense=True):
 
 def dense_kernels_unavailable(device):
     """Why the dense-block kernels do not run on `device` (None when they do)."""
-    capability = torch.cuda.get_device_capability(device)
-    if capability < DENSE_CAPABILITY:
+    from kernels.dense import MIN_CAPABILITY
+
+    major, minor = torch.cuda.get_device_capability(device)
+    if 10 * major + minor < MIN_CAPABILITY:
         return (
-            f"the dense blocks stay on cuDNN on this compute capability {capability[0]}.{capability[1]} GPU "
+            f"the dense blocks stay on cuDNN on this compute capability {major}.{minor} GPU "
             "(their kernels are tuned for 8.0 and newer); Haar and coupling run fused"
         )
     return None

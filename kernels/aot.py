@@ -29,12 +29,6 @@ from triton.compiler import ASTSource
 
 TARGETS = {60: "P100", 80: "A100", 90: "H100"}
 NEEDS_SM80 = ("*bf16", "bf16")  # bf16 arithmetic needs compute capability 8.0
-# The dense kernels are listed for sm_80 and newer only: the engine keeps the dense blocks on the
-# reference convolutions (cuDNN) below compute capability 8.0, so no such GPU launches them. Their tiles
-# are sized for sm_80+ tensor cores (TF32 and bf16 dots need sm_80; on sm_60, which has none, tl.dot
-# becomes FMA loops), and sm_80+ is where they are tuned and checked for spills. Haar and coupling,
-# elementwise, are listed for sm_60 too.
-DENSE_FROM = 80
 
 
 class Variant(NamedTuple):
@@ -51,11 +45,11 @@ class Variant(NamedTuple):
 def _entries(capability):
     """aot_variants entries, (name, fn, signature, constexprs[, attrs]), of every kernel; the dense ones
     with the run-time alignment the JIT specialises on, and the autotune configs `capability` may launch
-    (none below DENSE_FROM)."""
+    (none before dense.MIN_CAPABILITY, where the engine keeps cuDNN for the dense blocks)."""
     from kernels import coupling, dense, haar
 
     entries = [*haar.aot_variants(), *coupling.aot_variants()]
-    if capability is None or capability >= DENSE_FROM:
+    if capability is None or capability >= dense.MIN_CAPABILITY:
         entries += dense.aot_variants(attrs=True, capability=capability)
     return entries
 
@@ -72,10 +66,7 @@ def variants(capability=None):
 
 
 def supported(variant, capability):
-    """Whether a GPU of `capability` launches the variant: the dense kernels from DENSE_FROM on (see
-    there), bf16 from sm_80 on."""
-    if family(variant).startswith("dense") and capability < DENSE_FROM:
-        return False
+    """Whether a GPU of `capability` can run the variant: bf16 needs sm_80."""
     return capability >= 80 or not any(kind in NEEDS_SM80 for kind in variant.signature.values())
 
 

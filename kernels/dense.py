@@ -35,6 +35,10 @@ from kernels.precision import tf32_convolutions
 
 NEGATIVE_SLOPE = 0.2
 CONVS = 5
+# The first compute capability (10 * major + minor) that runs these kernels: their tiles are sized for
+# sm_80+ tensor cores (TF32 and bf16 dots need sm_80; before it tl.dot becomes FMA loops) and their
+# half-precision tiles spill on sm_60. Older GPUs keep cuDNN for the dense blocks (engine/ops.py).
+MIN_CAPABILITY = 80
 # Weight gradients are reduced over pixels in splits of about this many pixels, each written to its own
 # fp32 row of partials and the rows summed afterwards: enough programs to fill a GPU, with partials
 # small next to the features they come from.

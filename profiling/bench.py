@@ -4,7 +4,7 @@
     python -m profiling.bench step        # the trainer's step per variant: ms, images/s, MFU, kernels per step
     python -m profiling.bench memory      # one step with and without --invertible-backprop: memory and time
     python -m profiling.bench overhead    # the profiler's own cost: timing + sampling on vs off, interleaved
-    python -m profiling.bench registers   # every Triton kernel compiled for P100/A100/H100: registers, spills
+    python -m profiling.bench registers   # the Triton kernels compiled for P100/A100/H100: registers, spills
     python -m profiling.bench gpu         # on a GPU: the GPU tests, then all of the above into docs/PERFORMANCE.md
 
 Defaults follow the paper's x4 recipe (batch 16, 144x144 crops) on a GPU, and a small shape on a CPU.

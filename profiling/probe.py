@@ -33,7 +33,8 @@ def matmul_tflops(device, dtype=torch.float32, tf32=False, size=None, repeats=3)
     n = size or (8192 if device.type == "cuda" else 1024)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     matmul = torch.backends.cuda.matmul  # its per-op setting: the legacy flag raises once the APIs are mixed
-    before, matmul.fp32_precision = matmul.fp32_precision, "tf32" if tf32 else "ieee"
+    before = matmul.fp32_precision
+    set_fp32_precision(matmul, "tf32" if tf32 else "ieee")
     try:
         a @ b
         _sync(device)
@@ -44,8 +45,20 @@ def matmul_tflops(device, dtype=torch.float32, tf32=False, size=None, repeats=3)
             _sync(device)
             best = min(best, time.perf_counter() - start)
     finally:
-        matmul.fp32_precision = before
+        set_fp32_precision(matmul, before)
     return 2 * n**3 / best / 1e12
+
+
+def set_fp32_precision(level, value):
+    """Give one level of PyTorch's per-op TF32 setting (torch.backends.cuda.matmul, cudnn.conv, ...) the
+    value `value` as its getter reads it: by deferring to the levels above ("none") where that gives it,
+    else explicitly. Writing back a value read would pin the level, and a later setting above it would
+    no longer reach it."""
+    if level.fp32_precision == value:
+        return
+    level.fp32_precision = "none"
+    if level.fp32_precision != value:
+        level.fp32_precision = value
 
 
 def probe(device, precision, tf32):

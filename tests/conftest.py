@@ -5,6 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
+from profiling.probe import set_fp32_precision
+
 # Triton kernels run in its interpreter on machines without CUDA; it must be set before triton is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -46,6 +48,18 @@ def image_folder(tmp_path):
     for i in range(3):
         Image.fromarray(smooth_image(rng, 40 + 8 * i, 48)).save(folder / ("sub" if i else ".") / f"img{i}.png")
     return folder
+
+
+@pytest.fixture
+def fp32_precision_restored():
+    """Puts back every level of PyTorch's per-op TF32 setting that a test changes, parents first, each as
+    its getter read it (deferring to its parent where it did)."""
+    cudnn = torch.backends.cudnn
+    levels = (torch.backends, cudnn, cudnn.conv, cudnn.rnn, torch.backends.cuda.matmul)
+    saved = [(level, level.fp32_precision) for level in levels]
+    yield
+    for level, value in saved:
+        set_fp32_precision(level, value)
 
 
 @pytest.fixture

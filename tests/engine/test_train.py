@@ -82,18 +82,14 @@ def test_run_folder_contents(image_folder, in_tmp):
     assert engine.load(folder / "checkpoints" / "last.pt").scale == 2
 
 
-def test_a_run_records_tf32_set_through_the_per_op_api(image_folder, in_tmp):
+def test_a_run_records_tf32_set_through_the_per_op_api(image_folder, in_tmp, fp32_precision_restored):
     """Convolutions given their own TF32 setting (where PyTorch's legacy flag raises on reading): the run
-    trains, its probe and record follow that setting."""
-    cudnn = torch.backends.cudnn
-    saved = [(level, level.fp32_precision) for level in (cudnn.conv, cudnn.rnn)]
-    cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = "ieee", "tf32"
-    try:
-        run(["--steps", "1", "--name", "ieee"], image_folder)
-    finally:
-        for level, value in saved:
-            level.fp32_precision = value
+    trains and records that setting; its probe leaves the matmul setting as it found it."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, matmul.fp32_precision = "ieee", "tf32", "tf32"
+    run(["--steps", "1", "--name", "ieee"], image_folder)
     assert read_jsonl(Path("runs/ieee/env.jsonl"))[0]["backends"]["conv_tf32"] is False
+    assert matmul.fp32_precision == "tf32"  # the probe measured in "ieee", as the convolutions run
 
 
 def test_each_step_logs_the_learning_rate_it_used(image_folder, in_tmp):

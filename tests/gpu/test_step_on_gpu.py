@@ -58,7 +58,7 @@ def test_a_training_step_makes_no_host_sync_after_warm_up(tmp_path, overrides):
     assert trainer.drain(guard).step == 5
 
 
-def test_fast_path_step_equals_the_reference_step(tmp_path):
+def test_fast_path_step_equals_the_reference_step(tmp_path, fp32_precision_restored):
     """One fp32 step (TF32 off) of the fused path against the FrEIA reference: losses and updated weights."""
     torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
     reference, batch, guard = trainer_and_batch(tmp_path)

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from profiling.probe import set_fp32_precision
+
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"  # on the CPU the kernels run in Triton's interpreter (tests/conftest.py)
 
@@ -17,13 +19,7 @@ def assert_close(actual, expected, dtype):
 
 
 @pytest.fixture(autouse=True)
-def full_precision():
-    """Compare against fp32 references with TF32 off (PyTorch enables it for convolutions on GPUs), set and
-    restored through the per-op API (the legacy flags raise on reading once the two APIs are mixed)."""
-    levels = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
-    previous = [level.fp32_precision for level in levels]
-    for level in levels:
-        level.fp32_precision = "ieee"
-    yield
-    for level, value in zip(levels, previous, strict=True):
-        level.fp32_precision = value
+def full_precision(fp32_precision_restored):
+    """Compare against fp32 references with TF32 off (PyTorch enables it for convolutions on GPUs)."""
+    for level in (torch.backends.cudnn.conv, torch.backends.cuda.matmul):
+        set_fp32_precision(level, "ieee")

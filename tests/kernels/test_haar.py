@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import kernels.haar as haar_kernels
 from engine.irn import Haar
 from kernels.haar import haar, haar_forward, haar_inverse
 from tests.kernels.conftest import CUDA, DEVICE, DTYPES, assert_close
@@ -60,6 +61,18 @@ def test_channels_last_in_channels_last_out():
 def test_odd_sizes_are_refused():
     with pytest.raises(ValueError, match="even H and W"):
         haar(torch.randn(1, 3, 5, 4, device=DEVICE))
+
+
+def test_what_int32_offsets_and_the_grid_cannot_index_is_refused_before_launch():
+    """Offsets within a sample are int32 and a channel's pixel blocks lie along the grid's second axis
+    (at most 65535): beyond either, one clear error, not a wrong result. Meta tensors: nothing runs."""
+    wide = torch.empty_strided((1, 2, 2, 2), (1, 2**31, 2, 1), device="meta")  # channel 1 at 2**31
+    with pytest.raises(ValueError, match="int32"):
+        haar_kernels._launch(wide, torch.empty(1, 8, 1, 1, device="meta"), 0.5, inverse=False)
+    long = torch.empty(1, 1, 2, 2 * haar_kernels.BLOCK * haar_kernels.MAX_BLOCKS + 2, device="meta")
+    bands = torch.empty(1, 4, 1, long.shape[3] // 2, device="meta")
+    with pytest.raises(ValueError, match="pixels per channel"):
+        haar_kernels._launch(long, bands, 0.5, inverse=False)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "slice"])

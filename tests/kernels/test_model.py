@@ -7,7 +7,13 @@ import torch
 
 import engine
 from engine.losses import irn_losses, network_passes
-from engine.ops import compile_model, fast_kernels_unavailable, set_subnet_precision, use_fast_kernels
+from engine.ops import (
+    compile_model,
+    dense_kernels_unavailable,
+    fast_kernels_unavailable,
+    set_subnet_precision,
+    use_fast_kernels,
+)
 from tests.kernels.conftest import DEVICE
 from tests.official_irn import randomize
 
@@ -87,6 +93,14 @@ def test_one_set_of_weights_serves_both_paths():
 
 def test_fast_kernels_say_why_they_cannot_run_on_a_cpu():
     assert "need a CUDA GPU" in fast_kernels_unavailable("cpu")
+
+
+@pytest.mark.parametrize("capability, cudnn", [((6, 0), True), ((7, 5), True), ((8, 0), False), ((9, 0), False)])
+def test_dense_blocks_stay_on_cudnn_before_compute_capability_8(monkeypatch, capability, cudnn):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    note = dense_kernels_unavailable("cuda")
+    assert (note is not None) == cudnn
+    assert not cudnn or f"compute capability {capability[0]}.{capability[1]}" in note
 
 
 @pytest.mark.parametrize(

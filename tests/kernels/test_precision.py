@@ -1,24 +1,13 @@
 """kernels/precision.py: whether fp32 convolutions may use TF32, set through either of PyTorch's APIs, read
 back without the RuntimeError that the legacy flag raises once the two APIs are mixed."""
 
-import pytest
 import torch
 
 import kernels.dense as dense
 from kernels.precision import tf32_convolutions
 
 
-@pytest.fixture
-def restored():
-    """Puts back the four levels of the TF32 setting a test changes, read with the per-op API (never raises)."""
-    cudnn = torch.backends.cudnn
-    saved = [(level, level.fp32_precision) for level in (torch.backends, cudnn, cudnn.conv, cudnn.rnn)]
-    yield
-    for level, value in saved:
-        level.fp32_precision = value
-
-
-def test_the_new_api_is_read_without_a_mixed_api_error(restored):
+def test_the_new_api_is_read_without_a_mixed_api_error(fp32_precision_restored):
     for value, tf32 in (("tf32", True), ("ieee", False), ("none", False)):
         torch.backends.cudnn.conv.fp32_precision = value  # conv alone: convs and RNNs now differ
         assert tf32_convolutions() is tf32, value
@@ -30,13 +19,13 @@ def test_the_new_api_is_read_without_a_mixed_api_error(restored):
     assert tf32_convolutions() is False
 
 
-def test_the_legacy_flag_is_read_back(restored):
+def test_the_legacy_flag_is_read_back(fp32_precision_restored):
     for allow in (True, False, True):
         torch.backends.cudnn.allow_tf32 = allow
         assert tf32_convolutions() is allow
 
 
-def test_the_block_follows_the_new_api_and_its_variants_list_both_precisions(monkeypatch, restored):
+def test_the_block_follows_the_new_api_and_its_variants_list_both_precisions(monkeypatch, fp32_precision_restored):
     """With conv.fp32_precision set alone (where the legacy flag raises), the op's fp32 launches take its
     precision, forward and backward (captured, not run); aot_variants lists both precisions whatever is
     set, and changes no setting."""
