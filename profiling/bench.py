@@ -31,11 +31,11 @@ from rich.table import Table
 from torch._dynamo.utils import counters
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from engine import config, rundir
-from engine.backprop import saved_bytes
+from engine import config, data, rundir
+from engine.backprop import reconstruction_errors, saved_bytes
 from engine.errors import UserError, cli, parser
 from engine.guard import ExplosionGuard
-from engine.irn import DenseBlock, coupling_scale
+from engine.irn import IMAGE_CHANNELS, DenseBlock, coupling_scale, quantize
 from engine.losses import irn_losses, network_passes
 from engine.trainer import Trainer, census
 from kernels.precision import tf32_convolutions
@@ -236,7 +236,7 @@ def step_runner(cfg, device, folder=None):
         timer.end_step(state["step"])
         state["step"] += 1
 
-    run.trainer = trainer
+    run.trainer, run.batch = trainer, batch
     return run
 
 
@@ -343,6 +343,17 @@ def peak_bytes(run, device):
     return max((e["args"].get("Total Allocated", 0) for e in events if e.get("name") == "[memory]"), default=0)
 
 
+def largest_reconstruction_errors(run, device):
+    """The largest error of the inputs that backprop by inversion recomputes, in the HR -> LR pass and in
+    the LR, z -> HR pass of the bench's batch, at the model's weights as they are."""
+    model, batch = run.trainer.model, run.batch
+    with torch.no_grad():
+        hr = data.to_float(batch["hr"].to(device))
+        y = model(hr)[:, :IMAGE_CHANNELS]
+        upscale_input = torch.cat((quantize(y), batch["noise"].to(device)), 1)
+    return max(reconstruction_errors(model.net, hr)), max(reconstruction_errors(model.net, upscale_input, rev=True))
+
+
 def bench_memory(args, device):
     """One step with and without backprop by inversion, side by side in one process."""
     columns = ["backprop", "activations saved (GiB)", "peak allocated (GiB)", "ms/step"]
@@ -354,12 +365,19 @@ def bench_memory(args, device):
         run = step_runner(cfg, device)
         ms = timed(partial(run, PhaseTimer(device, enabled=False)), device, warmup=args.warmup, repeats=args.steps)
         figures[inverting] = (activation_bytes(cfg), peak_bytes(run, device), ms)
+        if inverting:
+            errors = largest_reconstruction_errors(run, device)
         saved, peak, _ = figures[inverting]
         name = "by inversion" if inverting else "standard"
         result.rows.append([name, f"{saved / 2**30:.3f}", f"{peak / 2**30:.3f}", f"{ms:.1f}"])
     (saved0, peak0, ms0), (saved1, peak1, ms1) = figures[False], figures[True]
     result.rows.append(["ratio", f"{saved1 / saved0:.1%}", f"{peak1 / peak0:.1%}", f"{ms1 / ms0:.2f}x"])
     result.notes.append(f"activations: saved-tensor hooks on fake tensors at this size; peak: {clock}")
+    steps = args.warmup + args.steps + 1  # the timed ones, then the one whose peak is measured
+    result.notes.append(
+        f"largest error of the inputs recomputed by inversion (fp32, at the weights {steps} steps from their "
+        f"initialisation): HR -> LR {errors[0]:.1e}, LR, z -> HR {errors[1]:.1e}"
+    )
     return result
 
 

@@ -1,6 +1,7 @@
 """The benches' plumbing on a CPU, at a tiny shape: what they measure, not how fast it is."""
 
 import argparse
+import re
 
 import torch
 
@@ -15,6 +16,8 @@ def test_the_memory_bench_shows_what_inversion_saves():
     assert standard[0] == "standard" and inverted[0] == "by inversion"
     assert float(ratio[1].rstrip("%")) < 40  # activations saved for the backward
     assert float(inverted[2]) > 0 and float(standard[3]) > 0
+    errors = re.search(r"HR -> LR (\S+), LR, z -> HR (\S+)$", result.notes[-1]).groups()
+    assert all(0 <= float(error) < 1e-4 for error in errors)  # fp32 rounding, at near-initial weights
 
 
 def test_the_step_bench_sets_mfu_and_the_census_beside_the_time():
