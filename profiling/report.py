@@ -108,6 +108,7 @@ def hardware_lines(run):
     lines = [
         f"one step, counted: {c['flops_per_step'] / 1e12:.3f} TFLOP, {c['bytes_per_step'] / 1e9:.1f} GB moved, "
         f"{c['kernels_per_step']:,} kernels, {c['flops_per_step'] / max(c['bytes_per_step'], 1):.1f} FLOP/byte"
+        + (" (eager ops: compilation fuses some, so fewer run)" if c.get("compile", "off") != "off" else "")
     ]
     if own.get("peak_tflops"):
         lines.append(

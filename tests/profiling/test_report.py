@@ -232,6 +232,8 @@ def test_cuda_graphs_have_no_launch_floor_and_are_not_advised_again(in_tmp):
     own = run["hardware"]["own"]
     assert own["cuda_graphs"] and own["launch_ms"] == 0.0 and own["bound"] != "launch"
     assert "reduce-overhead" not in run["verdict"]["next"]
+    counted = report.hardware_lines(run)[0]
+    assert "(eager ops: compilation fuses some" in counted  # the census counted what eager would launch
 
 
 def test_mfu_counts_the_model_s_flops_when_backprop_by_inversion_recomputes(in_tmp):
