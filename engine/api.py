@@ -88,7 +88,8 @@ _OURS = re.compile(r"^net\.module_list\.(\d+)\.(.+)$")
 
 
 def load(path, device=None):
-    """A Rescaler from this project's checkpoint or an official IRN release `.pth`, scale inferred."""
+    """A Rescaler from this project's checkpoint or an official IRN release `.pth`, scale inferred (and
+    the coupling clamp, which the weights do not tell, from this project's checkpoint: 1.0 otherwise)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; give the path of a .pt/.pth file")
@@ -98,7 +99,9 @@ def load(path, device=None):
         raise UserError(
             f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}); is the file complete?"
         ) from None
-    model = from_state_dict(unwrap_state_dict(obj))
+    arch = obj.get("arch") if isinstance(obj, dict) else None
+    clamp = arch.get("clamp", 1.0) if isinstance(arch, dict) else 1.0
+    model = from_state_dict(unwrap_state_dict(obj), clamp)
     return model.to(device) if device is not None else model
 
 
@@ -118,13 +121,14 @@ def _holds_tensors(d):
     return any(torch.is_tensor(v) for v in d.values())
 
 
-def from_state_dict(state):
-    """Build the network the weights describe and load them; official keys are mapped to ours."""
+def from_state_dict(state, clamp=1.0):
+    """Build the network the weights describe (with this coupling clamp) and load them; official keys are
+    mapped to ours."""
     mapped = {}
     for key, value in state.items():
         m = _OFFICIAL.match(key) or _OURS.match(key)
         mapped[f"net.module_list.{m[1]}.{m[2]}" if m else key] = value
-    model = build(**infer_arch(mapped))
+    model = build(**infer_arch(mapped), clamp=clamp)
     expected = model.state_dict()
     for key, value in expected.items():  # fixed Haar weights may be left out of a release
         if key.endswith("haar_weights"):

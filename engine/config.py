@@ -172,6 +172,7 @@ KEYS = {  # key: (how its flag's text is read, the rule its value must meet)
     "fast_kernels": (parse_bool, boolean),
     "compile": (str, choice("off", *COMPILE_MODES)),
     "cudnn_benchmark": (parse_bool, boolean),
+    "tf32": (parse_bool, boolean),
     "checkpoint_every": (int, integer(0)),
     "checkpoints_kept": (int, integer(1)),
     "time_limit": (str, duration),

@@ -55,9 +55,13 @@ def use_invertible_backprop(model, enabled=True):
     return model
 
 
-def configure_backends(cudnn_benchmark):
+def configure_backends(cudnn_benchmark, tf32):
     """Process-wide settings every training step relies on (the trainer and the bench share them)."""
     torch.backends.cudnn.benchmark = cudnn_benchmark  # crops have one size: autotuned convs pay off
+    # TF32 for fp32 convolutions: cuDNN's (the dense blocks, FrEIA's Haar convolution) and the fused
+    # dense kernels follow it. The legacy flag sets convolutions' and RNNs' per-op settings together,
+    # never leaving the mixed state in which PyTorch's own readers of that flag raise.
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def fast_kernels_unavailable(device):

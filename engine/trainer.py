@@ -83,7 +83,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg["lr_milestones"], cfg["lr_gamma"])
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"] == "fp16")
         self.late = LateValues(device)
-        ops.configure_backends(cfg["cudnn_benchmark"])
+        ops.configure_backends(cfg["cudnn_benchmark"], cfg["tf32"])
         ops.set_subnet_precision(self.model, cfg["precision"])
         ops.use_invertible_backprop(self.model, cfg["invertible_backprop"])
         # Fast kernels swap ops inside the same modules; compile traces whichever ops are in place.

@@ -53,9 +53,10 @@ def test_downscale_quantizes_and_upscale_samples_z():
     assert torch.equal(model.upscale(lr, temperature=0.0), model.upscale(lr, torch.zeros_like(z)))
 
 
-def test_own_state_dict_round_trips(tmp_path):
-    model = randomize(engine.build(8, blocks_per_stage=1))
-    loaded = engine.load(save({"model": model.state_dict(), "step": 3}, tmp_path))
+@pytest.mark.parametrize("clamp", [1.0, 2.0])  # the clamp is not in the weights: the checkpoint's arch gives it
+def test_own_state_dict_round_trips(tmp_path, clamp):
+    model = randomize(engine.build(8, blocks_per_stage=1, clamp=clamp))
+    loaded = engine.load(save({"model": model.state_dict(), "arch": model.arch, "step": 3}, tmp_path))
     assert loaded.arch == model.arch
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)

@@ -82,14 +82,21 @@ def test_run_folder_contents(image_folder, in_tmp):
     assert engine.load(folder / "checkpoints" / "last.pt").scale == 2
 
 
-def test_a_run_records_tf32_set_through_the_per_op_api(image_folder, in_tmp, fp32_precision_restored):
-    """Convolutions given their own TF32 setting (where PyTorch's legacy flag raises on reading): the run
-    trains and records that setting; its probe leaves the matmul setting as it found it."""
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_is_the_run_s_choice_recorded(image_folder, in_tmp, fp32_precision_restored, tf32):
+    """--tf32 sets the convolutions' TF32 whatever the process had (here a mix of PyTorch's two APIs, in
+    which reading the legacy flag raises) and the run records it; the probe leaves the matmul setting as
+    it found it."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, matmul.fp32_precision = "ieee", "tf32", "tf32"
-    run(["--steps", "1", "--name", "ieee"], image_folder)
-    assert read_jsonl(Path("runs/ieee/env.jsonl"))[0]["backends"]["conv_tf32"] is False
-    assert matmul.fp32_precision == "tf32"  # the probe measured in "ieee", as the convolutions run
+    cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, matmul.fp32_precision = (
+        "ieee" if tf32 else "tf32",
+        "tf32",
+        "tf32",
+    )
+    run(["--steps", "1", "--name", "t", "--tf32", str(tf32).lower()], image_folder)
+    assert read_jsonl(Path("runs/t/env.jsonl"))[0]["backends"]["conv_tf32"] is tf32
+    assert cudnn.allow_tf32 is tf32 and cudnn.rnn.fp32_precision == cudnn.conv.fp32_precision  # no mix left
+    assert matmul.fp32_precision == "tf32"  # the probe measured as the convolutions run: "ieee" when not tf32
 
 
 def test_each_step_logs_the_learning_rate_it_used(image_folder, in_tmp):

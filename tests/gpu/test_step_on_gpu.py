@@ -59,10 +59,11 @@ def test_a_training_step_makes_no_host_sync_after_warm_up(tmp_path, overrides):
 
 
 def test_fast_path_step_equals_the_reference_step(tmp_path, fp32_precision_restored):
-    """One fp32 step (TF32 off) of the fused path against the FrEIA reference: losses and updated weights."""
-    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
-    reference, batch, guard = trainer_and_batch(tmp_path)
-    fast, _, _ = trainer_and_batch(tmp_path, fast_kernels=True)
+    """One fp32 step (--tf32 false) of the fused path against the FrEIA reference: the losses, the grad
+    norm and every clipped gradient. Gradients, not updated weights: Adam's first update is about lr
+    times the gradient's sign, whatever its size, so the weights would hide a gradient off by a factor."""
+    reference, batch, guard = trainer_and_batch(tmp_path, tf32=False)
+    fast, _, _ = trainer_and_batch(tmp_path, tf32=False, fast_kernels=True)
     fast.model.load_state_dict(copy.deepcopy(reference.model.state_dict()))
     timer = PhaseTimer("cuda", enabled=False)
     results = []
@@ -71,5 +72,8 @@ def test_fast_path_step_equals_the_reference_step(tmp_path, fp32_precision_resto
         results.append(trainer.drain(guard))
     for key, value in results[0].losses.items():
         assert results[1].losses[key] == pytest.approx(value, rel=1e-4)
+    assert results[1].grad_norm == pytest.approx(results[0].grad_norm, rel=1e-4)
     for a, b in zip(reference.model.parameters(), fast.model.parameters(), strict=True):
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-5 + 1e-4 * a.abs().max().item())
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:  # 1e-3 of the largest entry: 16 blocks of fp32 sums in other orders
+            torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=1e-3 * a.grad.abs().max().item())
