@@ -21,7 +21,8 @@ Input length ``n``, integer factor ``s``, output length ``m = ceil(n / s)`` (MAT
   integers, so the LR pixel covers exactly its ``s`` HR pixels).
 - It takes ``P = ceil(4 s) + 2`` taps starting at ``left_j = floor(u_j - 2 s)``: MATLAB's two extra taps
   guard against rounding at the window's ends; taps whose weight is zero in every row are dropped afterwards
-  (for an integer ``s`` that leaves ``4 s`` taps, e.g. 16 at x4).
+  (for an even ``s`` that leaves ``4 s`` taps, e.g. 16 at x4; at x3, where the stretched kernel is zero at
+  distances of +-3, 9).
 - Weights ``w_jt = h(u_j - i_jt)``, then divided by their row sum (so a constant stays constant).
 - Indices outside 1..n are mirrored with the edge pixel repeated ("symmetric" padding):
   ``0 -> 1, -1 -> 2, n+1 -> n, ...``, periodically with period ``2 n`` (MATLAB's ``aux = [1:n, n:-1:1]``), so
@@ -113,7 +114,8 @@ def working_image(img):
 def resize_axis(x, weights, indices, axis):
     """Apply one axis' tables along ``axis`` of ``x``: one gather and one multiply-add per tap.
 
-    The loop runs over the taps (4 s of them), never over pixels, and adds each tap's term into the output in place.
+    The loop runs over the taps (about 4 s of them), never over pixels, and adds each tap's term into the
+    output in place.
     """
     weights = weights.astype(x.dtype)
     shape = [1] * x.ndim
