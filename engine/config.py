@@ -20,6 +20,12 @@ from engine.ops import COMPILE_MODES, PRECISIONS
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT = "demo"
 SCHEMA = "irn_x4"  # the config that every other is based on: it holds every key, its section and comment
+# What a checkpoint fixes: the network its weights have, the optimiser and schedule its state restores.
+# A resumed run keeps them; other values are a new run from its weights (--init-from).
+FIXED_ON_RESUME = (
+    *("scale", "blocks_per_stage", "growth", "clamp"),
+    *("lr", "betas", "weight_decay", "lr_milestones", "lr_gamma"),
+)
 WINDOWS = ("py_spy", "torch_profile")  # step-window options: a bare flag takes DEFAULT_WINDOW
 DEFAULT_WINDOW = "10:20"
 RUN_FLAGS = {
@@ -340,10 +346,24 @@ def resolve(argv, resumed_config=None, world=1, prog="python -m engine.train"):
     overrides, unknown = full.parse_known_args(remaining)
     if unknown:
         raise UserError(_unknown_message(unknown[0], cfg))
-    cfg.update({k: v for k, v in vars(overrides).items() if v is not None and k in KEYS})
+    given = {k: v for k, v in vars(overrides).items() if v is not None and k in KEYS}
+    if flags.resume:
+        _refuse_changes_a_checkpoint_fixes(cfg, given, flags.resume)
+    cfg.update(given)
     check(cfg, world)
     cfg["config"] = name
     return cfg, flags
+
+
+def _refuse_changes_a_checkpoint_fixes(cfg, given, run):
+    changed = [key for key in FIXED_ON_RESUME if key in given and given[key] != cfg[key]]
+    if changed:
+        key = changed[0]
+        raise UserError(
+            f"{flag(key)} cannot change on --resume: the checkpoint holds the run's network and optimiser "
+            f"({key} {shown(cfg[key])}); to change it, start a new run from its weights: "
+            "--init-from RUN/checkpoints/last.pt"
+        )
 
 
 def _unknown_message(arg, cfg):
