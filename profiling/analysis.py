@@ -34,9 +34,13 @@ def step_ms(record):
     return record["wall_ms"] - sum(record.get(p, 0.0) for p in SCHEDULED_PHASES)
 
 
-def steady(steps):
-    """Steps that show the run's usual speed: neither warm-up nor under a py-spy or torch.profiler capture."""
-    steps = steps[WARMUP_STEPS:] if len(steps) > 2 * WARMUP_STEPS else steps
+def steady(steps, job_starts=(0,)):
+    """Steps that show the run's usual speed: not under a py-spy or torch.profiler capture, and not the
+    first WARMUP_STEPS of a job (each resumed job allocates, autotunes and compiles again), unless too few
+    would be left."""
+    warm_up = {s for start in job_starts for s in range(start, start + WARMUP_STEPS)}
+    warm = [r for r in steps if r["step"] not in warm_up]
+    steps = warm if len(warm) >= WARMUP_STEPS else steps
     return [r for r in steps if not r.get("captured")]
 
 
@@ -108,14 +112,15 @@ def hardware(cfg, env, census, measured_ms):
     """The run's own device against the census: floors, achieved FLOP/s and MFU; forecasts for the
     named GPUs. None without a census (runs made before it existed).
 
-    A run under CUDA graphs (--compile reduce-overhead) replays its kernels without launching them one
-    by one: it has no launch floor. MFU counts the model's FLOPs (a step's as standard backprop makes
-    them); the floors count what the step runs, recomputation included."""
+    A run under CUDA graphs (--compile reduce-overhead or max-autotune) replays its kernels without
+    launching them one by one: it has no launch floor, here or in the forecasts. MFU counts the model's
+    FLOPs (a step's as standard backprop makes them); the floors count what the step runs, recomputation
+    included."""
     if not census:
         return None
     device, probe = env.get("device", {}), env.get("probe", {})
     precision, tf32 = cfg.get("precision", "fp32"), env.get("backends", {}).get("conv_tf32", True)
-    graphs = census.get("compile", cfg.get("compile")) == "reduce-overhead"
+    graphs = census.get("compile", cfg.get("compile")) in roofline.CUDA_GRAPH_MODES
     launch_us = 0.0 if graphs else probe.get("launch_us", roofline.LAUNCH_US)
     peak, source, gpu = roofline.peak(device, precision, tf32, probe.get("matmul_tflops"))
     if gpu:
@@ -128,7 +133,7 @@ def hardware(cfg, env, census, measured_ms):
         "census": census,
         "own": own | {"peak_tflops": peak, "peak_source": source, "launch_us": launch_us, "cuda_graphs": graphs},
         "vs_floor": measured_ms / own["floor_ms"] if own.get("floor_ms") else None,
-        "forecasts": roofline.forecasts(census, precision, tf32),
+        "forecasts": roofline.forecasts(census, precision, tf32, 0.0 if graphs else roofline.LAUNCH_US),
     }
 
 
@@ -227,7 +232,8 @@ def analyse(folder):
     metrics = last_per_step(read_jsonl(folder / records.METRICS))
     phase_files = records.rank_files(folder, records.PHASES_STEM)
     logged = {rank: last_per_step(read_jsonl(path)) for rank, path in phase_files.items()}
-    ranks = {rank: steady(steps) for rank, steps in logged.items()}
+    job_starts = sorted({e.get("start_step", 0) for e in envs}) or [0]
+    ranks = {rank: steady(steps, job_starts) for rank, steps in logged.items()}
     steps = ranks.get(0, [])
     stats = phase_stats(steps)
     samples = [s for p in records.rank_files(folder, records.SAMPLES_STEM).values() for s in read_jsonl(p)]

@@ -11,6 +11,9 @@ it) is the FLOP/s a run achieved over the peak. Peaks are the vendors' dense fig
 from dataclasses import dataclass
 
 LAUNCH_US = 5.0  # host cost of one eager PyTorch kernel launch when it is not measured: typically 3-8 us
+# torch.compile modes whose inductor options capture CUDA graphs (triton.cudagraphs): the step's kernels
+# are replayed, not launched one by one, so there is no launch floor.
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ VARIANTS = [
     (("H100", "PCIe"), GPU("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}, 2000)),
     (("H100", "NVL"), GPU("H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.0, "fp16": 835.0}, 3900)),
     (("H100",), GPUS["H100"]),
+    (("H200",), GPU("H200 SXM", {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, 4800)),
     (("A100", "40GB"), GPU("A100 40 GB", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 1555)),
     (("A100", "PCIe"), GPU("A100 PCIe 80 GB", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 1935)),
     (("A100",), GPUS["A100"]),

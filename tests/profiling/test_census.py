@@ -125,3 +125,5 @@ def test_floors_on_named_gpus():
     assert roofline.floors(c, roofline.GPUS["P100"], "bf16")["math"] == "fp32"  # no bf16 before sm_80
     assert roofline.floors(c, roofline.GPUS["A100"], "fp32")["math"] == "tf32"
     assert roofline.floors(c, roofline.GPUS["A100"], "fp32", tf32=False)["math"] == "fp32"
+    h200 = roofline.named_gpu("NVIDIA H200")  # a run's own GPU: H100's arithmetic, more bandwidth
+    assert h200.peak_tflops == roofline.GPUS["H100"].peak_tflops and h200.bandwidth_gbs == 4800

@@ -9,7 +9,7 @@ from PIL import Image
 
 from engine import config, data, train
 from profiling import report
-from profiling.analysis import analyse, loss_summary
+from profiling.analysis import analyse, loss_summary, steady
 from profiling.records import read_jsonl
 from tests.conftest import TINY, smooth_image
 
@@ -225,12 +225,12 @@ def test_a_recorded_gpu_run_gets_its_mfu_floors_and_bound(in_tmp, capsys):
     assert "H100 SXM5" in out and "A100 SXM4" in out  # the forecast table
 
 
-def test_cuda_graphs_have_no_launch_floor_and_are_not_advised_again(in_tmp):
-    run = analyse(
-        recorded_gpu_run(Path("runs/graphs"), compile="reduce-overhead", census_extra={"compile": "reduce-overhead"})
-    )
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])  # both capture CUDA graphs in inductor
+def test_cuda_graphs_have_no_launch_floor_and_are_not_advised_again(in_tmp, mode):
+    run = analyse(recorded_gpu_run(Path("runs/graphs"), compile=mode, census_extra={"compile": mode}))
     own = run["hardware"]["own"]
     assert own["cuda_graphs"] and own["launch_ms"] == 0.0 and own["bound"] != "launch"
+    assert all(gpu["launch_ms"] == 0.0 for gpu in run["hardware"]["forecasts"].values())
     assert "reduce-overhead" not in run["verdict"]["next"]
     counted = report.hardware_lines(run)[0]
     assert "(eager ops: compilation fuses some" in counted  # the census counted what eager would launch
@@ -264,3 +264,11 @@ def test_the_phase_plot_keeps_slow_steps_from_flattening_the_rest(in_tmp):
     assert top == pytest.approx(3 * 40.0, rel=0.05)  # 3 x the p95 step, not the 4 s one
     assert any(text.get_text() == "4000 ms" for text in ax.texts)
     plt.close(fig)
+
+
+def test_each_job_s_warm_up_is_left_out_of_the_steady_state():
+    """A resumed job allocates, autotunes and compiles again: its first steps are warm-up too."""
+    steps = [{"step": s, "wall_ms": 1000.0 if s % 15 < 5 else 10.0} for s in range(30)]
+    assert [r["step"] for r in steady(steps, job_starts=[0, 15])] == [*range(5, 15), *range(20, 30)]
+    assert [r["step"] for r in steady(steps)] == list(range(5, 30))
+    assert steady(steps[:8]) == steps[:8]  # too short a run to leave anything out
