@@ -6,8 +6,12 @@ take the same one-line path. Standard library only: the report imports it withou
 """
 
 import argparse
+import errno
 import functools
 import sys
+
+# Write failures a user fixes (free space, a quota, a read-only mount), whichever file meets them first.
+FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class UserError(Exception):
@@ -25,7 +29,8 @@ def parser(prog, doc, **kwargs):
 
 
 def cli(main):
-    """Run a command-line entry point, turning a UserError into one line on stderr and exit code 2."""
+    """Run a command-line entry point, turning a UserError, or a full or read-only disk, into one line on
+    stderr and exit code 2."""
 
     @functools.wraps(main)
     def run(*args, **kwargs):
@@ -33,6 +38,15 @@ def cli(main):
             return main(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+        except OSError as err:
+            if err.errno not in FULL_OR_READ_ONLY:
+                raise
+            where = f" {err.filename}" if err.filename else ""
+            print(
+                f"error: cannot write{where} ({err.strerror}); free space or make the folder writable, then run "
+                "the command again (a training run: --resume, from its last checkpoint)",
+                file=sys.stderr,
+            )
+        sys.exit(2)
 
     return run

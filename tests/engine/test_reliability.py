@@ -145,6 +145,22 @@ def test_a_full_disk_during_a_checkpoint_stops_with_one_line_and_the_previous_ch
     assert not list(Path("runs/full/checkpoints").glob("*.tmp")) and len(read_jsonl("runs/full/metrics.jsonl")) == 4
 
 
+def test_a_full_disk_under_the_records_stops_with_one_line_and_keeps_the_checkpoint(image_folder, in_tmp, capsys):
+    """metrics.jsonl on /dev/full: the first record a resumed job writes meets a real ENOSPC."""
+    train.main([*TINY, "--data", str(image_folder), "--steps", "2", "--name", "rec", "--checkpoint-every", "2"])
+    metrics = Path("runs/rec/metrics.jsonl")
+    metrics.unlink()
+    metrics.symlink_to("/dev/full")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--resume", "runs/rec", "--steps", "6"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2 and len(errors) == 1 and "Traceback" not in err
+    assert "(No space left on device); free space" in errors[0] and "--resume" in errors[0]
+    assert checkpoint.read("runs/rec/checkpoints/last.pt")["step"] == 2
+
+
 def test_a_half_written_record_line_neither_stops_the_report_nor_a_resume(image_folder, in_tmp, whole_run, capsys):
     train.main([*TINY, "--data", str(image_folder), "--steps", "5", "--name", "torn", "--checkpoint-every", "5"])
     for name in ("metrics.jsonl", "phases.jsonl"):
