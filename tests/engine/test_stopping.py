@@ -1,4 +1,8 @@
-"""The time limit's margin, on a clock the test sets."""
+"""The time limit's margin, on a clock the test sets, and the clock it counts on: the process's age."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +39,11 @@ def test_only_the_recent_steps_count():
     for _ in range(20):
         limit.timed(step_s=1.0)
     assert limit.margin_s() == 3 * 1.0 + 2 * DEFAULT_CHECKPOINT_S
+
+
+def test_the_limit_counts_from_the_process_start_not_from_the_import():
+    """A cluster counts a job's time from its start: what ran before the engine was imported counts too."""
+    code = "import time; time.sleep(1.5); from engine.stopping import process_age_s; print(process_age_s())"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert 1.5 <= float(out.stdout) < 30
