@@ -288,7 +288,7 @@ def bench_step(args, device):
         if cfg["compile"] != "off" and not counters["stats"]["unique_graphs"]:
             raise RuntimeError(f"variant {name} did not compile: dynamo made no graph")
         base = base or ms
-        counted = census(cfg)
+        counted = census(cfg, fused_dense=run.trainer.dense_note is None)  # what this GPU runs
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"], torch.float32)
         named = {"type": device.type, "name": device_name(device)}
         listed = device.type == "cuda" and roofline.named_gpu(named["name"])
