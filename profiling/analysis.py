@@ -204,9 +204,12 @@ def loss_summary(metrics):
 
 
 def progress(cfg, metrics, logged_steps, step_seconds):
-    """Where the run is: its last step, whether it finished, the wall time so far and the time to go."""
+    """Where the run is: its last step, whether it finished, the wall time so far and the time to go (the
+    steady step, plus the scheduled work at the rate it has come so far: validations, checkpoints)."""
     last_step = metrics[-1]["step"] + 1 if metrics else 0
     steps = cfg.get("steps", 0)
+    scheduled_ms = sum(r.get(name, 0.0) for r in logged_steps for name in SCHEDULED_PHASES)
+    step_seconds += scheduled_ms / 1e3 / len(logged_steps) if logged_steps else 0.0
     return {
         "last_step": last_step,
         "steps": steps,

@@ -9,7 +9,7 @@ from PIL import Image
 
 from engine import config, data, train
 from profiling import report
-from profiling.analysis import analyse, loss_summary, steady
+from profiling.analysis import analyse, loss_summary, progress, steady
 from profiling.records import read_jsonl
 from tests.conftest import TINY, smooth_image
 
@@ -272,3 +272,13 @@ def test_each_job_s_warm_up_is_left_out_of_the_steady_state():
     assert [r["step"] for r in steady(steps, job_starts=[0, 15])] == [*range(5, 15), *range(20, 30)]
     assert [r["step"] for r in steady(steps)] == list(range(5, 30))
     assert steady(steps[:8]) == steps[:8]  # too short a run to leave anything out
+
+
+def test_the_time_to_go_counts_the_scheduled_work_to_come():
+    """10 ms steps and a 500 ms validation every 10 steps: 60 ms a step on average, not 10."""
+    logged = [{"step": s, "wall_ms": 10.0 + (500.0 if s % 10 == 9 else 0.0)} for s in range(20)]
+    for r in logged:
+        if r["step"] % 10 == 9:
+            r["validation"] = 500.0
+    done = progress({"steps": 120}, [{"step": 19}], logged, step_seconds=0.010)
+    assert done["remaining_s"] == pytest.approx(100 * 0.060)
