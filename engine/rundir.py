@@ -28,11 +28,16 @@ def next_free(root=records.RUNS):
 def create(name=None, root=records.RUNS):
     """A new, empty run folder (the caller writes its config.json); `name` must not exist yet."""
     root.mkdir(parents=True, exist_ok=True)
-    folder = root / name if name else next_free(root)
-    if name and folder.exists():
-        raise UserError(f"run folder {folder} exists; resume it with --resume {folder} or choose another --name")
-    folder.mkdir(parents=True)
-    return folder
+    while True:
+        folder = root / name if name else next_free(root)
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:  # named: taken; numbered: another job started at the same moment took it
+            if name:
+                raise UserError(
+                    f"run folder {folder} exists; resume it with --resume {folder} or choose another --name"
+                ) from None
 
 
 def environment(device, extra=None):

@@ -13,7 +13,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 import engine
-from engine import config, data, train
+from engine import config, data, rundir, train
 from engine.guard import ExplosionGuard
 from engine.trainer import Trainer
 from profiling.records import read_jsonl
@@ -368,3 +368,17 @@ def test_invertible_backprop_trains_as_standard_backprop_and_checkpoints_cross_o
     assert losses("runs/back") == pytest.approx(standard, rel=1e-4)
     assert read_jsonl(Path("runs/inverted/env.jsonl"))  # both jobs recorded
     assert json.loads(Path("runs/back/config.json").read_text())["invertible_backprop"] is True
+
+
+def test_two_jobs_starting_at_once_take_two_run_folders(in_tmp, monkeypatch):
+    """Between finding the next free run_N and creating it, another job may create it: take the next one."""
+    real_next_free, taken = rundir.next_free, Path("runs/run_1")
+
+    def raced(root):
+        folder = real_next_free(root)
+        if folder == taken and not folder.exists():
+            folder.mkdir(parents=True)  # the other job, a moment earlier
+        return folder
+
+    monkeypatch.setattr(rundir, "next_free", raced)
+    assert rundir.create() == Path("runs/run_2") and taken.is_dir()
