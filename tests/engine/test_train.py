@@ -382,3 +382,8 @@ def test_two_jobs_starting_at_once_take_two_run_folders(in_tmp, monkeypatch):
 
     monkeypatch.setattr(rundir, "next_free", raced)
     assert rundir.create() == Path("runs/run_2") and taken.is_dir()
+
+
+def test_one_gpu_index_for_several_ranks_is_one_line():
+    with pytest.raises(engine.UserError, match="would put all 4 ranks on one GPU.*--device cuda"):
+        train.pick_device({"device": "cuda:0", "precision": "fp32"}, world=4)
