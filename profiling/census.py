@@ -1,9 +1,9 @@
-"""`python -m profiling.census --config irn_x4 [--KEY VALUE ...] [--fast-kernels] [--json]`
+"""`python -m profiling.census --config irn_x4 | --resume RUN [--KEY VALUE ...] [--fast-kernels] [--json]`
 
 One training step counted on fake tensors (no GPU, no compute): FLOPs, GPU kernel launches and bytes
 moved per op category and in all, then the floors of that step on P100, V100, A100 and H100
-(profiling/roofline.py). Every config key is a flag, as for engine.train. The counts are of the eager
-ops; torch.compile fuses some of them.
+(profiling/roofline.py). Every config key is a flag, as for engine.train; --resume counts a run's
+config. The counts are of the eager ops; torch.compile fuses some of them.
 """
 
 import json
@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from engine import config
-from engine.errors import cli
+from engine.errors import UserError, cli
 from engine.trainer import census
-from profiling import roofline
+from profiling import records, roofline
 from profiling.report import forecast_table
 
 
@@ -47,7 +47,10 @@ def main(argv=None):
     argv = [a for a in argv if a != "--json"]
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
-    cfg, _ = config.resolve(argv, prog="python -m profiling.census")
+    resumed_config = lambda run: records.read_config(records.find(run))  # noqa: E731
+    cfg, flags = config.resolve(argv, resumed_config=resumed_config, prog="python -m profiling.census")
+    if flags.name:
+        raise UserError("--name names a new training run; the census makes none (drop it)")
     counted = census(cfg).to_json()
     if as_json:
         print(json.dumps({**counted, "forecasts": roofline.forecasts(counted, cfg["precision"])}, indent=1))

@@ -1,6 +1,7 @@
 """The step census: counted on fake tensors, checked against a real step on the CPU and against hand counts."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from engine import config
 from engine.guard import ExplosionGuard
 from engine.trainer import Trainer, census
 from profiling import census as census_cli
-from profiling import roofline
+from profiling import records, roofline
 from profiling.counting import StepCounter
 from profiling.timer import PhaseTimer
 
@@ -115,6 +116,20 @@ def test_the_census_command_prints_json_with_the_totals_and_forecasts(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["flops_per_step"] > 0 and out["kernels_per_step"] > 0 and out["bytes_per_step"] > 0
     assert set(out["forecasts"]) == set(roofline.GPUS)
+
+
+def test_the_census_of_a_run_is_that_of_its_config(in_tmp, capsys):
+    tiny = ["--blocks-per-stage", "1", "--batch-size", "1", "--crop", "16", "--json"]
+    census_cli.main(["--config", "irn_x2", *tiny])
+    expected = json.loads(capsys.readouterr().out)
+    cfg, _ = config.resolve(["--config", "irn_x2", *tiny[:-1]])
+    Path("runs/r").mkdir(parents=True)
+    records.write_json(Path("runs/r") / records.CONFIG, cfg)
+    census_cli.main(["--resume", "r", "--json"])
+    assert json.loads(capsys.readouterr().out) == expected
+    with pytest.raises(SystemExit):
+        census_cli.main(["--config", "irn_x2", "--name", "x"])
+    assert "--name names a new training run" in capsys.readouterr().err
 
 
 def test_floors_on_named_gpus():
