@@ -3,10 +3,12 @@ step is from the hardware's floors, the bottleneck, explosions and losses.
 
 `analyse(folder)` returns plain data (the report renders it, --json prints it). It reads files that
 may still be growing or were cut short by a crash. The steady-state statistics judge the training step
-alone: warm-up steps and steps under a profiler capture are left out, and scheduled work (validation,
-checkpoints) is taken out of each step's time and reported on its own lines.
+alone: warm-up steps and steps under a profiler capture are left out, scheduled work (validation,
+checkpoints) is taken out of each step's time and reported on its own lines, and the GPU's counters are
+those sampled during the steady steps.
 """
 
+import bisect
 import json
 from pathlib import Path
 from statistics import mean, median
@@ -78,6 +80,26 @@ def scheduled_work(steps):
             hint = SCHEDULED_HINTS[name] if share > SCHEDULED_HINT_SHARE else None
             out[name] = {"count": len(times), "total_s": sum(times) / 1e3, "share": share, "hint": hint}
     return out
+
+
+def during_steady_steps(samples, steps):
+    """The samples one rank's sampler took during its steady training steps (`steps`, from steady()) that
+    ran no scheduled work: what the GPU does in the training step, without compilation, warm-up,
+    validation or checkpoint writes. Records without clocks (older runs) keep every sample."""
+    windows = sorted(
+        (r["clock"] - r["wall_ms"] / 1e3, r["clock"])
+        for r in steps
+        if "clock" in r and not any(r.get(name) for name in SCHEDULED_PHASES)
+    )
+    if not windows or not all("clock" in s for s in samples):
+        return samples
+    starts = [start for start, _ in windows]
+
+    def inside(clock):
+        i = bisect.bisect_right(starts, clock) - 1
+        return i >= 0 and clock <= windows[i][1]
+
+    return [s for s in samples if inside(s["clock"])] or samples
 
 
 def gpu_stats(samples, step_time_ms):
@@ -239,7 +261,8 @@ def analyse(folder):
     ranks = {rank: steady(steps, job_starts) for rank, steps in logged.items()}
     steps = ranks.get(0, [])
     stats = phase_stats(steps)
-    samples = [s for p in records.rank_files(folder, records.SAMPLES_STEM).values() for s in read_jsonl(p)]
+    sample_files = records.rank_files(folder, records.SAMPLES_STEM)
+    samples = [s for rank, p in sample_files.items() for s in during_steady_steps(read_jsonl(p), ranks.get(rank, []))]
     gpu = gpu_stats(samples, stats["step_ms"])
     device_type = env.get("device", {}).get("type", "cpu")
     hw = hardware(cfg, env, read_json(folder / records.CENSUS), stats["step_ms"])

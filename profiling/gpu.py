@@ -2,7 +2,8 @@
 
 Each sample is one line of gpu.jsonl:
 
-    {"t": seconds since start, "gpu": CUDA index, "nvml_index": NVML index, "util": ..., ...counters}
+    {"t": seconds since start, "clock": time.monotonic(), "gpu": CUDA index, "nvml_index": NVML index,
+     "util": ..., ...counters}
 
 The sampler reads only the training device(s), named by their CUDA index (what torch calls cuda:N in this
 process, after CUDA_VISIBLE_DEVICES). CUDA and NVML number GPUs differently (CUDA fastest first unless
@@ -309,7 +310,7 @@ class Sampler:
             t = round(now - self.start, 3)
             try:
                 for record in self.sample(now):
-                    self.sink.write({"t": t, **record})
+                    self.sink.write({"t": t, "clock": round(now, 3), **record})
             except Exception as err:  # a GPU lost mid-run, or counters this one refuses: keep the trainer going
                 if not failed:
                     self.log(f"GPU sampler: a sample failed ({type(err).__name__}: {err}); trying again each interval")

@@ -54,9 +54,9 @@ class PhaseTimer:
         if not self.enabled:
             return None
         now = time.perf_counter()
-        record = {"step": step, "wall_ms": (now - self.step_start) * 1e3, **self.notes} | (
-            {"captured": True} if captured else {}
-        )
+        # "clock": the step's end on the clock the sampler stamps its samples with, to match them to steps
+        record = {"step": step, "wall_ms": (now - self.step_start) * 1e3, "clock": round(time.monotonic(), 3)}
+        record |= self.notes | ({"captured": True} if captured else {})
         closed = (record, self.spans)
         self.step_start, self.spans, self.notes = now, [], {}
         if not self.cuda:

@@ -180,7 +180,7 @@ def test_without_nvml_it_records_the_process_and_says_so_once(monkeypatch):
         sum(i * i for i in range(200_000))
         time.sleep(0.05)
     assert len(said) == 1 and "NVML unavailable (test)" in said[0] and "CPU use and memory instead" in said[0]
-    assert sink.records and set(sink.records[-1]) == {"t", "process", "cpu_percent", "rss_mib"}
+    assert sink.records and set(sink.records[-1]) == {"t", "clock", "process", "cpu_percent", "rss_mib"}
     assert sink.records[-1]["rss_mib"] > 10
 
 

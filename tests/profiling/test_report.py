@@ -9,7 +9,7 @@ from PIL import Image
 
 from engine import config, data, train
 from profiling import report
-from profiling.analysis import analyse, loss_summary, progress, steady
+from profiling.analysis import analyse, during_steady_steps, gpu_stats, loss_summary, progress, steady
 from profiling.records import read_jsonl
 from tests.conftest import TINY, smooth_image
 
@@ -282,3 +282,18 @@ def test_the_time_to_go_counts_the_scheduled_work_to_come():
             r["validation"] = 500.0
     done = progress({"steps": 120}, [{"step": 19}], logged, step_seconds=0.010)
     assert done["remaining_s"] == pytest.approx(100 * 0.060)
+
+
+def test_the_gpu_counters_are_those_of_the_steady_training_steps():
+    """Samples during compilation and warm-up (the first steps) or during a step's validation are not the
+    training step's: a GPU idle while it compiled must not read as a host-bound step."""
+    steps = [{"step": s, "wall_ms": 100.0, "clock": 10.0 + 0.1 * (s + 1)} for s in range(20)]
+    steps[12]["validation"] = 60.0
+    samples = [{"t": 0, "clock": 10.05, "gpu": 0, "util": 0, "mem_used_mib": 1}]  # step 0: compiling
+    samples += [{"t": 0, "clock": 10.0 + 0.1 * s + 0.05, "gpu": 0, "util": 97, "mem_used_mib": 1} for s in range(5, 20)]
+    samples[1 + 12 - 5]["util"] = 3  # the validation in step 12
+    kept = during_steady_steps(samples, steady(steps))
+    assert [s["util"] for s in kept] == [97] * 14
+    assert gpu_stats(kept, 100.0)["util_mean"] == 97 and gpu_stats(samples, 100.0)["util_mean"] < 97
+    old = [{k: v for k, v in s.items() if k != "clock"} for s in samples]  # a run recorded without clocks
+    assert during_steady_steps(old, steady(steps)) == old
