@@ -102,7 +102,9 @@ def during_steady_steps(samples, steps):
     return [s for s in samples if inside(s["clock"])] or samples
 
 
-def gpu_stats(samples, step_time_ms):
+def gpu_stats(samples, step_time_ms, gpus=1):
+    """Utilisation, memory, power and clocks over the samples; energy per step over all `gpus` (one per
+    rank) at their mean power."""
     gpu = [s for s in samples if "util" in s]
     if gpu:
         power = [s["power_w"] for s in gpu if "power_w" in s]
@@ -114,7 +116,8 @@ def gpu_stats(samples, step_time_ms):
             "under_50_share": sum(s["util"] < 50 for s in gpu) / len(gpu),
             "mem_peak_mib": max(s["mem_used_mib"] for s in gpu),
             "power_mean_w": mean(power) if power else None,
-            "energy_per_step_j": mean(power) * step_time_ms / 1e3 if power else None,
+            "energy_per_step_j": mean(power) * gpus * step_time_ms / 1e3 if power else None,
+            "gpus": gpus,
             "sm_clock_mean_mhz": mean(clocks) if clocks else None,
             "throttled_share": sum(bool(s.get("throttle", 0) & ~1) for s in gpu) / len(gpu),  # bit 0 is 'idle'
             "samples": len(gpu),
@@ -263,7 +266,7 @@ def analyse(folder):
     stats = phase_stats(steps)
     sample_files = records.rank_files(folder, records.SAMPLES_STEM)
     samples = [s for rank, p in sample_files.items() for s in during_steady_steps(read_jsonl(p), ranks.get(rank, []))]
-    gpu = gpu_stats(samples, stats["step_ms"])
+    gpu = gpu_stats(samples, stats["step_ms"], gpus=max(1, len(sample_files)))
     device_type = env.get("device", {}).get("type", "cpu")
     hw = hardware(cfg, env, read_json(folder / records.CENSUS), stats["step_ms"])
     if steps:

@@ -86,7 +86,8 @@ def gpu_lines(run):
     if g["kind"] == "gpu":
         power = ""
         if g["power_mean_w"]:
-            power = f", mean power {g['power_mean_w']:.0f} W, {g['energy_per_step_j']:.1f} J per step"
+            on_all = f" on all {g['gpus']} GPUs" if g.get("gpus", 1) > 1 else ""
+            power = f", mean power {g['power_mean_w']:.0f} W, {g['energy_per_step_j']:.1f} J per step{on_all}"
         throttled = f", throttled {g['throttled_share']:.0%} of samples" if g["throttled_share"] else ""
         return (
             f"GPU {g['devices']}: utilisation mean {g['util_mean']:.0f}%, under 50% in {g['under_50_share']:.0%} "

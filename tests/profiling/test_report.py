@@ -297,3 +297,8 @@ def test_the_gpu_counters_are_those_of_the_steady_training_steps():
     assert gpu_stats(kept, 100.0)["util_mean"] == 97 and gpu_stats(samples, 100.0)["util_mean"] < 97
     old = [{k: v for k, v in s.items() if k != "clock"} for s in samples]  # a run recorded without clocks
     assert during_steady_steps(old, steady(steps)) == old
+
+
+def test_energy_per_step_counts_every_rank_s_gpu():
+    sample = {"gpu": 0, "util": 90, "mem_used_mib": 1, "power_w": 300.0}
+    assert gpu_stats([sample], 100.0, gpus=4)["energy_per_step_j"] == pytest.approx(4 * 300.0 * 0.1)
