@@ -22,7 +22,7 @@ from engine.guard import ExplosionGuard, TooManyBadSteps
 from engine.node_data import load_once_per_node
 from engine.progress import TrainingProgress, summary
 from engine.stopping import StopRequest, TimeLimit, ignore_stop_signals
-from engine.trainer import Trainer, census
+from engine.trainer import Trainer, census, census_json
 from kernels.precision import tf32_convolutions
 from profiling import records, tensorboard
 from profiling.capture import Captures, PySpyCapture, TorchProfileCapture
@@ -125,7 +125,7 @@ def write_census(cfg, folder, ranks, trainer):
     model FLOPs of the step (as standard backprop makes them: MFU counts no recomputation)."""
     per_rank = {**cfg, "batch_size": cfg["batch_size"] // ranks.world}
     fused = cfg["fast_kernels"] and trainer.kernel_note is None
-    counted = census(per_rank, fast_kernels=fused, fused_dense=trainer.dense_note is None).to_json()
+    counted = census_json(per_rank, fast_kernels=fused, fused_dense=trainer.dense_note is None)
     model = census({**per_rank, "invertible_backprop": False}) if cfg["invertible_backprop"] else None
     counted["model_flops_per_step"] = model.flops_per_step if model else counted["flops_per_step"]
     counted["compile"] = cfg["compile"]

@@ -221,3 +221,22 @@ def census(cfg, fast_kernels=None, fused_dense=True):
             trainer.step(batch, counter, guard=None, step=0)
     setting = {k: cfg[k] for k in ("scale", "batch_size", "crop", "precision", "blocks_per_stage", "growth")}
     return counter.census(setting | {"fast_kernels": fast})
+
+
+def census_json(cfg, fast_kernels=None, fused_dense=True):
+    """census(...) as census.json holds it. A fused step also carries the totals that GPUs on either side
+    of the dense kernels' compute capability run ("by_capability": the dense blocks on cuDNN before it,
+    fused from it), so that forecasts for other GPUs count what those GPUs would run."""
+    from kernels.dense import MIN_CAPABILITY
+
+    counted = census(cfg, fast_kernels, fused_dense).to_json()
+    if cfg["fast_kernels"] if fast_kernels is None else fast_kernels:
+        other = census(cfg, True, not fused_dense).to_json()
+        before, after = (other, counted) if fused_dense else (counted, other)
+        totals = ("flops_per_step", "bytes_per_step", "kernels_per_step")
+        counted["by_capability"] = {
+            "capability": MIN_CAPABILITY,
+            "before": {k: before[k] for k in totals},
+            "from": {k: after[k] for k in totals},
+        }
+    return counted

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from engine import config
 from engine.errors import UserError, cli
-from engine.trainer import census
+from engine.trainer import census_json
 from profiling import records, roofline
 from profiling.report import forecast_table
 
@@ -51,7 +51,7 @@ def main(argv=None):
     cfg, flags = config.resolve(argv, resumed_config=resumed_config, prog="python -m profiling.census")
     if flags.name:
         raise UserError("--name names a new training run; the census makes none (drop it)")
-    counted = census(cfg).to_json()
+    counted = census_json(cfg)
     if as_json:
         print(json.dumps({**counted, "forecasts": roofline.forecasts(counted, cfg["precision"])}, indent=1))
         return

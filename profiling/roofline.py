@@ -21,26 +21,27 @@ class GPU:
     name: str
     peak_tflops: dict  # math precision -> dense peak TFLOP/s
     bandwidth_gbs: float
+    capability: int  # compute capability, 10 * major + minor
 
 
 GPUS = {  # the forecast table: one of each generation, as a user would choose
-    "P100": GPU("Tesla P100 PCIe 16 GB", {"fp32": 9.3, "fp16": 18.7}, 732),
-    "V100": GPU("Tesla V100 SXM2", {"fp32": 15.7, "fp16": 125.0}, 900),
-    "A100": GPU("A100 SXM4 80 GB", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 2039),
-    "H100": GPU("H100 SXM5", {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, 3350),
+    "P100": GPU("Tesla P100 PCIe 16 GB", {"fp32": 9.3, "fp16": 18.7}, 732, 60),
+    "V100": GPU("Tesla V100 SXM2", {"fp32": 15.7, "fp16": 125.0}, 900, 70),
+    "A100": GPU("A100 SXM4 80 GB", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 2039, 80),
+    "H100": GPU("H100 SXM5", {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, 3350, 90),
 }
 # A run's own GPU, by the words of its device name (torch.cuda.get_device_name), the first that matches.
 VARIANTS = [
-    (("H100", "PCIe"), GPU("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}, 2000)),
-    (("H100", "NVL"), GPU("H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.0, "fp16": 835.0}, 3900)),
+    (("H100", "PCIe"), GPU("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}, 2000, 90)),
+    (("H100", "NVL"), GPU("H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.0, "fp16": 835.0}, 3900, 90)),
     (("H100",), GPUS["H100"]),
-    (("H200",), GPU("H200 SXM", {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, 4800)),
-    (("A100", "40GB"), GPU("A100 40 GB", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 1555)),
-    (("A100", "PCIe"), GPU("A100 PCIe 80 GB", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 1935)),
+    (("H200",), GPU("H200 SXM", {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, 4800, 90)),
+    (("A100", "40GB"), GPU("A100 40 GB", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 1555, 80)),
+    (("A100", "PCIe"), GPU("A100 PCIe 80 GB", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 1935, 80)),
     (("A100",), GPUS["A100"]),
-    (("V100", "PCIE"), GPU("Tesla V100 PCIe", {"fp32": 14.0, "fp16": 112.0}, 900)),
+    (("V100", "PCIE"), GPU("Tesla V100 PCIe", {"fp32": 14.0, "fp16": 112.0}, 900, 70)),
     (("V100",), GPUS["V100"]),
-    (("P100", "SXM2"), GPU("Tesla P100 SXM2", {"fp32": 10.6, "fp16": 21.2}, 732)),
+    (("P100", "SXM2"), GPU("Tesla P100 SXM2", {"fp32": 10.6, "fp16": 21.2}, 732, 60)),
     (("P100",), GPUS["P100"]),
 ]
 NEXT_STEP = {  # (what to try, the config that already does it)
@@ -102,8 +103,17 @@ def peak(device, precision, tf32, measured_tflops):
 
 
 def forecasts(census, precision="fp32", tf32=True, launch_us=LAUNCH_US):
-    """{short name: floors} for every GPU of the table."""
-    return {key: floors(census, gpu, precision, tf32, launch_us) for key, gpu in GPUS.items()}
+    """{short name: floors} for every GPU of the table, of the step that GPU would run: a fused census
+    says what runs before and from the dense kernels' compute capability ("by_capability")."""
+    return {key: floors(on_gpu(census, gpu), gpu, precision, tf32, launch_us) for key, gpu in GPUS.items()}
+
+
+def on_gpu(census, gpu):
+    """The census totals of the step as `gpu` runs it."""
+    split = census.get("by_capability")
+    if not split:
+        return census
+    return split["before"] if gpu.capability < split["capability"] else split["from"]
 
 
 def utilisation(census, step_ms, peak_tflops):

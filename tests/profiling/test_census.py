@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine import config
 from engine.guard import ExplosionGuard
-from engine.trainer import Trainer, census
+from engine.trainer import Trainer, census, census_json
 from profiling import census as census_cli
 from profiling import records, roofline
 from profiling.counting import StepCounter
@@ -86,6 +86,22 @@ def test_the_fused_path_does_the_same_arithmetic_with_fewer_kernels_and_bytes():
     partly = census(small(4), fast_kernels=True, fused_dense=False)
     assert "dense block (fused)" not in partly.categories and partly.categories["conv"] == reference.categories["conv"]
     assert fused.kernels_per_step < partly.kernels_per_step < reference.kernels_per_step
+
+
+@pytest.mark.parametrize("fused_dense", [True, False])  # the run's own GPU from 8.0 on, or before it
+def test_forecasts_count_what_each_gpu_would_run(fused_dense):
+    """A fused run's census carries the step with the dense blocks on cuDNN too: P100 and V100 rows count
+    that one, A100 and H100 rows the fused one, whichever GPU the run itself had."""
+    counted = census_json(small(4), fast_kernels=True, fused_dense=fused_dense)
+    split = counted["by_capability"]
+    fused, partly = census(small(4), fast_kernels=True), census(small(4), fast_kernels=True, fused_dense=False)
+    assert split["from"]["kernels_per_step"] == fused.kernels_per_step
+    assert split["before"]["kernels_per_step"] == partly.kernels_per_step
+    assert counted["kernels_per_step"] == (fused if fused_dense else partly).kernels_per_step
+    rows = roofline.forecasts(counted, launch_us=1.0)
+    assert rows["P100"]["launch_ms"] == rows["V100"]["launch_ms"] == partly.kernels_per_step / 1e3
+    assert rows["A100"]["launch_ms"] == rows["H100"]["launch_ms"] == fused.kernels_per_step / 1e3
+    assert "by_capability" not in census_json(small(4))  # the reference step is the same everywhere
 
 
 def test_bf16_moves_fewer_bytes_and_counts_autocast_s_casts():
