@@ -20,12 +20,10 @@ from engine.ops import COMPILE_MODES, PRECISIONS
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT = "demo"
 SCHEMA = "irn_x4"  # the config that every other is based on: it holds every key, its section and comment
-# What a checkpoint fixes: the network its weights have, the optimiser and schedule its state restores.
-# A resumed run keeps them; other values are a new run from its weights (--init-from).
-FIXED_ON_RESUME = (
-    *("scale", "blocks_per_stage", "growth", "clamp"),
-    *("lr", "betas", "weight_decay", "lr_milestones", "lr_gamma"),
-)
+# What a checkpoint fixes, so a resumed run keeps it: the network its weights have (another one is a
+# new run), and the optimiser and schedule its state restores (others: a new run from its weights).
+NETWORK_KEYS = ("scale", "blocks_per_stage", "growth", "clamp")
+OPTIMISER_KEYS = ("lr", "betas", "weight_decay", "lr_milestones", "lr_gamma")
 WINDOWS = ("py_spy", "torch_profile")  # step-window options: a bare flag takes DEFAULT_WINDOW
 DEFAULT_WINDOW = "10:20"
 RUN_FLAGS = {
@@ -317,12 +315,13 @@ def _flag_parser(cfg, help_texts, prog, origin):
     return p
 
 
-def resolve(argv, resumed_config=None, world=1, prog="python -m engine.train"):
+def resolve(argv, resumed_config=None, world=1, prog="python -m engine.train", keep_checkpointed=True):
     """(config, run flags): the chosen config with the command line applied, every value checked.
 
     `resumed_config(run)` gives the config.json of the run that --resume names: the run continues with
     it; keys it lacks (added to the project since) take the schema config's values. `world` is the
-    number of ranks the batch is split across. --help prints every key and exits.
+    number of ranks the batch is split across. --help prints every key and exits. `keep_checkpointed`:
+    a resumed run keeps what its checkpoint fixes (a tool that loads no checkpoint may change it).
     """
     pre = parser(prog, None, add_help=False)
     pre.allow_abbrev = False
@@ -347,23 +346,24 @@ def resolve(argv, resumed_config=None, world=1, prog="python -m engine.train"):
     if unknown:
         raise UserError(_unknown_message(unknown[0], cfg))
     given = {k: v for k, v in vars(overrides).items() if v is not None and k in KEYS}
-    if flags.resume:
-        _refuse_changes_a_checkpoint_fixes(cfg, given, flags.resume)
+    if flags.resume and keep_checkpointed:
+        _refuse_changes_a_checkpoint_fixes(cfg, given)
     cfg.update(given)
     check(cfg, world)
     cfg["config"] = name
     return cfg, flags
 
 
-def _refuse_changes_a_checkpoint_fixes(cfg, given, run):
-    changed = [key for key in FIXED_ON_RESUME if key in given and given[key] != cfg[key]]
-    if changed:
-        key = changed[0]
-        raise UserError(
-            f"{flag(key)} cannot change on --resume: the checkpoint holds the run's network and optimiser "
-            f"({key} {shown(cfg[key])}); to change it, start a new run from its weights: "
-            "--init-from RUN/checkpoints/last.pt"
-        )
+def _refuse_changes_a_checkpoint_fixes(cfg, given):
+    for keys, remedy in (
+        (NETWORK_KEYS, "the checkpoint's weights are of that network; another one is a new run (--config, --name)"),
+        (OPTIMISER_KEYS, "the checkpoint restores the optimiser; to change it, start a new run from its weights: "
+                         "--init-from RUN/checkpoints/last.pt"),
+    ):  # fmt: skip
+        changed = [key for key in keys if key in given and given[key] != cfg[key]]
+        if changed:
+            key = changed[0]
+            raise UserError(f"{flag(key)} cannot change on --resume (the run's {key} is {shown(cfg[key])}): {remedy}")
 
 
 def _unknown_message(arg, cfg):

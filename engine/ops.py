@@ -7,6 +7,7 @@ weights, so one checkpoint serves every path.
 import torch
 
 from engine.irn import DenseBlock, Haar, IRNCoupling
+from kernels.precision import tf32_convolutions
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -59,9 +60,13 @@ def configure_backends(cudnn_benchmark, tf32):
     """Process-wide settings every training step relies on (the trainer and the bench share them)."""
     torch.backends.cudnn.benchmark = cudnn_benchmark  # crops have one size: autotuned convs pay off
     # TF32 for fp32 convolutions: cuDNN's (the dense blocks, FrEIA's Haar convolution) and the fused
-    # dense kernels follow it. The legacy flag sets convolutions' and RNNs' per-op settings together,
-    # never leaving the mixed state in which PyTorch's own readers of that flag raise.
+    # dense kernels follow it. The legacy flag sets convolutions and RNNs alike, the one state in which
+    # PyTorch's own readers of that flag (torch.backends.cudnn.flags, inductor) do not raise; where a level
+    # above (set through the per-op API) overrides it, the convolutions are set explicitly.
     torch.backends.cudnn.allow_tf32 = tf32
+    if tf32_convolutions() != tf32:
+        for level in (torch.backends.cudnn.conv, torch.backends.cudnn.rnn):
+            level.fp32_precision = "tf32" if tf32 else "ieee"
 
 
 def fast_kernels_unavailable(device):

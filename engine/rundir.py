@@ -28,7 +28,7 @@ def next_free(root=records.RUNS):
 def create(name=None, root=records.RUNS):
     """A new, empty run folder (the caller writes its config.json); `name` must not exist yet."""
     root.mkdir(parents=True, exist_ok=True)
-    while True:
+    for _ in range(100):
         folder = root / name if name else next_free(root)
         try:
             folder.mkdir(parents=True)
@@ -38,6 +38,7 @@ def create(name=None, root=records.RUNS):
                 raise UserError(
                     f"run folder {folder} exists; resume it with --resume {folder} or choose another --name"
                 ) from None
+    raise UserError(f"cannot create a new run folder in {root} (is its listing readable?); give one with --name")
 
 
 def environment(device, extra=None):

@@ -33,13 +33,14 @@ from profiling.timer import PhaseTimer
 console = Console(stderr=True, soft_wrap=True)  # a message is one line, however long
 
 
-def pick_device(cfg, world=1):
-    """The training device; a valid --device or --precision that this machine cannot run is one line."""
+def pick_device(cfg, ranks_here=1):
+    """The training device; a valid --device or --precision that this machine cannot run is one line.
+    `ranks_here`: the ranks torchrun started on this node."""
     want = cfg["device"]
-    if world > 1 and ":" in want:
+    if ranks_here > 1 and ":" in want:
         raise UserError(
-            f"--device {want} would put all {world} ranks on one GPU; under torchrun each rank takes its own "
-            "(LOCAL_RANK): use --device cuda (or auto)"
+            f"--device {want} would put the {ranks_here} ranks of this node on one GPU; under torchrun each rank "
+            "takes its own (LOCAL_RANK): use --device cuda (or auto)"
         )
     if want == "auto":
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -297,7 +298,7 @@ def main(argv=None):
 
 
 def run(cfg, flags, ranks, time_limit):
-    device = pick_device(cfg, ranks.world)
+    device = pick_device(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     log = console.print if ranks.main else print_nothing
     train_set, val_set = load_once_per_node(lambda: training_data(cfg), ranks, log)
     checkpoint.seed_all(cfg["seed"] + ranks.rank)  # DDP copies rank 0's initial weights to every rank

@@ -102,9 +102,19 @@ def during_steady_steps(samples, steps):
     return [s for s in samples if inside(s["clock"])] or samples
 
 
+def training_gpu_stats(samples, steady_steps, step_time_ms, gpus):
+    """gpu_stats of the samples each rank took in its steady steps ({rank: samples}, {rank: steps}); the
+    memory peak over every sample, as validation on whole images is often the run's peak."""
+    steady = [s for rank, found in samples.items() for s in during_steady_steps(found, steady_steps.get(rank, []))]
+    stats = gpu_stats(steady, step_time_ms, gpus)
+    if stats["kind"] == "gpu":
+        stats["mem_peak_mib"] = max(s["mem_used_mib"] for found in samples.values() for s in found if "util" in s)
+    return stats
+
+
 def gpu_stats(samples, step_time_ms, gpus=1):
     """Utilisation, memory, power and clocks over the samples; energy per step over all `gpus` (one per
-    rank) at their mean power."""
+    rank of the latest job) at their mean power."""
     gpu = [s for s in samples if "util" in s]
     if gpu:
         power = [s["power_w"] for s in gpu if "power_w" in s]
@@ -233,7 +243,7 @@ def progress(cfg, metrics, logged_steps, step_seconds):
     steady step, plus the scheduled work at the rate it has come so far: validations, checkpoints)."""
     last_step = metrics[-1]["step"] + 1 if metrics else 0
     steps = cfg.get("steps", 0)
-    scheduled_ms = sum(r.get(name, 0.0) for r in logged_steps for name in SCHEDULED_PHASES)
+    scheduled_ms = sum(r.get(name, 0.0) for r in logged_steps for name in ("validation", "checkpoint"))
     step_seconds += scheduled_ms / 1e3 / len(logged_steps) if logged_steps else 0.0
     return {
         "last_step": last_step,
@@ -264,9 +274,8 @@ def analyse(folder):
     ranks = {rank: steady(steps, job_starts) for rank, steps in logged.items()}
     steps = ranks.get(0, [])
     stats = phase_stats(steps)
-    sample_files = records.rank_files(folder, records.SAMPLES_STEM)
-    samples = [s for rank, p in sample_files.items() for s in during_steady_steps(read_jsonl(p), ranks.get(rank, []))]
-    gpu = gpu_stats(samples, stats["step_ms"], gpus=max(1, len(sample_files)))
+    samples = {rank: read_jsonl(p) for rank, p in records.rank_files(folder, records.SAMPLES_STEM).items()}
+    gpu = training_gpu_stats(samples, ranks, stats["step_ms"], gpus=env.get("world_size", 1))
     device_type = env.get("device", {}).get("type", "cpu")
     hw = hardware(cfg, env, read_json(folder / records.CENSUS), stats["step_ms"])
     if steps:

@@ -374,8 +374,10 @@ def bench_memory(args, device):
     result.rows.append(["ratio", f"{saved1 / saved0:.1%}", f"{peak1 / peak0:.1%}", f"{ms1 / ms0:.2f}x"])
     result.notes.append(f"activations: saved-tensor hooks on fake tensors at this size; peak: {clock}")
     steps = args.warmup + args.steps + 1  # the timed ones, then the one whose peak is measured
+    tf32 = device.type == "cuda" and tf32_convolutions()
     result.notes.append(
-        f"largest error of the inputs recomputed by inversion (fp32, at the weights {steps} steps from their "
+        f"largest error of the inputs recomputed by inversion ({'TF32' if tf32 else 'fp32'} convolutions, at the "
+        f"weights {steps} steps from their "
         f"initialisation): HR -> LR {errors[0]:.1e}, LR, z -> HR {errors[1]:.1e}"
     )
     return result

@@ -48,12 +48,18 @@ def main(argv=None):
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
     resumed_config = lambda run: records.read_config(records.find(run))  # noqa: E731
-    cfg, flags = config.resolve(argv, resumed_config=resumed_config, prog="python -m profiling.census")
+    prog = "python -m profiling.census"
+    cfg, flags = config.resolve(argv, resumed_config=resumed_config, prog=prog, keep_checkpointed=False)
     if flags.name:
         raise UserError("--name names a new training run; the census makes none (drop it)")
+    if flags.resume:  # one rank's step, as the run's own census.json counts it
+        envs = records.read_envs(records.find(flags.resume))
+        cfg["batch_size"] //= envs[-1].get("world_size", 1) if envs else 1
     counted = census_json(cfg)
+    launch_us = 0.0 if cfg["compile"] in roofline.CUDA_GRAPH_MODES else roofline.LAUNCH_US
+    forecasts = roofline.forecasts(counted, cfg["precision"], cfg["tf32"], launch_us)
     if as_json:
-        print(json.dumps({**counted, "forecasts": roofline.forecasts(counted, cfg["precision"])}, indent=1))
+        print(json.dumps({**counted, "forecasts": forecasts}, indent=1))
         return
     console = Console()
     s = counted["setting"]
@@ -61,7 +67,6 @@ def main(argv=None):
     shape = f"x{s['scale']}, batch {s['batch_size']}, {s['crop']}x{s['crop']}"
     title = f"one training step at {shape}, {s['precision']}, {path}"
     console.print(census_table(counted, title))
-    forecasts = roofline.forecasts(counted, cfg["precision"])
     console.print(forecast_table(forecasts, cfg["precision"], cfg["batch_size"]))
 
 

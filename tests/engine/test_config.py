@@ -144,12 +144,19 @@ def test_resume_takes_the_run_s_config_and_refuses_another():
         config.resolve(["--resume", "r", "--config", "irn_x4"], resumed_config=lambda name: dict(run))
 
 
-@pytest.mark.parametrize("args", [["--growth", "16"], ["--lr", "1e-6"], ["--lr-milestones", "5,10"]])
-def test_resume_refuses_what_the_checkpoint_fixes(args):
+@pytest.mark.parametrize(
+    "args, remedy",
+    [
+        (["--growth", "16"], "a new run"),
+        (["--lr", "1e-6"], "--init-from"),
+        (["--lr-milestones", "5,10"], "--init-from"),
+    ],
+)
+def test_resume_refuses_what_the_checkpoint_fixes(args, remedy):
     """The checkpoint holds the network and the optimiser's state: a new growth would fail to load, a new
     lr would be overwritten by the restored optimiser. Both are one line before anything is written."""
     run = {**config.load("irn_x2")[0], "config": "irn_x2"}
-    with pytest.raises(UserError, match=f"{args[0]} cannot change on --resume.*--init-from"):
+    with pytest.raises(UserError, match=f"{args[0]} cannot change on --resume.*{remedy}"):
         config.resolve(["--resume", "r", *args], resumed_config=lambda name: dict(run))
     same = {"--growth": "32", "--lr": "2e-4", "--lr-milestones": "100000,200000,300000,400000"}[args[0]]
     cfg, _ = config.resolve(["--resume", "r", args[0], same], resumed_config=lambda name: dict(run))  # unchanged: fine

@@ -16,6 +16,7 @@ import engine
 from engine import config, data, rundir, train
 from engine.guard import ExplosionGuard
 from engine.trainer import Trainer
+from kernels.precision import tf32_convolutions
 from profiling.records import read_jsonl
 from profiling.timer import PhaseTimer
 from tests.conftest import TINY
@@ -83,19 +84,21 @@ def test_run_folder_contents(image_folder, in_tmp):
 
 
 @pytest.mark.parametrize("tf32", [True, False])
-def test_tf32_is_the_run_s_choice_recorded(image_folder, in_tmp, fp32_precision_restored, tf32):
-    """--tf32 sets the convolutions' TF32 whatever the process had (here a mix of PyTorch's two APIs, in
-    which reading the legacy flag raises) and the run records it; the probe leaves the matmul setting as
-    it found it."""
+@pytest.mark.parametrize("before", ["mixed APIs", "a level above"])
+def test_tf32_is_the_run_s_choice_recorded(image_folder, in_tmp, fp32_precision_restored, tf32, before):
+    """--tf32 sets the convolutions' TF32 whatever the process had: a mix of PyTorch's two APIs (in which
+    reading the legacy flag raises), or the opposite set on a level above; the run records it, and its
+    probe leaves the matmul setting as it found it."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, matmul.fp32_precision = (
-        "ieee" if tf32 else "tf32",
-        "tf32",
-        "tf32",
-    )
+    matmul.fp32_precision = "tf32"
+    if before == "mixed APIs":
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = "ieee" if tf32 else "tf32", "tf32"
+    else:
+        cudnn.fp32_precision = "ieee" if tf32 else "tf32"
     run(["--steps", "1", "--name", "t", "--tf32", str(tf32).lower()], image_folder)
-    assert read_jsonl(Path("runs/t/env.jsonl"))[0]["backends"]["conv_tf32"] is tf32
-    assert cudnn.allow_tf32 is tf32 and cudnn.rnn.fp32_precision == cudnn.conv.fp32_precision  # no mix left
+    assert read_jsonl(Path("runs/t/env.jsonl"))[0]["backends"]["conv_tf32"] is tf32 is tf32_convolutions()
+    if before == "mixed APIs":
+        assert cudnn.allow_tf32 is tf32  # no mix left: the legacy flag reads again
     assert matmul.fp32_precision == "tf32"  # the probe measured as the convolutions run: "ieee" when not tf32
 
 
@@ -385,5 +388,5 @@ def test_two_jobs_starting_at_once_take_two_run_folders(in_tmp, monkeypatch):
 
 
 def test_one_gpu_index_for_several_ranks_is_one_line():
-    with pytest.raises(engine.UserError, match="would put all 4 ranks on one GPU.*--device cuda"):
-        train.pick_device({"device": "cuda:0", "precision": "fp32"}, world=4)
+    with pytest.raises(engine.UserError, match="would put the 4 ranks of this node on one GPU.*--device cuda"):
+        train.pick_device({"device": "cuda:0", "precision": "fp32"}, ranks_here=4)

@@ -21,5 +21,5 @@ def assert_close(actual, expected, dtype):
 @pytest.fixture(autouse=True)
 def full_precision(fp32_precision_restored):
     """Compare against fp32 references with TF32 off (PyTorch enables it for convolutions on GPUs)."""
-    for level in (torch.backends.cudnn.conv, torch.backends.cuda.matmul):
+    for level in (torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul):
         set_fp32_precision(level, "ieee")

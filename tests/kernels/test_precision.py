@@ -31,6 +31,7 @@ def test_the_block_follows_the_new_api_and_its_variants_list_both_precisions(mon
     set, and changes no setting."""
     from tests.kernels.test_dense import fast_params, reference_block
 
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"  # RNNs apart from convolutions: the mixed state
     launches = []
     monkeypatch.setattr(dense, "_run", launches.extend)
     block = reference_block(3, 9, 4)

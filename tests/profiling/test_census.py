@@ -143,6 +143,13 @@ def test_the_census_of_a_run_is_that_of_its_config(in_tmp, capsys):
     records.write_json(Path("runs/r") / records.CONFIG, cfg)
     census_cli.main(["--resume", "r", "--json"])
     assert json.loads(capsys.readouterr().out) == expected
+    with records.JsonLines(Path("runs/r") / records.ENV) as env:
+        env.write({"world_size": 2})  # two ranks: half the batch each
+    cfg["batch_size"] = 2
+    records.write_json(Path("runs/r") / records.CONFIG, cfg)
+    census_cli.main(["--resume", "r", "--growth", "16", "--json"])  # a what-if: nothing is loaded
+    counted = json.loads(capsys.readouterr().out)
+    assert counted["setting"]["batch_size"] == 1 and counted["setting"]["growth"] == 16
     with pytest.raises(SystemExit):
         census_cli.main(["--config", "irn_x2", "--name", "x"])
     assert "--name names a new training run" in capsys.readouterr().err

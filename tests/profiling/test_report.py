@@ -9,7 +9,15 @@ from PIL import Image
 
 from engine import config, data, train
 from profiling import report
-from profiling.analysis import analyse, during_steady_steps, gpu_stats, loss_summary, progress, steady
+from profiling.analysis import (
+    analyse,
+    during_steady_steps,
+    gpu_stats,
+    loss_summary,
+    progress,
+    steady,
+    training_gpu_stats,
+)
 from profiling.records import read_jsonl
 from tests.conftest import TINY, smooth_image
 
@@ -291,10 +299,12 @@ def test_the_gpu_counters_are_those_of_the_steady_training_steps():
     steps[12]["validation"] = 60.0
     samples = [{"t": 0, "clock": 10.05, "gpu": 0, "util": 0, "mem_used_mib": 1}]  # step 0: compiling
     samples += [{"t": 0, "clock": 10.0 + 0.1 * s + 0.05, "gpu": 0, "util": 97, "mem_used_mib": 1} for s in range(5, 20)]
-    samples[1 + 12 - 5]["util"] = 3  # the validation in step 12
+    samples[1 + 12 - 5] |= {"util": 3, "mem_used_mib": 5}  # the validation in step 12, on a whole image
     kept = during_steady_steps(samples, steady(steps))
     assert [s["util"] for s in kept] == [97] * 14
     assert gpu_stats(kept, 100.0)["util_mean"] == 97 and gpu_stats(samples, 100.0)["util_mean"] < 97
+    run = training_gpu_stats({0: samples}, {0: steady(steps)}, 100.0, gpus=1)
+    assert run["util_mean"] == 97 and run["mem_peak_mib"] == 5  # the memory peak is the run's, validation too
     old = [{k: v for k, v in s.items() if k != "clock"} for s in samples]  # a run recorded without clocks
     assert during_steady_steps(old, steady(steps)) == old
 
