@@ -1,10 +1,10 @@
 """The paper's PSNR-Y / SSIM-Y for IRN, which evaluated sets they belong to, and how ours compare.
 
 Source: Xiao et al., "Invertible Image Rescaling", ECCV 2020 (arXiv 2005.05650), the IRN rows of its
-x2 and x4 results table, as copied into /work/shared/irn-reference.md ("Evaluation conventions"). The
-paper measures them as this project does (Y channel of BT.601 YCbCr, 8-bit images, `scale` border pixels
-cropped, 11x11 Gaussian SSIM) with the official test's sampled z ~ N(0, 1): compare them with an
-evaluation's T=1 column, not with z = 0. The paper reports no x3 or x8 numbers.
+x2 and x4 results table. The paper measures them as this project does (Y channel of BT.601 YCbCr,
+8-bit images, `scale` border pixels cropped, 11x11 Gaussian SSIM) with the official test's sampled
+z ~ N(0, 1): compare them with an evaluation's T=1 column, not with z = 0. The paper reports no x3 or
+x8 numbers.
 
 Sets are matched by name, ignoring case and punctuation, under their common spellings: `Set5`, `Set14`,
 `BSD100` (`B100`, `BSDS100`), `Urban100` and the DIV2K validation set (`DIV2K_valid_HR`, `DIV2K val`,
