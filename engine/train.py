@@ -23,7 +23,6 @@ from engine.node_data import load_once_per_node
 from engine.progress import TrainingProgress, summary
 from engine.stopping import StopRequest, TimeLimit, ignore_stop_signals
 from engine.trainer import Trainer, census, census_json
-from kernels.precision import tf32_convolutions
 from profiling import records, tensorboard
 from profiling.capture import Captures, PySpyCapture, TorchProfileCapture
 from profiling.gpu import Sampler
@@ -315,8 +314,8 @@ def run(cfg, flags, ranks, time_limit):
     job = {"rank": ranks.rank, "seed": cfg["seed"] + ranks.rank, "start_step": start, "time": time.time()}
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # measuring must not move the run's random streams
-        # launch cost and matmul rate, for the report's floors
-        job["probe"] = probe(device, cfg["precision"], tf32_convolutions())
+        # launch cost and matmul rate, for the report's floors (TF32 as the Trainer set the convolutions)
+        job["probe"] = probe(device, cfg["precision"], cfg["tf32"])
         if ranks.main:
             write_census(cfg, folder, ranks, trainer)
     envs = distributed.gather(rundir.environment(device, job), ranks)

@@ -38,7 +38,6 @@ from engine.guard import ExplosionGuard
 from engine.irn import IMAGE_CHANNELS, DenseBlock, coupling_scale, quantize
 from engine.losses import irn_losses, network_passes
 from engine.trainer import Trainer, census
-from kernels.precision import tf32_convolutions
 from profiling import records, roofline
 from profiling.gpu import Sampler
 from profiling.probe import matmul_tflops
@@ -292,8 +291,8 @@ def bench_step(args, device):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"], torch.float32)
         named = {"type": device.type, "name": device_name(device)}
         listed = device.type == "cuda" and roofline.named_gpu(named["name"])
-        measured = None if listed else matmul_tflops(device, dtype, tf32_convolutions())
-        peak, source, _ = roofline.peak(named, cfg["precision"], tf32_convolutions(), measured)
+        measured = None if listed else matmul_tflops(device, dtype, cfg["tf32"])  # the trainer set it so
+        peak, source, _ = roofline.peak(named, cfg["precision"], cfg["tf32"], measured)
         achieved = counted.flops_per_step / ms / 1e9
         profiled = kernels_in_a_step(run, device)
         result.rows.append([
@@ -374,11 +373,10 @@ def bench_memory(args, device):
     result.rows.append(["ratio", f"{saved1 / saved0:.1%}", f"{peak1 / peak0:.1%}", f"{ms1 / ms0:.2f}x"])
     result.notes.append(f"activations: saved-tensor hooks on fake tensors at this size; peak: {clock}")
     steps = args.warmup + args.steps + 1  # the timed ones, then the one whose peak is measured
-    tf32 = device.type == "cuda" and tf32_convolutions()
+    tf32 = device.type == "cuda" and cfg["tf32"]
     result.notes.append(
         f"largest error of the inputs recomputed by inversion ({'TF32' if tf32 else 'fp32'} convolutions, at the "
-        f"weights {steps} steps from their "
-        f"initialisation): HR -> LR {errors[0]:.1e}, LR, z -> HR {errors[1]:.1e}"
+        f"weights {steps} steps from their initialisation): HR -> LR {errors[0]:.1e}, LR, z -> HR {errors[1]:.1e}"
     )
     return result
 
