@@ -155,8 +155,9 @@ def hardware(cfg, env, census, measured_ms):
         return None
     device, probe = env.get("device", {}), env.get("probe", {})
     precision, tf32 = cfg.get("precision", "fp32"), env.get("backends", {}).get("conv_tf32", True)
-    graphs = census.get("compile", cfg.get("compile")) in roofline.CUDA_GRAPH_MODES
-    launch_us = 0.0 if graphs else probe.get("launch_us", roofline.LAUNCH_US)
+    compile_mode = census.get("compile", cfg.get("compile"))
+    graphs = compile_mode in roofline.CUDA_GRAPH_MODES
+    launch_us = roofline.launch_cost_us(compile_mode, probe.get("launch_us", roofline.LAUNCH_US))
     peak, source, gpu = roofline.peak(device, precision, tf32, probe.get("matmul_tflops"))
     if gpu:
         own = roofline.floors(census, gpu, precision, tf32, launch_us)
@@ -168,7 +169,7 @@ def hardware(cfg, env, census, measured_ms):
         "census": census,
         "own": own | {"peak_tflops": peak, "peak_source": source, "launch_us": launch_us, "cuda_graphs": graphs},
         "vs_floor": measured_ms / own["floor_ms"] if own.get("floor_ms") else None,
-        "forecasts": roofline.forecasts(census, precision, tf32, 0.0 if graphs else roofline.LAUNCH_US),
+        "forecasts": roofline.forecasts(census, precision, tf32, roofline.launch_cost_us(compile_mode)),
     }
 
 

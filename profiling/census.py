@@ -56,8 +56,7 @@ def main(argv=None):
         envs = records.read_envs(records.find(flags.resume))
         cfg["batch_size"] //= envs[-1].get("world_size", 1) if envs else 1
     counted = census_json(cfg)
-    launch_us = 0.0 if cfg["compile"] in roofline.CUDA_GRAPH_MODES else roofline.LAUNCH_US
-    forecasts = roofline.forecasts(counted, cfg["precision"], cfg["tf32"], launch_us)
+    forecasts = roofline.forecasts(counted, cfg["precision"], cfg["tf32"], roofline.launch_cost_us(cfg["compile"]))
     if as_json:
         print(json.dumps({**counted, "forecasts": forecasts}, indent=1))
         return

@@ -16,6 +16,12 @@ LAUNCH_US = 5.0  # host cost of one eager PyTorch kernel launch when it is not m
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
+def launch_cost_us(compile_mode, measured_us=LAUNCH_US):
+    """The host cost of one kernel launch in a step compiled with `compile_mode` ("off" for eager): none
+    under CUDA graphs, else `measured_us` (the probe's, or the default)."""
+    return 0.0 if compile_mode in CUDA_GRAPH_MODES else measured_us
+
+
 @dataclass(frozen=True)
 class GPU:
     name: str
