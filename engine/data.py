@@ -49,10 +49,7 @@ class TrainingSet:
 
 def training_set(found, scale):
     """The images cropped to multiples of the scale, each with its LR reference (MATLAB bicubic)."""
-    hrs = [
-        np.ascontiguousarray(img[: img.shape[0] - img.shape[0] % scale, : img.shape[1] - img.shape[1] % scale])
-        for img in found.images
-    ]
+    hrs = [np.ascontiguousarray(cropped_to(img, scale)) for img in found.images]
     return TrainingSet(found.names, hrs, [imresize(hr, scale) for hr in hrs])
 
 
@@ -216,11 +213,15 @@ def bicubic_down(hr, scale):
 def lr_reference(img, scale):
     """The official LR reference of a whole HxWx3 uint8 image (cropped to multiples of the scale) as a
     (1,3,h,w) float tensor: MATLAB bicubic, neither rounded nor clipped."""
-    h, w = (s - s % scale for s in img.shape[:2])
-    return torch.from_numpy(np.ascontiguousarray(imresize(img[:h, :w], scale).transpose(2, 0, 1)))[None]
+    return torch.from_numpy(np.ascontiguousarray(imresize(cropped_to(img, scale), scale).transpose(2, 0, 1)))[None]
 
 
 def image_tensor(img, multiple):
     """A full HxWx3 uint8 image as a (1,3,H',W') float tensor, cropped to multiples of `multiple`."""
+    return to_float(torch.from_numpy(np.ascontiguousarray(cropped_to(img, multiple).transpose(2, 0, 1)))[None])
+
+
+def cropped_to(img, multiple):
+    """An HxWx3 image's top-left part whose sides are multiples of `multiple` (a view)."""
     h, w = (s - s % multiple for s in img.shape[:2])
-    return to_float(torch.from_numpy(np.ascontiguousarray(img[:h, :w].transpose(2, 0, 1)))[None])
+    return img[:h, :w]
