@@ -77,8 +77,7 @@ def write(path, train, val):
         "arrays": [{"offset": o, "shape": a.shape, "dtype": a.dtype.str} for o, a in zip(offsets, arrays, strict=True)],
     }
     header = json.dumps(index).encode()
-    start = 8 + len(header)
-    start += -start % 64  # aligned arrays
+    start = arrays_start(len(header))
     if not reserve(path, start + position):
         return 0
     data = np.memmap(path, dtype=np.uint8, mode="r+", shape=(start + position,))
@@ -88,6 +87,12 @@ def write(path, train, val):
         np.ndarray(a.shape, dtype=a.dtype, buffer=data, offset=start + o)[...] = a
     data.flush()
     return start + position
+
+
+def arrays_start(header_length):
+    """Where the arrays begin: after the 8-byte length and the header, aligned to 64 bytes."""
+    start = 8 + header_length
+    return start + -start % 64
 
 
 def reserve(path, size):
@@ -111,8 +116,7 @@ def read(path):
     data = np.memmap(path, dtype=np.uint8, mode="r")
     length = int.from_bytes(data[:8].tobytes(), "little")
     index = json.loads(data[8 : 8 + length].tobytes())
-    start = 8 + length
-    start += -start % 64
+    start = arrays_start(length)
     arrays = [
         np.ndarray(tuple(a["shape"]), dtype=np.dtype(a["dtype"]), buffer=data, offset=start + a["offset"])
         for a in index["arrays"]
