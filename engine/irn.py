@@ -193,10 +193,8 @@ def official_blocks(scale):
     return OFFICIAL_BLOCKS.get(scale, 8)
 
 
-def build_graph(scale, blocks_per_stage=None, growth=32, clamp=1.0):
-    """The IRN SequenceINN; module order matches the official `operations.N` indices.
-    blocks_per_stage None: the official number for the scale (official_blocks)."""
-    blocks = official_blocks(scale) if blocks_per_stage is None else blocks_per_stage
+def build_graph(scale, blocks_per_stage, growth=32, clamp=1.0):
+    """The IRN SequenceINN; module order matches the official `operations.N` indices."""
     side = scale  # nominal size: FrEIA needs one, the graph itself runs on any multiple of `scale`
     graph = SequenceINN(IMAGE_CHANNELS, side, side)
     for _ in range(stages(scale)):
@@ -204,7 +202,7 @@ def build_graph(scale, blocks_per_stage=None, growth=32, clamp=1.0):
             graph.append(LearnedDownsampling, scale=scale)
         else:
             graph.append(Haar)
-        for _ in range(blocks):
+        for _ in range(blocks_per_stage):
             graph.append(IRNCoupling, clamp=clamp, growth=growth)
     return graph
 

@@ -230,7 +230,7 @@ def census_json(cfg, fast_kernels=None, fused_dense=True):
     from kernels.dense import MIN_CAPABILITY
 
     counted = census(cfg, fast_kernels, fused_dense).to_json()
-    if cfg["fast_kernels"] if fast_kernels is None else fast_kernels:
+    if counted["setting"]["fast_kernels"]:
         other = census(cfg, True, not fused_dense).to_json()
         before, after = (other, counted) if fused_dense else (counted, other)
         totals = ("flops_per_step", "bytes_per_step", "kernels_per_step")
