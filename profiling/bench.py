@@ -35,7 +35,7 @@ from engine import config, data, rundir
 from engine.backprop import reconstruction_errors, saved_bytes
 from engine.errors import UserError, cli, parser
 from engine.guard import ExplosionGuard
-from engine.irn import IMAGE_CHANNELS, DenseBlock, coupling_scale, quantize
+from engine.irn import IMAGE_CHANNELS, LEARNED_DOWNSAMPLING, DenseBlock, coupling_scale, quantize, stages
 from engine.losses import irn_losses, network_passes
 from engine.trainer import Trainer, census
 from profiling import records, roofline
@@ -118,15 +118,11 @@ def coupling_math(x2, h, g):
     return x2 * torch.exp(coupling_scale(h, 1.0)) + g
 
 
-def stages(scale, crop):
+def coupling_inputs(scale, crop):
     """(channels, side) of the coupling blocks' input at each stage of an x`scale` network."""
-    if scale == 3:
-        return [(27, crop // 3)]
-    out, channels, side = [], 3, crop
-    while side > crop // scale:
-        channels, side = channels * 4, side // 2
-        out.append((channels, side))
-    return out
+    if scale in LEARNED_DOWNSAMPLING:
+        return [(IMAGE_CHANNELS * scale**2, crop // scale)]
+    return [(IMAGE_CHANNELS * 4**k, crop // 2**k) for k in range(1, stages(scale) + 1)]
 
 
 def kernel_cases(batch, crop, scale, device):
@@ -136,8 +132,8 @@ def kernel_cases(batch, crop, scale, device):
     from kernels.haar import haar
 
     cases = []
-    for channels, side in stages(scale, crop):
-        if scale != 3:
+    for channels, side in coupling_inputs(scale, crop):
+        if scale not in LEARNED_DOWNSAMPLING:
             x = torch.randn(batch, channels // 4, 2 * side, 2 * side, device=device)
             cases.append((f"haar fwd {tuple(x.shape)}", haar, haar_math, (x,), 2 * x.numel() * 4))
         t = [torch.randn(batch, channels - 3, side, side, device=device) for _ in range(3)]
