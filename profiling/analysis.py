@@ -163,13 +163,15 @@ def hardware(cfg, env, census, measured_ms):
         own = roofline.floors(census, gpu, precision, tf32, launch_us)
     else:  # a CPU or an unlisted GPU: its measured matrix-product rate is the compute roof, bandwidth unknown
         own = floors_without_bandwidth(census, peak, launch_us)
+    forecast_launch_us = roofline.launch_cost_us(compile_mode)  # the other GPUs' probes are not known
     model = {**census, "flops_per_step": census.get("model_flops_per_step", census["flops_per_step"])}
     own = own | roofline.utilisation(model, measured_ms, peak)
     return {
         "census": census,
         "own": own | {"peak_tflops": peak, "peak_source": source, "launch_us": launch_us, "cuda_graphs": graphs},
         "vs_floor": measured_ms / own["floor_ms"] if own.get("floor_ms") else None,
-        "forecasts": roofline.forecasts(census, precision, tf32, roofline.launch_cost_us(compile_mode)),
+        "forecasts": roofline.forecasts(census, precision, tf32, forecast_launch_us),
+        "forecast_launch_us": forecast_launch_us,
     }
 
 

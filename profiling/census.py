@@ -56,7 +56,8 @@ def main(argv=None):
         envs = records.read_envs(records.find(flags.resume))
         cfg["batch_size"] //= envs[-1].get("world_size", 1) if envs else 1
     counted = census_json(cfg)
-    forecasts = roofline.forecasts(counted, cfg["precision"], cfg["tf32"], roofline.launch_cost_us(cfg["compile"]))
+    launch_us = roofline.launch_cost_us(cfg["compile"])
+    forecasts = roofline.forecasts(counted, cfg["precision"], cfg["tf32"], launch_us)
     if as_json:
         print(json.dumps({**counted, "forecasts": forecasts}, indent=1))
         return
@@ -66,7 +67,7 @@ def main(argv=None):
     shape = f"x{s['scale']}, batch {s['batch_size']}, {s['crop']}x{s['crop']}"
     title = f"one training step at {shape}, {s['precision']}, {path}"
     console.print(census_table(counted, title))
-    console.print(forecast_table(forecasts, cfg["precision"], cfg["batch_size"]))
+    console.print(forecast_table(forecasts, cfg["precision"], cfg["batch_size"], launch_us))
 
 
 if __name__ == "__main__":

@@ -128,9 +128,10 @@ def hardware_lines(run):
     return lines
 
 
-def forecast_table(forecasts, precision, batch):
+def forecast_table(forecasts, precision, batch, launch_us):
     """Floors of one step on each named GPU, its bound, and the images/s a step at the floor would give."""
-    table = Table(title=f"this step on other GPUs ({precision}; floors, launches at {roofline.LAUNCH_US:g} us)")
+    launches = f"launches at {launch_us:g} us" if launch_us else "no launch floor: CUDA graphs"
+    table = Table(title=f"this step on other GPUs ({precision}; floors, {launches})")
     for col in ("GPU", "math", "compute ms", "memory ms", "launch ms", "bound", "images/s at the floor"):
         table.add_column(col, justify="left" if col in ("GPU", "bound") else "right")
     for key, f in forecasts.items():
@@ -211,7 +212,8 @@ def render(console, run):
     console.print(verdict_panel(run))
     if run["hardware"]:
         batch = run["config"].get("batch_size", 0) // max(run["world_size"], 1)  # the census counts one rank
-        console.print(forecast_table(run["hardware"]["forecasts"], run["config"].get("precision", "fp32"), batch))
+        hw, precision = run["hardware"], run["config"].get("precision", "fp32")
+        console.print(forecast_table(hw["forecasts"], precision, batch, hw["forecast_launch_us"]))
     if run["ranks"]:
         console.print(rank_table(run))
     if run["torch_profile"]:

@@ -239,6 +239,8 @@ def test_cuda_graphs_have_no_launch_floor_and_are_not_advised_again(in_tmp, mode
     own = run["hardware"]["own"]
     assert own["cuda_graphs"] and own["launch_ms"] == 0.0 and own["bound"] != "launch"
     assert all(gpu["launch_ms"] == 0.0 for gpu in run["hardware"]["forecasts"].values())
+    hw = run["hardware"]
+    assert "no launch floor" in report.forecast_table(hw["forecasts"], "bf16", 16, hw["forecast_launch_us"]).title
     assert "reduce-overhead" not in run["verdict"]["next"]
     counted = report.hardware_lines(run)[0]
     assert "(eager ops: compilation fuses some" in counted  # the census counted what eager would launch
