@@ -299,7 +299,7 @@ class Captures:
     def busy(self, step):
         """Whether a capture starts, runs or stops at `step` (the loop times only such steps' capture work)."""
         return bool(self.running) or any(
-            start - getattr(capture, "lead", 0) <= step <= stop for capture, (start, stop) in self.windows
+            start - capture.lead <= step <= stop for capture, (start, stop) in self.windows
         )
 
     def at_step(self, step):
@@ -311,7 +311,7 @@ class Captures:
                     self.finish(capture)
                 else:
                     capture.step(step)
-            elif n not in self.tried and start - getattr(capture, "lead", 0) <= step <= start:
+            elif n not in self.tried and start - capture.lead <= step <= start:
                 self.tried.add(n)  # one attempt per window: a capture that cannot start is not retried each step
                 ahead = f" (warming up from step {step})" if step < start else ""
                 self.log(f"{capture.name}: recording steps {start}..{stop - 1}{ahead}")
