@@ -12,10 +12,10 @@ loads without torch or the model.
 import importlib
 
 _HOME = {
-    "Rescaler": "engine.api",
-    "build": "engine.api",
-    "load": "engine.api",
-    "quantize": "engine.irn",
+    "Rescaler": "engine.model.rescaler",
+    "build": "engine.model.rescaler",
+    "load": "engine.model.rescaler",
+    "quantize": "engine.model.irn",
     "UserError": "engine.errors",
 }
 

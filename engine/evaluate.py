@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint with the paper's conventions (engine/evaluation.py) and write the table.
+"""Evaluate a checkpoint with the paper's conventions (engine/evaluation/scoring.py) and write the table.
 
     python -m engine.evaluate --checkpoint CKPT [--data Set5=DIR ...] [--z sample|zero] [--samples K]
                               [--temperature 0,0.5,0.8,1.0] [--grid N] [--save-images] [--out DIR]
@@ -23,12 +23,13 @@ from rich.markup import escape
 from rich.table import Table
 
 import engine
-from engine import data, metrics, paper
-from engine.benchmarks import EvalSet, load_sets
+from engine.data import image_files
+from engine.data.image_files import save_png
 from engine.errors import UserError, cli, parser
-from engine.evaluation import evaluate_set, z_settings
-from engine.grids import save_rescale_grid
-from engine.images import save_png
+from engine.evaluation import metrics, paper
+from engine.evaluation.benchmark_sets import EvalSet, load_sets
+from engine.evaluation.grids import save_rescale_grid
+from engine.evaluation.scoring import evaluate_set, z_settings
 
 EMBEDDED_SET = "held-out (embedded)"
 
@@ -160,14 +161,14 @@ def read_sets(args, scale, console):
     sets, found_line = load_sets(args.data, scale, min_size=metrics.smallest_side(scale))
     if sets:
         console.print(found_line, markup=False, highlight=False, soft_wrap=True)
-    return sets or [EvalSet(EMBEDDED_SET, None, None, data.embedded("held_out"), "")]
+    return sets or [EvalSet(EMBEDDED_SET, None, None, image_files.embedded("held_out"), "")]
 
 
 def score_set(args, model, s, settings, out, console):
     """One set's entry in results.json: its scores, image count, folder and the paper's cell."""
     found = s.found
     if found.skipped:
-        console.print(f"[yellow]{escape(s.name)}: skipped {escape(data.describe_skipped(found.skipped))}")
+        console.print(f"[yellow]{escape(s.name)}: skipped {escape(image_files.describe_skipped(found.skipped))}")
     write = image_writer(args, model.scale, s.name, found.names, out)
     scores = evaluate_set(model, found.images, settings, args.device, write)
     return {

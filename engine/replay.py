@@ -16,9 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 import engine
-from engine import checkpoint, data
+from engine.data import tensors
 from engine.errors import UserError, cli, parser
-from engine.losses import irn_losses, network_passes
+from engine.model.losses import irn_losses, network_passes
+from engine.training import checkpoints
 from profiling import records
 
 
@@ -53,9 +54,9 @@ def replay(folder, event, weights, device="cpu"):
     parts = [(str(i), event["images"][i], str(event["boxes"][i]), slice(i, i + 1)) for i in range(len(batch["hr"]))]
     rows = []
     for name, image, box, part in [*parts, ("batch", "all", "", slice(None))]:
-        hr = data.to_float(batch["hr"][part].to(device))
+        hr = tensors.to_float(batch["hr"][part].to(device))
         # batches of runs before the official LR reference carry none: theirs was bicubic on the crop
-        lr_ref = batch["lr_ref"][part].to(device) if "lr_ref" in batch else data.bicubic_down(hr, cfg["scale"])
+        lr_ref = batch["lr_ref"][part].to(device) if "lr_ref" in batch else tensors.bicubic_down(hr, cfg["scale"])
         rows.append((name, image, box, *losses_and_grad_norm(model, hr, lr_ref, batch["noise"][part].to(device), cfg)))
     return rows
 
@@ -70,7 +71,7 @@ def main(argv=None):
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     folder = records.find(args.run)
     event = pick_event(folder, args.step)
-    weights = args.checkpoint or folder / records.CHECKPOINTS / checkpoint.LATEST
+    weights = args.checkpoint or folder / records.CHECKPOINTS / checkpoints.LATEST
     console = Console()
     console.print(
         f"step {event['step']}: {event['kind']}, logged grad norm {event['grad_norm']:.4g}; "

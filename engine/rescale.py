@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from PIL import Image, PngImagePlugin
 
 import engine
-from engine import data
+from engine.data import image_files, tensors
+from engine.data.image_files import to_uint8
 from engine.errors import UserError, cli, parser
-from engine.images import to_uint8
 
 SIZE_KEY = "irn-hr-size"  # PNG text chunk: "HxW" of the image before downscaling
 
@@ -35,12 +35,12 @@ def pad_to_multiple(x, multiple):
 
 def read(path):
     try:
-        img = data.to_rgb8(path)
+        img = image_files.to_rgb8(path)
     except (OSError, ValueError, SyntaxError):
         raise UserError(f"cannot read {path} as an image; is it a complete PNG/JPEG?") from None
     with Image.open(path) as im:
         size = im.info.get(SIZE_KEY)
-    return data.image_tensor(img, 1), size
+    return tensors.image_tensor(img, 1), size
 
 
 def write(x, path, hr_size=None):
@@ -73,7 +73,7 @@ def pairs(src, dst):
     if src.is_file():
         return [(src, dst if dst.suffix else dst / f"{src.stem}.png")]
     if src.is_dir():
-        files = [p for p in sorted(src.iterdir()) if p.suffix.lower() in data.IMAGE_SUFFIXES]
+        files = [p for p in sorted(src.iterdir()) if p.suffix.lower() in image_files.IMAGE_SUFFIXES]
         if not files:
             raise UserError(f"no images in {src}")
         return [(p, dst / f"{p.stem}.png") for p in files]

@@ -14,20 +14,24 @@ import torch
 from rich.console import Console
 
 import engine
-from engine import checkpoint, config, data, distributed, metrics, rundir
+from engine.data import crops, image_files
+from engine.data.node_copy import load_once_per_node
 from engine.errors import UserError, cli
-from engine.evaluation import VALIDATION, score_images, summarise
-from engine.grids import save_rescale_grid
-from engine.guard import ExplosionGuard, TooManyBadSteps
-from engine.node_data import load_once_per_node
-from engine.progress import TrainingProgress, summary
-from engine.stopping import StopRequest, TimeLimit, ignore_stop_signals
-from engine.trainer import Trainer, census, census_json
-from profiling import records, tensorboard
-from profiling.capture import Captures, PySpyCapture, TorchProfileCapture
-from profiling.gpu import Sampler
-from profiling.probe import probe
-from profiling.timer import PhaseTimer
+from engine.evaluation import metrics
+from engine.evaluation.grids import save_rescale_grid
+from engine.evaluation.scoring import VALIDATION, score_images, summarise
+from engine.training import checkpoints, config, distributed, run_folder
+from engine.training.explosion_guard import ExplosionGuard, TooManyBadSteps
+from engine.training.progress import TrainingProgress, summary
+from engine.training.step import Trainer
+from engine.training.step_census import census, census_json
+from engine.training.stopping import StopRequest, TimeLimit, ignore_stop_signals
+from profiling import records
+from profiling.runtime import tensorboard
+from profiling.runtime.captures import Captures, PySpyCapture, TorchProfileCapture
+from profiling.runtime.gpu_sampler import Sampler
+from profiling.runtime.probe import probe
+from profiling.runtime.timer import PhaseTimer
 
 console = Console(stderr=True, soft_wrap=True)  # a message is one line, however long
 
@@ -62,15 +66,15 @@ def pick_device(cfg, ranks_here=1):
 
 def training_data(cfg):
     """(train set with its LR references, validation set) from --data/--val, or the embedded photographs."""
-    train = data.read_folder(cfg["data"], min_size=cfg["crop"]) if cfg["data"] else data.embedded("train")
+    train = image_files.read_folder(cfg["data"], min_size=cfg["crop"]) if cfg["data"] else image_files.embedded("train")
     if cfg["val"]:
-        val = data.read_folder(cfg["val"], min_size=metrics.smallest_side(cfg["scale"]))
+        val = image_files.read_folder(cfg["val"], min_size=metrics.smallest_side(cfg["scale"]))
     else:
-        val = data.embedded("held_out") if not cfg["data"] else data.ImageSet([], [], {})
+        val = image_files.embedded("held_out") if not cfg["data"] else image_files.ImageSet([], [], {})
     for name, found in (("training", train), ("validation", val)):
         if found.skipped:
-            console.print(f"[yellow]{name} images skipped: {data.describe_skipped(found.skipped)}")
-    return data.training_set(train, cfg["scale"]), val
+            console.print(f"[yellow]{name} images skipped: {image_files.describe_skipped(found.skipped)}")
+    return crops.training_set(train, cfg["scale"]), val
 
 
 def validate(trainer, val, step, folder, cfg):
@@ -105,7 +109,7 @@ def save_checkpoint(trainer, folder, step, progress, best=False):
         console.print(f"[red]warning: the ranks' weights differ at step {step}; the checkpoint holds rank 0's")
     if trainer.ranks.main:
         state = {**trainer.state(step), **progress, "world_size": trainer.ranks.world, "ranks_agree": agree}
-        checkpoint.save(folder, step, state, kept=trainer.cfg["checkpoints_kept"], best=best)
+        checkpoints.save(folder, step, state, kept=trainer.cfg["checkpoints_kept"], best=best)
 
 
 def initialise_from(trainer, path, log):
@@ -159,7 +163,7 @@ def metrics_record(result, step_s, batch_size):
 
 def train(trainer, cfg, folder, state, train_set, val_set, time_limit, log):
     """The loop: data, step, log; validate and checkpoint on schedule, stop on signals, the time limit
-    or the last step, always with a checkpoint.
+    or the last step, always with a checkpoints.
 
     A step's losses reach the host one step late (engine/trainer.py), so its metrics line is written
     in the next iteration; before scheduled work the loop waits for them. Every rank runs the loop;
@@ -179,7 +183,7 @@ def train(trainer, cfg, folder, state, train_set, val_set, time_limit, log):
     step, progress = resume_point(state, guard, cfg)
     pin = device.type == "cuda"
     start = progress["samples_seen"]
-    loader = data.loader(train_set, cfg, start, ranks.rank, ranks.world, pin, worker_init_fn=ignore_stop_signals)
+    loader = crops.loader(train_set, cfg, start, ranks.rank, ranks.world, pin, worker_init_fn=ignore_stop_signals)
     batches = iter(loader)
     stopped, step_seconds, saved_at = None, {}, None
     with ExitStack() as stack:
@@ -274,11 +278,11 @@ def open_run(cfg, flags, ranks):
     """(folder, checkpoint state or None): rank 0 creates or finds the run folder, every rank learns it."""
     folder = None
     if ranks.main:
-        folder = records.find(flags.resume) if flags.resume else rundir.create(flags.name)
+        folder = records.find(flags.resume) if flags.resume else run_folder.create(flags.name)
         records.write_json(folder / records.CONFIG, cfg)
     folder = Path(distributed.broadcast(str(folder) if folder else None, ranks))
     log = console.print if ranks.main else print_nothing
-    return folder, (checkpoint.load_newest(folder, log=log) if flags.resume else None)
+    return folder, (checkpoints.load_newest(folder, log=log) if flags.resume else None)
 
 
 @cli
@@ -300,7 +304,7 @@ def run(cfg, flags, ranks, time_limit):
     device = pick_device(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     log = console.print if ranks.main else print_nothing
     train_set, val_set = load_once_per_node(lambda: training_data(cfg), ranks, log)
-    checkpoint.seed_all(cfg["seed"] + ranks.rank)  # DDP copies rank 0's initial weights to every rank
+    checkpoints.seed_all(cfg["seed"] + ranks.rank)  # DDP copies rank 0's initial weights to every rank
     trainer = Trainer(cfg, device, ranks)
     if cfg["fast_kernels"]:
         fused = trainer.kernel_note or trainer.dense_note or "dense blocks, Haar and coupling run fused"
@@ -318,7 +322,7 @@ def run(cfg, flags, ranks, time_limit):
         job["probe"] = probe(device, cfg["precision"], cfg["tf32"])
         if ranks.main:
             write_census(cfg, folder, ranks, trainer)
-    envs = distributed.gather(rundir.environment(device, job), ranks)
+    envs = distributed.gather(run_folder.environment(device, job), ranks)
     if ranks.main:
         with records.JsonLines(folder / records.ENV) as out:
             out.write({**envs[0], "world_size": ranks.world, "ranks": envs})

@@ -37,7 +37,7 @@ NEGATIVE_SLOPE = 0.2
 CONVS = 5
 # The first compute capability (10 * major + minor) that runs these kernels: their tiles are sized for
 # sm_80+ tensor cores (TF32 and bf16 dots need sm_80; before it tl.dot becomes FMA loops) and their
-# half-precision tiles spill on sm_60. Older GPUs keep cuDNN for the dense blocks (engine/ops.py).
+# half-precision tiles spill on sm_60. Older GPUs keep cuDNN for the dense blocks (engine/model/execution.py).
 MIN_CAPABILITY = 80
 # Weight gradients are reduced over pixels in splits of about this many pixels, each written to its own
 # fp32 row of partials and the rows summed afterwards: enough programs to fill a GPU, with partials
@@ -621,7 +621,7 @@ dense_block_forward.register_autograd(_dense_block_grads, setup_context=_save_fo
 
 
 def dense_block(x, weights, biases, negative_slope=NEGATIVE_SLOPE):
-    """IRN's dense block on x, with the weights and biases of its five convs (engine.irn.DenseBlock's
+    """IRN's dense block on x, with the weights and biases of its five convs (engine.model.irn.DenseBlock's
     conv1..conv5). Under autocast it runs in the autocast dtype, as those convs would: x is cast once
     here and the weights inside the kernels; the weight gradients come back in the weights' dtype."""
     if torch.is_autocast_enabled(x.device.type):

@@ -2,7 +2,7 @@
 
 One training step counted on fake tensors (no GPU, no compute): FLOPs, GPU kernel launches and bytes
 moved per op category and in all, then the floors of that step on P100, V100, A100 and H100
-(profiling/roofline.py). Every config key is a flag, as for engine.train; --resume counts a run's
+(profiling/report/roofline.py). Every config key is a flag, as for engine.train; --resume counts a run's
 config. The counts are of the eager ops; torch.compile fuses some of them.
 """
 
@@ -12,11 +12,12 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from engine import config
 from engine.errors import UserError, cli
-from engine.trainer import census_json
-from profiling import records, roofline
-from profiling.report import forecast_table
+from engine.training import config
+from engine.training.step_census import census_json
+from profiling import records
+from profiling.report import roofline
+from profiling.report.render import forecast_table
 
 
 def census_table(counted, title):

@@ -7,7 +7,7 @@
         phases.jsonl         per step: wall time and each phase in ms     (rank N > 0: phases.rankN.jsonl)
         gpu.jsonl            NVML (or process) samples                    (rank N > 0: gpu.rankN.jsonl)
         explosions.jsonl     recorded gradient explosions, batches in explosions/
-        census.json          one training step counted: FLOPs, kernels, bytes (profiling/counting.py)
+        census.json          one training step counted: FLOPs, kernels, bytes (profiling/runtime/counting.py)
         torch_profile.json   top ops of a torch.profiler capture, torch_trace.json its Chrome trace
         pyspy.*              py-spy captures
         checkpoints/

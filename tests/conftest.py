@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from profiling.probe import set_fp32_precision
+from profiling.runtime.probe import set_fp32_precision
 
 # Triton kernels run in its interpreter on machines without CUDA; it must be set before triton is imported.
 if not torch.cuda.is_available():

@@ -6,8 +6,10 @@ import torch
 from PIL import Image
 
 import engine
-from engine import data, evaluate, paper, rescale
-from tests.engine.test_benchmarks import make_benchmark
+from engine import evaluate, rescale
+from engine.data import image_files
+from engine.evaluation import paper
+from tests.engine.evaluation.test_benchmark_sets import make_benchmark
 from tests.official_irn import randomize
 
 
@@ -45,7 +47,7 @@ def test_evaluate_writes_a_table_grids_and_images(checkpoint, image_folder, caps
     assert "| tiny | 3 |" in (out_dir / "results.md").read_text()
     grids = list((out_dir / "grids").glob("*.png"))
     assert len(grids) == 1
-    h, w = data.read_folder(image_folder).images[0].shape[:2]
+    h, w = image_files.read_folder(image_folder).images[0].shape[:2]
     with Image.open(grids[0]) as grid:  # HR, bicubic LR, IRN LR, z=0, T=1, error: six tiles, 4 px apart, under captions
         assert grid.size == (6 * w + 5 * 4, h + 14)
     assert len(list((out_dir / "images" / "tiny").rglob("*.png"))) == 6
@@ -139,7 +141,7 @@ def run_evaluate(args, monkeypatch, capsys):
 
 def test_zero_z_is_deterministic_and_seeded_z_repeats(checkpoint, image_folder):
     model = engine.load(checkpoint)
-    images = data.read_folder(image_folder).images
+    images = image_files.read_folder(image_folder).images
     settings = evaluate.z_settings("sample", [0.0, 1.0], 2)
     first, second = (evaluate.evaluate_set(model, images, settings, "cpu") for _ in range(2))
     assert first == second

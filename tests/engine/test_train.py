@@ -13,12 +13,14 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 import engine
-from engine import config, data, rundir, train
-from engine.guard import ExplosionGuard
-from engine.trainer import Trainer
+from engine import train
+from engine.data import crops, image_files, tensors
+from engine.training import config, run_folder
+from engine.training.explosion_guard import ExplosionGuard
+from engine.training.step import Trainer
 from kernels.precision import tf32_convolutions
 from profiling.records import read_jsonl
-from profiling.timer import PhaseTimer
+from profiling.runtime.timer import PhaseTimer
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,8 +37,8 @@ def losses(run_dir):
 def tiny_trainer(image_folder, tmp_path, **overrides):
     cfg, _ = config.resolve([*TINY, "--data", str(image_folder)])
     cfg.update(overrides)
-    images = data.read_folder(image_folder, cfg["crop"])
-    batch = next(iter(data.loader(data.training_set(images, cfg["scale"]), cfg, 0)))
+    images = image_files.read_folder(image_folder, cfg["crop"])
+    batch = next(iter(crops.loader(crops.training_set(images, cfg["scale"]), cfg, 0)))
     guard = ExplosionGuard(
         tmp_path, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], images.names
     )
@@ -222,7 +224,7 @@ def test_the_late_values_are_the_step_s_own(image_folder, tmp_path):
         expected_weights = copy.deepcopy(trainer.model)  # the weights step 1 sees
     result0 = trainer.step(second, timer, guard, 1)
     result1 = trainer.drain(guard)
-    hr = data.to_float(second["hr"])
+    hr = tensors.to_float(second["hr"])
     losses, norm = losses_and_grad_norm(expected_weights, hr, second["lr_ref"], second["noise"], trainer.cfg)
     assert (result0.step, result1.step) == (0, 1)
     assert result1.losses == pytest.approx(losses, rel=1e-5) and result1.grad_norm == pytest.approx(norm, rel=1e-4)
@@ -375,7 +377,7 @@ def test_invertible_backprop_trains_as_standard_backprop_and_checkpoints_cross_o
 
 def test_two_jobs_starting_at_once_take_two_run_folders(in_tmp, monkeypatch):
     """Between finding the next free run_N and creating it, another job may create it: take the next one."""
-    real_next_free, taken = rundir.next_free, Path("runs/run_1")
+    real_next_free, taken = run_folder.next_free, Path("runs/run_1")
 
     def raced(root):
         folder = real_next_free(root)
@@ -383,8 +385,8 @@ def test_two_jobs_starting_at_once_take_two_run_folders(in_tmp, monkeypatch):
             folder.mkdir(parents=True)  # the other job, a moment earlier
         return folder
 
-    monkeypatch.setattr(rundir, "next_free", raced)
-    assert rundir.create() == Path("runs/run_2") and taken.is_dir()
+    monkeypatch.setattr(run_folder, "next_free", raced)
+    assert run_folder.create() == Path("runs/run_2") and taken.is_dir()
 
 
 def test_one_gpu_index_for_several_ranks_is_one_line():

@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from engine import config
-from engine.guard import ExplosionGuard
-from engine.trainer import Trainer
-from profiling.timer import PhaseTimer
+from engine.training import config
+from engine.training.explosion_guard import ExplosionGuard
+from engine.training.step import Trainer
+from profiling.runtime.timer import PhaseTimer
 
 
 def trainer_and_batch(tmp_path, **overrides):

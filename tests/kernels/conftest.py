@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from profiling.probe import set_fp32_precision
+from profiling.runtime.probe import set_fp32_precision
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"  # on the CPU the kernels run in Triton's interpreter (tests/conftest.py)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from engine.irn import coupling_scale
+from engine.model.irn import coupling_scale
 from kernels.coupling import (
     coupling,
     coupling_forward,

@@ -1,4 +1,4 @@
-"""The dense-block kernels against engine.irn.DenseBlock: outputs and every gradient, layouts, custom-op
+"""The dense-block kernels against engine.model.irn.DenseBlock: outputs and every gradient, layouts, custom-op
 registration, FLOP counts, launch counts and tracing. On a CPU the kernels run in Triton's interpreter, so
 the shapes are small; every channel count IRN uses is covered."""
 
@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import kernels.dense as dense
-from engine.irn import DenseBlock
+from engine.model.irn import DenseBlock
 from kernels.dense import dense_block, dense_block_backward, dense_block_forward
 from tests.kernels.conftest import DEVICE, TOLERANCE
 

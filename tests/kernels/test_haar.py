@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import kernels.haar as haar_kernels
-from engine.irn import Haar
+from engine.model.irn import Haar
 from kernels.haar import haar, haar_forward, haar_inverse
 from tests.kernels.conftest import CUDA, DEVICE, DTYPES, assert_close
 

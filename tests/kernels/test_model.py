@@ -6,14 +6,14 @@ import pytest
 import torch
 
 import engine
-from engine.losses import irn_losses, network_passes
-from engine.ops import (
+from engine.model.execution import (
     compile_model,
     dense_kernels_unavailable,
     fast_kernels_unavailable,
     set_subnet_precision,
     use_fast_kernels,
 )
+from engine.model.losses import irn_losses, network_passes
 from tests.kernels.conftest import DEVICE
 from tests.official_irn import randomize
 

@@ -1,0 +1,118 @@
+"""Image files: HR images read from folders into HxWx3 uint8 arrays (converted, or skipped and counted), the
+embedded photographs, and 8-bit PNGs written from float tensors."""
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from engine.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+EMBEDDED_TRAIN = [
+    "astronaut.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+]
+EMBEDDED_HELD_OUT = ["chelsea.png", "coffee.png"]
+
+
+@dataclass
+class ImageSet:
+    names: list  # file names, for recording where a sample came from
+    images: list  # HxWx3 uint8 arrays
+    skipped: dict  # reason -> list of names
+
+
+def embedded_dir():
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent
+
+
+def embedded(split):
+    """The natural photographs shipped inside scikit-image's wheel: 'train' or 'held_out'."""
+    names = EMBEDDED_TRAIN if split == "train" else EMBEDDED_HELD_OUT
+    return read_images([embedded_dir() / n for n in names])
+
+
+def find_images(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"no folder at {folder}; give a folder of HR images, e.g. DIV2K/DIV2K_train_HR")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if not files:
+        raise UserError(f"{folder} is empty; put HR images (.png, .jpg) in it")
+    return files
+
+
+def read_folder(folder, min_size=1):
+    """Decode every image under `folder`; skip (and count) what is not a usable image."""
+    files = find_images(folder)
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    found = read_images(images, min_size)
+    if len(files) > len(images):
+        found.skipped["not an image file"] = [f.name for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]
+    if not found.images:
+        raise UserError(
+            f"no usable images in {folder} ({describe_skipped(found.skipped)}); "
+            f"give a folder of RGB images at least {min_size}x{min_size}"
+        )
+    return found
+
+
+def read_images(paths, min_size=1):
+    names, images, skipped = [], [], {}
+    for path in paths:
+        try:
+            img = to_rgb8(path)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            skipped.setdefault("corrupt or unreadable", []).append(Path(path).name)
+            continue
+        if min(img.shape[:2]) < min_size:
+            skipped.setdefault(f"smaller than {min_size}x{min_size}", []).append(Path(path).name)
+            continue
+        names.append(Path(path).name)
+        images.append(img)
+    return ImageSet(names, images, skipped)
+
+
+def to_rgb8(path):
+    """Any PIL-readable image as HxWx3 uint8: grayscale and RGBA converted, 16-bit scaled down."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                scale = 65535.0 if arr.max() > 255 else 255.0
+                return np.repeat(np.round(arr / scale * 255).astype(np.uint8)[..., None], 3, axis=2)
+            arr = np.asarray(img.convert("RGB"))
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError("not an RGB image")
+    return np.ascontiguousarray(arr)
+
+
+def describe_skipped(skipped):
+    return (
+        "; ".join(
+            f"{len(v)} {reason}: {', '.join(v[:3])}{'...' if len(v) > 3 else ''}" for reason, v in skipped.items()
+        )
+        or "none skipped"
+    )
+
+
+def to_uint8(img):
+    """(3,H,W) or (1,3,H,W) float in [0, 1] -> HxWx3 uint8."""
+    img = img.detach().float().cpu().squeeze(0).clamp(0, 1)
+    return np.round(img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+
+
+def save_png(img, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(img)).save(path)

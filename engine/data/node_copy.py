@@ -1,0 +1,130 @@
+"""One decoded copy of the data per node, in shared memory, for every rank on the node.
+
+DIV2K is about 7 GB as uint8, plus its float32 LR references: eight ranks decoding their own copies
+hold eight times that and decode it eight times. Here the node's first rank decodes once and writes
+the arrays into one file under /dev/shm, whose space it reserves first (a full tmpfs would otherwise
+kill the writer with SIGBUS); every rank of the node, the first included, then maps that file; once all
+have, it is unlinked, so the memory lives exactly as long as the ranks and nothing is left behind by a
+crash after the start. Loader workers, forked from their rank, share the same pages. Where /dev/shm
+cannot hold the data (a container's 64 MB default, say), every rank decodes its own copy, as before.
+"""
+
+import json
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+
+from engine.data.crops import TrainingSet
+from engine.data.image_files import ImageSet
+
+SHM = Path("/dev/shm")
+
+
+def load_once_per_node(load, ranks, log=print):
+    """(training set, validation set) from `load()`: decoded by the node's first rank, mapped by the rest.
+    `ranks`: this process's place (rank, local_rank, world, active) in the default process group."""
+    if not ranks.active:
+        return load()
+    node = node_group(ranks)
+    name = [f"irnscope-{uuid.uuid4().hex}"]
+    dist.broadcast_object_list(name, src=0)  # rank 0's: one name per job
+    name = name[0]
+    path = (SHM if SHM.is_dir() else Path("/tmp")) / f"{name}-{socket.gethostname()}"
+    shared = [None]
+    if ranks.local_rank == 0:
+        train, val = load()
+        shared = [write(path, train, val)]
+        ranks_here = dist.get_world_size(node)
+        size = (shared[0] or data_bytes(train, val)) / 2**30
+        if shared[0]:
+            log(f"data decoded once for this node's {ranks_here} ranks, shared in {path} ({size:.2f} GiB)")
+        else:
+            log(f"{path.parent} cannot hold the data ({size:.2f} GiB): each rank decodes its own copy")
+    dist.broadcast_object_list(shared, src=ranks.rank - ranks.local_rank, group=node)
+    if not shared[0]:
+        return (train, val) if ranks.local_rank == 0 else load()
+    train, val = read(path)  # the first rank too: its decoded copy goes, the node keeps one
+    dist.barrier(group=node)  # every rank holds its mapping: the name can go
+    if ranks.local_rank == 0:
+        path.unlink()
+    return train, val
+
+
+def node_group(ranks):
+    """The ranks of this node (torchrun numbers them contiguously per node), as a CPU group."""
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world))
+    group, _ = dist.new_subgroups(group_size=per_node, backend="gloo")
+    return group
+
+
+def data_bytes(train, val):
+    return sum(a.nbytes for a in (*train.hrs, *train.lrs, *val.images))
+
+
+def write(path, train, val):
+    """All arrays of both sets into one file: a JSON index (length-prefixed), then the raw bytes. Returns
+    the file's size, or 0 when its space cannot be reserved (nothing is left behind then)."""
+    arrays = [*train.hrs, *train.lrs, *val.images]
+    offsets, position = [], 0
+    for a in arrays:
+        offsets.append(position)
+        position += a.nbytes
+    index = {
+        "train": {"names": train.names, "count": len(train.hrs)},
+        "val": {"names": val.names, "skipped": val.skipped, "count": len(val.images)},
+        "arrays": [{"offset": o, "shape": a.shape, "dtype": a.dtype.str} for o, a in zip(offsets, arrays, strict=True)],
+    }
+    header = json.dumps(index).encode()
+    start = arrays_start(len(header))
+    if not reserve(path, start + position):
+        return 0
+    data = np.memmap(path, dtype=np.uint8, mode="r+", shape=(start + position,))
+    data[:8] = np.frombuffer(len(header).to_bytes(8, "little"), dtype=np.uint8)
+    data[8 : 8 + len(header)] = np.frombuffer(header, dtype=np.uint8)
+    for o, a in zip(offsets, arrays, strict=True):
+        np.ndarray(a.shape, dtype=a.dtype, buffer=data, offset=start + o)[...] = a
+    data.flush()
+    return start + position
+
+
+def arrays_start(header_length):
+    """Where the arrays begin: after the 8-byte length and the header, aligned to 64 bytes."""
+    start = 8 + header_length
+    return start + -start % 64
+
+
+def reserve(path, size):
+    """Allocate the file's blocks up front: a tmpfs that is too small says ENOSPC here, where writing
+    through a mapping would die of SIGBUS."""
+    if shutil.disk_usage(path.parent).free < size:
+        return False
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:
+        path.unlink()
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def read(path):
+    """The two sets of a file that `write` made, as read-only arrays over one shared mapping."""
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    length = int.from_bytes(data[:8].tobytes(), "little")
+    index = json.loads(data[8 : 8 + length].tobytes())
+    start = arrays_start(length)
+    arrays = [
+        np.ndarray(tuple(a["shape"]), dtype=np.dtype(a["dtype"]), buffer=data, offset=start + a["offset"])
+        for a in index["arrays"]
+    ]
+    n = index["train"]["count"]
+    train = TrainingSet(index["train"]["names"], arrays[:n], arrays[n : 2 * n])
+    val = ImageSet(index["val"]["names"], arrays[2 * n :], index["val"]["skipped"])
+    return train, val

@@ -1,0 +1,49 @@
+"""Captioned image grids: tiles side by side on a grey canvas, used by validation and evaluation."""
+
+from pathlib import Path
+
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from engine.data import tensors
+from engine.data.image_files import to_uint8
+
+CAPTION_PX, GAP_PX = 14, 4
+
+
+def save_grid(images, labels, path):
+    """Images side by side, each upscaled (nearest) to the tallest one's size, with a caption above each."""
+    h = max(img.shape[-2] for img in images)
+    w = max(img.shape[-1] for img in images)
+    # Grey, so that an all-white (saturated error) or all-black tile still shows its edges.
+    canvas = Image.new("RGB", (len(images) * (w + GAP_PX) - GAP_PX, h + CAPTION_PX), (96, 96, 96))
+    draw = ImageDraw.Draw(canvas)
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        tile = F.interpolate(img[None] if img.dim() == 3 else img, size=(h, w), mode="nearest")
+        canvas.paste(Image.fromarray(to_uint8(tile)), (i * (w + GAP_PX), CAPTION_PX))
+        draw.text((i * (w + GAP_PX) + 2, 1), label, fill="white")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def error_map(sr, hr, gain=8.0):
+    """|SR - HR| per pixel (mean over RGB), amplified, as a grey image."""
+    return ((sr - hr).abs().mean(1, keepdim=True) * gain).clamp(0, 1).expand(-1, 3, -1, -1)
+
+
+def centre_crop(x, size):
+    h, w = x.shape[-2:]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return x[..., top : top + size, left : left + size]
+
+
+def save_rescale_grid(hr, lr, upscales, scale, path, crop=192):
+    """HR | bicubic LR | IRN's LR | each upscale | error map of the last upscale: centre crops, captioned."""
+    crop -= crop % scale
+    bicubic = tensors.bicubic_down(hr, scale).clamp(0, 1)
+    last = list(upscales)[-1]
+    tiles = [centre_crop(hr, crop), centre_crop(bicubic, crop // scale), centre_crop(lr, crop // scale)]
+    tiles += [centre_crop(sr.clamp(0, 1), crop) for sr in upscales.values()]
+    tiles.append(centre_crop(error_map(upscales[last], hr), crop))
+    labels = ["HR", "bicubic LR", "IRN LR", *(f"up, {label}" for label in upscales), f"|error| x8, {last}"]
+    save_grid(tiles, labels, path)

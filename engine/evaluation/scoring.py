@@ -1,0 +1,84 @@
+"""The evaluation pass with the paper's conventions: HR -> downscale -> 8-bit LR -> upscale, PSNR/SSIM on Y.
+
+Images are cropped to multiples of the scale; metrics crop `scale` border pixels (BasicSR's crop_border)
+on the Y channel of 8-bit images (engine/evaluation/metrics.py). Sampled z is seeded per (sample, image), so K
+samples give a mean and a standard deviation over samples, and an image's result does not depend on
+which images are scored beside it (ranks can share a validation set).
+"""
+
+import statistics
+
+import torch
+
+from engine.data import tensors
+from engine.evaluation import metrics
+
+SCORES = ("psnr_y", "ssim_y", "psnr_rgb")
+
+
+def z_settings(z, temperatures, samples):
+    """[(label, temperature, seeds)]: the columns of an evaluation (z = 0 has a single seed)."""
+    if z == "zero":
+        return [("z=0", 0.0, [0])]
+    return [("z=0" if t == 0 else f"T={t:g}", t, [0] if t == 0 else list(range(samples))) for t in temperatures]
+
+
+VALIDATION = z_settings("sample", [0.0, 1.0], 1)  # the trainer's: z = 0 for the grid, T = 1 for the scores
+
+
+@torch.no_grad()
+def score_images(model, images, settings, device, on_image=None, indices=None):
+    """Per image: its LR's PSNR-Y against the bicubic reference and, per setting, the scores of each seed's
+    upscale.
+
+    `indices` are the images' places in their set (default 0, 1, ...): they seed z. `on_image(index, hr,
+    lr, {label: upscale of the first seed})` sees every image's results (grids, files).
+    """
+    was_training = model.training
+    model.eval()
+    rows = []
+    for i, img in zip(indices or range(len(images)), images, strict=True):
+        hr = tensors.image_tensor(img, model.scale).to(device)
+        lr, _ = model.downscale(hr)
+        reference = tensors.lr_reference(img, model.scale).to(device)
+        row, first = {"lr_psnr_y": metrics.psnr(lr, reference).item()}, {}
+        for label, temperature, seeds in settings:
+            row[label] = []
+            for seed in seeds:
+                generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+                sr = model.upscale(lr, temperature=temperature, generator=generator)
+                row[label].append(image_scores(sr, hr, model.scale))
+                first.setdefault(label, sr)
+        rows.append(row)
+        if on_image:
+            on_image(i, hr, lr, first)
+    model.train(was_training)
+    return rows
+
+
+def image_scores(sr, hr, scale):
+    return {
+        "psnr_y": metrics.psnr(sr, hr, scale).item(),
+        "ssim_y": metrics.ssim(sr, hr, scale).item(),
+        "psnr_rgb": metrics.psnr(sr, hr, scale, y_channel=False).item(),
+    }
+
+
+def summarise(rows, settings):
+    """Per setting: the mean over images of each seed, then mean and std over seeds; the LR's mean PSNR-Y."""
+    out = {}
+    for label, _, seeds in settings:
+        means = [{k: statistics.fmean(r[label][s][k] for r in rows) for k in SCORES} for s in range(len(seeds))]
+        summary = {"samples": len(means) if rows else 0}
+        for key in SCORES:
+            values = [m[key] for m in means] if rows else []
+            summary[key] = statistics.fmean(values) if values else None
+            summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out[label] = summary
+    lr_psnr = statistics.fmean(r["lr_psnr_y"] for r in rows) if rows else None
+    return {"lr_psnr_y": lr_psnr, "settings": out}
+
+
+def evaluate_set(model, images, settings, device, on_image=None):
+    """Score every image of a set and summarise (engine.evaluate's table)."""
+    return summarise(score_images(model, images, settings, device, on_image), settings)

@@ -1,0 +1,91 @@
+"""How the model runs its ops: reference or fused kernels, the dense blocks' precision, compilation.
+
+The swap changes which function the Haar, coupling and dense-block modules call, never their
+weights, so one checkpoint serves every path.
+"""
+
+import torch
+
+from engine.model.irn import DenseBlock, Haar, IRNCoupling
+from kernels.precision import tf32_convolutions
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
+def use_fast_kernels(model, enabled=True, dense=True):
+    """Route every Haar, coupling and (with `dense`) dense-block module of `model` to the Triton kernels,
+    or back to the reference."""
+    from kernels.coupling import coupling
+    from kernels.dense import dense_block
+    from kernels.haar import haar
+
+    # No kernel for x3's LearnedDownsampling: the census (irn_x3, fused) puts it at 64 MB of 24 GB, 14 of 1,598 kernels
+    kernels = {IRNCoupling: coupling, Haar: haar, DenseBlock: dense_block if dense else None}
+    for module in model.modules():
+        if type(module) in kernels:
+            module.fast_op = kernels[type(module)] if enabled else None
+    return model
+
+
+def dense_kernels_unavailable(device):
+    """Why the dense-block kernels do not run on `device` (None when they do)."""
+    from kernels.dense import MIN_CAPABILITY
+
+    major, minor = torch.cuda.get_device_capability(device)
+    if 10 * major + minor < MIN_CAPABILITY:
+        return (
+            f"the dense blocks stay on cuDNN on this compute capability {major}.{minor} GPU "
+            "(their kernels are tuned for 8.0 and newer); Haar and coupling run fused"
+        )
+    return None
+
+
+def set_subnet_precision(model, precision):
+    """Run every dense block in `precision` (fp32, bf16, fp16); the invertible stream stays fp32."""
+    for module in model.modules():
+        if isinstance(module, DenseBlock):
+            module.compute_dtype = PRECISIONS[precision]
+    return model
+
+
+def use_invertible_backprop(model, enabled=True):
+    """Train `model` with backprop by inversion (engine/model/invertible_backprop.py): each block's activations are
+    recomputed from its output in the backward instead of being stored."""
+    model.invertible_backprop = enabled
+    return model
+
+
+def configure_backends(cudnn_benchmark, tf32):
+    """Process-wide settings every training step relies on (the trainer and the bench share them)."""
+    torch.backends.cudnn.benchmark = cudnn_benchmark  # crops have one size: autotuned convs pay off
+    # TF32 for fp32 convolutions: cuDNN's (the dense blocks, FrEIA's Haar convolution) and the fused
+    # dense kernels follow it. The legacy flag sets convolutions and RNNs alike, the one state in which
+    # PyTorch's own readers of that flag (torch.backends.cudnn.flags, inductor) do not raise; where a level
+    # above (set through the per-op API) overrides it, the convolutions are set explicitly.
+    torch.backends.cudnn.allow_tf32 = tf32
+    if tf32_convolutions() != tf32:
+        for level in (torch.backends.cudnn.conv, torch.backends.cudnn.rnn):
+            level.fp32_precision = "tf32" if tf32 else "ieee"
+
+
+def fast_kernels_unavailable(device):
+    """Why the Triton kernels cannot run on `device` (None when they can)."""
+    if torch.device(device).type != "cuda":
+        return "the Triton kernels need a CUDA GPU; running the FrEIA reference ops instead"
+    try:
+        import triton  # noqa: F401  (only whether it imports)
+    except ImportError:
+        return "triton is not installed (pip install triton); running the FrEIA reference ops instead"
+    return None
+
+
+def compile_model(model, mode, device, **kwargs):
+    """torch.compile for this network. On CPUs inductor's channels-last layout optimisation corrupts
+    the heap in the backward of IRN at x4 and above (torch 2.13: 'free(): invalid next size'), so it
+    is switched off there; it changes memory layouts only, never results."""
+    if torch.device(device).type == "cpu":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.layout_optimization = False
+    return torch.compile(model, mode=mode, **kwargs)

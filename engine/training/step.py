@@ -1,0 +1,194 @@
+"""The model, its optimiser and schedule, and one timed training step."""
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+import engine
+from engine.data import tensors
+from engine.model import execution
+from engine.model.losses import irn_losses, network_passes
+from engine.training import checkpoints, distributed
+
+
+@dataclass
+class StepResult:
+    """What one step did. `event`: "ok", "spike" (recorded by the guard, applied), "skipped" (non-finite:
+    recorded, not applied) or "overflow" (fp16: the grad scaler skipped the update and backed off)."""
+
+    step: int
+    event: str
+    losses: dict  # weighted losses by name, averaged over ranks
+    grad_norm: float | None  # before clipping; None when the fp16 scaler overflowed
+    lr: float  # the learning rate the step used
+
+
+class LateValues:
+    """A step's losses and grad norm, read by the host one step late, so the step needs no host sync.
+
+    On a GPU the values are copied into one of two pinned buffers behind an event; they are read after
+    the next step has been enqueued, when that event has long completed, so the CPU keeps running
+    ahead of the GPU. On a CPU there is nothing to overlap and the values are read as they are.
+    """
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.buffers, self.turn, self.waiting = [], 0, None
+
+    def put(self, values, meta):
+        """Queue this step's `values` (a 1-d device tensor) with `meta`; returns the previous step's, if any."""
+        if self.cuda:
+            if not self.buffers:
+                self.buffers = [torch.empty(values.shape, dtype=values.dtype, pin_memory=True) for _ in range(2)]
+            host = self.buffers[self.turn]
+            host.copy_(values, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self.turn ^= 1
+        else:
+            host, event = values, None
+        previous, self.waiting = self.waiting, (host, event, meta)
+        return self.read(previous)
+
+    def drain(self):
+        """The last queued step's values (a sync on a GPU: for the end of a run and scheduled work)."""
+        previous, self.waiting = self.waiting, None
+        return self.read(previous)
+
+    @staticmethod
+    def read(entry):
+        if entry is None:
+            return None
+        host, event, meta = entry
+        if event is not None:
+            event.synchronize()
+        return host.tolist(), meta
+
+
+class Trainer:
+    """The model, its optimiser and schedule, and one training step."""
+
+    def __init__(self, cfg, device, ranks=None):
+        self.cfg, self.device, self.ranks = cfg, device, ranks or distributed.Ranks()
+        self.model = engine.build(
+            cfg["scale"], blocks_per_stage=cfg["blocks_per_stage"], growth=cfg["growth"], clamp=cfg["clamp"]
+        ).to(device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # Fused Adam skips an update on the device when told to (found_inf): no host sync per step.
+        self.optimizer = torch.optim.Adam(
+            self.params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], fused=True
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg["lr_milestones"], cfg["lr_gamma"])
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"] == "fp16")
+        self.late = LateValues(device)
+        execution.configure_backends(cfg["cudnn_benchmark"], cfg["tf32"])
+        execution.set_subnet_precision(self.model, cfg["precision"])
+        execution.use_invertible_backprop(self.model, cfg["invertible_backprop"])
+        # Fast kernels swap ops inside the same modules; compile traces whichever ops are in place.
+        self.kernel_note = execution.fast_kernels_unavailable(device) if cfg["fast_kernels"] else None
+        self.dense_note = None
+        if cfg["fast_kernels"] and self.kernel_note is None:
+            self.dense_note = execution.dense_kernels_unavailable(device)
+            execution.use_fast_kernels(self.model, dense=self.dense_note is None)
+        self.net, self.allreduce = self.model, None
+        if self.ranks.active:
+            self.net, self.allreduce = distributed.wrap(self.model, self.ranks, device)
+        if cfg["compile"] != "off":
+            self.net = execution.compile_model(self.net, cfg["compile"], device)
+
+    def state(self, step):
+        return {
+            "model": self.model.state_dict(),
+            "arch": self.model.arch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": step,
+            "config": self.cfg,
+        }
+
+    def load_state(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"] and self.scaler.is_enabled():  # an fp32 or bf16 run has no scale to resume
+            self.scaler.load_state_dict(state["scaler"])
+        checkpoints.set_rng_state(state["rng"])
+
+    def initialise_optimizer_state(self):
+        """Create Adam's moments with a skipped update (weights untouched), as after a first step."""
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+        self.optimizer.found_inf = torch.ones(())
+        self.optimizer.step()
+        del self.optimizer.found_inf
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def advance_schedule(self):
+        """The recipe's milestones count steps, skipped ones too; torch warns when no update came first."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`"
+            )
+            self.scheduler.step()
+
+    def step(self, batch, timer, guard, step):
+        """Enqueue one optimisation step of `batch`, timed phase by phase into `timer`.
+
+        Returns the previous step's StepResult (None for the first): its values are read one step late.
+        """
+        cfg, lr = self.cfg, self.optimizer.param_groups[0]["lr"]
+        with timer.phase("h2d"):
+            hr = tensors.to_float(batch["hr"].to(self.device, non_blocking=True))
+            noise = batch["noise"].to(self.device, non_blocking=True)
+            lr_ref = batch["lr_ref"].to(self.device, non_blocking=True)
+        with timer.phase("forward"):
+            y, z, reconstruction = network_passes(self.net, hr, noise, cfg["z_scale"])
+        with timer.phase("loss"):
+            losses = irn_losses(y, z, reconstruction, hr, lr_ref, cfg)
+            total = sum(losses.values())
+        with timer.phase("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+        with timer.phase("optimizer"):
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg["grad_clip"], foreach=True)
+            # Losses averaged over ranks (the grad norm already is), so every rank decides alike.
+            averaged = distributed.mean_over_ranks(torch.stack(list(losses.values())).detach(), self.ranks)
+            values = torch.cat([averaged, norm.reshape(1)])
+            self.update(skip=~torch.isfinite(values).all())
+            self.advance_schedule()
+            previous = self.late.put(values, (step, lr, list(losses), batch))
+        if self.allreduce is not None:
+            timer.note("allreduce", self.allreduce.take(), clock=self.allreduce.clock)
+        return self.outcome(previous, guard)
+
+    def drain(self, guard):
+        """The last enqueued step's StepResult, waiting for its values (None if there is none)."""
+        return self.outcome(self.late.drain(), guard)
+
+    def update(self, skip):
+        """Adam's update, skipped on the device when `skip` (a non-finite loss or gradient) is true.
+
+        The fused Adam honours `found_inf` as it does under a GradScaler: a skipped step leaves the
+        weights and the optimiser state (step count included) untouched. With fp16 the scaler's
+        update then backs the scale off, as its own overflow check saw the same non-finite gradients.
+        """
+        self.optimizer.found_inf = skip.float()
+        self.optimizer.step()
+        del self.optimizer.found_inf
+        self.scaler.update()
+
+    def outcome(self, read, guard):
+        """A step's StepResult from its values, once they reach the host; the guard judges them here."""
+        if read is None:
+            return None
+        (*loss_values, norm), (step, lr, names, batch) = read
+        losses = dict(zip(names, loss_values, strict=True))
+        # fp16: finite losses with an infinite scaled gradient are the scaler's business (the update was
+        # skipped and the scale backed off), not an explosion.
+        overflow = self.scaler.is_enabled() and not math.isfinite(norm) and all(map(math.isfinite, loss_values))
+        event = "overflow" if overflow else guard.check(step, losses, norm, batch)
+        return StepResult(step, event, losses, None if overflow else norm, lr)

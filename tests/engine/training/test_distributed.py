@@ -1,0 +1,124 @@
+"""Real torch.distributed: two gloo ranks on the CPU through torchrun."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine
+from engine import train
+from engine.data import image_files
+from engine.evaluation.scoring import VALIDATION, score_images, summarise
+from profiling.records import read_config, read_jsonl
+from profiling.report.__main__ import main as report
+from profiling.report.analysis import analyse
+from tests.conftest import TINY
+
+REPO = Path(__file__).resolve().parents[3]
+ARGS = [*TINY, "--batch-size", "4", "--checkpoint-every", "3"]
+
+
+def torchrun(args, cwd, nproc=2):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "engine.train",
+        *args,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def weights(run_dir):
+    return torch.load(Path(run_dir) / "checkpoints" / "last.pt", weights_only=True)
+
+
+def losses(run_dir):
+    return [r["loss"] for r in read_jsonl(Path(run_dir) / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 2-rank run of 6 steps and a 1-process run of 9 steps, same global batch and seed."""
+    root = tmp_path_factory.mktemp("ddp")
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import smooth_image
+
+    folder = root / "hr"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(smooth_image(rng, 40, 48)).save(folder / f"img{i}.png")
+    done = torchrun([*ARGS, "--data", str(folder), "--steps", "6", "--name", "two", "--val", str(folder)], root)
+    (root / "two.err").write_text(done.stderr)
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        train.main([*ARGS, "--data", str(folder), "--steps", "9", "--name", "one"])
+    finally:
+        os.chdir(old)
+    return root
+
+
+def test_two_ranks_hold_identical_weights_equal_to_one_process(runs):
+    two, one = weights(runs / "runs" / "two"), runs / "runs" / "one"
+    assert two["world_size"] == 2 and two["ranks_agree"] is True and two["step"] == 6
+    # fp32 sums over 2 ranks vs 1 batch run in another order: equal to 1e-4 after 6 Adam steps
+    assert losses(runs / "runs" / "two") == pytest.approx(losses(one)[:6], rel=1e-4)
+
+
+def test_rank_zero_alone_writes_metrics_and_checkpoints(runs):
+    folder = runs / "runs" / "two"
+    assert len(read_jsonl(folder / "metrics.jsonl")) == 6
+    saved = ["best.pt", "last.pt", "step_00000003.pt", "step_00000006.pt"]  # --checkpoint-every 3, validated at 6
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == saved
+    assert len(read_jsonl(folder / "phases.jsonl")) == 6 and len(read_jsonl(folder / "phases.rank1.jsonl")) == 6
+    assert (folder / "gpu.rank1.jsonl").exists() and not list(folder.glob("metrics.rank*"))
+    env = read_jsonl(folder / "env.jsonl")[0]
+    assert env["world_size"] == 2 and [r["seed"] for r in env["ranks"]] == [10, 11]
+    assert "allreduce_ms" in read_jsonl(folder / "phases.rank1.jsonl")[-1]
+
+
+def test_the_node_decodes_the_data_once_and_leaves_no_shared_memory_behind(runs):
+    said = [line for line in (runs / "two.err").read_text().splitlines() if "data decoded once" in line]
+    assert len(said) == 1 and "this node's 2 ranks, shared in" in said[0]
+    shared_file = Path(said[0].split("shared in ")[1].split(" (")[0])
+    assert shared_file.parent.is_dir() and not shared_file.exists()
+
+
+def test_both_ranks_share_the_validation(runs):
+    """Each rank scores its share of the images; the logged scores equal one process scoring all of them."""
+    logged = read_jsonl(runs / "runs" / "two" / "metrics.jsonl")[-1]
+    model = engine.load(runs / "runs" / "two" / "checkpoints" / "step_00000006.pt")
+    images = image_files.read_folder(runs / "hr").images[: read_config(runs / "runs" / "two")["val_max_images"]]
+    expected = summarise(score_images(model, images, VALIDATION, "cpu"), VALIDATION)
+    assert logged["val_psnr_y"] == pytest.approx(expected["settings"]["T=1"]["psnr_y"], abs=1e-4)
+    assert logged["val_lr_psnr_y"] == pytest.approx(expected["lr_psnr_y"], abs=1e-4)
+
+
+def test_report_shows_both_ranks(runs, capsys, monkeypatch):
+    monkeypatch.chdir(runs)
+    report(["two"])
+    out = capsys.readouterr().out
+    assert "ranks" in out and "all-reduce" in out
+    ranks = analyse("runs/two")["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["allreduce_ms"] > 0 and r["step_ms"] > 0 for r in ranks)
+
+
+def test_a_two_rank_checkpoint_resumes_in_one_process(runs, monkeypatch):
+    monkeypatch.chdir(runs)
+    train.main(["--resume", "runs/two", "--steps", "9"])
+    resumed = losses("runs/two")
+    assert len(resumed) == 9 and resumed == pytest.approx(losses("runs/one"), rel=1e-4)

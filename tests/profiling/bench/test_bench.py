@@ -1,0 +1,30 @@
+"""The benches' plumbing on a CPU, at a tiny shape: what they measure, not how fast it is."""
+
+import argparse
+import re
+
+import torch
+
+from profiling.bench.memory import bench_memory
+from profiling.bench.step import bench_step
+
+TINY = dict(scale=2, batch=1, crop=16, steps=1, warmup=0, rounds=1, variants="freia", json=False)
+
+
+def test_the_memory_bench_shows_what_inversion_saves():
+    result = bench_memory(argparse.Namespace(**TINY), torch.device("cpu"))
+    standard, inverted, ratio = result.rows
+    assert standard[0] == "standard" and inverted[0] == "by inversion"
+    assert float(ratio[1].rstrip("%")) < 40  # activations saved for the backward
+    assert float(inverted[2]) > 0 and float(standard[3]) > 0
+    errors = re.search(r"HR -> LR (\S+), LR, z -> HR (\S+)$", result.notes[-1]).groups()
+    assert all(0 <= float(error) < 1e-4 for error in errors)  # fp32 rounding, at near-initial weights
+
+
+def test_the_step_bench_sets_mfu_and_the_census_beside_the_time():
+    result = bench_step(argparse.Namespace(**TINY), torch.device("cpu"))
+    (row,) = result.rows
+    assert row[0] == "freia" and float(row[1]) > 0 and row[3] == "1.00x"
+    assert 0 < float(row[5].rstrip("%")) < 100 and int(row[7].replace(",", "")) > 0
+    markdown = result.markdown()
+    assert markdown.startswith("### training step at x2") and "| freia |" in markdown

@@ -1,0 +1,170 @@
+import json
+import warnings
+
+import pytest
+import torch
+
+from profiling import records
+from profiling.runtime.captures import Captures, TorchProfileCapture, launches_per_step, rank_name
+
+X = torch.randn(32, 32)
+
+
+def tiny_step(step):
+    """Four outermost aten ops every step (add, mul, sin, linear: linear's inner mm and add's inner ops do not
+    count), and an exp more on odd steps; a marker names the step in the trace."""
+    with torch.profiler.record_function(f"mark{step}"):
+        y = torch.add(X, 1.0)
+        y = torch.mul(y, X)
+        y = torch.sin(y)
+        y = torch.nn.functional.linear(y, X)
+        if step % 2:
+            y = torch.exp(y)
+    return y
+
+
+def run_loop(captures, steps):
+    touched = []
+    for step in steps:
+        if captures.at_step(step):
+            touched.append(step)
+        tiny_step(step)
+    return touched
+
+
+def markers(path):
+    events = json.loads(path.read_text())["traceEvents"]
+    return sorted(e["name"] for e in events if str(e.get("name", "")).startswith("mark"))
+
+
+def test_rank_names_come_from_the_run_folders_names():
+    assert rank_name(records.TORCH_TRACE, 0) == records.TORCH_TRACE == "torch_trace.json"
+    assert rank_name(records.TORCH_TRACE, 3) == "torch_trace.rank3.json"
+    assert rank_name(records.TORCH_PROFILE, 12) == "torch_profile.rank12.json"
+
+
+def test_a_scheduled_capture_records_the_window_after_a_warm_up_and_counts_ops_per_step(tmp_path):
+    said = []
+    capture = TorchProfileCapture(tmp_path, "cpu", said.append, rank=2, warmup=2)
+    captures = Captures([(capture, (6, 9))], said.append)
+    touched = run_loop(captures, range(0, 12))
+    captures.close()
+    # Warm-up steps 4 and 5 ran under the profiler, and step 9 began with its stop: all are marked as touched.
+    assert touched == [4, 5, 6, 7, 8, 9]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["torch_profile.rank2.json", "torch_trace.rank2.json"]
+    # Only the window's steps are in the trace: the warm-up steps were traced and thrown away.
+    assert markers(tmp_path / "torch_trace.rank2.json") == ["mark6", "mark7", "mark8"]
+    profile = json.loads((tmp_path / "torch_profile.rank2.json").read_text())
+    assert profile["steps"] == [6, 7, 8] and profile["rank"] == 2
+    assert profile["schedule"] == {"wait": 0, "warmup": 2, "active": 3, "first_step": 4}
+    per_step = profile["kernels_per_step"]
+    assert per_step["unit"] == "aten ops" and "CPU run" in per_step["note"]
+    assert per_step["by_step"] == {"6": 4, "7": 5, "8": 4} and per_step["mean"] == pytest.approx(13 / 3)
+    names = [row["name"] for row in profile["top"]]
+    assert profile["clock"] == "cpu" and "aten::mm" in names and not any("ProfilerStep" in n for n in names)
+    calls = {row["name"]: row["calls"] for row in profile["top"]}
+    assert calls["aten::sin"] == 3 and calls["aten::exp"] == 1  # three recorded steps, one of them odd
+    assert said[0] == "torch.profiler: recording steps 6..8 (warming up from step 4)"
+    assert "torch_trace.rank2.json" in said[-1] and "4.3 aten ops per step" in said[-1]
+
+
+def test_a_run_that_ends_inside_the_window_writes_the_steps_it_recorded(tmp_path):
+    said = []
+    capture = TorchProfileCapture(tmp_path, "cpu", said.append)
+    captures = Captures([(capture, (3, 10))], said.append)
+    assert run_loop(captures, range(0, 6)) == [2, 3, 4, 5]
+    captures.close()  # the run stopped after step 5
+    profile = json.loads((tmp_path / records.TORCH_PROFILE).read_text())
+    assert profile["steps"] == [3, 4, 5] and profile["kernels_per_step"]["by_step"] == {"3": 5, "4": 4, "5": 5}
+    assert markers(tmp_path / records.TORCH_TRACE) == ["mark3", "mark4", "mark5"]
+
+
+def test_a_run_that_ends_during_the_warm_up_writes_nothing_and_says_so(tmp_path):
+    said = []
+    captures = Captures([(TorchProfileCapture(tmp_path, "cpu", said.append, warmup=3), (5, 7))], said.append)
+    assert run_loop(captures, range(0, 4)) == [2, 3]
+    captures.close()
+    assert list(tmp_path.iterdir()) == [] and "before the first recorded step; nothing written" in said[-1]
+
+
+def test_a_window_at_the_loops_first_step_records_it_without_a_warm_up(tmp_path):
+    captures = Captures([(TorchProfileCapture(tmp_path, "cpu", lambda m: None), (5, 7))], lambda m: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "won't be using warmup" warning is expected and silenced
+        touched = run_loop(captures, range(5, 9))  # a resumed run whose first step is the window's first
+    assert touched == [5, 6, 7]
+    profile = json.loads((tmp_path / records.TORCH_PROFILE).read_text())
+    assert profile["steps"] == [5, 6] and profile["schedule"]["warmup"] == 0
+    assert profile["kernels_per_step"]["by_step"] == {"5": 5, "6": 4}
+
+
+class Stub:
+    """A capture like py-spy: no lead; its start may fail."""
+
+    name, lead = "stub", 0
+
+    def __init__(self, starts=True):
+        self.starts, self.events = starts, []
+
+    def start(self, step, window):
+        self.events.append(("start", step))
+        return self.starts
+
+    def step(self, step):
+        self.events.append(("step", step))
+
+    def stop(self):
+        self.events.append(("stop",))
+
+
+def test_captures_mark_the_steps_they_touch_and_a_failed_start_is_not_retried():
+    ok, refused = Stub(), Stub(starts=False)
+    captures = Captures([(ok, (2, 4)), (refused, (6, 8))], lambda m: None)
+    touched = [step for step in range(10) if captures.at_step(step)]
+    assert touched == [2, 3, 4]
+    assert ok.events == [("start", 2), ("step", 3), ("stop",)]
+    assert refused.events == [("start", 6)]
+
+
+def kernel(ts, correlation):
+    return {"ph": "X", "cat": "kernel", "name": "k", "ts": ts, "dur": 1, "args": {"correlation": correlation}}
+
+
+def launch(ts, correlation, cat="cuda_runtime"):
+    return {"ph": "X", "cat": cat, "name": "cudaLaunchKernel", "ts": ts, "dur": 1, "args": {"correlation": correlation}}
+
+
+def test_cuda_kernels_count_toward_the_step_that_launched_them():
+    step = [
+        {"ph": "X", "cat": "user_annotation", "name": f"ProfilerStep#{n}", "ts": 100 * n, "dur": 90} for n in (2, 3)
+    ]
+    events = step + [
+        launch(205, 1),
+        kernel(210, 1),
+        launch(250, 2, "cuda_driver"),  # a Triton kernel, launched through the driver API
+        kernel(295, 2),  # runs after its step's span ended: still step 2's
+        launch(300, 3),
+        kernel(320, 3),
+        kernel(330, 99),  # no launch event: counted by its own start
+        {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD", "ts": 305, "dur": 3, "args": {"correlation": 4}},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::add", "ts": 301, "dur": 3},
+    ]
+    counted = launches_per_step(events, cuda=True, first_step=10, steps=[12, 13])
+    assert counted["unit"] == "CUDA kernels" and counted["by_step"] == {"12": 2, "13": 2} and counted["mean"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cuda_capture_counts_the_kernels_each_step_launched(tmp_path):
+    x = torch.randn(1024, 1024, device="cuda")
+    captures = Captures([(TorchProfileCapture(tmp_path, "cuda", lambda m: None), (3, 6))], lambda m: None)
+    for step in range(8):
+        captures.at_step(step)
+        x.add_(1.0)
+        x.mul_(0.5)
+        torch.sin(x, out=x)  # three elementwise kernels per step
+    captures.close()
+    profile = json.loads((tmp_path / records.TORCH_PROFILE).read_text())
+    assert profile["clock"] == "cuda" and profile["steps"] == [3, 4, 5]
+    assert profile["kernels_per_step"]["unit"] == "CUDA kernels"
+    assert profile["kernels_per_step"]["by_step"] == {"3": 3, "4": 3, "5": 3}
