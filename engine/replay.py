@@ -19,7 +19,7 @@ import engine
 from engine.data import tensors
 from engine.errors import UserError, cli, parser
 from engine.model.losses import irn_losses, network_passes
-from engine.training import checkpoints
+from engine.training import checkpoints, config
 from profiling import records
 
 
@@ -39,8 +39,8 @@ def pick_event(folder, step):
 def losses_and_grad_norm(model, hr, lr_ref, noise, cfg):
     """Losses and the grad norm of the training objective for a batch (one sample or all)."""
     model.zero_grad(set_to_none=True)
-    y, z, reconstruction = network_passes(model, hr, noise, cfg["z_scale"])
-    losses = irn_losses(y, z, reconstruction, hr, lr_ref, cfg)
+    y, z, reconstruction = network_passes(model, hr, noise, cfg.z_scale)
+    losses = irn_losses(y, z, reconstruction, hr, lr_ref, **cfg.loss_weights)
     sum(losses.values()).backward()
     norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item()
     return {k: v.item() for k, v in losses.items()}, norm
@@ -48,7 +48,7 @@ def losses_and_grad_norm(model, hr, lr_ref, noise, cfg):
 
 def replay(folder, event, weights, device="cpu"):
     """[(sample, image, crop box, losses, grad norm)] for each sample of the event's batch, then the whole batch."""
-    cfg = records.read_config(folder)
+    cfg = config.from_record(records.read_config(folder))
     model = engine.load(weights, device=device).train()
     batch = torch.load(folder / event["batch_file"], weights_only=True)
     parts = [(str(i), event["images"][i], str(event["boxes"][i]), slice(i, i + 1)) for i in range(len(batch["hr"]))]
@@ -56,7 +56,7 @@ def replay(folder, event, weights, device="cpu"):
     for name, image, box, part in [*parts, ("batch", "all", "", slice(None))]:
         hr = tensors.to_float(batch["hr"][part].to(device))
         # batches of runs before the official LR reference carry none: theirs was bicubic on the crop
-        lr_ref = batch["lr_ref"][part].to(device) if "lr_ref" in batch else tensors.bicubic_down(hr, cfg["scale"])
+        lr_ref = batch["lr_ref"][part].to(device) if "lr_ref" in batch else tensors.bicubic_down(hr, cfg.scale)
         rows.append((name, image, box, *losses_and_grad_norm(model, hr, lr_ref, batch["noise"][part].to(device), cfg)))
     return rows
 

@@ -8,6 +8,7 @@ config. The counts are of the eager ops; torch.compile fuses some of them.
 
 import json
 import sys
+from dataclasses import replace
 
 from rich.console import Console
 from rich.table import Table
@@ -55,10 +56,10 @@ def main(argv=None):
         raise UserError("--name names a new training run; the census makes none (drop it)")
     if flags.resume:  # one rank's step, as the run's own census.json counts it
         envs = records.read_envs(records.find(flags.resume))
-        cfg["batch_size"] //= envs[-1].get("world_size", 1) if envs else 1
+        cfg = replace(cfg, batch_size=cfg.batch_size // (envs[-1].get("world_size", 1) if envs else 1))
     counted = census_json(cfg)
-    launch_us = roofline.launch_cost_us(cfg["compile"])
-    forecasts = roofline.forecasts(counted, cfg["precision"], cfg["tf32"], launch_us)
+    launch_us = roofline.launch_cost_us(cfg.compile)
+    forecasts = roofline.forecasts(counted, cfg.precision, cfg.tf32, launch_us)
     if as_json:
         print(json.dumps({**counted, "forecasts": forecasts}, indent=1))
         return
@@ -68,7 +69,7 @@ def main(argv=None):
     shape = f"x{s['scale']}, batch {s['batch_size']}, {s['crop']}x{s['crop']}"
     title = f"one training step at {shape}, {s['precision']}, {path}"
     console.print(census_table(counted, title))
-    console.print(forecast_table(forecasts, cfg["precision"], cfg["batch_size"], launch_us))
+    console.print(forecast_table(forecasts, cfg.precision, cfg.batch_size, launch_us))
 
 
 if __name__ == "__main__":

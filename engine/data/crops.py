@@ -85,17 +85,17 @@ class RankSamples(torch.utils.data.Sampler):
 
 def loader(data, cfg, start_sample, rank=0, world=1, pin_memory=False, worker_init_fn=None):
     """Batches of this rank's share of the global sample stream, from global sample `start_sample` on."""
-    per_rank = cfg["batch_size"] // world
+    per_rank = cfg.batch_size // world
     return torch.utils.data.DataLoader(
-        CropDataset(data, cfg["crop"], cfg["seed"], cfg["scale"]),
+        CropDataset(data, cfg.crop, cfg.seed, cfg.scale),
         batch_size=per_rank,
-        sampler=RankSamples(start_sample, cfg["batch_size"], rank, per_rank),
-        num_workers=cfg["workers"],
+        sampler=RankSamples(start_sample, cfg.batch_size, rank, per_rank),
+        num_workers=cfg.workers,
         pin_memory=pin_memory,
-        persistent_workers=cfg["workers"] > 0,
-        prefetch_factor=4 if cfg["workers"] > 0 else None,
+        persistent_workers=cfg.workers > 0,
+        prefetch_factor=4 if cfg.workers > 0 else None,
         worker_init_fn=worker_init_fn,
-        generator=torch.Generator().manual_seed(cfg["seed"]),  # keeps the loader off the global RNG
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the loader off the global RNG
     )
 
 

@@ -29,10 +29,10 @@ def network_passes(model, hr, noise, z_scale=1.0):
     return y, z, reconstruction
 
 
-def irn_losses(y, z, reconstruction, hr, lr_ref, cfg):
+def irn_losses(y, z, reconstruction, hr, lr_ref, lambda_fit, lambda_ce, lambda_rec):
     """The weighted losses by name; their sum is the training objective."""
     return {
-        "forw_fit": cfg["lambda_fit"] * forward_fit(y, lr_ref.detach()),
-        "forw_ce": cfg["lambda_ce"] * latent(z),
-        "back_rec": cfg["lambda_rec"] * charbonnier(reconstruction, hr),
+        "forw_fit": lambda_fit * forward_fit(y, lr_ref.detach()),
+        "forw_ce": lambda_ce * latent(z),
+        "back_rec": lambda_rec * charbonnier(reconstruction, hr),
     }

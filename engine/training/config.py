@@ -12,6 +12,7 @@ import difflib
 import math
 import re
 import tomllib
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from engine.errors import UserError, parser
@@ -82,52 +83,52 @@ def choice(*options):
     return lambda v, cfg: None if v in options else f"{', '.join(options[:-1])} or {options[-1]}"
 
 
-def text(v, cfg):
+def is_text(v, cfg):
     return None if isinstance(v, str) else 'a text (a folder path, or "")'
 
 
-def boolean(v, cfg):
+def is_bool(v, cfg):
     return None if isinstance(v, bool) else "true or false"
 
 
-def scale_factor(v, cfg):
+def a_scale(v, cfg):
     ok = _is_int(v) and (v == 3 or v >= 2 and v & (v - 1) == 0)
     return None if ok else "a power of two (2, 4, 8, 16, ...) or 3"
 
 
-def crop_size(v, cfg):
+def a_crop(v, cfg):
     scale = cfg["scale"]
     ok = _is_int(v) and v % scale == 0 and v >= 2 * scale
     return None if ok else f"a multiple of the scale {scale}, at least {2 * scale}"
 
 
-def batch_size(v, cfg):
+def a_batch(v, cfg):
     world = cfg["_world"]
     if _is_int(v) and v >= 1 and v % world == 0:
         return None
     return f"an integer >= 1 divisible by the {world} ranks" if world > 1 else "an integer >= 1"
 
 
-def betas(v, cfg):
+def two_betas(v, cfg):
     ok = isinstance(v, list) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v)
     return None if ok else "two numbers in [0, 1), like 0.9,0.999"
 
 
-def milestones(v, cfg):
+def increasing_steps(v, cfg):
     ok = isinstance(v, list) and all(_is_int(m) and m >= 1 for m in v) and v == sorted(set(v))
     return None if ok else "increasing step numbers >= 1, like 100000,200000 (or empty)"
 
 
-def device(v, cfg):
+def a_device(v, cfg):
     return None if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) else "auto, cpu, cuda or cuda:N"
 
 
-def window(v, cfg):
+def a_window(v, cfg):
     ok = isinstance(v, str) and _parses(lambda t: parse_window(t, ""), v)
     return None if ok else 'START:STOP step numbers with 0 <= START < STOP, or ""'
 
 
-def duration(v, cfg):
+def a_duration(v, cfg):
     ok = isinstance(v, str) and _parses(parse_duration, v) and parse_duration(v) != 0
     return None if ok else 'a duration like 11h50m, 90m or 3600s, or "" for none'
 
@@ -142,51 +143,73 @@ def _parses(parse, value):
 
 INTEGERS = list_of(int, "comma-separated integers")
 NUMBERS = list_of(float, "comma-separated numbers")
-KEYS = {  # key: (how its flag's text is read, the rule its value must meet)
-    "scale": (int, scale_factor),
-    "blocks_per_stage": (int, integer(1)),
-    "growth": (int, integer(1)),
-    "clamp": (float, number(0, strict=True)),
-    "invertible_backprop": (parse_bool, boolean),
-    "data": (str, text),
-    "val": (str, text),
-    "crop": (int, crop_size),
-    "batch_size": (int, batch_size),
-    "workers": (int, integer(0)),
-    "val_every": (int, integer(0)),
-    "val_max_images": (int, integer(0)),
-    "steps": (int, integer(1)),
-    "lr": (float, number(0, strict=True)),
-    "betas": (NUMBERS, betas),
-    "weight_decay": (float, number(0)),
-    "lr_milestones": (INTEGERS, milestones),
-    "lr_gamma": (float, number(0, strict=True)),
-    "grad_clip": (float, number(0, strict=True)),
-    "seed": (int, integer(0)),
-    "lambda_fit": (float, number(0)),
-    "lambda_ce": (float, number(0)),
-    "lambda_rec": (float, number(0)),
-    "z_scale": (float, number(0)),
-    "explosion_factor": (float, number(0)),
-    "explosion_window": (int, integer(1)),
-    "max_bad_steps": (int, integer(1)),
-    "explosion_batches_kept": (int, integer(0)),
-    "device": (str, device),
-    "precision": (str, choice(*PRECISIONS)),
-    "fast_kernels": (parse_bool, boolean),
-    "compile": (str, choice("off", *COMPILE_MODES)),
-    "cudnn_benchmark": (parse_bool, boolean),
-    "tf32": (parse_bool, boolean),
-    "checkpoint_every": (int, integer(0)),
-    "checkpoints_kept": (int, integer(1)),
-    "time_limit": (str, duration),
-    "init_from": (str, text),
-    "py_spy": (str, window),
-    "py_spy_native": (parse_bool, boolean),
-    "torch_profile": (str, window),
-    "gpu_sample_ms": (int, integer(1)),
-    "tensorboard": (parse_bool, boolean),
-}
+
+
+def config_key(read, rule):
+    """A config key: how its flag's text is read, and the rule its value must meet (None, or what is allowed)."""
+    return field(metadata={"read": read, "rule": rule})
+
+
+@dataclass(frozen=True)
+class Config:
+    """A run's resolved config: every key of configs/*.toml (each one a flag), checked, built once by
+    `resolve()`. The defaults live in the files (configs/irn_x4.toml holds every key, its section and its
+    comment), not here. `replace(cfg, key=value)` makes a variant; config.json holds `cfg.to_json()`."""
+
+    scale: int = config_key(int, a_scale)
+    blocks_per_stage: int = config_key(int, integer(1))
+    growth: int = config_key(int, integer(1))
+    clamp: float = config_key(float, number(0, strict=True))
+    invertible_backprop: bool = config_key(parse_bool, is_bool)
+    data: str = config_key(str, is_text)
+    val: str = config_key(str, is_text)
+    crop: int = config_key(int, a_crop)
+    batch_size: int = config_key(int, a_batch)
+    workers: int = config_key(int, integer(0))
+    val_every: int = config_key(int, integer(0))
+    val_max_images: int = config_key(int, integer(0))
+    steps: int = config_key(int, integer(1))
+    lr: float = config_key(float, number(0, strict=True))
+    betas: list = config_key(NUMBERS, two_betas)
+    weight_decay: float = config_key(float, number(0))
+    lr_milestones: list = config_key(INTEGERS, increasing_steps)
+    lr_gamma: float = config_key(float, number(0, strict=True))
+    grad_clip: float = config_key(float, number(0, strict=True))
+    seed: int = config_key(int, integer(0))
+    lambda_fit: float = config_key(float, number(0))
+    lambda_ce: float = config_key(float, number(0))
+    lambda_rec: float = config_key(float, number(0))
+    z_scale: float = config_key(float, number(0))
+    explosion_factor: float = config_key(float, number(0))
+    explosion_window: int = config_key(int, integer(1))
+    max_bad_steps: int = config_key(int, integer(1))
+    explosion_batches_kept: int = config_key(int, integer(0))
+    device: str = config_key(str, a_device)
+    precision: str = config_key(str, choice(*PRECISIONS))
+    fast_kernels: bool = config_key(parse_bool, is_bool)
+    compile: str = config_key(str, choice("off", *COMPILE_MODES))
+    cudnn_benchmark: bool = config_key(parse_bool, is_bool)
+    tf32: bool = config_key(parse_bool, is_bool)
+    checkpoint_every: int = config_key(int, integer(0))
+    checkpoints_kept: int = config_key(int, integer(1))
+    time_limit: str = config_key(str, a_duration)
+    init_from: str = config_key(str, is_text)
+    py_spy: str = config_key(str, a_window)
+    py_spy_native: bool = config_key(parse_bool, is_bool)
+    torch_profile: str = config_key(str, a_window)
+    gpu_sample_ms: int = config_key(int, integer(1))
+    tensorboard: bool = config_key(parse_bool, is_bool)
+    config: str = DEFAULT  # the config file it came from: a name in configs/ or a .toml path
+
+    def to_json(self):
+        return asdict(self)
+
+    @property
+    def loss_weights(self):
+        return {"lambda_fit": self.lambda_fit, "lambda_ce": self.lambda_ce, "lambda_rec": self.lambda_rec}
+
+
+KEYS = {f.name: (f.metadata["read"], f.metadata["rule"]) for f in fields(Config) if f.metadata}
 
 
 def check(cfg, world=1):
@@ -199,7 +222,7 @@ def check(cfg, world=1):
         raise UserError(f"unknown config key {unknown[0]!r}{_suggestion(unknown[0], KEYS)}")
     context = {**cfg, "_world": world}
     for key, (read, rule) in KEYS.items():
-        if key == "crop" and scale_factor(cfg["scale"], context):
+        if key == "crop" and a_scale(cfg["scale"], context):
             continue  # the scale's own message comes first
         allowed = rule(cfg[key], context)
         if allowed:
@@ -316,13 +339,30 @@ def _flag_parser(cfg, help_texts, prog, origin):
 
 
 def resolve(argv, resumed_config=None, world=1, prog="python -m engine.train", keep_checkpointed=True):
-    """(config, run flags): the chosen config with the command line applied, every value checked.
+    """(Config, run flags): the chosen config with the command line applied, every value checked.
 
     `resumed_config(run)` gives the config.json of the run that --resume names: the run continues with
     it; keys it lacks (added to the project since) take the schema config's values. `world` is the
     number of ranks the batch is split across. --help prints every key and exits. `keep_checkpointed`:
     a resumed run keeps what its checkpoint fixes (a tool that loads no checkpoint may change it).
     """
+    flags, remaining = _run_flags(argv, prog)
+    if flags.resume and resumed_config:
+        values, help_texts = _resumed(resumed_config(flags.resume)), load(SCHEMA)[1]
+        name, origin = values.pop("config", DEFAULT), f"run {flags.resume}"
+    else:
+        name = flags.config or DEFAULT
+        (values, help_texts), origin = load(name), f"config {name}"
+    given = _flag_values(remaining, values, help_texts, prog, origin)
+    if flags.resume and keep_checkpointed:
+        _refuse_changes_a_checkpoint_fixes(values, given)
+    values.update(given)
+    check(values, world)
+    return built(values, name), flags
+
+
+def _run_flags(argv, prog):
+    """(--config, --resume and --name, the rest of the command line)."""
     pre = parser(prog, None, add_help=False)
     pre.allow_abbrev = False
     for name in RUN_FLAGS:
@@ -330,28 +370,37 @@ def resolve(argv, resumed_config=None, world=1, prog="python -m engine.train", k
     flags, remaining = pre.parse_known_args(argv)
     if flags.resume and flags.config:
         raise UserError("--resume continues a run with its own config; drop --config (override single keys instead)")
-    if flags.resume and resumed_config:
-        resumed = resumed_config(flags.resume)
-        cfg, help_texts = load(SCHEMA)  # never the run's own file: it may have moved or changed since
-        cfg.update({k: v for k, v in resumed.items() if k in KEYS})
-        name, origin = resumed.get("config", DEFAULT), f"run {flags.resume}"
-    else:
-        name = flags.config or DEFAULT
-        cfg, help_texts = load(name)
-        origin = f"config {name}"
-    full = _flag_parser(cfg, help_texts, prog, origin)
-    if any(arg in ("-h", "--help") for arg in remaining):
+    return flags, remaining
+
+
+def _resumed(record):
+    """A run's config.json as values: the schema's for keys it lacks (added to the project since); never the
+    run's own file, which may have moved or changed since."""
+    return load(SCHEMA)[0] | {k: v for k, v in record.items() if k in KEYS or k == "config"}
+
+
+def from_record(record):
+    """The Config of a run's config.json (keys it lacks take the schema's values), checked."""
+    values = _resumed(record)
+    name = values.pop("config", DEFAULT)
+    check(values)
+    return built(values, name)
+
+
+def built(values, name):
+    """The Config of checked values (lists become tuples: the record is frozen all the way down)."""
+    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}, config=name)
+
+
+def _flag_values(argv, values, help_texts, prog, origin):
+    """{key: value} of the keys the command line sets; --help prints every key and exits."""
+    full = _flag_parser(values, help_texts, prog, origin)
+    if any(arg in ("-h", "--help") for arg in argv):
         full.parse_args(["--help"])  # prints the help and exits 0
-    overrides, unknown = full.parse_known_args(remaining)
+    overrides, unknown = full.parse_known_args(argv)
     if unknown:
-        raise UserError(_unknown_message(unknown[0], cfg))
-    given = {k: v for k, v in vars(overrides).items() if v is not None and k in KEYS}
-    if flags.resume and keep_checkpointed:
-        _refuse_changes_a_checkpoint_fixes(cfg, given)
-    cfg.update(given)
-    check(cfg, world)
-    cfg["config"] = name
-    return cfg, flags
+        raise UserError(_unknown_message(unknown[0], values))
+    return {k: v for k, v in vars(overrides).items() if v is not None and k in KEYS}
 
 
 def _refuse_changes_a_checkpoint_fixes(cfg, given):

@@ -1,10 +1,13 @@
 """What the trainer shows: a rich progress bar while it runs and a one-screen summary at the end."""
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from profiling import records
 from profiling.stats import first_last_min
+
+console = Console(stderr=True, soft_wrap=True)  # the trainer's messages: each one line, however long
 
 
 class TrainingProgress:
@@ -44,9 +47,9 @@ def summary(console, folder, cfg, start, end, seconds, stopped):
     vals = [r for r in metrics if "val_psnr_y" in r]
     events = records.read_jsonl(folder / records.EXPLOSIONS)
     table = Table(title=f"run {folder.name}", show_header=False, box=None)
-    table.add_row("steps", f"{start} -> {end} of {cfg['steps']}" + (f" (stopped: {stopped})" if stopped else ""))
+    table.add_row("steps", f"{start} -> {end} of {cfg.steps}" + (f" (stopped: {stopped})" if stopped else ""))
     rate = (end - start) / max(seconds, 1e-9)
-    table.add_row("time", f"{seconds:.1f} s, {rate:.2f} it/s, {rate * cfg['batch_size']:.1f} images/s")
+    table.add_row("time", f"{seconds:.1f} s, {rate:.2f} it/s, {rate * cfg.batch_size:.1f} images/s")
     if losses:
         k = max(1, min(10, len(losses) // 4))
         moved = first_last_min(losses, k)

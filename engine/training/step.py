@@ -73,30 +73,30 @@ class Trainer:
     def __init__(self, cfg, device, ranks=None):
         self.cfg, self.device, self.ranks = cfg, device, ranks or distributed.Ranks()
         self.model = engine.build(
-            cfg["scale"], blocks_per_stage=cfg["blocks_per_stage"], growth=cfg["growth"], clamp=cfg["clamp"]
+            cfg.scale, blocks_per_stage=cfg.blocks_per_stage, growth=cfg.growth, clamp=cfg.clamp
         ).to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # Fused Adam skips an update on the device when told to (found_inf): no host sync per step.
         self.optimizer = torch.optim.Adam(
-            self.params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], fused=True
+            self.params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True
         )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg["lr_milestones"], cfg["lr_gamma"])
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"] == "fp16")
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.lr_milestones, cfg.lr_gamma)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         self.late = LateValues(device)
-        execution.configure_backends(cfg["cudnn_benchmark"], cfg["tf32"])
-        execution.set_subnet_precision(self.model, cfg["precision"])
-        execution.use_invertible_backprop(self.model, cfg["invertible_backprop"])
+        execution.configure_backends(cfg.cudnn_benchmark, cfg.tf32)
+        execution.set_subnet_precision(self.model, cfg.precision)
+        execution.use_invertible_backprop(self.model, cfg.invertible_backprop)
         # Fast kernels swap ops inside the same modules; compile traces whichever ops are in place.
-        self.kernel_note = execution.fast_kernels_unavailable(device) if cfg["fast_kernels"] else None
+        self.kernel_note = execution.fast_kernels_unavailable(device) if cfg.fast_kernels else None
         self.dense_note = None
-        if cfg["fast_kernels"] and self.kernel_note is None:
+        if cfg.fast_kernels and self.kernel_note is None:
             self.dense_note = execution.dense_kernels_unavailable(device)
             execution.use_fast_kernels(self.model, dense=self.dense_note is None)
         self.net, self.allreduce = self.model, None
         if self.ranks.active:
             self.net, self.allreduce = distributed.wrap(self.model, self.ranks, device)
-        if cfg["compile"] != "off":
-            self.net = execution.compile_model(self.net, cfg["compile"], device)
+        if cfg.compile != "off":
+            self.net = execution.compile_model(self.net, cfg.compile, device)
 
     def state(self, step):
         return {
@@ -106,7 +106,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": step,
-            "config": self.cfg,
+            "config": self.cfg.to_json(),
         }
 
     def load_state(self, state):
@@ -145,16 +145,16 @@ class Trainer:
             noise = batch["noise"].to(self.device, non_blocking=True)
             lr_ref = batch["lr_ref"].to(self.device, non_blocking=True)
         with timer.phase("forward"):
-            y, z, reconstruction = network_passes(self.net, hr, noise, cfg["z_scale"])
+            y, z, reconstruction = network_passes(self.net, hr, noise, cfg.z_scale)
         with timer.phase("loss"):
-            losses = irn_losses(y, z, reconstruction, hr, lr_ref, cfg)
+            losses = irn_losses(y, z, reconstruction, hr, lr_ref, **cfg.loss_weights)
             total = sum(losses.values())
         with timer.phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
         with timer.phase("optimizer"):
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg["grad_clip"], foreach=True)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
             # Losses averaged over ranks (the grad norm already is), so every rank decides alike.
             averaged = distributed.mean_over_ranks(torch.stack(list(losses.values())).detach(), self.ranks)
             values = torch.cat([averaged, norm.reshape(1)])

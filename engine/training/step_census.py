@@ -1,6 +1,8 @@
 """The census of this project's training step: one step of a config counted on fake tensors by the profiling
 runtime's counter (profiling/runtime/counting.py), as census.json and `python -m profiling.census` hold it."""
 
+from dataclasses import replace
+
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -18,19 +20,19 @@ def census(cfg, fast_kernels=None, fused_dense=True):
     """
     from kernels import coupling, dense, haar
 
-    fast = cfg["fast_kernels"] if fast_kernels is None else fast_kernels
+    fast = cfg.fast_kernels if fast_kernels is None else fast_kernels
     counter = StepCounter(launches={**haar.LAUNCHES, **coupling.LAUNCHES, **dense.LAUNCHES}, traffic=dense.TRAFFIC)
     # Built for real (FrEIA's Haar computes its permutation from values); the step then runs on fake
     # tensors, the real weights standing in as fake ones.
-    trainer = Trainer({**cfg, "fast_kernels": False, "compile": "off"}, torch.device("cpu"))
+    trainer = Trainer(replace(cfg, fast_kernels=False, compile="off"), torch.device("cpu"))
     trainer.initialise_optimizer_state()  # a steady-state step: Adam's moments exist already
     if fast:
         execution.use_fast_kernels(trainer.model, dense=fused_dense)
     with FakeTensorMode(allow_non_fake_inputs=True):
-        batch = crops.empty_batch(cfg["batch_size"], cfg["crop"], cfg["scale"])
+        batch = crops.empty_batch(cfg.batch_size, cfg.crop, cfg.scale)
         with counter.counting():
             trainer.step(batch, counter, guard=None, step=0)
-    setting = {k: cfg[k] for k in ("scale", "batch_size", "crop", "precision", "blocks_per_stage", "growth")}
+    setting = {k: getattr(cfg, k) for k in ("scale", "batch_size", "crop", "precision", "blocks_per_stage", "growth")}
     return counter.census(setting | {"fast_kernels": fast})
 
 

@@ -3,13 +3,14 @@ peak allocated memory, time, and the error of the recomputed inputs."""
 
 import json
 import tempfile
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from engine.data import tensors
+from engine.data import crops, tensors
 from engine.model.invertible_backprop import reconstruction_errors, saved_bytes
 from engine.model.irn import IMAGE_CHANNELS, quantize
 from engine.model.losses import irn_losses, network_passes
@@ -22,16 +23,15 @@ from profiling.runtime.timer import PhaseTimer
 def activation_bytes(cfg):
     """Bytes autograd saves for the backward in one step's two passes and losses, counted on fake
     tensors at the step's real size (no compute)."""
-    trainer = Trainer({**cfg, "fast_kernels": False, "compile": "off"}, torch.device("cpu"))
+    trainer = Trainer(replace(cfg, fast_kernels=False, compile="off"), torch.device("cpu"))
     model, exclude = trainer.model, [*trainer.model.parameters(), *trainer.model.buffers()]
-    b, crop, side = cfg["batch_size"], cfg["crop"], cfg["crop"] // cfg["scale"]
     with FakeTensorMode(allow_non_fake_inputs=True):
-        hr, lr_ref = torch.empty(b, 3, crop, crop), torch.empty(b, 3, side, side)
-        noise = torch.empty(b, model.z_channels(), side, side)
+        batch = crops.empty_batch(cfg.batch_size, cfg.crop, cfg.scale)
+        hr = tensors.to_float(batch["hr"])
 
         def step():
-            y, z, reconstruction = network_passes(model, hr, noise)
-            return sum(irn_losses(y, z, reconstruction, hr, lr_ref, cfg).values())
+            y, z, reconstruction = network_passes(model, hr, batch["noise"])
+            return sum(irn_losses(y, z, reconstruction, hr, batch["lr_ref"], **cfg.loss_weights).values())
 
         return saved_bytes(step, exclude=exclude)[1]
 
@@ -85,7 +85,7 @@ def bench_memory(args, device):
     result.rows.append(["ratio", f"{saved1 / saved0:.1%}", f"{peak1 / peak0:.1%}", f"{ms1 / ms0:.2f}x"])
     result.notes.append(f"activations: saved-tensor hooks on fake tensors at this size; peak: {clock}")
     steps = args.warmup + args.steps + 1  # the timed ones, then the one whose peak is measured
-    tf32 = device.type == "cuda" and cfg["tf32"]
+    tf32 = device.type == "cuda" and cfg.tf32
     result.notes.append(
         f"largest error of the inputs recomputed by inversion ({'TF32' if tf32 else 'fp32'} convolutions, at the "
         f"weights {steps} steps from their initialisation): HR -> LR {errors[0]:.1e}, LR, z -> HR {errors[1]:.1e}"

@@ -24,9 +24,7 @@ def bench_overhead(args, device):
     for _ in range(args.rounds):
         for key, timer in timers.items():
             on = key == "on"
-            sampler = (
-                Sampler(samples, cfg["gpu_sample_ms"], log=lambda m: None, devices=device) if on else nullcontext()
-            )
+            sampler = Sampler(samples, cfg.gpu_sample_ms, log=lambda m: None, devices=device) if on else nullcontext()
             with sampler:
                 times[key].append(timed(partial(run, timer), device, warmup=1, repeats=args.steps))
             timer.flush()

@@ -2,11 +2,13 @@
 per step, profiled and counted."""
 
 import tempfile
+from dataclasses import replace
 from functools import partial
 
 import torch
 from torch._dynamo.utils import counters
 
+from engine.data import crops
 from engine.errors import UserError
 from engine.training import config
 from engine.training.explosion_guard import ExplosionGuard
@@ -34,7 +36,7 @@ VARIANTS = {
 def step_config(args, overrides):
     flags = ["--config", f"irn_x{args.scale}", "--batch-size", str(args.batch), "--crop", str(args.crop)]
     cfg, _ = config.resolve(flags, prog="python -m profiling.bench")
-    return {**cfg, **overrides}
+    return replace(cfg, **overrides)
 
 
 def step_runner(cfg, device, folder=None):
@@ -43,16 +45,7 @@ def step_runner(cfg, device, folder=None):
     trainer = Trainer(cfg, device)
     if trainer.kernel_note:
         raise UserError(f"--fast-kernels: {trainer.kernel_note}; run the fast variants on a CUDA GPU")
-    g = torch.Generator().manual_seed(0)
-    b, crop, side = cfg["batch_size"], cfg["crop"], cfg["crop"] // cfg["scale"]
-    batch = {
-        "hr": torch.randint(0, 256, (b, 3, crop, crop), dtype=torch.uint8, generator=g),
-        "lr_ref": torch.rand(b, 3, side, side, generator=g),
-        "noise": torch.randn(b, trainer.model.z_channels(), side, side, generator=g),
-        "image": torch.zeros(b, dtype=torch.long),
-        "box": torch.zeros(b, 4, dtype=torch.long),
-        "aug": torch.zeros(b, dtype=torch.long),
-    }
+    batch = crops.random_batch(cfg.batch_size, cfg.crop, cfg.scale, torch.Generator().manual_seed(0))
     if device.type == "cuda":
         batch = {k: v.pin_memory() for k, v in batch.items()}
     guard = ExplosionGuard(folder or tempfile.mkdtemp(), float("inf"), 10, 10**9, ["random"])
@@ -108,15 +101,15 @@ def bench_step(args, device):
         counters.clear()
         run = step_runner(cfg, device)
         ms = timed(partial(run, PhaseTimer(device, enabled=False)), device, warmup=args.warmup, repeats=args.steps)
-        if cfg["compile"] != "off" and not counters["stats"]["unique_graphs"]:
+        if cfg.compile != "off" and not counters["stats"]["unique_graphs"]:
             raise RuntimeError(f"variant {name} did not compile: dynamo made no graph")
         base = base or ms
         counted = census(cfg, fused_dense=run.trainer.dense_note is None)  # what this GPU runs
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"], torch.float32)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
         named = {"type": device.type, "name": device_name(device)}
         listed = device.type == "cuda" and roofline.named_gpu(named["name"])
-        measured = None if listed else matmul_tflops(device, dtype, cfg["tf32"])  # the trainer set it so
-        peak, source, _ = roofline.peak(named, cfg["precision"], cfg["tf32"], measured)
+        measured = None if listed else matmul_tflops(device, dtype, cfg.tf32)  # the trainer set it so
+        peak, source, _ = roofline.peak(named, cfg.precision, cfg.tf32, measured)
         achieved = counted.flops_per_step / ms / 1e9
         profiled = kernels_in_a_step(run, device)
         result.rows.append([

@@ -6,7 +6,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 import engine
 from engine import train
 from engine.data import crops, image_files, tensors
-from engine.training import config, run_folder
+from engine.training import config, run_folder, start
 from engine.training.explosion_guard import ExplosionGuard
 from engine.training.step import Trainer
 from kernels.precision import tf32_convolutions
@@ -36,12 +38,10 @@ def losses(run_dir):
 
 def tiny_trainer(image_folder, tmp_path, **overrides):
     cfg, _ = config.resolve([*TINY, "--data", str(image_folder)])
-    cfg.update(overrides)
-    images = image_files.read_folder(image_folder, cfg["crop"])
-    batch = next(iter(crops.loader(crops.training_set(images, cfg["scale"]), cfg, 0)))
-    guard = ExplosionGuard(
-        tmp_path, cfg["explosion_factor"], cfg["explosion_window"], cfg["max_bad_steps"], images.names
-    )
+    cfg = replace(cfg, **overrides)
+    images = image_files.read_folder(image_folder, cfg.crop)
+    batch = next(iter(crops.loader(crops.training_set(images, cfg.scale), cfg, 0)))
+    guard = ExplosionGuard(tmp_path, cfg.explosion_factor, cfg.explosion_window, cfg.max_bad_steps, images.names)
     return Trainer(cfg, torch.device("cpu")), batch, guard
 
 
@@ -228,7 +228,7 @@ def test_the_late_values_are_the_step_s_own(image_folder, tmp_path):
     losses, norm = losses_and_grad_norm(expected_weights, hr, second["lr_ref"], second["noise"], trainer.cfg)
     assert (result0.step, result1.step) == (0, 1)
     assert result1.losses == pytest.approx(losses, rel=1e-5) and result1.grad_norm == pytest.approx(norm, rel=1e-4)
-    assert result1.lr == trainer.cfg["lr"]
+    assert result1.lr == trainer.cfg.lr
 
 
 def test_fp16_overflow_is_left_to_the_scaler_not_recorded_as_an_explosion(image_folder, tmp_path):
@@ -307,7 +307,7 @@ def test_help_lists_every_flag_and_exits_0(in_tmp, capsys):
 def test_resume_folder_without_checkpoint(image_folder, in_tmp, capsys):
     (in_tmp / "runs" / "empty").mkdir(parents=True)
     (in_tmp / "runs" / "empty" / "config.json").write_text(
-        json.dumps(config.resolve([*TINY, "--data", str(image_folder)])[0])
+        json.dumps(config.resolve([*TINY, "--data", str(image_folder)])[0].to_json())
     )
     with pytest.raises(SystemExit):
         train.main(["--resume", "runs/empty"])
@@ -391,4 +391,4 @@ def test_two_jobs_starting_at_once_take_two_run_folders(in_tmp, monkeypatch):
 
 def test_one_gpu_index_for_several_ranks_is_one_line():
     with pytest.raises(engine.UserError, match="would put the 4 ranks of this node on one GPU.*--device cuda"):
-        train.pick_device({"device": "cuda:0", "precision": "fp32"}, ranks_here=4)
+        start.pick_device(SimpleNamespace(device="cuda:0", precision="fp32"), ranks_here=4)

@@ -1,10 +1,12 @@
 """A training step on a real GPU: no host sync beyond the designed one, and the fused path's agreement."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 
+from engine.data import crops
 from engine.training import config
 from engine.training.explosion_guard import ExplosionGuard
 from engine.training.step import Trainer
@@ -13,16 +15,9 @@ from profiling.runtime.timer import PhaseTimer
 
 def trainer_and_batch(tmp_path, **overrides):
     cfg, _ = config.resolve(["--config", "irn_x4", "--batch-size", "4", "--crop", "48"])
-    cfg.update(overrides)
+    cfg = replace(cfg, **overrides)
     trainer = Trainer(cfg, torch.device("cuda"))
-    b, crop = cfg["batch_size"], cfg["crop"]
-    batch = {
-        "hr": torch.randint(0, 256, (b, 3, crop, crop), dtype=torch.uint8).pin_memory(),
-        "lr_ref": torch.rand(b, 3, crop // 4, crop // 4).pin_memory(),
-        "noise": torch.randn(b, 45, crop // 4, crop // 4).pin_memory(),
-        "image": torch.zeros(b, dtype=torch.long),
-        "box": torch.zeros(b, 4, dtype=torch.long),
-    }
+    batch = {k: v.pin_memory() for k, v in crops.random_batch(cfg.batch_size, cfg.crop, cfg.scale).items()}
     guard = ExplosionGuard(tmp_path, 10.0, 200, 5, ["random"])
     return trainer, batch, guard
 

@@ -23,7 +23,7 @@ CFG = {"lambda_fit": 16.0, "lambda_ce": 1.0, "lambda_rec": 1.0}
 def loss_and_grads(model, hr, noise):
     model.zero_grad()
     y, z, back = network_passes(model, hr, noise)
-    loss = sum(irn_losses(y, z, back, hr, torch.nn.functional.avg_pool2d(hr, model.scale), CFG).values())
+    loss = sum(irn_losses(y, z, back, hr, torch.nn.functional.avg_pool2d(hr, model.scale), **CFG).values())
     loss.backward()
     return (y, z, back), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 

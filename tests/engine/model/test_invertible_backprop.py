@@ -49,7 +49,7 @@ def batch(scale, dtype=torch.float64, size=16):
 def step(model, hr, noise, lr_ref):
     """The training step's forward and losses: (y, z, reconstruction), total loss."""
     y, z, reconstruction = network_passes(model, hr, noise)
-    return (y, z, reconstruction), sum(irn_losses(y, z, reconstruction, hr, lr_ref, CFG).values())
+    return (y, z, reconstruction), sum(irn_losses(y, z, reconstruction, hr, lr_ref, **CFG).values())
 
 
 def step_grads(model, hr, noise, lr_ref):

@@ -18,7 +18,7 @@ def test_losses_equal_their_formulas_on_a_hand_made_case():
 def test_weights_scale_each_loss():
     y, z, back, hr = torch.ones(1, 3, 2, 2), torch.ones(1, 9, 2, 2), torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
     cfg = {"lambda_fit": 16.0, "lambda_ce": 2.0, "lambda_rec": 0.5}
-    losses = irn_losses(y, z, back, hr, torch.zeros(1, 3, 2, 2), cfg)
+    losses = irn_losses(y, z, back, hr, torch.zeros(1, 3, 2, 2), **cfg)
     assert losses["forw_fit"].item() == 16 * 12
     assert losses["forw_ce"].item() == 2 * 36
     assert abs(losses["back_rec"].item() - 0.5 * 48 * math.sqrt(1 + 1e-6)) < 1e-4

@@ -170,8 +170,8 @@ def test_the_x3_config_is_the_official_recipe_and_builds_the_official_network():
 
     cfg, _ = config.resolve(["--config", "irn_x3"])
     x4, _ = config.resolve(["--config", "irn_x4"])
-    assert (cfg["scale"], cfg["blocks_per_stage"], cfg["lambda_fit"], cfg["crop"]) == (3, 12, 9.0, 144)
-    differ = {k for k in cfg if cfg[k] != x4[k]}
+    assert (cfg.scale, cfg.blocks_per_stage, cfg.lambda_fit, cfg.crop) == (3, 12, 9.0, 144)
+    differ = {k for k, v in cfg.to_json().items() if v != x4.to_json()[k]}
     assert differ == {"scale", "blocks_per_stage", "lambda_fit", "config"}  # otherwise the x4 recipe
-    model = engine.build(cfg["scale"], blocks_per_stage=cfg["blocks_per_stage"], growth=cfg["growth"])
+    model = engine.build(cfg.scale, blocks_per_stage=cfg.blocks_per_stage, growth=cfg.growth)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 3_139_029

@@ -26,8 +26,8 @@ def test_every_config_has_every_key_documented_and_valid(name):
 def test_overrides_of_any_key_and_types():
     argv = ["--config", "irn_x2", "--lr", "1e-3", "--lr-milestones", "5,7", "--fast-kernels", "--crop", "96"]
     cfg, _ = config.resolve(argv)
-    assert cfg["lr"] == 1e-3 and cfg["lr_milestones"] == [5, 7] and cfg["fast_kernels"] is True and cfg["crop"] == 96
-    assert cfg["scale"] == 2 and cfg["config"] == "irn_x2"
+    assert cfg.lr == 1e-3 and cfg.lr_milestones == (5, 7) and cfg.fast_kernels is True and cfg.crop == 96
+    assert cfg.scale == 2 and cfg.config == "irn_x2"
 
 
 def test_help_lists_every_key_by_section_with_its_value_and_comment(capsys):
@@ -94,13 +94,13 @@ def test_every_bad_value_is_one_line_naming_flag_value_and_what_is_allowed(argv,
 def test_the_batch_must_split_evenly_across_ranks():
     with pytest.raises(UserError, match="--batch-size 6: expected an integer >= 1 divisible by the 4 ranks"):
         config.resolve(["--batch-size", "6"], world=4)
-    assert config.resolve(["--batch-size", "8"], world=4)[0]["batch_size"] == 8
+    assert config.resolve(["--batch-size", "8"], world=4)[0].batch_size == 8
 
 
 def test_flag_types_come_from_the_key_not_from_the_file_s_value(tmp_path):
     (tmp_path / "odd.toml").write_text('base = "irn_x4"\n[optimisation]\nlr_milestones = []\ngrad_clip = 10\n')
     cfg, _ = config.resolve(["--config", str(tmp_path / "odd.toml"), "--lr-milestones", "100", "--grad-clip", "0.5"])
-    assert cfg["lr_milestones"] == [100] and cfg["grad_clip"] == 0.5
+    assert cfg.lr_milestones == (100,) and cfg.grad_clip == 0.5
 
 
 def test_config_files_are_checked_too(tmp_path):
@@ -132,14 +132,14 @@ def test_resume_never_reads_the_run_s_original_file(tmp_path):
     """The run's config.json is the whole truth: its config file may have moved or changed since."""
     run = {**config.load("irn_x2")[0], "config": str(tmp_path / "gone.toml"), "steps": 77}
     cfg, _ = config.resolve(["--resume", "r"], resumed_config=lambda name: dict(run))
-    assert cfg["scale"] == 2 and cfg["steps"] == 77 and cfg["config"] == str(tmp_path / "gone.toml")
+    assert cfg.scale == 2 and cfg.steps == 77 and cfg.config == str(tmp_path / "gone.toml")
 
 
 def test_resume_takes_the_run_s_config_and_refuses_another():
     run = {**config.load("irn_x2")[0], "config": "irn_x2", "steps": 77}
     del run["gpu_sample_ms"]  # a key added after the run was made takes its config's value
     cfg, _ = config.resolve(["--resume", "r", "--steps", "99"], resumed_config=lambda name: dict(run))
-    assert cfg["scale"] == 2 and cfg["steps"] == 99 and cfg["gpu_sample_ms"] == 100 and cfg["config"] == "irn_x2"
+    assert cfg.scale == 2 and cfg.steps == 99 and cfg.gpu_sample_ms == 100 and cfg.config == "irn_x2"
     with pytest.raises(UserError, match="drop --config"):
         config.resolve(["--resume", "r", "--config", "irn_x4"], resumed_config=lambda name: dict(run))
 
@@ -160,7 +160,7 @@ def test_resume_refuses_what_the_checkpoint_fixes(args, remedy):
         config.resolve(["--resume", "r", *args], resumed_config=lambda name: dict(run))
     same = {"--growth": "32", "--lr": "2e-4", "--lr-milestones": "100000,200000,300000,400000"}[args[0]]
     cfg, _ = config.resolve(["--resume", "r", args[0], same], resumed_config=lambda name: dict(run))  # unchanged: fine
-    assert cfg["scale"] == 2
+    assert cfg.scale == 2
 
 
 @pytest.mark.parametrize("text, seconds", [("11h50m", 42600), ("90m", 5400), ("30s", 30), ("2h", 7200), ("", None)])

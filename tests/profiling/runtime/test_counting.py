@@ -1,6 +1,7 @@
 """The step census: counted on fake tensors, checked against a real step on the CPU and against hand counts."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from engine.data import crops
 from engine.training import config
 from engine.training.explosion_guard import ExplosionGuard
 from engine.training.step import Trainer
@@ -31,14 +33,7 @@ def real_step_flops(cfg, tmp_path):
     """FLOPs of one real training step on the CPU, as torch's FlopCounterMode counts them."""
     torch.manual_seed(0)
     trainer = Trainer(cfg, torch.device("cpu"))
-    b, crop, side = cfg["batch_size"], cfg["crop"], cfg["crop"] // cfg["scale"]
-    batch = {
-        "hr": torch.randint(0, 256, (b, 3, crop, crop), dtype=torch.uint8),
-        "lr_ref": torch.rand(b, 3, side, side),
-        "noise": torch.randn(b, trainer.model.z_channels(), side, side),
-        "image": torch.zeros(b, dtype=torch.long),
-        "box": torch.zeros(b, 4, dtype=torch.long),
-    }
+    batch = crops.random_batch(cfg.batch_size, cfg.crop, cfg.scale)
     guard = ExplosionGuard(tmp_path, 10.0, 200, 5, ["x"])
     with FlopCounterMode(display=False) as flops:
         trainer.step(batch, PhaseTimer("cpu", enabled=False), guard, 0)
@@ -142,13 +137,12 @@ def test_the_census_of_a_run_is_that_of_its_config(in_tmp, capsys):
     expected = json.loads(capsys.readouterr().out)
     cfg, _ = config.resolve(["--config", "irn_x2", *tiny[:-1]])
     Path("runs/r").mkdir(parents=True)
-    records.write_json(Path("runs/r") / records.CONFIG, cfg)
+    records.write_json(Path("runs/r") / records.CONFIG, cfg.to_json())
     census_cli.main(["--resume", "r", "--json"])
     assert json.loads(capsys.readouterr().out) == expected
     with records.JsonLines(Path("runs/r") / records.ENV) as env:
         env.write({"world_size": 2})  # two ranks: half the batch each
-    cfg["batch_size"] = 2
-    records.write_json(Path("runs/r") / records.CONFIG, cfg)
+    records.write_json(Path("runs/r") / records.CONFIG, replace(cfg, batch_size=2).to_json())
     census_cli.main(["--resume", "r", "--growth", "16", "--json"])  # a what-if: nothing is loaded
     counted = json.loads(capsys.readouterr().out)
     assert counted["setting"]["batch_size"] == 1 and counted["setting"]["growth"] == 16

@@ -1,0 +1,226 @@
+"""The training loop: data, step, log; validation and checkpoints on schedule; a stop on a signal, at the time
+limit or after the last step, always with a checkpoint.
+
+A step's losses reach the host one step late (engine/training/step.py), so its metrics line is written in
+the next iteration; before scheduled work the loop waits for them. Every rank runs the loop; rank 0 alone
+writes metrics, samples and checkpoints, each rank its own phase timings and GPU samples.
+"""
+
+import time
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+
+from engine.data import crops
+from engine.evaluation.grids import save_rescale_grid
+from engine.evaluation.scoring import VALIDATION, score_images, summarise
+from engine.training import checkpoints, config, distributed
+from engine.training.explosion_guard import ExplosionGuard
+from engine.training.progress import TrainingProgress, console
+from engine.training.stopping import StopRequest, ignore_stop_signals
+from profiling import records
+from profiling.runtime import tensorboard
+from profiling.runtime.captures import Captures, PySpyCapture, TorchProfileCapture
+from profiling.runtime.gpu_sampler import Sampler
+from profiling.runtime.timer import PhaseTimer
+
+
+def due(step, every):
+    """Whether a task run every `every` steps (0: never) falls on `step`."""
+    return every > 0 and step % every == 0
+
+
+@dataclass
+class Sinks:
+    """Where the loop's records go, open for the loop's lifetime."""
+
+    timer: PhaseTimer  # phases.jsonl of this rank
+    metrics: object  # rank 0's metrics.jsonl (None on other ranks)
+    board: object  # the TensorBoard mirror, or None
+    bar: TrainingProgress
+    captures: Captures
+    stop: StopRequest
+
+
+def open_sinks(stack, cfg, folder, device, ranks, first_step, log):
+    """Every record file, the sampler, the signal handlers, the captures and the progress bar, closed by `stack`."""
+    phases = stack.enter_context(records.JsonLines(records.rank_file(folder, records.PHASES_STEM, ranks.rank)))
+    samples = stack.enter_context(records.JsonLines(records.rank_file(folder, records.SAMPLES_STEM, ranks.rank)))
+    metrics = stack.enter_context(records.JsonLines(folder / records.METRICS)) if ranks.main else None
+    board = tensorboard.TensorBoard(folder) if cfg.tensorboard and ranks.main else None
+    if board:
+        stack.callback(board.close)
+        phases, metrics = records.Tee(phases.write, board.phases), records.Tee(metrics.write, board.metrics)
+    timer = PhaseTimer(device, sink=phases)
+    stack.callback(timer.flush)
+    stack.enter_context(Sampler(samples, cfg.gpu_sample_ms, log=log, devices=device))
+    stop = stack.enter_context(StopRequest())
+    captures = Captures(capture_windows(cfg, folder, device, ranks.rank), console.print)
+    stack.callback(captures.close)
+    bar = stack.enter_context(TrainingProgress(cfg.steps, first_step, enabled=ranks.main))
+    return Sinks(timer, metrics, board, bar, captures, stop)
+
+
+def capture_windows(cfg, folder, device, rank):
+    """py-spy on rank 0; torch.profiler on every rank, each writing its own trace."""
+    windows = []
+    if rank == 0 and (window := config.parse_window(cfg.py_spy, "py-spy")):
+        windows.append((PySpyCapture(folder, console.print, cfg.py_spy_native), window))
+    if window := config.parse_window(cfg.torch_profile, "torch-profile"):
+        windows.append((TorchProfileCapture(folder, device, console.print, rank=rank), window))
+    return windows
+
+
+def metrics_record(result, step_s, batch_size):
+    """The metrics line of a step: its losses and grad norm, and its event unless it was an ordinary one."""
+    record = {"step": result.step, "lr": result.lr, "step_s": round(step_s, 5)}
+    if result.event != "skipped":  # a non-finite step logs only its event; explosions.jsonl holds its values
+        record.update(result.losses, loss=sum(result.losses.values()), grad_norm=result.grad_norm)
+        record["images_per_s"] = round(batch_size / max(step_s, 1e-9), 3)
+    if result.event != "ok":
+        record["event"] = result.event
+    return record
+
+
+def sample_grid(folder, step):
+    return folder / "samples" / f"step_{step:08d}.png"
+
+
+def validate(trainer, val, step, folder, cfg):
+    """Full-image PSNR/SSIM on Y (border = scale), every rank scoring its share of the images (so no
+    rank waits in a collective while one validates), and rank 0's grid of the first image."""
+    ranks = trainer.ranks
+    indices = list(range(min(len(val.images), cfg.val_max_images)))[ranks.rank :: ranks.world]
+
+    def grid_of_first(i, hr, lr, upscales):
+        if i == 0:
+            save_rescale_grid(hr, lr, upscales, cfg.scale, sample_grid(folder, step))
+
+    mine = score_images(
+        trainer.model, [val.images[i] for i in indices], VALIDATION, trainer.device, grid_of_first, indices
+    )
+    rows = [row for part in distributed.gather(mine, ranks) for row in part]
+    if not rows:
+        return {}
+    result = summarise(rows, VALIDATION)
+    scores = {k: result["settings"]["T=1"][k] for k in ("psnr_y", "ssim_y", "psnr_rgb")}
+    return {f"val_{k}": round(v, 4) for k, v in (scores | {"lr_psnr_y": result["lr_psnr_y"]}).items()}
+
+
+def save_checkpoint(trainer, folder, step, progress, best=False):
+    """Every rank checks that the weights agree (a collective); rank 0 alone writes."""
+    agree = distributed.weights_agree(trainer.model, trainer.ranks)
+    if not agree:
+        console.print(f"[red]warning: the ranks' weights differ at step {step}; the checkpoint holds rank 0's")
+    if trainer.ranks.main:
+        state = {**trainer.state(step), **progress, "world_size": trainer.ranks.world, "ranks_agree": agree}
+        checkpoints.save(folder, step, state, kept=trainer.cfg.checkpoints_kept, best=best)
+
+
+def resume_point(state, guard, cfg):
+    """(first step, progress) of a run: where its checkpoint left off, or the start."""
+    if state is None:
+        return 0, {"samples_seen": 0, "best_psnr_y": float("-inf")}
+    if "guard" in state:
+        guard.load_state_dict(state["guard"])
+    progress = {
+        "samples_seen": state.get("samples_seen", state["step"] * cfg.batch_size),
+        "best_psnr_y": state.get("best_psnr_y", float("-inf")),
+    }
+    return state["step"], progress
+
+
+class Loop:
+    """One run's loop over its steps; `run(state)` trains from the checkpoint `state` (None: the start)."""
+
+    def __init__(self, trainer, folder, train_set, val_set, time_limit, log):
+        self.trainer, self.cfg, self.folder = trainer, trainer.cfg, folder
+        self.train_set, self.val_set, self.time_limit, self.log = train_set, val_set, time_limit, log
+        cfg, main = self.cfg, trainer.ranks.main
+        self.guard = ExplosionGuard(
+            folder, cfg.explosion_factor, cfg.explosion_window, cfg.max_bad_steps, train_set.names,
+            write=main, keep_batches=cfg.explosion_batches_kept,
+        )  # fmt: skip
+        self.step_seconds = {}  # loop seconds of the steps whose metrics line is still to be written
+
+    def run(self, state):
+        """Returns (the next step, why it stopped early or None, seconds)."""
+        trainer, cfg, ranks, t0 = self.trainer, self.cfg, self.trainer.ranks, time.monotonic()
+        step, self.progress = resume_point(state, self.guard, cfg)
+        pin = trainer.device.type == "cuda"
+        batches = iter(
+            crops.loader(
+                self.train_set, cfg, self.progress["samples_seen"], ranks.rank, ranks.world, pin,
+                worker_init_fn=ignore_stop_signals,
+            )
+        )  # fmt: skip
+        stopped, saved_at = None, None
+        with ExitStack() as stack:
+            self.sinks = open_sinks(stack, cfg, self.folder, trainer.device, ranks, step, self.log)
+            while step < cfg.steps and not stopped:
+                step, stopped, saved = self.iteration(step, batches)
+                saved_at = step if saved else saved_at
+        if saved_at != step:  # a loop that never ran (the run was already complete)
+            save_checkpoint(trainer, self.folder, step, self.progress | {"guard": self.guard.state_dict()})
+        return step, stopped, time.monotonic() - t0
+
+    def iteration(self, step, batches):
+        """Step `step`, then the work scheduled after it: returns (the next step, why the run stops or None,
+        whether a checkpoint was written)."""
+        cfg, timer, began = self.cfg, self.sinks.timer, time.perf_counter()
+        with timer.phase("capture") if self.sinks.captures.busy(step) else nullcontext():
+            captured = self.sinks.captures.at_step(step)
+        with timer.phase("data"):
+            batch = next(batches)
+        done = [self.trainer.step(batch, timer, self.guard, step)]
+        step += 1
+        self.progress["samples_seen"] += cfg.batch_size
+        self.time_limit.timed(step_s=time.perf_counter() - began)
+        stopped = self.stop_reason(step)
+        last = step == cfg.steps
+        validating = (due(step, cfg.val_every) or last) and not stopped  # a stop leaves time for the checkpoint only
+        checkpointing = due(step, cfg.checkpoint_every) or stopped or last
+        if validating or checkpointing:
+            done.append(self.trainer.drain(self.guard))  # this step's own values, before its scheduled work
+        self.step_seconds[step - 1] = time.perf_counter() - began
+        lines = [metrics_record(r, self.step_seconds.pop(r.step), cfg.batch_size) for r in done if r]
+        best = validating and self.validation(step, lines[-1])
+        self.write_lines(lines)
+        if checkpointing or best:
+            self.checkpoint(step, best)
+        timer.end_step(step - 1, captured=captured)
+        return step, stopped, checkpointing or best
+
+    def stop_reason(self, step):
+        """Why every rank stops after `step` (a signal, the time limit, another rank's reason), or None."""
+        cfg, stop = self.cfg, self.sinks.stop
+        out_of_time = self.time_limit.reached(validation_next=due(step + 1, cfg.val_every) or step + 1 == cfg.steps)
+        if distributed.any_rank(stop.reason or out_of_time, self.trainer.ranks):  # every rank stops at the same step
+            return stop.reason or ("time limit" if out_of_time else "another rank")
+        return None
+
+    def validation(self, step, line):
+        """Validate after `step` into its metrics `line`; whether it is the best so far (kept as best.pt)."""
+        with self.sinks.timer.phase("validation"):
+            began = time.perf_counter()
+            line.update(validate(self.trainer, self.val_set, step, self.folder, self.cfg))
+            self.time_limit.timed(validation_s=time.perf_counter() - began)
+            grid = sample_grid(self.folder, step)
+            if self.sinks.board and grid.is_file():
+                self.sinks.board.image("samples", grid, step)
+        improved = line.get("val_psnr_y", float("-inf")) > self.progress["best_psnr_y"]
+        if improved:
+            self.progress["best_psnr_y"] = line["val_psnr_y"]
+        return improved
+
+    def write_lines(self, lines):
+        with self.sinks.timer.phase("logging"):
+            for line in lines if self.trainer.ranks.main else ():
+                self.sinks.metrics.write(line)
+                self.sinks.bar.update(line["step"] + 1, line)
+
+    def checkpoint(self, step, best=False):
+        with self.sinks.timer.phase("checkpoint"):
+            began = time.perf_counter()
+            self.progress["guard"] = self.guard.state_dict()
+            save_checkpoint(self.trainer, self.folder, step, self.progress, best=best)
+            self.time_limit.timed(checkpoint_s=time.perf_counter() - began)
