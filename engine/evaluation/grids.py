@@ -9,6 +9,7 @@ from engine.data import tensors
 from engine.data.image_files import to_uint8
 
 CAPTION_PX, GAP_PX = 14, 4
+ERROR_GAIN = 8.0  # the error map's amplification: |SR - HR| of 1/8 shows white
 
 
 def save_grid(images, labels, path):
@@ -26,7 +27,7 @@ def save_grid(images, labels, path):
     canvas.save(path)
 
 
-def error_map(sr, hr, gain=8.0):
+def error_map(sr, hr, gain=ERROR_GAIN):
     """|SR - HR| per pixel (mean over RGB), amplified, as a grey image."""
     return ((sr - hr).abs().mean(1, keepdim=True) * gain).clamp(0, 1).expand(-1, 3, -1, -1)
 
@@ -45,5 +46,5 @@ def save_rescale_grid(hr, lr, upscales, scale, path, crop=192):
     tiles = [centre_crop(hr, crop), centre_crop(bicubic, crop // scale), centre_crop(lr, crop // scale)]
     tiles += [centre_crop(sr.clamp(0, 1), crop) for sr in upscales.values()]
     tiles.append(centre_crop(error_map(upscales[last], hr), crop))
-    labels = ["HR", "bicubic LR", "IRN LR", *(f"up, {label}" for label in upscales), f"|error| x8, {last}"]
+    labels = ["HR", "bicubic LR", "IRN LR", *(f"up, {label}" for label in upscales), f"|error| x{ERROR_GAIN:g}, {last}"]
     save_grid(tiles, labels, path)

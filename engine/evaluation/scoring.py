@@ -68,10 +68,11 @@ def summarise(rows, settings):
     """Per setting: the mean over images of each seed, then mean and std over seeds; the LR's mean PSNR-Y."""
     out = {}
     for label, _, seeds in settings:
-        means = [{k: statistics.fmean(r[label][s][k] for r in rows) for k in SCORES} for s in range(len(seeds))]
-        summary = {"samples": len(means) if rows else 0}
+        seeds_scored = range(len(seeds)) if rows else ()  # no image scored: no mean to take
+        means = [{k: statistics.fmean(r[label][s][k] for r in rows) for k in SCORES} for s in seeds_scored]
+        summary = {"samples": len(means)}
         for key in SCORES:
-            values = [m[key] for m in means] if rows else []
+            values = [m[key] for m in means]
             summary[key] = statistics.fmean(values) if values else None
             summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         out[label] = summary

@@ -20,36 +20,31 @@ a parameter used by both gets the sum of both contributions before its Accumulat
 
 Memory: the forward keeps one tensor per sequence for its backward (its output, which the training
 step's losses keep views of anyway) instead of every module's activations (the dense blocks'
-concatenated features, the coupling's intermediate tensors, every module's input). `saved_bytes`
-counts what a step keeps for backward (each storage once, parameters left out); on fake tensors, for
-one training step (both passes and the losses), inverted / standard: x2 0.22 %, x4 0.16 %, x8 0.15 %
-at any size (x4 recipe step, 144x144 crops, batch 16, fp32: 15.4 MiB against 9.3 GiB; bf16 subnets:
-against 4.8 GiB). The backward then holds one module's activations at a time (x4 recipe: 458 MiB for a
-first-stage coupling block) on top of that.
+concatenated features, the coupling's intermediate tensors, every module's input): a fraction of a
+percent of what standard backprop saves, whatever the depth and size. `saved_bytes` counts what a step
+keeps for backward (each storage once, parameters left out) on fake tensors, so a full-size step is
+counted without computing it: `python -m profiling.bench memory --batch 16 --crop 144` prints both
+backprops' saved and peak bytes side by side at the x4 recipe's shape. The backward then holds one
+module's activations at a time on top of that.
 
 Cost: the backward runs one inverse and one more forward per module (the coupling's inverse runs the
-same three dense blocks as its forward): about 5 forwards' work per pass instead of 3; a x4 training
-step took 1.67x the CPU time of standard backprop (64x64 crops, batch 2, one thread). The parameters'
-gradients reach their AccumulateGrad nodes when the node's whole backward ends, not module by module,
-so DDP's all-reduce buckets are all ready at the end of the backward instead of overlapping with it.
+same three dense blocks as its forward): about 5 forwards' work per pass instead of 3 (the same bench
+prints the two step times and their ratio). The parameters' gradients reach their AccumulateGrad nodes
+when the node's whole backward ends, not module by module, so DDP's all-reduce buckets are all ready
+at the end of the backward instead of overlapping with it.
 
 Numerics: the recomputed inputs are not the forward's inputs: every inverse rounds, and the error of
 one module's recomputed input feeds the next inverse, so it grows from the output towards the first
 module (the coupling's exp(-s) amplifies it more the larger the weights). Gradients are those of the
-network at these slightly moved activations. `reconstruction_errors` measures it: fp64, ~1e-15. fp32,
-full-depth x4 with randomised weights (tests.official_irn.randomize), 144x144, largest absolute error
-(values are O(1)): std 0.01: 6.6e-7 (HR -> LR pass), 4.8e-6 (the inverse pass, z ~ N(0, 1)); std 0.02:
-1.4e-6 and 5.7e-6. The training step's fp32 gradients at full x4 depth (32x32 crops) then differ from
-standard backprop's by 1.5e-6 (std 0.01) and 4.7e-5 (std 0.02) in norm over all parameters, standard
-fp32's own distance from fp64 being 1.0e-6 and 4.7e-5; tensor by tensor up to 9.4e-4 of a tensor's
-largest entry (a bias whose gradient sums values of both signs: an activation moved across the
-LeakyReLU's kink), where standard fp32 itself is up to 4.8e-3 from fp64. At 1-2 blocks per stage
-they agree to ~1e-6 of each tensor's largest entry.
-With bf16 dense blocks the inverse evaluates F, G and H as the forward did (same module, same compute
-dtype), but on inputs a few fp32 roundings away, and one input bf16 rounding that goes the other way
-changes a dense block's bf16 outputs by bf16 units (CPU bf16 convolutions accumulate in bf16): the
-same measure is 2.3e-3 / 6.0e-3 (std 0.01) and 1.3e-2 / 2.8e-2 (std 0.02), the order of bf16's own
-error, and the gradients move from standard bf16 backprop's by less than bf16 moves them from fp32's.
+network at these slightly moved activations. `reconstruction_errors` measures it (the memory bench
+prints it for both passes at its weights): about 1e-15 in fp64 and a few fp32 units in fp32, growing with
+the weights' scale; the fp32 gradients then differ from standard backprop's by about as much as standard
+fp32 differs from fp64 (tests/engine/model/test_invertible_backprop.py holds them to that). With bf16
+dense blocks the inverse evaluates F, G and H as the forward did (same module, same compute dtype), but
+on inputs a few fp32 roundings away, and one input bf16 rounding that goes the other way changes a dense
+block's bf16 outputs by bf16 units (CPU bf16 convolutions accumulate in bf16): the recomputed inputs are
+then off by the order of bf16's own error, and the gradients move from standard bf16 backprop's by less
+than bf16 moves them from fp32's (tested).
 
 Where it cannot be used:
   - Double backward (create_graph=True, e.g. gradient penalties): the node's backward is

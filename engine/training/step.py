@@ -26,11 +26,13 @@ class StepResult:
 
 
 class LateValues:
-    """A step's losses and grad norm, read by the host one step late, so the step needs no host sync.
+    """A step's losses and grad norm, read by the host one step late.
 
-    On a GPU the values are copied into one of two pinned buffers behind an event; they are read after
-    the next step has been enqueued, when that event has long completed, so the CPU keeps running
-    ahead of the GPU. On a CPU there is nothing to overlap and the values are read as they are.
+    On a GPU the values are copied into one of two pinned buffers behind an event. The host waits on
+    that event (a synchronize on it, not on the device) only after it has enqueued the next step: the
+    wait bounds how far the host runs ahead of the GPU to one step, and in steady state the event has
+    completed by then, so the wait costs nothing. On a CPU there is nothing to overlap and the values are
+    read as they are.
     """
 
     def __init__(self, device):

@@ -72,44 +72,54 @@ def kernels_in_a_step(run, device):
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
-def bench_step(args, device):
-    names = (
-        args.variants.split(",")
-        if args.variants
-        else (list(VARIANTS) if device.type == "cuda" else ["freia", "compile"])
-    )
+def variant_names(args, device):
+    """The variants to time: --variants, else every one on a GPU and those a CPU can run."""
+    if not args.variants:
+        return list(VARIANTS) if device.type == "cuda" else ["freia", "compile"]
+    names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise UserError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    columns = [
-        "variant",
-        "ms/step",
-        "images/s",
-        "vs freia eager",
-        "TFLOP/s",
-        "MFU",
-        "kernels (profiled)",
-        "kernels (census)",
-    ]
-    result = Figures(f"training step at {shape(args)} ({device_name(device)}), median of {args.steps}", columns)
-    base = None
-    for name in names:
-        cfg = step_config(args, VARIANTS[name])
-        # Each variant compiles afresh: a shared dynamo cache would hit its recompile limit after a few
-        # variants and run the rest eagerly under a compiled label.
-        torch._dynamo.reset()
-        counters.clear()
-        run = step_runner(cfg, device)
-        ms = timed(partial(run, PhaseTimer(device, enabled=False)), device, warmup=args.warmup, repeats=args.steps)
-        if cfg.compile != "off" and not counters["stats"]["unique_graphs"]:
-            raise RuntimeError(f"variant {name} did not compile: dynamo made no graph")
+    return names
+
+
+def timed_variant(name, args, device):
+    """(ms per step, the runner) of one variant, compiled afresh: a shared dynamo cache would hit its
+    recompile limit after a few variants and run the rest eagerly under a compiled label."""
+    cfg = step_config(args, VARIANTS[name])
+    torch._dynamo.reset()
+    counters.clear()
+    run = step_runner(cfg, device)
+    ms = timed(partial(run, PhaseTimer(device, enabled=False)), device, warmup=args.warmup, repeats=args.steps)
+    if cfg.compile != "off" and not counters["stats"]["unique_graphs"]:
+        raise RuntimeError(f"variant {name} did not compile: dynamo made no graph")
+    return ms, run
+
+
+def peak_of(cfg, device):
+    """(peak TFLOP/s, where it comes from) of this device at the variant's math: a listed GPU's vendor
+    figure, else a matrix product measured here (with the TF32 setting the trainer applied)."""
+    named = {"type": device.type, "name": device_name(device)}
+    listed = device.type == "cuda" and roofline.named_gpu(named["name"])
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
+    measured = None if listed else matmul_tflops(device, dtype, cfg.tf32)
+    peak, source, _ = roofline.peak(named, cfg.precision, cfg.tf32, measured)
+    return peak, source
+
+
+STEP_COLUMNS = ["variant", "ms/step", "images/s", "vs freia eager", "TFLOP/s", "MFU", "kernels (profiled)",
+                "kernels (census)"]  # fmt: skip
+
+
+def bench_step(args, device):
+    title = f"training step at {shape(args)} ({device_name(device)}), median of {args.steps}"
+    result, base = Figures(title, STEP_COLUMNS), None
+    for name in variant_names(args, device):
+        ms, run = timed_variant(name, args, device)
         base = base or ms
+        cfg = run.trainer.cfg
         counted = census(cfg, fused_dense=run.trainer.dense_note is None)  # what this GPU runs
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
-        named = {"type": device.type, "name": device_name(device)}
-        listed = device.type == "cuda" and roofline.named_gpu(named["name"])
-        measured = None if listed else matmul_tflops(device, dtype, cfg.tf32)  # the trainer set it so
-        peak, source, _ = roofline.peak(named, cfg.precision, cfg.tf32, measured)
+        peak, source = peak_of(cfg, device)
         achieved = counted.flops_per_step / ms / 1e9
         profiled = kernels_in_a_step(run, device)
         result.rows.append([

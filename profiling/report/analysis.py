@@ -10,6 +10,7 @@ those sampled during the steady steps.
 
 import bisect
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, median
 
@@ -266,52 +267,98 @@ def read_json(path):
         return None
 
 
-def analyse(folder):
+@dataclass
+class RunRecords:
+    """What a run folder holds, read once; files may still be growing or were cut short by a crash."""
+
+    folder: Path
+    config: dict
+    envs: list  # one environment record per job
+    metrics: list  # the newest metrics line of each step
+    phases: dict  # rank -> the newest phase record of each step
+    samples: dict  # rank -> sampler records
+    census: dict | None
+    torch_profile: dict | None
+    explosions: list
+
+    @property
+    def env(self):
+        """The latest job's environment."""
+        return self.envs[-1] if self.envs else {}
+
+    @property
+    def job_starts(self):
+        return sorted({e.get("start_step", 0) for e in self.envs}) or [0]
+
+
+def read_run(folder):
     folder = Path(folder)
-    cfg = records.read_config(folder)
-    envs = records.read_envs(folder)
-    env = envs[-1] if envs else {}
-    metrics = last_per_step(read_jsonl(folder / records.METRICS))
-    phase_files = records.rank_files(folder, records.PHASES_STEM)
-    logged = {rank: last_per_step(read_jsonl(path)) for rank, path in phase_files.items()}
-    job_starts = sorted({e.get("start_step", 0) for e in envs}) or [0]
-    ranks = {rank: steady(steps, job_starts) for rank, steps in logged.items()}
+    return RunRecords(
+        folder=folder,
+        config=records.read_config(folder),
+        envs=records.read_envs(folder),
+        metrics=last_per_step(read_jsonl(folder / records.METRICS)),
+        phases={r: last_per_step(read_jsonl(p)) for r, p in records.rank_files(folder, records.PHASES_STEM).items()},
+        samples={r: read_jsonl(p) for r, p in records.rank_files(folder, records.SAMPLES_STEM).items()},
+        census=read_json(folder / records.CENSUS),
+        torch_profile=read_json(folder / records.TORCH_PROFILE),
+        explosions=read_jsonl(folder / records.EXPLOSIONS),
+    )
+
+
+def analyse(folder):
+    """The report's data for a run folder: plain data, as `--json` prints it."""
+    run = read_run(folder)
+    cfg, env, logged = run.config, run.env, run.phases.get(0, [])
+    ranks = {rank: steady(steps, run.job_starts) for rank, steps in run.phases.items()}
     steps = ranks.get(0, [])
     stats = phase_stats(steps)
-    samples = {rank: read_jsonl(p) for rank, p in records.rank_files(folder, records.SAMPLES_STEM).items()}
-    gpu = training_gpu_stats(samples, ranks, stats["step_ms"], gpus=env.get("world_size", 1))
-    device_type = env.get("device", {}).get("type", "cpu")
-    hw = hardware(cfg, env, read_json(folder / records.CENSUS), stats["step_ms"])
-    if steps:
-        label, evidence, next_step = verdict(stats, gpu, device_type, hw, cfg)
-    else:
-        label, evidence, next_step = "unknown", "no step timings yet", "let the run take a few steps"
-    step_s = stats["step_ms"] / 1e3
+    gpu = training_gpu_stats(run.samples, ranks, stats["step_ms"], gpus=env.get("world_size", 1))
+    hw = hardware(cfg, env, run.census, stats["step_ms"])
     return {
-        "run": str(folder),
+        "run": str(run.folder),
         "config": cfg,
         "env": env,
-        "jobs": len(envs),
-        "progress": progress(cfg, metrics, logged.get(0, []), step_s),
-        "throughput": {
-            "it_per_s": 1 / step_s if step_s else 0.0,
-            "images_per_s": cfg.get("batch_size", 0) / step_s if step_s else 0.0,
-            "timed_steps": len(steps),
-            "captured_steps": sum(bool(r.get("captured")) for r in logged.get(0, [])),
-        },
+        "jobs": len(run.envs),
+        "progress": progress(cfg, run.metrics, logged, stats["step_ms"] / 1e3),
+        "throughput": throughput(cfg, stats["step_ms"], steps, logged),
         "phases": stats,
-        "scheduled": scheduled_work(logged.get(0, [])),
+        "scheduled": scheduled_work(logged),
         "gpu": gpu,
         "hardware": hw,
-        "verdict": {"label": label, "evidence": evidence, "next": next_step},
+        "verdict": bottleneck(stats, gpu, env, hw, cfg) if steps else NO_VERDICT,
         "ranks": rank_table(ranks) if len(ranks) > 1 else [],
         "world_size": env.get("world_size", 1),
-        "explosions": read_jsonl(folder / records.EXPLOSIONS),
-        "losses": loss_summary(metrics),
-        "torch_profile": read_json(folder / records.TORCH_PROFILE),
-        "captures": sorted(p.name for p in folder.glob(f"{records.PYSPY_PREFIX}.*"))
-        + sorted(p.name for p in folder.glob(records.TORCH_TRACE.replace(".json", "*.json"))),
+        "explosions": run.explosions,
+        "losses": loss_summary(run.metrics),
+        "torch_profile": run.torch_profile,
+        "captures": captures_in(run.folder),
     }
+
+
+NO_VERDICT = {"label": "unknown", "evidence": "no step timings yet", "next": "let the run take a few steps"}
+
+
+def bottleneck(stats, gpu, env, hw, cfg):
+    label, evidence, next_step = verdict(stats, gpu, env.get("device", {}).get("type", "cpu"), hw, cfg)
+    return {"label": label, "evidence": evidence, "next": next_step}
+
+
+def throughput(cfg, step_ms, steady_steps, logged):
+    """Iterations and images per second of the steady step, and how many steps that is measured over."""
+    step_s = step_ms / 1e3
+    return {
+        "it_per_s": 1 / step_s if step_s else 0.0,
+        "images_per_s": cfg.get("batch_size", 0) / step_s if step_s else 0.0,
+        "timed_steps": len(steady_steps),
+        "captured_steps": sum(bool(r.get("captured")) for r in logged),
+    }
+
+
+def captures_in(folder):
+    """The capture files in a run folder: py-spy's, then torch.profiler's traces."""
+    pyspy = sorted(p.name for p in folder.glob(f"{records.PYSPY_PREFIX}.*"))
+    return pyspy + sorted(p.name for p in folder.glob(records.TORCH_TRACE.replace(".json", "*.json")))
 
 
 def rank_table(ranks):

@@ -26,18 +26,6 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-CATEGORIES = (
-    "conv",
-    "concatenation",
-    "activation",
-    "gradient accumulation",
-    "dense block (fused)",
-    "Haar and coupling",
-    "loss",
-    "optimizer",
-    "data",
-)
-
 # Ops that launch no kernel and move no bytes: views, metadata, allocation.
 FREE = {
     "alias", "as_strided", "detach", "expand", "permute", "select", "slice", "split", "split_with_sizes",

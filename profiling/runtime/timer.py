@@ -1,9 +1,12 @@
 """Per-phase step timings: `with timer.phase("forward"): ...`, then `timer.end_step(step)`.
 
 Host phases (waiting for data, logging, validation, checkpoints) are timed with perf_counter. Device
-phases on CUDA are timed with CUDA events that are read back one step later, so timing never adds a
-synchronize. Every step yields one record: wall time of the loop iteration, each phase in ms, `other`
-(the rest) and, on CUDA, the step's peak of allocated memory and the memory the allocator holds.
+phases on CUDA are timed with CUDA events that are read back one step later: the host waits on the
+previous step's last event (a synchronize on that event, not on the device), which in steady state has
+completed already, and which bounds how far the host runs ahead of the GPU to one step, as the step's
+own late values do (engine/training/step.py). Every step yields one record: wall time of the loop
+iteration, each phase in ms, `other` (the rest) and, on CUDA, the step's peak of allocated memory and the
+memory the allocator holds.
 """
 
 import time

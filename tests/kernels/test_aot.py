@@ -2,8 +2,8 @@
 compiles, and none spills registers to local memory on the P100 (sm_60), the A100 (sm_80) or the H100 (sm_90).
 
 The compiles run in a subprocess without TRITON_INTERPRET (this process has the interpreter's kernels),
-in parallel processes, one per CPU: 274 compiles, ~145 CPU seconds, so ~75 s with a cold Triton cache on
-CI's 2 cores (the budget: ~90 s) and ~3 s warm. What they cover:
+in parallel processes, one per CPU; `pytest -s tests/kernels/test_aot.py` prints how many ran and their
+CPU seconds (a cold Triton cache costs most of it; a warm one, seconds). What they cover:
 - sm_80 and sm_90: every variant of the Haar and coupling kernels, and every variant of the dense block
   that the engine launches: fp32 features (TF32 on and off) and fp16/bf16 features with fp32 weights
   (its --precision runs the dense blocks under autocast, which keeps the parameters fp32). Dense variants

@@ -1,20 +1,14 @@
+"""Training crops: samples as functions of their index, the LR reference cropped with the HR, each rank's share,
+and the batch layout."""
+
 import itertools
+import types
 
 import numpy as np
-import pytest
 import torch
-from PIL import Image
 
-from engine.data import crops, image_files, tensors
+from engine.data import crops, image_files
 from engine.data.imresize import imresize
-from engine.errors import UserError
-
-
-def test_embedded_images_are_natural_rgb_photographs():
-    train, held_out = image_files.embedded("train"), image_files.embedded("held_out")
-    assert len(train.images) >= 5 and len(held_out.images) >= 2
-    assert not set(train.names) & set(held_out.names)
-    assert all(img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 for img in train.images + held_out.images)
 
 
 def ramp_set(scale=2):
@@ -61,40 +55,12 @@ def test_ranks_split_each_global_batch_and_together_see_one_process_s_samples():
     assert take(two[0], 4) == [12, 13, 16, 17] and take(two[1], 4) == [14, 15, 18, 19]
 
 
-def test_bicubic_reference_is_antialiased_and_sized():
-    hr = torch.rand(2, 3, 16, 24)
-    lr = tensors.bicubic_down(hr, 4)
-    assert lr.shape == (2, 3, 4, 6)
-    flat = torch.full((1, 3, 16, 16), 0.3)
-    assert torch.allclose(tensors.bicubic_down(flat, 4), torch.full((1, 3, 4, 4), 0.3), atol=1e-6)
-
-
-def test_folder_conversions_and_skips(tmp_path):
-    rgb = np.full((40, 40, 3), 100, np.uint8)
-    Image.fromarray(rgb).save(tmp_path / "rgb.png")
-    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
-    Image.fromarray(np.dstack([rgb, np.full((40, 40), 255, np.uint8)])).save(tmp_path / "rgba.png")
-    Image.fromarray(np.full((40, 40), 300 * 257 // 2, np.uint16)).save(tmp_path / "deep.png")
-    Image.fromarray(rgb[:10, :10]).save(tmp_path / "tiny.png")
-    (tmp_path / "notes.txt").write_text("not an image")
-    good = (tmp_path / "rgb.png").read_bytes()
-    (tmp_path / "broken.png").write_bytes(good[: len(good) // 3])
-    (tmp_path / "garbage.jpg").write_bytes(b"\x00" * 100)
-    found = image_files.read_folder(tmp_path, min_size=32)
-    assert sorted(found.names) == ["deep.png", "gray.png", "rgb.png", "rgba.png"]
-    assert all(img.shape == (40, 40, 3) and img.dtype == np.uint8 for img in found.images)
-    assert found.images[found.names.index("gray.png")][0, 0].tolist() == [100, 100, 100]
-    assert found.images[found.names.index("deep.png")][0, 0, 0] == round(300 * 257 // 2 / 65535 * 255)
-    assert sorted(found.skipped["corrupt or unreadable"]) == ["broken.png", "garbage.jpg"]
-    assert found.skipped["smaller than 32x32"] == ["tiny.png"]
-    assert found.skipped["not an image file"] == ["notes.txt"]
-
-
-def test_folder_errors(tmp_path):
-    with pytest.raises(UserError, match="no folder"):
-        image_files.read_folder(tmp_path / "missing")
-    with pytest.raises(UserError, match="is empty"):
-        image_files.read_folder(tmp_path)
-    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "small.png")
-    with pytest.raises(UserError, match="no usable images.*smaller than 144x144: small.png"):
-        image_files.read_folder(tmp_path, min_size=144)
+def test_the_loader_s_batches_have_the_batch_layout_the_census_and_benches_use():
+    cfg = types.SimpleNamespace(batch_size=3, crop=8, scale=2, seed=0, workers=0)
+    batch = next(iter(crops.loader(ramp_set(), cfg, start_sample=0)))
+    layout = crops.batch_layout(3, 8, 2)
+    assert set(batch) == set(layout)
+    for key, (shape, dtype) in layout.items():
+        assert (tuple(batch[key].shape), batch[key].dtype) == (shape, dtype), key
+    for made in (crops.random_batch(3, 8, 2), crops.empty_batch(3, 8, 2)):
+        assert {k: (tuple(v.shape), v.dtype) for k, v in made.items()} == layout

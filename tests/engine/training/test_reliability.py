@@ -212,3 +212,24 @@ def test_sigterm_to_torchrun_reaches_every_rank_and_ends_in_a_checkpoint(image_f
     state = checkpoints.read(tmp_path / "runs" / "tr" / "checkpoints" / "last.pt")
     assert state["step"] == len(read_jsonl(metrics)) >= 3 and state["ranks_agree"], err.decode()[-2000:]
     assert "stopped by SIGTERM" in " ".join(err.decode().split())
+
+
+def test_every_test_the_fault_table_names_exists():
+    """Each `tests/...py::test_name` (or `::test_name`, of the path before it) in docs/RELIABILITY.md is a test
+    function of that file; a bare `test_name` is one of some test file."""
+    import ast
+    import re
+
+    def functions(path):
+        return {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
+
+    every = set().union(*(functions(p) for p in (REPO / "tests").rglob("test_*.py")))
+    missing, path = [], None
+    for ref in re.findall(
+        r"`((?:tests/[\w/]+\.py)?(?:::)?test_\w+)(?:\[[^\]]*\])?`", (REPO / "docs" / "RELIABILITY.md").read_text()
+    ):
+        file, _, name = ref.rpartition("::") if "::" in ref else ("", "", ref)
+        path = REPO / file if file else path if ref.startswith("::") else None
+        if name not in (functions(path) if path else every):
+            missing.append(ref)
+    assert not missing
