@@ -12,7 +12,7 @@ from engine.data.node_copy import load_once_per_node
 from engine.errors import UserError, cli
 from engine.training import checkpoints, config, distributed, start
 from engine.training.loop import Loop
-from engine.training.progress import console, summary
+from engine.training.progress import console, rank_log, summary
 from engine.training.step import Trainer
 from engine.training.stopping import TimeLimit
 from profiling import records
@@ -36,15 +36,16 @@ def main(argv=None):
 
 def run(cfg, flags, ranks, time_limit):
     device = start.pick_device(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    log = console.print if ranks.main else start.print_nothing
+    log = rank_log(ranks)
     train_set, val_set = load_once_per_node(lambda: start.training_data(cfg), ranks, log)
     checkpoints.seed_all(cfg.seed + ranks.rank)  # DDP copies rank 0's initial weights to every rank
     trainer = Trainer(cfg, device, ranks)
     if cfg.fast_kernels:
-        log(f"--fast-kernels: {trainer.kernel_note or trainer.dense_note or 'dense blocks, Haar and coupling fused'}")
+        fused = trainer.kernel_note or trainer.dense_note or "dense blocks, Haar and coupling run fused"
+        log(f"--fast-kernels: {fused}")
     if cfg.init_from and not flags.resume:  # before the run folder exists: a mismatch leaves none behind
         start.initialise_from(trainer, cfg.init_from, log)
-    folder, state = start.open_run(cfg, flags, ranks)
+    folder, state = start.open_run(cfg, flags, ranks, log)
     if state is not None:
         trainer.load_state(state)
     start.write_start_records(trainer, folder, state)

@@ -20,7 +20,8 @@ def use_fast_kernels(model, enabled=True, dense=True):
     from kernels.dense import dense_block
     from kernels.haar import haar
 
-    # No kernel for x3's LearnedDownsampling: the census (irn_x3, fused) puts it at 64 MB of 24 GB, 14 of 1,598 kernels
+    # No kernel for x3's LearnedDownsampling: a small share of the step (python -m profiling.census --config irn_x3
+    # --fast-kernels counts it)
     kernels = {IRNCoupling: coupling, Haar: haar, DenseBlock: dense_block if dense else None}
     for module in model.modules():
         if type(module) in kernels:

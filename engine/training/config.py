@@ -4,11 +4,13 @@ A config's tables ([model], [data], ...) group its keys for --help; the keys the
 unique (`batch_size` is `--batch-size`). `base = "irn_x4"` inherits another config and overrides some
 of its keys (in tables or, as older files did, at the top level). The trailing comment of each key is
 its help text. `resolve()` applies the command line; `check()` validates every value with a one-line
-error naming the flag, the value and what is allowed. KEYS below says how each key is read and checked.
+error naming the flag, the value and what is allowed. The fields of `Config` say how each key is read from
+its flag and checked.
 """
 
 import argparse
 import difflib
+import importlib.resources
 import math
 import re
 import tomllib
@@ -18,7 +20,15 @@ from pathlib import Path
 from engine.errors import UserError, parser
 from engine.model.execution import COMPILE_MODES, PRECISIONS
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+def _config_dir():
+    """Where the named configs are: inside the installed package (a wheel ships the top-level configs/ as
+    engine/configs), else at the top of the source checkout that an editable install runs from."""
+    packaged = Path(str(importlib.resources.files("engine") / "configs"))
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "configs"
+
+
+CONFIG_DIR = _config_dir()
 DEFAULT = "demo"
 SCHEMA = "irn_x4"  # the config that every other is based on: it holds every key, its section and comment
 # What a checkpoint fixes, so a resumed run keeps it: the network its weights have (another one is a
@@ -170,9 +180,9 @@ class Config:
     val_max_images: int = config_key(int, integer(0))
     steps: int = config_key(int, integer(1))
     lr: float = config_key(float, number(0, strict=True))
-    betas: list = config_key(NUMBERS, two_betas)
+    betas: tuple[float, float] = config_key(NUMBERS, two_betas)
     weight_decay: float = config_key(float, number(0))
-    lr_milestones: list = config_key(INTEGERS, increasing_steps)
+    lr_milestones: tuple[int, ...] = config_key(INTEGERS, increasing_steps)
     lr_gamma: float = config_key(float, number(0, strict=True))
     grad_clip: float = config_key(float, number(0, strict=True))
     seed: int = config_key(int, integer(0))
@@ -217,7 +227,7 @@ def check(cfg, world=1):
     missing = [k for k in KEYS if k not in cfg]
     if missing:
         raise UserError(f'the config has no {", ".join(missing[:3])}; base it on another: base = "{SCHEMA}"')
-    unknown = [k for k in cfg if k not in KEYS and k != "config"]
+    unknown = [k for k in cfg if k not in KEYS]
     if unknown:
         raise UserError(f"unknown config key {unknown[0]!r}{_suggestion(unknown[0], KEYS)}")
     context = {**cfg, "_world": world}

@@ -106,27 +106,28 @@ def validate(trainer, val, step, folder, cfg):
     return {f"val_{k}": round(v, 4) for k, v in (scores | {"lr_psnr_y": result["lr_psnr_y"]}).items()}
 
 
-def save_checkpoint(trainer, folder, step, progress, best=False):
+def save_checkpoint(trainer, folder, step, counters, best=False):
     """Every rank checks that the weights agree (a collective); rank 0 alone writes."""
     agree = distributed.weights_agree(trainer.model, trainer.ranks)
     if not agree:
         console.print(f"[red]warning: the ranks' weights differ at step {step}; the checkpoint holds rank 0's")
     if trainer.ranks.main:
-        state = {**trainer.state(step), **progress, "world_size": trainer.ranks.world, "ranks_agree": agree}
+        state = {**trainer.state(step), **counters, "world_size": trainer.ranks.world, "ranks_agree": agree}
         checkpoints.save(folder, step, state, kept=trainer.cfg.checkpoints_kept, best=best)
 
 
 def resume_point(state, guard, cfg):
-    """(first step, progress) of a run: where its checkpoint left off, or the start."""
+    """(first step, counters) of a run: where its checkpoint left off, or the start. The counters (samples seen,
+    best validation PSNR-Y, the guard's statistics) go into every checkpoint."""
     if state is None:
         return 0, {"samples_seen": 0, "best_psnr_y": float("-inf")}
     if "guard" in state:
         guard.load_state_dict(state["guard"])
-    progress = {
+    counters = {
         "samples_seen": state.get("samples_seen", state["step"] * cfg.batch_size),
         "best_psnr_y": state.get("best_psnr_y", float("-inf")),
     }
-    return state["step"], progress
+    return state["step"], counters
 
 
 class Loop:
@@ -145,11 +146,11 @@ class Loop:
     def run(self, state):
         """Returns (the next step, why it stopped early or None, seconds)."""
         trainer, cfg, ranks, t0 = self.trainer, self.cfg, self.trainer.ranks, time.monotonic()
-        step, self.progress = resume_point(state, self.guard, cfg)
+        step, self.counters = resume_point(state, self.guard, cfg)
         pin = trainer.device.type == "cuda"
         batches = iter(
             crops.loader(
-                self.train_set, cfg, self.progress["samples_seen"], ranks.rank, ranks.world, pin,
+                self.train_set, cfg, self.counters["samples_seen"], ranks.rank, ranks.world, pin,
                 worker_init_fn=ignore_stop_signals,
             )
         )  # fmt: skip
@@ -160,7 +161,7 @@ class Loop:
                 step, stopped, saved = self.iteration(step, batches)
                 saved_at = step if saved else saved_at
         if saved_at != step:  # a loop that never ran (the run was already complete)
-            save_checkpoint(trainer, self.folder, step, self.progress | {"guard": self.guard.state_dict()})
+            save_checkpoint(trainer, self.folder, step, self.counters | {"guard": self.guard.state_dict()})
         return step, stopped, time.monotonic() - t0
 
     def iteration(self, step, batches):
@@ -173,7 +174,7 @@ class Loop:
             batch = next(batches)
         done = [self.trainer.step(batch, timer, self.guard, step)]
         step += 1
-        self.progress["samples_seen"] += cfg.batch_size
+        self.counters["samples_seen"] += cfg.batch_size
         self.time_limit.timed(step_s=time.perf_counter() - began)
         stopped = self.stop_reason(step)
         last = step == cfg.steps
@@ -183,10 +184,10 @@ class Loop:
             done.append(self.trainer.drain(self.guard))  # this step's own values, before its scheduled work
         self.step_seconds[step - 1] = time.perf_counter() - began
         lines = [metrics_record(r, self.step_seconds.pop(r.step), cfg.batch_size) for r in done if r]
-        best = validating and self.validation(step, lines[-1])
+        best = validating and self.validate_after(step, lines[-1])
         self.write_lines(lines)
         if checkpointing or best:
-            self.checkpoint(step, best)
+            self.save(step, best)
         timer.end_step(step - 1, captured=captured)
         return step, stopped, checkpointing or best
 
@@ -198,7 +199,7 @@ class Loop:
             return stop.reason or ("time limit" if out_of_time else "another rank")
         return None
 
-    def validation(self, step, line):
+    def validate_after(self, step, line):
         """Validate after `step` into its metrics `line`; whether it is the best so far (kept as best.pt)."""
         with self.sinks.timer.phase("validation"):
             began = time.perf_counter()
@@ -207,9 +208,9 @@ class Loop:
             grid = sample_grid(self.folder, step)
             if self.sinks.board and grid.is_file():
                 self.sinks.board.image("samples", grid, step)
-        improved = line.get("val_psnr_y", float("-inf")) > self.progress["best_psnr_y"]
+        improved = line.get("val_psnr_y", float("-inf")) > self.counters["best_psnr_y"]
         if improved:
-            self.progress["best_psnr_y"] = line["val_psnr_y"]
+            self.counters["best_psnr_y"] = line["val_psnr_y"]
         return improved
 
     def write_lines(self, lines):
@@ -218,9 +219,9 @@ class Loop:
                 self.sinks.metrics.write(line)
                 self.sinks.bar.update(line["step"] + 1, line)
 
-    def checkpoint(self, step, best=False):
+    def save(self, step, best=False):
         with self.sinks.timer.phase("checkpoint"):
             began = time.perf_counter()
-            self.progress["guard"] = self.guard.state_dict()
-            save_checkpoint(self.trainer, self.folder, step, self.progress, best=best)
+            self.counters["guard"] = self.guard.state_dict()
+            save_checkpoint(self.trainer, self.folder, step, self.counters, best=best)
             self.time_limit.timed(checkpoint_s=time.perf_counter() - began)

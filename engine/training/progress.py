@@ -10,6 +10,16 @@ from profiling.stats import first_last_min
 console = Console(stderr=True, soft_wrap=True)  # the trainer's messages: each one line, however long
 
 
+def rank_log(ranks):
+    """How the trainer says one line: rank 0 prints it; the other ranks, which take the same decisions, stay
+    silent."""
+    return console.print if ranks.main else _silent
+
+
+def _silent(*args):
+    pass
+
+
 class TrainingProgress:
     """Step/total, it/s, ETA, loss and lr."""
 

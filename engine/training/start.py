@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-import engine
 from engine.data import crops, image_files
 from engine.errors import UserError
 from engine.evaluation import metrics
+from engine.model import rescaler
 from engine.training import checkpoints, distributed, run_folder
 from engine.training.progress import console
 from engine.training.step_census import census, census_json
@@ -61,7 +61,7 @@ def training_data(cfg):
 
 def initialise_from(trainer, path, log):
     """Fine-tuning: the weights of a checkpoint or an official .pth, with a fresh optimiser and schedule."""
-    weights = engine.load(path)
+    weights = rescaler.load(path)
     if weights.arch != trainer.model.arch:
         mismatch = ", ".join(
             f"{k} {weights.arch[k]} (not {v})" for k, v in trainer.model.arch.items() if weights.arch[k] != v
@@ -83,14 +83,13 @@ def write_census(cfg, folder, ranks, trainer):
     records.write_json(folder / records.CENSUS, counted)
 
 
-def open_run(cfg, flags, ranks):
+def open_run(cfg, flags, ranks, log):
     """(folder, checkpoint state or None): rank 0 creates or finds the run folder, every rank learns it."""
     folder = None
     if ranks.main:
         folder = records.find(flags.resume) if flags.resume else run_folder.create(flags.name)
         records.write_json(folder / records.CONFIG, cfg.to_json())
     folder = Path(distributed.broadcast(str(folder) if folder else None, ranks))
-    log = console.print if ranks.main else print_nothing
     return folder, (checkpoints.load_newest(folder, log=log) if flags.resume else None)
 
 
@@ -109,7 +108,3 @@ def write_start_records(trainer, folder, state):
     if ranks.main:
         with records.JsonLines(folder / records.ENV) as out:
             out.write({**envs[0], "world_size": ranks.world, "ranks": envs})
-
-
-def print_nothing(*args):
-    pass

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-import engine
 from engine.data import tensors
-from engine.model import execution
+from engine.model import execution, rescaler
 from engine.model.losses import irn_losses, network_passes
 from engine.training import checkpoints, distributed
 
@@ -74,7 +73,7 @@ class Trainer:
 
     def __init__(self, cfg, device, ranks=None):
         self.cfg, self.device, self.ranks = cfg, device, ranks or distributed.Ranks()
-        self.model = engine.build(
+        self.model = rescaler.build(
             cfg.scale, blocks_per_stage=cfg.blocks_per_stage, growth=cfg.growth, clamp=cfg.clamp
         ).to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]

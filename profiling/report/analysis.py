@@ -326,7 +326,7 @@ def analyse(folder):
         "scheduled": scheduled_work(logged),
         "gpu": gpu,
         "hardware": hw,
-        "verdict": bottleneck(stats, gpu, env, hw, cfg) if steps else NO_VERDICT,
+        "verdict": bottleneck(stats, gpu, env, hw, cfg) if steps else dict(NO_VERDICT),
         "ranks": rank_table(ranks) if len(ranks) > 1 else [],
         "world_size": env.get("world_size", 1),
         "explosions": run.explosions,

@@ -5,6 +5,7 @@ import itertools
 import types
 
 import numpy as np
+import pytest
 import torch
 
 from engine.data import crops, image_files
@@ -64,3 +65,10 @@ def test_the_loader_s_batches_have_the_batch_layout_the_census_and_benches_use()
         assert (tuple(batch[key].shape), batch[key].dtype) == (shape, dtype), key
     for made in (crops.random_batch(3, 8, 2), crops.empty_batch(3, 8, 2)):
         assert {k: (tuple(v.shape), v.dtype) for k, v in made.items()} == layout
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_the_noise_has_as_many_channels_as_the_network_s_z(scale):
+    import engine
+
+    assert crops.z_channels(scale) == engine.build(scale, blocks_per_stage=1, growth=4).z_channels()

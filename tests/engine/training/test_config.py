@@ -174,3 +174,11 @@ def test_bad_duration_and_window():
     with pytest.raises(UserError, match="START:STOP"):
         config.parse_window("5", "py-spy")
     assert config.parse_window("3:9", "py-spy") == (3, 9)
+
+
+def test_a_file_cannot_set_the_config_s_own_name(tmp_path):
+    (tmp_path / "based.toml").write_text('base = "irn_x4"\nconfig = "other"\n')
+    (tmp_path / "whole.toml").write_text('config = "other"\n' + (config.CONFIG_DIR / "irn_x4.toml").read_text())
+    for name in ("based", "whole"):
+        with pytest.raises(UserError, match="unknown (config )?key 'config'"):
+            config.resolve(["--config", str(tmp_path / f"{name}.toml")])
