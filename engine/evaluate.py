@@ -12,11 +12,12 @@ printed and saved as JSON and Markdown beside captioned grids of the first image
 """
 
 import json
+import math
+import os
 import re
 import sys
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.markup import escape
 
@@ -29,6 +30,9 @@ from engine.evaluation.benchmark_sets import EvalSet, load_sets
 from engine.evaluation.grids import save_rescale_grid
 from engine.evaluation.results_table import markdown, table, table_rows, table_title
 from engine.evaluation.scoring import evaluate_set, z_settings
+from engine.model import execution
+from engine.training import config
+from engine.training.config import flag_type
 
 EMBEDDED_SET = "held-out (embedded)"
 
@@ -53,22 +57,46 @@ def parse_args(argv):
         metavar="[NAME=]DIR",
         help="a folder of HR images, a benchmark set's folder or a folder of benchmark sets (repeatable)",
     )
-    p.add_argument("--scale", type=int, help="refuse a checkpoint of another scale")
+    p.add_argument("--scale", type=flag_type(int, config.a_scale), help="refuse a checkpoint of another scale")
     p.add_argument("--z", choices=("sample", "zero"), default="sample")
-    p.add_argument("--samples", type=int, default=1, help="z samples per image (mean ± std over samples)")
-    p.add_argument("--temperature", default="0,1.0", help="temperatures of z, 0 meaning z = 0, e.g. 0,0.5,0.8,1.0")
-    p.add_argument("--grid", type=int, default=3, help="image grids for the first N images of each set")
+    p.add_argument(
+        "--samples", type=flag_type(int, config.integer(1)), default=1, help="z samples per image (mean ± std)"
+    )
+    p.add_argument(
+        "--temperature",
+        dest="temperatures",
+        type=flag_type(config.NUMBERS, temperatures),
+        default=[0.0, 1.0],
+        help="temperatures of z, 0 meaning z = 0, e.g. 0,0.5,0.8,1.0 (default: 0,1)",
+    )
+    p.add_argument(
+        "--grid", type=flag_type(int, config.integer(0)), default=3, help="image grids for the first N images of a set"
+    )
     p.add_argument("--save-images", action="store_true", help="write every upscaled image (seed 0)")
-    p.add_argument("--out", help="where the table, grids and images go (default: the run's eval/ folder)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", help="the folder the table, grids and images go to (default: the run's eval/ folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+    p.add_argument("--device", default="auto", help=f"{execution.DEVICE_CHOICES} (default: auto)")
     args = p.parse_args(argv)
-    try:
-        args.temperatures = [float(t) for t in args.temperature.split(",")]
-    except ValueError:
-        raise UserError(f"--temperature takes numbers like 0,0.5,1.0; got {args.temperature!r}") from None
-    if args.samples < 1:
-        raise UserError(f"--samples takes a count of at least 1; got {args.samples}")
+    args.device = execution.device_for(args.device)
     return args
+
+
+def temperatures(v, cfg):
+    ok = isinstance(v, list) and v and all(math.isfinite(t) and t >= 0 for t in v)
+    return None if ok else "comma-separated temperatures >= 0, like 0,0.5,1.0"
+
+
+def results_folder(args):
+    """Where the results go: --out or the run's eval/ folder; results already there need --overwrite."""
+    out = Path(args.out) if args.out else default_out(args.checkpoint)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the table, grids and images")
+    if (out / "results.json").exists() and not args.overwrite:
+        raise UserError(f"{out} holds the results of an earlier evaluation; add --overwrite, or give another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise UserError(f"cannot write into {out}; give a writable folder with --out")
+    return out
 
 
 def image_writer(args, scale, set_name, names, out):
@@ -121,12 +149,11 @@ def score_set(args, model, s, settings, out, console):
 @cli
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    out = results_folder(args)  # before any work: a folder that cannot take the results says so first
     model = load_model(args)
     console = Console()
     sets = read_sets(args, model.scale, console)
     settings = z_settings(args.z, args.temperatures, args.samples)
-    out = Path(args.out) if args.out else default_out(args.checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
     results = {s.name: score_set(args, model, s, settings, out, console) for s in sets}
     rows = table_rows(results, [label for label, _, _ in settings])
     note = paper.note([s.paper_set for s in sets], model.scale, rows.columns)

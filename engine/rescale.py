@@ -1,11 +1,13 @@
 """Rescale your own images with a trained IRN:
 
-    python -m engine.rescale down IN OUT --checkpoint CKPT
-    python -m engine.rescale up   IN OUT --checkpoint CKPT [--temperature T] [--seed S]
+    python -m engine.rescale down IN OUT --checkpoint CKPT [--overwrite]
+    python -m engine.rescale up   IN OUT --checkpoint CKPT [--temperature T] [--seed S] [--overwrite]
 
-IN and OUT are image files or folders. `down` pads by reflection to a multiple of the scale and
-writes an 8-bit PNG LR that records the original size; `up` upscales with z ~ N(0, T^2) (T = 0:
-z = 0) and crops back to that size, so down then up returns an image of the original size.
+IN and OUT are image files or folders. `down` pads by reflection to a multiple of the scale and writes an
+8-bit PNG LR (lossless) that records the original size and whether the image was grayscale; `up` upscales
+with z ~ N(0, T^2) (T = 0: z = 0), crops back to that size and gives a grayscale image back as grayscale,
+so down then up returns an image like the original. `up` writes the format OUT names (.png, .jpg, ...).
+An existing OUT file is replaced only with --overwrite.
 """
 
 import sys
@@ -19,8 +21,12 @@ import engine
 from engine.data import image_files, tensors
 from engine.data.image_files import to_uint8
 from engine.errors import UserError, cli, parser
+from engine.model import execution
+from engine.training import config
+from engine.training.config import flag_type
 
 SIZE_KEY = "irn-hr-size"  # PNG text chunk: "HxW" of the image before downscaling
+GRAY_KEY = "irn-hr-gray"  # PNG text chunk: "1" when the image before downscaling was grayscale
 
 
 def pad_to_multiple(x, multiple):
@@ -34,21 +40,37 @@ def pad_to_multiple(x, multiple):
 
 
 def read(path):
-    try:
-        img = image_files.to_rgb8(path)
-    except (OSError, ValueError, SyntaxError):
-        raise UserError(f"cannot read {path} as an image; is it a complete PNG/JPEG?") from None
+    """(image tensor, the HR size its tag records or None, whether it is or was grayscale)."""
+    img = image_files.to_rgb8_or_refuse(path)
     with Image.open(path) as im:
-        size = im.info.get(SIZE_KEY)
-    return tensors.image_tensor(img, 1), size
+        info, gray = dict(im.info), im.mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "1")
+    return tensors.image_tensor(img, 1), hr_size(info.get(SIZE_KEY), path), gray or info.get(GRAY_KEY) == "1"
 
 
-def write(x, path, hr_size=None):
+def hr_size(tag, path):
+    """The (H, W) of a size tag "HxW", None without one; a malformed tag is one line."""
+    if tag is None:
+        return None
+    h, _, w = str(tag).partition("x")
+    if not (h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        raise UserError(f"{path}: its {SIZE_KEY} tag is {str(tag)[:40]!r}, not HxW; rewrite it with rescale down")
+    return int(h), int(w)
+
+
+def write(x, path, hr_size=None, gray=False):
+    """An 8-bit image file; an LR (hr_size given) as PNG with its tags, an HR in the format `path` names."""
     info = PngImagePlugin.PngInfo()
     if hr_size:
         info.add_text(SIZE_KEY, f"{hr_size[0]}x{hr_size[1]}")
+        info.add_text(GRAY_KEY, "1" if gray else "0")
+    image = Image.fromarray(to_uint8(x))
+    if gray and not hr_size:
+        image = image.convert("L")
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(x)).save(path.with_suffix(".png"), pnginfo=info)
+    if path.suffix.lower() == ".png":
+        image.save(path, pnginfo=info)
+    else:
+        image.save(path)
 
 
 @torch.no_grad()
@@ -59,25 +81,39 @@ def down(model, x):
 
 
 @torch.no_grad()
-def up(model, lr, hr_size, temperature, generator):
+def up(model, lr, size, temperature, generator):
     hr = model.upscale(lr, temperature=temperature, generator=generator).clamp(0, 1)
-    if hr_size:
-        h, w = (int(v) for v in hr_size.split("x"))
-        hr = hr[..., :h, :w]
-    return hr
+    return hr[..., : size[0], : size[1]] if size else hr
 
 
-def pairs(src, dst):
-    """(input, output) paths: a file to a file, or every image in a folder to the same names in another."""
+def pairs(src, dst, direction, overwrite):
+    """(input, output) paths: a file to a file, or every image of a folder to the same stem in another; outputs
+    that two inputs share, an LR that is not a PNG and outputs that exist (without `overwrite`) are refused."""
     src, dst = Path(src), Path(dst)
     if src.is_file():
-        return [(src, dst if dst.suffix else dst / f"{src.stem}.png")]
-    if src.is_dir():
+        jobs = [(src, dst if dst.suffix else dst / f"{src.stem}.png")]
+    elif src.is_dir():
         files = [p for p in sorted(src.iterdir()) if p.suffix.lower() in image_files.IMAGE_SUFFIXES]
         if not files:
             raise UserError(f"no images in {src}")
-        return [(p, dst / f"{p.stem}.png") for p in files]
-    raise UserError(f"no file or folder at {src}")
+        jobs = [(p, dst / f"{p.stem}.png") for p in files]
+    else:
+        raise UserError(f"no file or folder at {src}")
+    refuse_collisions(jobs)
+    if direction == "down" and jobs[0][1].suffix.lower() != ".png":
+        raise UserError(f"{jobs[0][1]}: an LR is written as PNG (lossless, and it carries the original size)")
+    existing = [out for _, out in jobs if out.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{existing[0]} exists ({len(existing)} of the outputs do); add --overwrite to replace them")
+    return jobs
+
+
+def refuse_collisions(jobs):
+    seen = {}
+    for src, out in jobs:
+        if out in seen:
+            raise UserError(f"{seen[out].name} and {src.name} would both be written to {out}; rename one of them")
+        seen[out] = src
 
 
 @cli
@@ -85,24 +121,33 @@ def main(argv=None):
     p = parser("python -m engine.rescale", __doc__)
     p.add_argument("direction", choices=("down", "up"))
     p.add_argument("input", help="an image file or a folder of images")
-    p.add_argument("output", help="a PNG file or a folder")
+    p.add_argument("output", help="an image file (an LR: .png) or a folder")
     p.add_argument("--checkpoint", required=True, help="this project's checkpoint or an official IRN .pth")
-    p.add_argument("--temperature", type=float, default=1.0, help="z ~ N(0, T^2) for `up` (0: z = 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampled z")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--temperature", type=flag_type(float, config.number(0)), default=1.0, help="z ~ N(0, T^2) for up (0: z = 0)"
+    )
+    p.add_argument("--seed", type=flag_type(int, config.integer(0)), default=0, help="seed of the sampled z")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
+    p.add_argument("--device", default="auto", help=f"{execution.DEVICE_CHOICES} (default: auto)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    jobs = pairs(args.input, args.output)
-    model = engine.load(args.checkpoint, device=args.device)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    device = execution.device_for(args.device)
+    jobs = pairs(args.input, args.output, args.direction, args.overwrite)
+    model = engine.load(args.checkpoint, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
     for src, dst in jobs:
-        x, hr_size = read(src)
-        x = x.to(args.device)
+        x, size, gray = read(src)
+        x = x.to(device)
         if args.direction == "down":
             lr, size = down(model, x)
-            write(lr, dst, size)
+            write(lr, dst, size, gray)
         else:
-            write(up(model, x, hr_size, args.temperature, generator), dst)
-        print(f"{src} -> {dst.with_suffix('.png')}")
+            if size is None:
+                h, w = x.shape[-2] * model.scale, x.shape[-1] * model.scale
+                print(
+                    f"{src} has no {SIZE_KEY} tag (not written by rescale down): upscaling it x{model.scale} to {w}x{h}"
+                )
+            write(up(model, x, size, args.temperature, generator), dst, gray=gray)
+        print(f"{src} -> {dst}")
 
 
 if __name__ == "__main__":

@@ -66,13 +66,23 @@ def read_folder(folder, min_size=1):
     return found
 
 
+# What Pillow raises on a file it cannot decode: damaged, not an image, or past its decompression-bomb limit.
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def why_unreadable(err):
+    if isinstance(err, Image.DecompressionBombError):
+        return f"over Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"
+    return "corrupt or unreadable"
+
+
 def read_images(paths, min_size=1):
     names, images, skipped = [], [], {}
     for path in paths:
         try:
             img = to_rgb8(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-            skipped.setdefault("corrupt or unreadable", []).append(Path(path).name)
+        except UNREADABLE as err:
+            skipped.setdefault(why_unreadable(err), []).append(Path(path).name)
             continue
         if min(img.shape[:2]) < min_size:
             skipped.setdefault(f"smaller than {min_size}x{min_size}", []).append(Path(path).name)
@@ -96,6 +106,14 @@ def to_rgb8(path):
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError("not an RGB image")
     return np.ascontiguousarray(arr)
+
+
+def to_rgb8_or_refuse(path):
+    """to_rgb8 for a file the user named: one line when it cannot be decoded."""
+    try:
+        return to_rgb8(path)
+    except UNREADABLE as err:
+        raise UserError(f"cannot read {path} as an image ({why_unreadable(err)}); is it a complete PNG/JPEG?") from None
 
 
 def describe_skipped(skipped):

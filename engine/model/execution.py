@@ -4,13 +4,33 @@ The swap changes which function the Haar, coupling and dense-block modules call,
 weights, so one checkpoint serves every path.
 """
 
+import re
+
 import torch
 
+from engine.errors import UserError
 from engine.model.irn import DenseBlock, Haar, IRNCoupling
 from kernels.precision import tf32_convolutions
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
+DEVICES = r"auto|cpu|cuda(:\d+)?"  # what --device takes, in every command
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def device_for(want):
+    """The torch.device that a --device value names on this machine ("auto": this process's CUDA GPU, else the
+    CPU); a value this machine cannot run is one line."""
+    if not re.fullmatch(DEVICES, want):
+        raise UserError(f"--device {want}: expected {DEVICE_CHOICES}")
+    if want == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {want} needs a CUDA GPU, and none is visible; use --device cpu")
+    device = torch.device(want)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {want}: only {torch.cuda.device_count()} GPUs are visible (cuda:0 to cuda:N-1)")
+    return device
 
 
 def use_fast_kernels(model, enabled=True, dense=True):

@@ -1,6 +1,7 @@
 """The public API: build or load a Rescaler, then downscale and upscale images with it."""
 
 import math
+import pickle
 import re
 from pathlib import Path
 
@@ -95,16 +96,49 @@ def load(path, device=None):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; give the path of a .pt/.pth file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(
-            f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}); is the file complete?"
-        ) from None
+    obj = read_checkpoint(path)
     arch = obj.get("arch") if isinstance(obj, dict) else None
     clamp = arch.get("clamp", 1.0) if isinstance(arch, dict) else 1.0
     model = from_state_dict(unwrap_state_dict(obj), clamp)
     return model.to(device) if device is not None else model
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint file cut short (a crash or a full disk while it was written, an interrupted copy)."""
+
+
+def read_checkpoint(path):
+    """What a .pt/.pth file holds, loaded with weights_only=True (tensors and plain data, never code); a file
+    that cannot be loaded is a UserError naming why: cut short (DamagedCheckpoint), written by a newer torch,
+    holding objects weights_only refuses (named), or not a PyTorch file at all."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except EOFError:
+        raise DamagedCheckpoint(f"{path} is cut short (it ends before its data does): a damaged copy") from None
+    except PermissionError:
+        raise UserError(f"cannot read {path}: permission denied") from None
+    except OSError as err:  # a zip whose records point past its end (torch seeks there)
+        raise DamagedCheckpoint(f"{path} is cut short or damaged ({err.strerror or type(err).__name__})") from None
+    except RuntimeError as err:
+        if "maximum supported version" in str(err):
+            raise UserError(
+                f"{path} was written by a newer torch than this {torch.__version__}; upgrade torch"
+            ) from None
+        if "zip archive" in str(err):
+            raise DamagedCheckpoint(f"{path} is cut short or damaged (its zip archive is incomplete)") from None
+        raise UserError(f"cannot read {path} as a PyTorch checkpoint (RuntimeError: {_first_line(err)})") from None
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused:
+            raise UserError(
+                f"{path} holds a {refused[1]}, which torch.load(weights_only=True) refuses to run: it is not a "
+                "checkpoint of this project or of the official IRN release (those hold tensors and plain data)"
+            ) from None
+        raise UserError(f"{path} is not a PyTorch checkpoint (not a file torch.save wrote)") from None
+
+
+def _first_line(err):
+    return str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
 
 
 def unwrap_state_dict(obj):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.model.rescaler import DamagedCheckpoint, read_checkpoint
 from profiling import records
 
 LATEST, BEST = "last.pt", "best.pt"
@@ -128,16 +129,15 @@ def prune(run, kept):
 
 
 def read(path):
-    """A checkpoint's state, or UserError saying why it cannot be used."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any failure to read it back means the file cannot be used
-        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}); it may be truncated") from None
+    """A checkpoint's state, or a UserError saying why it cannot be used (DamagedCheckpoint: cut short)."""
+    return read_checkpoint(path)
 
 
 def load_newest(run, log=print):
-    """The state of the newest readable checkpoint of a run folder; each one skipped is one line of `log`.
-    Files a crash left half written aside (*.tmp) are removed: they never were checkpoints."""
+    """The state of the newest whole checkpoint of a run folder. A damaged one (cut short) is skipped with one
+    line of `log`; any other failure (a newer torch's file, objects weights_only refuses) stops the resume with
+    its own line, since the older checkpoints were written the same way. Files a crash left half written aside
+    (*.tmp) are removed: they never were checkpoints."""
     for aside in folder_of(run).glob("*.tmp"):
         aside.unlink(missing_ok=True)  # every rank reads the checkpoint; one may have removed it already
     steps = steps_saved(run)
@@ -146,9 +146,7 @@ def load_newest(run, log=print):
         if not path.is_file():
             continue
         try:
-            state = read(path)
-        except UserError as err:
+            return read(path)
+        except DamagedCheckpoint as err:
             log(f"skipped {path.name}: {err}")
-            continue
-        return state
-    raise UserError(f"no readable checkpoint in {folder_of(run)}; resume from a run folder that has saved one")
+    raise UserError(f"no whole checkpoint in {folder_of(run)}; resume from a run folder that has saved one")

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from engine.errors import UserError, parser
-from engine.model.execution import COMPILE_MODES, PRECISIONS
+from engine.model.execution import COMPILE_MODES, DEVICE_CHOICES, DEVICES, PRECISIONS
 
 
 def _config_dir():
@@ -130,7 +130,7 @@ def increasing_steps(v, cfg):
 
 
 def a_device(v, cfg):
-    return None if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) else "auto, cpu, cuda or cuda:N"
+    return None if isinstance(v, str) and re.fullmatch(DEVICES, v) else DEVICE_CHOICES
 
 
 def a_window(v, cfg):
@@ -149,6 +149,23 @@ def _parses(parse, value):
         return True
     except UserError:
         return False
+
+
+def flag_type(read, rule):
+    """An argparse type for another command's flag, read and checked with one of the rules above, so that every
+    command words a bad value as training does ("expected an integer >= 1")."""
+
+    def parse(text):
+        try:
+            value = read(text)
+        except (ValueError, argparse.ArgumentTypeError):
+            value = text
+        allowed = rule(value, {})
+        if allowed:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {allowed}")
+        return value
+
+    return parse
 
 
 INTEGERS = list_of(int, "comma-separated integers")
@@ -262,15 +279,21 @@ def config_path(name_or_path):
     return path
 
 
-def load(name_or_path):
-    """(config, {key: (section, help text)}) of a config file and its `base` chain."""
+def load(name_or_path, chain=()):
+    """(config, {key: (section, help text)}) of a config file and its `base` chain (`chain`: the files that
+    named this one as their base, which it must not name again)."""
     path = config_path(name_or_path)
     try:
         tables = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path} is not valid TOML ({err})") from None
     base = tables.pop("base", None)
-    cfg, help_texts = load(base) if base else ({}, {})
+    if base is not None and not (isinstance(base, str) and base):
+        raise UserError(f'{path}: base = {base!r}: expected the name or path of a config, like base = "{SCHEMA}"')
+    if base and config_path(base).resolve() in {*chain, path.resolve()}:
+        names = " -> ".join(str(p) for p in (*chain, path.resolve(), config_path(base).resolve()))
+        raise UserError(f"{path}: its base chain comes back to itself ({names}); base it on {SCHEMA}")
+    cfg, help_texts = load(base, (*chain, path.resolve())) if base else ({}, {})
     comments = key_comments(path)
     seen = set()
     for key, value, section in _entries(tables):

@@ -10,7 +10,7 @@ import torch
 from engine.data import crops, image_files
 from engine.errors import UserError
 from engine.evaluation import metrics
-from engine.model import rescaler
+from engine.model import execution, rescaler
 from engine.training import checkpoints, distributed, run_folder
 from engine.training.progress import console
 from engine.training.step_census import census, census_json
@@ -27,14 +27,7 @@ def pick_device(cfg, ranks_here=1):
             f"--device {want} would put the {ranks_here} ranks of this node on one GPU; under torchrun each rank "
             "takes its own (LOCAL_RANK): use --device cuda (or auto)"
         )
-    if want == "auto":
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    elif want.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {want} needs a CUDA GPU, and none is visible; use --device cpu")
-    else:
-        device = torch.device(want)
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"--device {want}: only {torch.cuda.device_count()} GPUs are visible (cuda:0 to cuda:N-1)")
+    device = execution.device_for(want)
     if cfg.precision != "fp32" and device.type != "cuda":
         raise UserError(f"--precision {cfg.precision} needs a GPU; use --precision fp32 on the CPU")
     if cfg.precision == "bf16" and torch.cuda.get_device_capability(device) < (8, 0):

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import engine
-from engine import evaluate, rescale
+from engine import evaluate
 from engine.data import image_files
 from engine.evaluation import paper
 from tests.engine.evaluation.test_benchmark_sets import make_benchmark
@@ -154,49 +154,28 @@ def test_zero_z_is_deterministic_and_seeded_z_repeats(checkpoint, image_folder):
         (["--checkpoint", "/missing.pt"], "no checkpoint at /missing.pt"),
         (["--data", "/missing"], "no folder at /missing"),
         (["--scale", "4"], "is an x2 model, not x4"),
-        (["--temperature", "hot"], "--temperature takes numbers"),
+        (["--temperature", "hot"], "argument --temperature: 'hot': expected comma-separated temperatures >= 0"),
+        (["--temperature", "0,-1"], "expected comma-separated temperatures >= 0"),
+        (["--samples", "0"], "argument --samples: '0': expected an integer >= 1"),
+        (["--scale", "5"], "expected a power of two (2, 4, 8, 16, ...) or 3"),
+        (["--device", "tpu"], "--device tpu: expected auto, cpu, cuda or cuda:N"),
+        pytest.param(
+            ["--device", "cuda"],
+            "--device cuda needs a CUDA GPU, and none is visible; use --device cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible"),
+        ),
+        (["--out", "{file}"], "is a file; give a folder"),
+        (["--out", "{done}"], "holds the results of an earlier evaluation; add --overwrite"),
     ],
 )
-def test_bad_evaluate_input_gives_one_line(args, message, checkpoint, capsys):
+def test_bad_evaluate_input_gives_one_line(args, message, checkpoint, capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "results.json").write_text("{}")
+    args = [a.format(file=tmp_path / "file", done=tmp_path / "done") for a in args]
     full = args if args[0] == "--checkpoint" else ["--checkpoint", str(checkpoint), *args]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         evaluate.main(full)
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
-
-
-def test_rescale_down_then_up_returns_the_original_size(checkpoint, tmp_path):
-    import numpy as np
-    from PIL import Image
-
-    src = tmp_path / "odd.png"
-    Image.fromarray((np.random.default_rng(0).random((37, 29, 3)) * 255).astype(np.uint8)).save(src)
-    rescale.main(["down", str(src), str(tmp_path / "lr.png"), "--checkpoint", str(checkpoint)])
-    with Image.open(tmp_path / "lr.png") as lr:
-        assert lr.size == (15, 19) and lr.info[rescale.SIZE_KEY] == "37x29"
-    rescale.main(
-        [
-            "up",
-            str(tmp_path / "lr.png"),
-            str(tmp_path / "hr.png"),
-            "--checkpoint",
-            str(checkpoint),
-            "--temperature",
-            "0",
-        ]
-    )
-    with Image.open(tmp_path / "hr.png") as hr:
-        assert hr.size == (29, 37) and hr.mode == "RGB"
-
-
-def test_rescale_folders_and_bad_input(checkpoint, image_folder, tmp_path, capsys):
-    rescale.main(["down", str(image_folder), str(tmp_path / "lrs"), "--checkpoint", str(checkpoint)])
-    assert sorted(p.name for p in (tmp_path / "lrs").iterdir()) == ["img0.png"]
-    (tmp_path / "bad.png").write_bytes(b"not a png")
-    for args, message in (
-        (["/missing.png", "x.png"], "no file or folder"),
-        ([str(tmp_path / "bad.png"), "x.png"], "cannot read"),
-    ):
-        with pytest.raises(SystemExit):
-            rescale.main(["down", *args, "--checkpoint", str(checkpoint)])
-        assert message in capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert (tmp_path / "done" / "results.json").read_text() == "{}"  # nothing written over

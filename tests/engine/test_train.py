@@ -311,7 +311,7 @@ def test_resume_folder_without_checkpoint(image_folder, in_tmp, capsys):
     )
     with pytest.raises(SystemExit):
         train.main(["--resume", "runs/empty"])
-    assert "no readable checkpoint in runs/empty/checkpoints" in capsys.readouterr().err
+    assert "no whole checkpoint in runs/empty/checkpoints" in capsys.readouterr().err
 
 
 def test_fine_tuning_takes_weights_only_with_a_fresh_optimiser(image_folder, in_tmp):

@@ -1,3 +1,7 @@
+import re
+import zipfile
+
+import numpy as np
 import pytest
 import torch
 
@@ -158,11 +162,23 @@ def test_evaluate_and_rescale_accept_an_x3_checkpoint(image_folder, tmp_path):
     )
     summary = json.loads((out / "results.json").read_text())
     assert summary["scale"] == 3 and summary["results"]["tiny"]["images"] == 3
-    src = next(image_folder.glob("*.png"))
-    rescale.main(["down", str(src), str(tmp_path / "lr.png"), "--checkpoint", str(checkpoint)])
-    rescale.main(["up", str(tmp_path / "lr.png"), str(tmp_path / "hr.png"), "--checkpoint", str(checkpoint)])
-    with Image.open(src) as hr, Image.open(tmp_path / "lr.png") as lr, Image.open(tmp_path / "hr.png") as up:
-        assert lr.size == (-(-hr.size[0] // 3), -(-hr.size[1] // 3)) and up.size == hr.size
+    # A fresh x3 network: identity couplings after the official downsampling's start, W = identity with its first
+    # row 1/9, so the LR is each 3x3 block's mean and, with z = 0, W^-1 puts 9x that mean in each block's first
+    # pixel and zeros in the others.
+    fresh = tmp_path / "fresh.pt"
+    torch.save({"model": engine.build(3, blocks_per_stage=1, growth=4).state_dict()}, fresh)
+    photo = (np.random.default_rng(0).random((12, 15, 3)) * 40).astype(np.uint8)  # 9 x the mean stays below 255
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    rescale.main(["down", str(tmp_path / "photo.png"), str(tmp_path / "lr.png"), "--checkpoint", str(fresh)])
+    rescale.main(
+        ["up", str(tmp_path / "lr.png"), str(tmp_path / "hr.png"), "--checkpoint", str(fresh), "--temperature", "0"]
+    )
+    lr, up = np.asarray(Image.open(tmp_path / "lr.png")).astype(int), np.asarray(Image.open(tmp_path / "hr.png"))
+    means = photo.astype(float).reshape(4, 3, 5, 3, 3).mean(axis=(1, 3))
+    assert lr.shape == (4, 5, 3) and np.abs(lr - np.round(means)).max() <= 1
+    first = np.zeros_like(photo, dtype=int)
+    first[::3, ::3] = np.minimum(255, np.round(9 * lr))
+    assert up.shape == photo.shape and np.abs(up.astype(int) - first).max() <= 1
 
 
 def test_the_x3_config_is_the_official_recipe_and_builds_the_official_network():
@@ -175,3 +191,34 @@ def test_the_x3_config_is_the_official_recipe_and_builds_the_official_network():
     assert differ == {"scale", "blocks_per_stage", "lambda_fit", "config"}  # otherwise the x4 recipe
     model = engine.build(cfg.scale, blocks_per_stage=cfg.blocks_per_stage, growth=cfg.growth)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 3_139_029
+
+
+class _NotWeights:
+    pass
+
+
+def _with_version(src, dst, version):
+    """A copy of a torch.save zip whose format version is `version` (as a newer torch would write it)."""
+    with zipfile.ZipFile(src) as whole, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as out:
+        for name in whole.namelist():
+            out.writestr(name, f"{version}\n".encode() if name.endswith("/version") else whole.read(name))
+
+
+@pytest.mark.parametrize(
+    "make, cause",
+    [
+        (lambda good, bad: bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2]), "is cut short"),
+        (lambda good, bad: bad.write_bytes(b""), "is cut short"),
+        (lambda good, bad: bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64)), "is not a PyTorch checkpoint"),
+        (lambda good, bad: torch.save({"net": _NotWeights()}, bad), "holds a tests.engine.model.test_rescaler._Not"),
+        (lambda good, bad: _with_version(good, bad, 99), "was written by a newer torch"),
+    ],
+    ids=["truncated", "empty", "png", "refused-object", "newer-torch"],
+)
+def test_a_checkpoint_that_cannot_be_loaded_says_why(tmp_path, make, cause):
+    good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"
+    torch.save(engine.build(2, blocks_per_stage=1, growth=4).state_dict(), good)
+    make(good, bad)
+    with pytest.raises(engine.UserError, match=re.escape(cause)):
+        engine.load(bad)
+    assert engine.load(good).scale == 2

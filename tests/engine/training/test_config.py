@@ -182,3 +182,21 @@ def test_a_file_cannot_set_the_config_s_own_name(tmp_path):
     for name in ("based", "whole"):
         with pytest.raises(UserError, match="unknown (config )?key 'config'"):
             config.resolve(["--config", str(tmp_path / f"{name}.toml")])
+
+
+@pytest.mark.parametrize(
+    "base, message",
+    [
+        ('"self"', "its base chain comes back to itself"),
+        ('"other"', "its base chain comes back to itself"),
+        ("4", "base = 4: expected the name or path of a config"),
+        ('""', "base = '': expected the name or path of a config"),
+    ],
+)
+def test_a_base_that_loops_or_is_not_a_name_is_one_line(tmp_path, base, message):
+    (tmp_path / "self.toml").write_text(f"base = {base.replace('self', str(tmp_path / 'self.toml'))}\n")
+    (tmp_path / "other.toml").write_text(f'base = "{tmp_path / "self.toml"}"\n')
+    if base == '"other"':
+        (tmp_path / "self.toml").write_text(f'base = "{tmp_path / "other.toml"}"\n')
+    with pytest.raises(UserError, match=re.escape(message)):
+        config.resolve(["--config", str(tmp_path / "self.toml")])

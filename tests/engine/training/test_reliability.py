@@ -3,14 +3,17 @@
 Real processes, real signals to real process groups, real DataLoader workers, real files cut short.
 """
 
+import collections
 import os
 import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine import train
 from engine.training import checkpoints
@@ -116,8 +119,19 @@ def test_a_truncated_newest_checkpoint_is_skipped_with_one_line(image_folder, in
     capsys.readouterr()
     train.main(["--resume", "runs/cut", "--steps", "10"])
     said = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
-    assert len(said) == 1 and "skipped step_00000006.pt" in said[0] and "truncated" in said[0]
+    assert len(said) == 1 and "skipped step_00000006.pt" in said[0] and "cut short" in said[0]
     assert losses("runs/cut") == pytest.approx(whole_run, rel=1e-6)  # steps 4 and 5 redone, identically
+
+
+def test_a_checkpoint_that_is_whole_but_refused_stops_the_resume_with_its_cause(image_folder, in_tmp, capsys):
+    """Not damage: the older checkpoints were written the same way, so the resume stops instead of skipping."""
+    train.main([*TINY, "--data", str(image_folder), "--steps", "4", "--name", "odd", "--checkpoint-every", "2"])
+    torch.save({"step": 4, "extra": collections.OrderedDict(a=Fraction(1, 3))}, checkpoints.step_file("runs/odd", 4))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--resume", "runs/odd", "--steps", "6"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "holds a fractions.Fraction" in err and "skipped" not in err
 
 
 def test_a_full_disk_during_a_checkpoint_stops_with_one_line_and_the_previous_checkpoint(
