@@ -10,8 +10,14 @@ import errno
 import functools
 import sys
 
-# Write failures a user fixes (free space, a quota, a read-only mount), whichever file meets them first.
-FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# Failures of the file system a user fixes, whichever file meets them first: what to do about each.
+REMEDIES = {
+    errno.ENOSPC: "free space on that disk",
+    errno.EDQUOT: "free space within your quota",
+    errno.EROFS: "use a folder on a writable file system",
+    errno.EACCES: "give yourself access to it, or use another folder",
+    errno.EPERM: "give yourself access to it, or use another folder",
+}
 
 
 class UserError(Exception):
@@ -29,8 +35,8 @@ def parser(prog, doc, **kwargs):
 
 
 def cli(main):
-    """Run a command-line entry point, turning a UserError, or a full or read-only disk, into one line on
-    stderr and exit code 2."""
+    """Run a command-line entry point, turning a UserError, a file-system failure a user fixes (a full disk, a
+    quota, a read-only mount, a permission) or Ctrl-C into one line on stderr: exit code 2 (130 for Ctrl-C)."""
 
     @functools.wraps(main)
     def run(*args, **kwargs):
@@ -39,14 +45,21 @@ def cli(main):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
         except OSError as err:
-            if err.errno not in FULL_OR_READ_ONLY:
+            if err.errno not in REMEDIES:
                 raise
-            where = f" {err.filename}" if err.filename else ""
+            where = f"{err.filename}: " if err.filename else ""
             print(
-                f"error: cannot write{where} ({err.strerror}); free space or make the folder writable, then run "
-                "the command again (a training run: --resume, from its last checkpoint)",
+                f"error: {where}{err.strerror}; {REMEDIES[err.errno]}, then run the command again "
+                "(a training run: --resume, from its last checkpoint)",
                 file=sys.stderr,
             )
+        except KeyboardInterrupt:  # before a run's signal handlers are in place, or a second Ctrl-C during its stop
+            print(
+                "error: interrupted (Ctrl-C); what was already written is whole (a training run resumes from its last "
+                "checkpoint with --resume)",
+                file=sys.stderr,
+            )
+            sys.exit(130)
         sys.exit(2)
 
     return run

@@ -18,8 +18,10 @@ from rich.table import Table
 import engine
 from engine.data import tensors
 from engine.errors import UserError, cli, parser
+from engine.model import execution
 from engine.model.losses import irn_losses, network_passes
 from engine.training import checkpoints, config
+from engine.training.config import flag_type
 from profiling import records
 
 
@@ -65,10 +67,15 @@ def replay(folder, event, weights, device="cpu"):
 def main(argv=None):
     p = parser("python -m engine.replay", __doc__)
     p.add_argument("run", help="a run name under runs/ or a path")
-    p.add_argument("--step", type=int, help="the recorded step to replay (default: the largest grad norm)")
+    p.add_argument(
+        "--step",
+        type=flag_type(int, config.integer(0)),
+        help="the recorded step to replay (default: the largest grad norm)",
+    )
     p.add_argument("--checkpoint", help="weights to replay with (default: the run's checkpoints/last.pt)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help=f"{execution.DEVICE_CHOICES} (default: auto)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    device = execution.device_for(args.device)
     folder = records.find(args.run)
     event = pick_event(folder, args.step)
     weights = args.checkpoint or folder / records.CHECKPOINTS / checkpoints.LATEST
@@ -80,7 +87,7 @@ def main(argv=None):
     table = Table()
     for column in ("sample", "image", "crop box (top, left, h, w)", *event["losses"], "grad norm"):
         table.add_column(column, justify="left" if column in ("image", "crop box (top, left, h, w)") else "right")
-    for name, image, box, losses, norm in replay(folder, event, weights, args.device):
+    for name, image, box, losses, norm in replay(folder, event, weights, device):
         table.add_row(name, image, box, *(f"{v:.4g}" for v in losses.values()), f"{norm:.4g}")
     console.print(table)
 

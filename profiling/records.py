@@ -144,6 +144,8 @@ def find(name_or_path, root=RUNS):
     for candidate in (path, root / path):
         if (candidate / CONFIG).is_file():
             return candidate
+    if path.is_dir():
+        raise UserError(f"{path} is a folder but not a run folder (it has no {CONFIG}); give one such as runs/run_1")
     existing = sorted((p.name for p in root.glob("*") if (p / CONFIG).is_file()), key=_natural)
     listing = ", ".join(existing[-10:]) if existing else "none yet (train one with python -m engine.train)"
     raise UserError(f"no run folder {str(name_or_path)!r}; runs under {root}/: {listing}")

@@ -35,10 +35,17 @@ def embedded_dir():
     return Path(skimage.data.__file__).parent
 
 
-def embedded(split):
-    """The natural photographs shipped inside scikit-image's wheel: 'train' or 'held_out'."""
+def embedded(split, min_size=1):
+    """The natural photographs shipped inside scikit-image's wheel: 'train' or 'held_out', those at least
+    `min_size` on each side (a UserError when none is)."""
     names = EMBEDDED_TRAIN if split == "train" else EMBEDDED_HELD_OUT
-    return read_images([embedded_dir() / n for n in names])
+    found = read_images([embedded_dir() / n for n in names], min_size)
+    if not found.images:
+        raise UserError(
+            f"no embedded photograph is {min_size}x{min_size} or larger ({describe_skipped(found.skipped)}); "
+            "lower --crop, or give your own images with --data"
+        )
+    return found
 
 
 def find_images(folder):

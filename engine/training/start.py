@@ -41,7 +41,10 @@ def pick_device(cfg, ranks_here=1):
 
 def training_data(cfg):
     """(train set with its LR references, validation set) from --data/--val, or the embedded photographs."""
-    train = image_files.read_folder(cfg.data, min_size=cfg.crop) if cfg.data else image_files.embedded("train")
+    if cfg.data:
+        train = image_files.read_folder(cfg.data, min_size=cfg.crop)
+    else:
+        train = image_files.embedded("train", min_size=cfg.crop)
     if cfg.val:
         val = image_files.read_folder(cfg.val, min_size=metrics.smallest_side(cfg.scale))
     else:

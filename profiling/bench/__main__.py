@@ -11,11 +11,14 @@ Defaults follow the paper's x4 recipe (batch 16, 144x144 crops) on a GPU, and a 
 Every figure of one command comes from one process on one machine, so ratios compare like with like.
 """
 
+import json
 import sys
 
 import torch
 
-from engine.errors import cli, parser
+from engine.errors import UserError, cli, parser
+from engine.training import config
+from engine.training.config import flag_type
 from profiling.bench.figures import REPO
 from profiling.bench.fused_ops import bench_kernels
 from profiling.bench.gpu_page import bench_gpu
@@ -38,22 +41,27 @@ def main(argv=None):
     }
     p = parser("python -m profiling.bench", __doc__)
     p.add_argument("what", choices=list(benches))
-    p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--batch", type=int, default=16 if cuda else 2)
-    p.add_argument("--crop", type=int, default=144 if cuda else 32)
-    p.add_argument("--steps", type=int, default=30 if cuda else 5, help="timed steps per measurement")
+    at_least = {n: flag_type(int, config.integer(n)) for n in (0, 1)}
+    p.add_argument("--scale", type=flag_type(int, config.a_scale), default=4)
+    p.add_argument("--batch", type=at_least[1], default=16 if cuda else 2)
+    p.add_argument("--crop", type=at_least[1], default=144 if cuda else 32)
+    p.add_argument("--steps", type=at_least[1], default=30 if cuda else 5, help="timed steps per measurement")
     p.add_argument(
-        "--warmup", type=int, default=10 if cuda else 2, help="untimed steps first (compilation, autotuning)"
+        "--warmup", type=at_least[0], default=10 if cuda else 2, help="untimed steps first (compilation, autotuning)"
     )
-    p.add_argument("--rounds", type=int, default=5, help="alternating on/off rounds for `overhead`")
+    p.add_argument("--rounds", type=at_least[1], default=5, help="alternating on/off rounds for `overhead`")
     p.add_argument("--variants", default="", help=f"`step`: comma-separated, from: {', '.join(VARIANTS)}")
-    p.add_argument("--json", action="store_true", help="`registers`: print the rows as JSON")
+    p.add_argument("--json", action="store_true", help="print the figures (and their raw records) as JSON")
     p.add_argument("--out", default=str(REPO / "docs" / "PERFORMANCE.md"), help="`gpu`: the page to write")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.json and args.what == "gpu":
+        raise UserError("`bench gpu` writes its figures into --out (docs/PERFORMANCE.md); drop --json")
     step_config(args, {})  # one line for a bad --scale/--batch/--crop before any work
     device = torch.device("cuda" if cuda else "cpu")
     result = benches[args.what](args, device)
-    if result is not None:
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    elif result is not None:
         result.show()
 
 

@@ -4,7 +4,7 @@ shape and device in words."""
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +23,10 @@ class Figures:
     columns: list
     rows: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    records: list = field(default_factory=list)  # the raw measurements behind the rows, where a bench keeps them
+
+    def to_json(self):
+        return asdict(self)
 
     def table(self):
         table = Table(title=self.title)

@@ -1,7 +1,6 @@
 """Registers per thread and spilled bytes of every Triton kernel variant, compiled ahead of time for each target
 GPU: no GPU needed."""
 
-import json
 import os
 
 from engine.errors import UserError
@@ -16,16 +15,15 @@ def bench_registers(args, device):
     from kernels import aot
 
     rows = aot.compile_all()
-    if args.json:
-        print(json.dumps(rows))
-        return None
     targets = sorted({r["target"] for r in rows}, key=lambda t: int(t[3:]))
     cells = {}
     for r in rows:
         cell = "error" if "error" in r else f"{r['registers']}/{r['spill_bytes']}"
         cells.setdefault(r["short"], {})[r["target"]] = cell
     columns = ["kernel variant"] + [f"{t} {aot.TARGETS.get(int(t[3:]), '')}" for t in targets]
-    result = Figures("Triton kernels compiled ahead of time: registers per thread / spilled bytes", columns)
+    result = Figures(
+        "Triton kernels compiled ahead of time: registers per thread / spilled bytes", columns, records=rows
+    )
     order = {v.short: i for i, v in enumerate(aot.variants())}
     for short in sorted(cells, key=lambda name: order.get(name, len(order))):
         result.rows.append([short, *(cells[short].get(t, "-") for t in targets)])

@@ -35,3 +35,20 @@ def test_replay_defaults_to_the_largest_grad_norm_and_names_bad_steps(spiky_run,
     with pytest.raises(SystemExit):
         replay.main(["spiky", "--step", "3"])
     assert "no saved batch for step 3; steps with one: 10, 11" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["spiky", "--device", "tpu"], "--device tpu: expected auto, cpu, cuda or cuda:N"),
+        (["spiky", "--step", "-2"], "argument --step: '-2': expected an integer >= 0"),
+        (["nowhere"], "no run folder 'nowhere'"),
+        (["runs"], "runs is a folder but not a run folder"),
+    ],
+)
+def test_bad_replay_flags_are_one_line(in_tmp, args, message, capsys):
+    Path("runs").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        replay.main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err

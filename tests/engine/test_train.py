@@ -286,6 +286,7 @@ def test_too_many_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(image
         (["--precision", "fp8"], "--precision fp8: expected fp32, bf16 or fp16"),
         (["--precision", "bf16", "--device", "cpu"], "--precision bf16 needs a GPU"),
         (["--device", "cuda"], "needs a CUDA GPU") if not torch.cuda.is_available() else (["--scale", "5"], "power of"),
+        (["--crop", "4000"], "no embedded photograph is 4000x4000 or larger"),
     ],
 )
 def test_bad_input_gives_one_line(args, message, in_tmp, capsys):
@@ -293,6 +294,7 @@ def test_bad_input_gives_one_line(args, message, in_tmp, capsys):
         train.main(args)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+    assert not list(Path("runs").glob("*")), "a refused run leaves no run folder behind"
 
 
 def test_help_lists_every_flag_and_exits_0(in_tmp, capsys):

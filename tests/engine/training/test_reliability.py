@@ -248,3 +248,50 @@ def test_every_test_the_fault_table_names_exists():
             missing.append(ref)
     files = re.findall(r"`(tests/[\w/]+\.py)", (REPO / "docs" / "RELIABILITY.md").read_text())
     assert not missing and all((REPO / f).is_file() for f in files), (missing, files)
+
+
+SECOND_CTRL_C = """
+import os, signal
+from engine import train
+from engine.training import loop
+real, calls = loop.Loop.iteration, []
+def iteration(self, step, batches):
+    calls.append(step)
+    if step == 3:  # a user presses Ctrl-C twice: the first asks for a stop, the second leaves at once
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+    return real(self, step, batches)
+loop.Loop.iteration = iteration
+train.main()
+"""
+
+
+def test_a_second_ctrl_c_leaves_at_once_in_one_line_and_keeps_the_checkpoints(image_folder, tmp_path):
+    args = ["--data", str(image_folder), "--steps", "100", "--name", "twice", "--checkpoint-every", "2"]
+    proc = start(args, tmp_path, script=SECOND_CTRL_C)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.decode().splitlines() if line.startswith("error:")]
+    assert proc.returncode == 130 and len(lines) == 1 and "interrupted (Ctrl-C)" in lines[0], err.decode()[-2000:]
+    assert "Traceback" not in err.decode()
+    assert checkpoints.steps_saved(tmp_path / "runs" / "twice") == [2]  # the one written before: whole
+    assert checkpoints.read(checkpoints.step_file(tmp_path / "runs" / "twice", 2))["step"] == 2
+
+
+def test_ctrl_c_while_the_trainer_starts_is_one_line(monkeypatch, capsys):
+    """The command imports nothing heavy itself (a subprocess shows torch is not loaded by it): an interrupt while
+    torch and the model load, inside main, is cli's one line."""
+    loads = subprocess.run(
+        [sys.executable, "-c", "import sys, engine.train; print('torch' in sys.modules)"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert loads.stdout.strip() == "False"
+
+    class Interrupted:
+        def __getattr__(self, name):
+            raise KeyboardInterrupt  # as if Ctrl-C arrived while the training modules were being imported
+
+    monkeypatch.setitem(sys.modules, "engine.training.job", Interrupted())
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130 and err.count("\n") == 1 and "interrupted (Ctrl-C)" in err

@@ -3,8 +3,10 @@
 import argparse
 import re
 
+import pytest
 import torch
 
+from profiling.bench.__main__ import main as bench_main
 from profiling.bench.memory import bench_memory
 from profiling.bench.step import bench_step
 
@@ -28,3 +30,22 @@ def test_the_step_bench_sets_mfu_and_the_census_beside_the_time():
     assert 0 < float(row[5].rstrip("%")) < 100 and int(row[7].replace(",", "")) > 0
     markdown = result.markdown()
     assert markdown.startswith("### training step at x2") and "| freia |" in markdown
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["step", "--steps", "0"], "argument --steps: '0': expected an integer >= 1"),
+        (["step", "--warmup", "-1"], "argument --warmup: '-1': expected an integer >= 0"),
+        (["overhead", "--rounds", "0"], "argument --rounds: '0': expected an integer >= 1"),
+        (["step", "--scale", "5"], "argument --scale: '5': expected a power of two"),
+        (["step", "--crop", "30"], "--crop 30: expected a multiple of the scale 4"),
+        (["gpu", "--json"], "`bench gpu` writes its figures into --out"),
+        (["step", "--variants", "fastest"], "unknown variant 'fastest'"),
+    ],
+)
+def test_bad_bench_flags_are_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
