@@ -20,11 +20,11 @@ DEVICE_PHASES = ("h2d", "forward", "loss", "backward", "optimizer")
 
 
 class PhaseTimer:
-    def __init__(self, device, sink=None, enabled=True):
+    def __init__(self, device, sink=None, enabled=True, clock=time.perf_counter):
         self.cuda = torch.device(device).type == "cuda"
-        self.sink, self.enabled = sink, enabled
+        self.sink, self.enabled, self.clock = sink, enabled, clock
         self.spans, self.open, self.pending, self.notes = [], [], None, {}
-        self.step_start = time.perf_counter()
+        self.step_start = self.clock()
 
     @contextmanager
     def phase(self, name):
@@ -35,12 +35,12 @@ class PhaseTimer:
         device = self.cuda and name in DEVICE_PHASES
         parent = self.open[-1] if self.open else None
         self.open.append(name)
-        begin = _event() if device else time.perf_counter()
+        begin = _event() if device else self.clock()
         try:
             yield
         finally:
             self.open.pop()
-            measure = (begin, _event()) if device else (time.perf_counter() - begin) * 1e3
+            measure = (begin, _event()) if device else (self.clock() - begin) * 1e3
             self.spans.append((name, parent, measure))
 
     def note(self, name, ms, clock=None):
@@ -56,7 +56,7 @@ class PhaseTimer:
         previous step's on CUDA), or None."""
         if not self.enabled:
             return None
-        now = time.perf_counter()
+        now = self.clock()
         # "clock": the step's end on the clock the sampler stamps its samples with, to match them to steps
         record = {"step": step, "wall_ms": (now - self.step_start) * 1e3, "clock": round(time.monotonic(), 3)}
         record |= self.notes | ({"captured": True} if captured else {})

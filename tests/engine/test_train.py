@@ -17,9 +17,10 @@ from torch._subclasses.fake_tensor import FakeTensor
 import engine
 from engine import train
 from engine.data import crops, image_files, tensors
-from engine.training import config, run_folder, start
+from engine.training import config, job, run_folder, start
 from engine.training.explosion_guard import ExplosionGuard
 from engine.training.step import Trainer
+from engine.training.stopping import TimeLimit
 from kernels.precision import tf32_convolutions
 from profiling.records import read_jsonl
 from profiling.runtime.timer import PhaseTimer
@@ -126,11 +127,17 @@ def test_resumed_run_gives_the_losses_of_an_uninterrupted_one(image_folder, in_t
     assert losses("runs/split") == losses("runs/whole")
 
 
-def test_time_limit_stops_with_a_checkpoint_and_the_resume_command(image_folder, in_tmp, capsys):
-    run(["--steps", "1000", "--name", "tl", "--time-limit", "1s"], image_folder)
+def test_time_limit_stops_with_a_checkpoint_and_the_resume_command(image_folder, in_tmp, capsys, monkeypatch):
+    """On a job clock that advances 100 s per reading (one reading per step), a 1500 s limit keeps a margin of
+    2 x 10 s for a checkpoint not yet timed plus 3 x the slowest real step (well under 30 s): after step k the job
+    is at 100k s, so the run stops after step 14 or 15 (16 with no margin at all), not before and not after."""
+    readings = iter(range(100, 10**8, 100))
+    monkeypatch.setattr(job, "TimeLimit", lambda seconds: TimeLimit(seconds, clock=lambda: next(readings)))
+    run(["--steps", "1000", "--name", "tl", "--time-limit", "1500s"], image_folder)
     state = torch.load("runs/tl/checkpoints/last.pt", weights_only=True)
-    assert state["step"] == len(losses("runs/tl")) < 1000
-    assert "python -m engine.train --resume runs/tl" in capsys.readouterr().err.replace("\n", "")
+    assert state["step"] in (14, 15) and state["step"] == len(losses("runs/tl"))
+    err = capsys.readouterr().err.replace("\n", "")
+    assert f"stopped by time limit at step {state['step']}" in err and "python -m engine.train --resume runs/tl" in err
 
 
 def test_sigterm_leaves_a_loadable_checkpoint(image_folder, tmp_path):
@@ -373,7 +380,7 @@ def test_invertible_backprop_trains_as_standard_backprop_and_checkpoints_cross_o
     standard = losses("runs/standard")
     assert losses("runs/inverted") == pytest.approx(standard, rel=1e-4)
     assert losses("runs/back") == pytest.approx(standard, rel=1e-4)
-    assert read_jsonl(Path("runs/inverted/env.jsonl"))  # both jobs recorded
+    assert [job["start_step"] for job in read_jsonl(Path("runs/inverted/env.jsonl"))] == [0, 3]  # both jobs
     assert json.loads(Path("runs/back/config.json").read_text())["invertible_backprop"] is True
 
 

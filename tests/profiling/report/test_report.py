@@ -54,20 +54,20 @@ def two_runs(trained_twice, monkeypatch):
 def test_report_renders_a_real_run(two_runs, capsys):
     report([str(two_runs[0])])
     out = capsys.readouterr().out
+    verdict = analyse(two_runs[0])["verdict"]
     for text in (
         "run runs/a",
         "throughput",
         "the training step, by phase",
         "backward",
         "bottleneck",
-        "-bound",
         "MFU",
         "this step on other GPUs",
         "losses",
         "commit",
     ):
         assert text in out
-    assert "data-bound" not in out
+    assert f"{verdict['label']}:" in " ".join(out.split())  # the analysis's verdict, as the panel shows it
 
 
 def test_slow_loader_makes_the_verdict_data_bound(image_folder, in_tmp, monkeypatch):
@@ -82,17 +82,19 @@ def test_slow_loader_makes_the_verdict_data_bound(image_folder, in_tmp, monkeypa
     assert verdict["label"] == "data-bound" and "waited for data" in verdict["evidence"]
 
 
-def test_a_cpu_run_is_judged_against_its_own_floors(two_runs):
-    """In-memory data is not the bottleneck; the step is set against the CPU's measured matrix-product rate
-    and launch cost: the larger floor names the bound."""
-    run = analyse(two_runs[0])
-    own, census = run["hardware"]["own"], run["hardware"]["census"]
-    assert own["peak_source"].startswith("measured fp32 matrix product")
-    expected = "launch" if own["launch_ms"] > own["compute_ms"] else "compute"
-    assert run["verdict"]["label"] == f"{expected}-bound" and f"its {expected} floor" in run["verdict"]["evidence"]
-    assert own["mfu"] == pytest.approx(
-        census["flops_per_step"] / (run["phases"]["step_ms"] / 1e3) / 1e12 / own["peak_tflops"]
-    )
+def test_a_cpu_run_is_judged_against_its_own_floors(in_tmp):
+    """A CPU's floors come from its own probe: 1e10 FLOPs at a measured 0.5 TFLOP/s is 20 ms, 1,000 launches at
+    10 us 10 ms, so a 40 ms step is compute-bound at twice its floor, MFU 1e10 / 0.040 s / 0.5e12 = 50%."""
+    folder = recorded_gpu_run(Path("runs/cpu"), census_extra={"flops_per_step": 1e10, "kernels_per_step": 1000})
+    env = {"device": {"type": "cpu", "name": "x86_64"}, "world_size": 1, "backends": {"conv_tf32": False}}
+    (folder / "env.jsonl").write_text(json.dumps(env | {"probe": {"launch_us": 10.0, "matmul_tflops": 0.5}}) + "\n")
+    run = analyse(folder)
+    own = run["hardware"]["own"]
+    assert own["peak_source"].startswith("measured bf16 matrix product on this cpu")
+    assert (own["compute_ms"], own["launch_ms"]) == (pytest.approx(20.0), pytest.approx(10.0))
+    assert own["bound"] == "compute" and run["hardware"]["vs_floor"] == pytest.approx(2.0)
+    assert own["mfu"] == pytest.approx(0.5)
+    assert run["verdict"]["label"] == "compute-bound" and "its compute floor" in run["verdict"]["evidence"]
 
 
 def test_compare_two_runs_side_by_side(two_runs, capsys):

@@ -1,5 +1,3 @@
-import time
-
 import pytest
 
 from profiling.runtime.timer import PhaseTimer
@@ -13,24 +11,40 @@ class Sink:
         self.records.append(record)
 
 
-def test_phases_nest_and_add_up_to_the_step():
-    sink = Sink()
-    timer = PhaseTimer("cpu", sink)
+class Clock:
+    """A clock the test moves: seconds pass only when it says so."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+    def wait(self, ms):
+        self.now += ms / 1e3
+
+
+def test_phases_nest_and_what_runs_outside_them_is_other():
+    sink, clock = Sink(), Clock()
+    timer = PhaseTimer("cpu", sink, clock=clock)
+    clock.wait(5)  # before the first phase: the loop's own work
     with timer.phase("data"):
-        time.sleep(0.02)
+        clock.wait(20)
     with timer.phase("forward"):
-        time.sleep(0.01)
+        clock.wait(10)
         with timer.phase("loss"):  # nested: counted in loss, not again in forward
-            time.sleep(0.03)
-    time.sleep(0.015)  # outside any phase: lands in `other`
+            clock.wait(30)
+        clock.wait(2)
+    clock.wait(10)  # outside any phase
     record = timer.end_step(0)
     assert sink.records == [record]
-    assert record["data"] == pytest.approx(20, abs=8)
-    assert record["loss"] == pytest.approx(30, abs=8)
-    assert record["forward"] == pytest.approx(10, abs=8)
-    assert record["other"] == pytest.approx(15, abs=8)
-    parts = sum(record[k] for k in ("data", "forward", "loss", "other"))
-    assert parts == pytest.approx(record["wall_ms"], abs=0.05)
+    assert record["wall_ms"] == pytest.approx(77)
+    assert (record["data"], record["forward"], record["loss"]) == (
+        pytest.approx(20),
+        pytest.approx(12),
+        pytest.approx(30),
+    )
+    assert record["other"] == pytest.approx(15)  # 5 before the phases, 10 after them
 
 
 def test_each_step_is_one_record_and_disabled_timer_records_nothing():
