@@ -226,6 +226,7 @@ class Config:
     torch_profile: str = config_key(str, a_window)
     gpu_sample_ms: int = config_key(int, integer(1))
     tensorboard: bool = config_key(parse_bool, is_bool)
+    wandb: bool = config_key(parse_bool, is_bool)
     config: str = DEFAULT  # the config file it came from: a name in configs/ or a .toml path
 
     def to_json(self):

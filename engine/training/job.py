@@ -11,15 +11,16 @@ from engine.training.progress import console, rank_log, summary
 from engine.training.step import Trainer
 from engine.training.stopping import TimeLimit
 from profiling import records
-from profiling.runtime import tensorboard
+from profiling.runtime.mirrors import MIRRORS, missing
 
 
 def train(argv):
     """One job of a training run, from its command line to its summary."""
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the batch must split evenly across ranks
     cfg, flags = config.resolve(argv, resumed_config=lambda run: records.read_config(records.find(run)), world=world)
-    if cfg.tensorboard and (why := tensorboard.missing()):
-        raise UserError(why)
+    for flag in MIRRORS:
+        if getattr(cfg, flag) and (why := missing(flag)):
+            raise UserError(why)
     time_limit = TimeLimit(config.parse_duration(cfg.time_limit))
     ranks = distributed.init()
     try:

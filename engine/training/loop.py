@@ -18,9 +18,9 @@ from engine.training.explosion_guard import ExplosionGuard
 from engine.training.progress import TrainingProgress, console
 from engine.training.stopping import StopRequest, ignore_stop_signals
 from profiling import records
-from profiling.runtime import tensorboard
 from profiling.runtime.captures import Captures, PySpyCapture, TorchProfileCapture
 from profiling.runtime.gpu_sampler import Sampler
+from profiling.runtime.mirrors import MIRRORS
 from profiling.runtime.timer import PhaseTimer
 
 
@@ -35,7 +35,7 @@ class Sinks:
 
     timer: PhaseTimer  # phases.jsonl of this rank
     metrics: object  # rank 0's metrics.jsonl (None on other ranks)
-    board: object  # the TensorBoard mirror, or None
+    mirrors: list  # the dashboards rank 0 copies the records to (--tensorboard, --wandb)
     bar: TrainingProgress
     captures: Captures
     stop: StopRequest
@@ -46,10 +46,12 @@ def open_sinks(stack, cfg, folder, device, ranks, first_step, log):
     phases = stack.enter_context(records.JsonLines(records.rank_file(folder, records.PHASES_STEM, ranks.rank)))
     samples = stack.enter_context(records.JsonLines(records.rank_file(folder, records.SAMPLES_STEM, ranks.rank)))
     metrics = stack.enter_context(records.JsonLines(folder / records.METRICS)) if ranks.main else None
-    board = tensorboard.TensorBoard(folder) if cfg.tensorboard and ranks.main else None
-    if board:
-        stack.callback(board.close)
-        phases, metrics = records.Tee(phases.write, board.phases), records.Tee(metrics.write, board.metrics)
+    mirrors = [mirror(folder) for flag, mirror in MIRRORS.items() if getattr(cfg, flag)] if ranks.main else []
+    for mirror in mirrors:
+        stack.callback(mirror.close)
+    if mirrors:
+        phases = records.Tee(phases.write, *(m.phases for m in mirrors))
+        metrics = records.Tee(metrics.write, *(m.metrics for m in mirrors))
     timer = PhaseTimer(device, sink=phases)
     stack.callback(timer.flush)
     stack.enter_context(Sampler(samples, cfg.gpu_sample_ms, log=log, devices=device))
@@ -57,7 +59,7 @@ def open_sinks(stack, cfg, folder, device, ranks, first_step, log):
     captures = Captures(capture_windows(cfg, folder, device, ranks.rank), console.print)
     stack.callback(captures.close)
     bar = stack.enter_context(TrainingProgress(cfg.steps, first_step, enabled=ranks.main))
-    return Sinks(timer, metrics, board, bar, captures, stop)
+    return Sinks(timer, metrics, mirrors, bar, captures, stop)
 
 
 def capture_windows(cfg, folder, device, rank):
@@ -206,8 +208,8 @@ class Loop:
             line.update(validate(self.trainer, self.val_set, step, self.folder, self.cfg))
             self.time_limit.timed(validation_s=time.perf_counter() - began)
             grid = sample_grid(self.folder, step)
-            if self.sinks.board and grid.is_file():
-                self.sinks.board.image("samples", grid, step)
+            for mirror in self.sinks.mirrors if grid.is_file() else ():
+                mirror.image("samples", grid, step)
         improved = line.get("val_psnr_y", float("-inf")) > self.counters["best_psnr_y"]
         if improved:
             self.counters["best_psnr_y"] = line["val_psnr_y"]

@@ -362,12 +362,39 @@ def test_tensorboard_mirrors_the_records(image_folder, in_tmp):
     assert len(events.Scalars("phases_ms/forward")) == 4 and len(events.Images("samples")) == 2
 
 
-def test_tensorboard_without_its_package_is_one_line(image_folder, in_tmp, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+def test_wandb_mirrors_the_records_offline_and_a_resume_continues_its_run(image_folder, in_tmp, monkeypatch):
+    """The real wandb package, offline (no network): what reaches its runs' log is what the records hold, at
+    their step numbers, and the resumed job logs into the same W&B run (one offline run id for the folder)."""
+    import wandb.sdk.wandb_run
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged, real_log = [], wandb.sdk.wandb_run.Run.log
+
+    def log(run, data, *args, **kwargs):
+        logged.append((run.id, data))
+        return real_log(run, data, *args, **kwargs)
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", log)
+    args = ["--name", "wb", "--wandb", "--val", str(image_folder), "--val-every", "2", "--checkpoint-every", "2"]
+    run(["--steps", "2", *args], image_folder)
+    train.main(["--resume", "runs/wb", "--steps", "4"])
+    ids = {run_id for run_id, _ in logged}
+    assert len(ids) == 1 and len(list(Path("runs/wb/wandb").glob(f"offline-run-*-{ids.pop()}"))) == 2  # two jobs
+    losses = {d["step"]: d["train/loss"] for _, d in logged if "train/loss" in d}
+    assert losses == {r["step"] + 1: pytest.approx(r["loss"]) for r in read_jsonl(Path("runs/wb/metrics.jsonl"))}
+    assert sorted(d["step"] for _, d in logged if "validation/psnr_y" in d) == [2, 4]
+    assert sorted(d["step"] for _, d in logged if "phases_ms/forward" in d) == [1, 2, 3, 4]
+    assert sum("samples" in d for _, d in logged) == 2
+
+
+@pytest.mark.parametrize("flag", ["tensorboard", "wandb"])
+def test_a_mirror_without_its_package_is_one_line(image_folder, in_tmp, capsys, monkeypatch, flag):
+    monkeypatch.setitem(sys.modules, flag, None)  # as if it were not installed
     with pytest.raises(SystemExit) as exit_info:
-        run(["--steps", "1", "--tensorboard"], image_folder)
+        run(["--steps", "1", f"--{flag}"], image_folder)
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "pip install tensorboard" in err and err.count("\n") == 1
+    assert exit_info.value.code == 2 and f"pip install {flag}" in err and err.count("\n") == 1
 
 
 def test_invertible_backprop_trains_as_standard_backprop_and_checkpoints_cross_over(image_folder, in_tmp):

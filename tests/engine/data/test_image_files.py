@@ -36,6 +36,18 @@ def test_folder_conversions_and_skips(tmp_path):
     assert found.skipped["not an image file"] == ["notes.txt"]
 
 
+def test_an_image_past_pillow_s_decompression_bomb_limit_is_skipped_with_that_reason(tmp_path, monkeypatch):
+    """Pillow refuses images over twice its MAX_IMAGE_PIXELS (about 179 megapixels by default); with the limit
+    lowered, a 40x40 photograph is such an image and its real DecompressionBombError is what is met."""
+    Image.fromarray(np.full((40, 40, 3), 7, np.uint8)).save(tmp_path / "huge.png")
+    Image.fromarray(np.full((10, 10, 3), 7, np.uint8)).save(tmp_path / "small.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)  # 40x40 = 1600 > 2 x 400; 10x10 is under it
+    found = image_files.read_folder(tmp_path)
+    assert found.names == ["small.png"] and found.skipped == {"over Pillow's limit of 0 megapixels": ["huge.png"]}
+    with pytest.raises(UserError, match="cannot read .*huge.png as an image \\(over Pillow's limit"):
+        image_files.to_rgb8_or_refuse(tmp_path / "huge.png")
+
+
 def test_folder_errors(tmp_path):
     with pytest.raises(UserError, match="no folder"):
         image_files.read_folder(tmp_path / "missing")
