@@ -173,7 +173,7 @@ def test_a_full_disk_under_the_records_stops_with_one_line_and_keeps_the_checkpo
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert exit_info.value.code == 2 and len(errors) == 1 and "Traceback" not in err
-    assert "(No space left on device); free space" in errors[0] and "--resume" in errors[0]
+    assert "No space left on device; free space on that disk" in errors[0] and "--resume" in errors[0]
     assert checkpoints.read("runs/rec/checkpoints/last.pt")["step"] == 2
 
 
