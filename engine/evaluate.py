@@ -18,10 +18,10 @@ import re
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 
 import engine
+from engine import terminal
 from engine.data import image_files
 from engine.data.image_files import save_png
 from engine.errors import UserError, cli, parser
@@ -151,7 +151,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out = results_folder(args)  # before any work: a folder that cannot take the results says so first
     model = load_model(args)
-    console = Console()
+    console = terminal.console()
     sets = read_sets(args, model.scale, console)
     settings = z_settings(args.z, args.temperatures, args.samples)
     results = {s.name: score_set(args, model, s, settings, out, console) for s in sets}

@@ -12,10 +12,10 @@ import math
 import sys
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
 import engine
+from engine import terminal
 from engine.data import tensors
 from engine.errors import UserError, cli, parser
 from engine.model import execution
@@ -79,7 +79,7 @@ def main(argv=None):
     folder = records.find(args.run)
     event = pick_event(folder, args.step)
     weights = args.checkpoint or folder / records.CHECKPOINTS / checkpoints.LATEST
-    console = Console()
+    console = terminal.console()
     console.print(
         f"step {event['step']}: {event['kind']}, logged grad norm {event['grad_norm']:.4g}; "
         f"replayed with the weights of {weights}"

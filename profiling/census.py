@@ -10,9 +10,9 @@ import json
 import sys
 from dataclasses import replace
 
-from rich.console import Console
 from rich.table import Table
 
+from engine import terminal
 from engine.errors import UserError, cli
 from engine.training import config
 from engine.training.step_census import census_json
@@ -49,13 +49,13 @@ def main(argv=None):
     argv = [a for a in argv if a != "--json"]
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
-    resumed_config = lambda run: records.read_config(records.find(run))  # noqa: E731
+    resumed_config = lambda run, runs_dir: records.read_config(records.find(run, runs_dir))  # noqa: E731
     prog = "python -m profiling.census"
     cfg, flags = config.resolve(argv, resumed_config=resumed_config, prog=prog, keep_checkpointed=False)
     if flags.name:
         raise UserError("--name names a new training run; the census makes none (drop it)")
     if flags.resume:  # one rank's step, as the run's own census.json counts it
-        envs = records.read_envs(records.find(flags.resume))
+        envs = records.read_envs(records.find(flags.resume, flags.runs_dir))
         cfg = replace(cfg, batch_size=cfg.batch_size // (envs[-1].get("world_size", 1) if envs else 1))
     counted = census_json(cfg)
     launch_us = roofline.launch_cost_us(cfg.compile)
@@ -63,7 +63,7 @@ def main(argv=None):
     if as_json:
         print(json.dumps({**counted, "forecasts": forecasts}, indent=1))
         return
-    console = Console()
+    console = terminal.console()
     s = counted["setting"]
     path = "fused (--fast-kernels)" if s["fast_kernels"] else "FrEIA reference ops"
     shape = f"x{s['scale']}, batch {s['batch_size']}, {s['crop']}x{s['crop']}"

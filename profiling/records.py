@@ -8,9 +8,14 @@
         gpu.jsonl            NVML (or process) samples                    (rank N > 0: gpu.rankN.jsonl)
         explosions.jsonl     recorded gradient explosions, batches in explosions/
         census.json          one training step counted: FLOPs, kernels, bytes (profiling/runtime/counting.py)
+        train.log            everything the trainer printed, every job of the run
         torch_profile.json   top ops of a torch.profiler capture, torch_trace.json its Chrome trace
         pyspy.*              py-spy captures
         checkpoints/
+
+Steps are numbered from 1 everywhere: step N is the N-th optimisation step of the run (the record of step N,
+step_N.pt the state after it, samples/step_N.png the validation after it, an explosion at step N, what
+`engine.replay --step N` replays); a job's env.jsonl line gives `start_step`, the steps done before it.
 
 Records are appended a whole line at a time; readers skip a line cut short by a crash, so a run that
 is still going or that died mid-write can always be read. Only the standard library (and the one-line
@@ -23,7 +28,14 @@ from pathlib import Path
 
 from engine.errors import UserError
 
-RUNS = Path("runs")
+RUNS_VARIABLE = "IRNSCOPE_RUNS"  # where run folders go and are looked up by name, when no --runs-dir says
+
+
+def runs_root(given=None):
+    """The folder of run folders: `given` (--runs-dir), else $IRNSCOPE_RUNS, else runs/ in the current folder."""
+    return Path(given or os.environ.get(RUNS_VARIABLE) or "runs")
+
+
 CONFIG = "config.json"
 ENV = "env.jsonl"
 METRICS = "metrics.jsonl"
@@ -31,6 +43,7 @@ PHASES_STEM = "phases"
 SAMPLES_STEM = "gpu"
 EXPLOSIONS = "explosions.jsonl"
 CENSUS = "census.json"
+LOG = "train.log"
 TORCH_PROFILE = "torch_profile.json"
 TORCH_TRACE = "torch_trace.json"
 PYSPY_PREFIX = "pyspy"
@@ -138,9 +151,10 @@ def read_envs(folder):
     return read_jsonl(Path(folder) / ENV)
 
 
-def find(name_or_path, root=RUNS):
-    """A run folder given as a path or a name under runs/; a UserError lists the runs that exist."""
-    path = Path(name_or_path)
+def find(name_or_path, root=None):
+    """A run folder given as a path or a name under the runs folder (runs_root); a UserError lists the runs that
+    exist."""
+    path, root = Path(name_or_path), runs_root(root)
     for candidate in (path, root / path):
         if (candidate / CONFIG).is_file():
             return candidate

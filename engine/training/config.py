@@ -40,7 +40,8 @@ DEFAULT_WINDOW = "10:20"
 RUN_FLAGS = {
     "--config": ("NAME", f"a config in configs/ by name, or a .toml path (default: {DEFAULT})"),
     "--resume": ("RUN", "continue a run folder (runs/run_N or its name) from its checkpoint, with its config"),
-    "--name": ("NAME", "the new run folder's name under runs/ (default: the next run_N)"),
+    "--name": ("NAME", "the new run folder's name under the runs folder (default: the next run_N)"),
+    "--runs-dir": ("DIR", "where run folders go and are found by name (default: $IRNSCOPE_RUNS, else runs/)"),
 }
 
 
@@ -135,7 +136,7 @@ def a_device(v, cfg):
 
 def a_window(v, cfg):
     ok = isinstance(v, str) and _parses(lambda t: parse_window(t, ""), v)
-    return None if ok else 'START:STOP step numbers with 0 <= START < STOP, or ""'
+    return None if ok else 'START:STOP step numbers with 1 <= START < STOP, or ""'
 
 
 def a_duration(v, cfg):
@@ -262,7 +263,7 @@ def shown(value):
     """A value as it is typed on the command line: lists comma-separated, true/false, the empty text as ""."""
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return '""' if value == "" else str(value)
 
@@ -280,9 +281,10 @@ def config_path(name_or_path):
     return path
 
 
-def load(name_or_path, chain=()):
+def load(name_or_path, chain=(), sources=None):
     """(config, {key: (section, help text)}) of a config file and its `base` chain (`chain`: the files that
-    named this one as their base, which it must not name again)."""
+    named this one as their base, which it must not name again); `sources`, if given, gets the file each
+    key's value came from."""
     path = config_path(name_or_path)
     try:
         tables = tomllib.loads(path.read_text())
@@ -294,7 +296,7 @@ def load(name_or_path, chain=()):
     if base and config_path(base).resolve() in {*chain, path.resolve()}:
         names = " -> ".join(str(p) for p in (*chain, path.resolve(), config_path(base).resolve()))
         raise UserError(f"{path}: its base chain comes back to itself ({names}); base it on {SCHEMA}")
-    cfg, help_texts = load(base, (*chain, path.resolve())) if base else ({}, {})
+    cfg, help_texts = load(base, (*chain, path.resolve()), sources) if base else ({}, {})
     comments = key_comments(path)
     seen = set()
     for key, value, section in _entries(tables):
@@ -306,6 +308,8 @@ def load(name_or_path, chain=()):
             raise UserError(f"{path}: unknown key {key!r}{_suggestion(key, cfg)}")
         seen.add(key)
         cfg[key] = value
+        if sources is not None:
+            sources[key] = path.name
         base_section, base_text = help_texts.get(key, (section, ""))
         help_texts[key] = (base_section, comments.get(key) or base_text)
     return cfg, help_texts
@@ -373,24 +377,28 @@ def _flag_parser(cfg, help_texts, prog, origin):
 
 
 def resolve(argv, resumed_config=None, world=1, prog="python -m engine.train", keep_checkpointed=True):
-    """(Config, run flags): the chosen config with the command line applied, every value checked.
+    """(Config, run flags): the chosen config with the command line applied, every value checked. The flags'
+    `sources` say where each key's value came from: a config file, the run resumed, or the command line.
 
-    `resumed_config(run)` gives the config.json of the run that --resume names: the run continues with
-    it; keys it lacks (added to the project since) take the schema config's values. `world` is the
-    number of ranks the batch is split across. --help prints every key and exits. `keep_checkpointed`:
+    `resumed_config(run, runs_dir)` gives the config.json of the run that --resume names (under --runs-dir):
+    the run continues with it; keys it lacks (added to the project since) take the schema config's values.
+    `world` is the number of ranks the batch is split across. --help prints every key and exits. `keep_checkpointed`:
     a resumed run keeps what its checkpoint fixes (a tool that loads no checkpoint may change it).
     """
     flags, remaining = _run_flags(argv, prog)
+    flags.sources = {}
     if flags.resume and resumed_config:
-        values, help_texts = _resumed(resumed_config(flags.resume)), load(SCHEMA)[1]
+        values, help_texts = _resumed(resumed_config(flags.resume, flags.runs_dir)), load(SCHEMA)[1]
         name, origin = values.pop("config", DEFAULT), f"run {flags.resume}"
+        flags.sources = dict.fromkeys(values, f"run {flags.resume}")
     else:
         name = flags.config or DEFAULT
-        (values, help_texts), origin = load(name), f"config {name}"
+        (values, help_texts), origin = load(name, sources=flags.sources), f"config {name}"
     given = _flag_values(remaining, values, help_texts, prog, origin)
     if flags.resume and keep_checkpointed:
         _refuse_changes_a_checkpoint_fixes(values, given)
     values.update(given)
+    flags.sources |= dict.fromkeys(given, "command line")
     check(values, world)
     return built(values, name), flags
 
@@ -421,9 +429,14 @@ def from_record(record):
     return built(values, name)
 
 
+PATH_KEYS = ("data", "val", "init_from")  # folders and files: absolute, so a run resumes from any folder
+
+
 def built(values, name):
-    """The Config of checked values (lists become tuples: the record is frozen all the way down)."""
-    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}, config=name)
+    """The Config of checked values: lists become tuples (the record is frozen all the way down), paths absolute."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    values |= {k: str(Path(values[k]).expanduser().absolute()) for k in PATH_KEYS if values[k]}
+    return Config(**values, config=name)
 
 
 def _flag_values(argv, values, help_texts, prog, origin):
@@ -460,15 +473,15 @@ def _unknown_message(arg, cfg):
 
 
 def parse_window(text, name):
-    """'START:STOP' -> (start, stop) step numbers, or None for ''."""
+    """'START:STOP' -> (start, stop): steps START to STOP-1 (numbered from 1), or None for ''."""
     if not text:
         return None
     try:
         start, stop = (int(v) for v in text.split(":"))
     except ValueError:
         raise UserError(f"--{name} takes START:STOP step numbers, like 10:20; got {text!r}") from None
-    if not 0 <= start < stop:
-        raise UserError(f"--{name} needs 0 <= START < STOP, got {text!r}")
+    if not 1 <= start < stop:
+        raise UserError(f"--{name} needs 1 <= START < STOP (steps count from 1), got {text!r}")
     return start, stop
 
 

@@ -7,7 +7,7 @@ from engine.data.node_copy import load_once_per_node
 from engine.errors import UserError
 from engine.training import checkpoints, config, distributed, start
 from engine.training.loop import Loop
-from engine.training.progress import console, rank_log, summary
+from engine.training.progress import console, rank_log, summary, transcript
 from engine.training.step import Trainer
 from engine.training.stopping import TimeLimit
 from profiling import records
@@ -17,16 +17,25 @@ from profiling.runtime.mirrors import MIRRORS, missing
 def train(argv):
     """One job of a training run, from its command line to its summary."""
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the batch must split evenly across ranks
-    cfg, flags = config.resolve(argv, resumed_config=lambda run: records.read_config(records.find(run)), world=world)
+    cfg, flags = config.resolve(argv, resumed_config=resumed_config, world=world)
     for flag in MIRRORS:
         if getattr(cfg, flag) and (why := missing(flag)):
             raise UserError(why)
     time_limit = TimeLimit(config.parse_duration(cfg.time_limit))
     ranks = distributed.init()
+    transcript.begin()
     try:
         run(cfg, flags, ranks, time_limit)
+    except BaseException as err:  # the command prints its one line; the run's log says it too
+        transcript.log_only(f"stopped: {err or type(err).__name__}")
+        raise
     finally:
+        transcript.end()
         distributed.shutdown(ranks)
+
+
+def resumed_config(run, runs_dir=None):
+    return records.read_config(records.find(run, runs_dir))
 
 
 def run(cfg, flags, ranks, time_limit):
@@ -41,9 +50,12 @@ def run(cfg, flags, ranks, time_limit):
     if cfg.init_from and not flags.resume:  # before the run folder exists: a mismatch leaves none behind
         start.initialise_from(trainer, cfg.init_from, log)
     folder, state = start.open_run(cfg, flags, ranks, log)
+    if ranks.main:
+        transcript.keep_in(folder / records.LOG)
     if state is not None:
         trainer.load_state(state)
     start.write_start_records(trainer, folder, state)
+    start.describe(cfg, flags, trainer, train_set, val_set, log)
     log(f"run folder: [bold]{folder}[/]  (report: python -m profiling.report {folder})")
     first = state["step"] if state else 0
     step, stopped, seconds = Loop(trainer, folder, train_set, val_set, time_limit, log).run(state)

@@ -1,7 +1,9 @@
 """The training loop: data, step, log; validation and checkpoints on schedule; a stop on a signal, at the time
 limit or after the last step, always with a checkpoint.
 
-A step's losses reach the host one step late (engine/training/step.py), so its metrics line is written in
+Steps are numbered from 1: step N is the N-th optimisation step, and every record (metrics, phases,
+explosions), checkpoint (step_N.pt: the state after step N), sample grid and the console call it N. A
+step's losses reach the host one step late (engine/training/step.py), so its metrics line is written in
 the next iteration; before scheduled work the loop waits for them. Every rank runs the loop; rank 0 alone
 writes metrics, samples and checkpoints, each rank its own phase timings and GPU samples.
 """
@@ -140,15 +142,16 @@ class Loop:
         self.train_set, self.val_set, self.time_limit, self.log = train_set, val_set, time_limit, log
         cfg, main = self.cfg, trainer.ranks.main
         self.guard = ExplosionGuard(
-            folder, cfg.explosion_factor, cfg.explosion_window, cfg.max_bad_steps, train_set.names,
+            folder, cfg.explosion_factor, cfg.explosion_window, cfg.max_bad_steps, train_set.names, cfg.grad_clip,
             write=main, keep_batches=cfg.explosion_batches_kept,
         )  # fmt: skip
         self.step_seconds = {}  # loop seconds of the steps whose metrics line is still to be written
 
     def run(self, state):
-        """Returns (the next step, why it stopped early or None, seconds)."""
+        """Returns (the steps done, why it stopped early or None, seconds)."""
         trainer, cfg, ranks, t0 = self.trainer, self.cfg, self.trainer.ranks, time.monotonic()
         step, self.counters = resume_point(state, self.guard, cfg)
+        self.first_step = step
         pin = trainer.device.type == "cuda"
         batches = iter(
             crops.loader(
@@ -166,16 +169,22 @@ class Loop:
             save_checkpoint(trainer, self.folder, step, self.counters | {"guard": self.guard.state_dict()})
         return step, stopped, time.monotonic() - t0
 
-    def iteration(self, step, batches):
-        """Step `step`, then the work scheduled after it: returns (the next step, why the run stops or None,
-        whether a checkpoint was written)."""
-        cfg, timer, began = self.cfg, self.sinks.timer, time.perf_counter()
+    def iteration(self, done, batches):
+        """The step after the `done` ones, then the work scheduled after it: returns (its number, why the run
+        stops or None, whether a checkpoint was written)."""
+        cfg, timer, began, step = self.cfg, self.sinks.timer, time.perf_counter(), done + 1
         with timer.phase("capture") if self.sinks.captures.busy(step) else nullcontext():
             captured = self.sinks.captures.at_step(step)
         with timer.phase("data"):
             batch = next(batches)
-        done = [self.trainer.step(batch, timer, self.guard, step)]
-        step += 1
+        compiling = cfg.compile != "off" and step == self.first_step + 1
+        if compiling:
+            self.log(f"compiling (torch.compile {cfg.compile}): the job's first step traces and compiles the model")
+        results = [self.trainer.step(batch, timer, self.guard, step)]
+        if compiling:  # the compiled forward and backward have run once: what compiling cost, kept in phases.jsonl
+            compiled_s = time.perf_counter() - began
+            timer.note("compile", compiled_s * 1e3)
+            self.log(f"compiled in {compiled_s:.1f} s")
         self.counters["samples_seen"] += cfg.batch_size
         self.time_limit.timed(step_s=time.perf_counter() - began)
         stopped = self.stop_reason(step)
@@ -183,14 +192,14 @@ class Loop:
         validating = (due(step, cfg.val_every) or last) and not stopped  # a stop leaves time for the checkpoint only
         checkpointing = due(step, cfg.checkpoint_every) or stopped or last
         if validating or checkpointing:
-            done.append(self.trainer.drain(self.guard))  # this step's own values, before its scheduled work
-        self.step_seconds[step - 1] = time.perf_counter() - began
-        lines = [metrics_record(r, self.step_seconds.pop(r.step), cfg.batch_size) for r in done if r]
+            results.append(self.trainer.drain(self.guard))  # this step's own values, before its scheduled work
+        self.step_seconds[step] = time.perf_counter() - began
+        lines = [metrics_record(r, self.step_seconds.pop(r.step), cfg.batch_size) for r in results if r]
         best = validating and self.validate_after(step, lines[-1])
         self.write_lines(lines)
         if checkpointing or best:
             self.save(step, best)
-        timer.end_step(step - 1, captured=captured)
+        timer.end_step(step, captured=captured)
         return step, stopped, checkpointing or best
 
     def stop_reason(self, step):
@@ -219,7 +228,7 @@ class Loop:
         with self.sinks.timer.phase("logging"):
             for line in lines if self.trainer.ranks.main else ():
                 self.sinks.metrics.write(line)
-                self.sinks.bar.update(line["step"] + 1, line)
+                self.sinks.bar.update(line["step"], line)
 
     def save(self, step, best=False):
         with self.sinks.timer.phase("checkpoint"):

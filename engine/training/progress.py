@@ -1,13 +1,67 @@
-"""What the trainer shows: a rich progress bar while it runs and a one-screen summary at the end."""
+"""What the trainer shows: its one-line messages (kept in the run folder's train.log too), a rich progress bar
+while it runs and a one-screen summary at the end."""
 
-from rich.console import Console
+import io
+import re
+import sys
+
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from engine import terminal
 from profiling import records
 from profiling.stats import first_last_min
 
-console = Console(stderr=True, soft_wrap=True)  # the trainer's messages: each one line, however long
+
+class Transcript(io.TextIOBase):
+    """The trainer's console stream (stderr, looked up at each write, as pytest and redirections change it),
+    copied into a log file as plain text once there is one; what was said before it is held and written
+    first, so train.log starts with the start-up's lines."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+    def __init__(self):
+        self.log, self.held = None, []
+
+    def write(self, text):
+        sys.stderr.write(text)
+        plain = self.ANSI.sub("", text)
+        if self.log:
+            self.log.write(plain)
+        else:
+            self.held.append(plain)
+        return len(text)
+
+    def flush(self):
+        sys.stderr.flush()
+
+    def isatty(self):
+        return sys.stderr.isatty()
+
+    def begin(self):
+        """A new job: nothing held from before it."""
+        self.end()
+        self.held = []
+
+    def keep_in(self, path):
+        """From now on copy into `path` (appended: each job of a run adds its lines), the held lines first."""
+        self.log = open(path, "a", buffering=1)
+        self.log.write("".join(self.held))
+        self.held = []
+
+    def log_only(self, line):
+        """A line for the log alone (the console has said it another way)."""
+        if self.log:
+            self.log.write(line + "\n")
+
+    def end(self):
+        if self.log:
+            self.log.close()
+        self.log = None
+
+
+transcript = Transcript()
+console = terminal.console(file=transcript)  # the trainer's messages: each one line, however long
 
 
 def rank_log(ranks):
@@ -53,7 +107,7 @@ class TrainingProgress:
 def summary(console, folder, cfg, start, end, seconds, stopped):
     """One screen: what ran, how fast, how the loss moved, the last validation, and what to run next."""
     metrics = records.read_jsonl(folder / records.METRICS)
-    losses = [r["loss"] for r in metrics if start <= r["step"] < end and "loss" in r]
+    losses = [r["loss"] for r in metrics if start < r["step"] <= end and "loss" in r]
     vals = [r for r in metrics if "val_psnr_y" in r]
     events = records.read_jsonl(folder / records.EXPLOSIONS)
     table = Table(title=f"run {folder.name}", show_header=False, box=None)
@@ -67,7 +121,7 @@ def summary(console, folder, cfg, start, end, seconds, stopped):
     if vals:
         v = vals[-1]
         scores = f"PSNR-Y {v['val_psnr_y']:.2f} dB, SSIM-Y {v['val_ssim_y']:.4f}, LR PSNR-Y {v['val_lr_psnr_y']:.2f} dB"
-        table.add_row("validation", f"step {v['step'] + 1}: {scores}")
+        table.add_row("validation", f"step {v['step']}: {scores}")
     table.add_row("explosions", f"{len(events)} recorded" + (f" (see {folder / 'explosions.jsonl'})" if events else ""))
     table.add_row("report", f"python -m profiling.report {folder}")
     console.print(table)

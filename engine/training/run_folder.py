@@ -20,13 +20,15 @@ from profiling import records
 DISTRIBUTION = "irnscope"
 
 
-def next_free(root=records.RUNS):
+def next_free(root):
     taken = {int(p.name[4:]) for p in root.glob("run_*") if p.name[4:].isdigit()}
     return root / f"run_{max(taken, default=0) + 1}"
 
 
-def create(name=None, root=records.RUNS):
-    """A new, empty run folder (the caller writes its config.json); `name` must not exist yet."""
+def create(name=None, root=None):
+    """A new, empty run folder under `root` (records.runs_root) (the caller writes its config.json); `name` must not
+    exist yet."""
+    root = records.runs_root(root)
     root.mkdir(parents=True, exist_ok=True)
     for _ in range(100):
         folder = root / name if name else next_free(root)

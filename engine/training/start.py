@@ -11,7 +11,7 @@ from engine.data import crops, image_files
 from engine.errors import UserError
 from engine.evaluation import metrics
 from engine.model import execution, rescaler
-from engine.training import checkpoints, distributed, run_folder
+from engine.training import checkpoints, config, distributed, run_folder
 from engine.training.progress import console
 from engine.training.step_census import census, census_json
 from profiling import records
@@ -83,7 +83,8 @@ def open_run(cfg, flags, ranks, log):
     """(folder, checkpoint state or None): rank 0 creates or finds the run folder, every rank learns it."""
     folder = None
     if ranks.main:
-        folder = records.find(flags.resume) if flags.resume else run_folder.create(flags.name)
+        root = flags.runs_dir
+        folder = records.find(flags.resume, root) if flags.resume else run_folder.create(flags.name, root)
         records.write_json(folder / records.CONFIG, cfg.to_json())
     folder = Path(distributed.broadcast(str(folder) if folder else None, ranks))
     return folder, (checkpoints.load_newest(folder, log=log) if flags.resume else None)
@@ -104,3 +105,23 @@ def write_start_records(trainer, folder, state):
     if ranks.main:
         with records.JsonLines(folder / records.ENV) as out:
             out.write({**envs[0], "world_size": ranks.world, "ranks": envs})
+
+
+def describe(cfg, flags, trainer, train_set, val_set, log):
+    """The start-up summary, printed and kept in train.log: the config and where its values came from, the
+    network, the data, the validation and the device."""
+    own = [f"{config.flag(k)} {config.shown(getattr(cfg, k))} ({where})" for k, where in flags.sources.items()
+           if where != f"{config.SCHEMA}.toml"]  # fmt: skip
+    log(f"config {cfg.config}: {'; '.join(own) or 'as it is'}; every other key: configs/{config.SCHEMA}.toml")
+    parameters = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    shape = f"IRN x{cfg.scale}, {cfg.blocks_per_stage} blocks per stage, growth {cfg.growth}"
+    log(f"network: {shape}: {parameters:,} parameters")
+    log(f"data: {len(train_set.names)} training images ({cfg.data or 'the embedded photographs'})")
+    if val_set.images:
+        when = f"every {cfg.val_every} steps and after the last" if cfg.val_every else "after the last step"
+        log(f"validation: {min(len(val_set.images), cfg.val_max_images)} images {when}")
+    else:
+        log("[yellow]no validation set: no scores, samples/ or best.pt; add --val DIR (held-out HR images) for them")
+    device = trainer.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    log(f"device: {name}, {cfg.precision}" + (f", torch.compile {cfg.compile}" if cfg.compile != "off" else ""))

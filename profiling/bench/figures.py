@@ -2,16 +2,16 @@
 shape and device in words."""
 
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
-console = Console(width=None if sys.stdout.isatty() else 150)
+from engine import terminal
+
+console = terminal.console()
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -48,7 +48,7 @@ def step_runner(cfg, device, folder=None):
     batch = crops.random_batch(cfg.batch_size, cfg.crop, cfg.scale, torch.Generator().manual_seed(0))
     if device.type == "cuda":
         batch = {k: v.pin_memory() for k, v in batch.items()}
-    guard = ExplosionGuard(folder or tempfile.mkdtemp(), float("inf"), 10, 10**9, ["random"])
+    guard = ExplosionGuard(folder or tempfile.mkdtemp(), float("inf"), 10, 10**9, ["random"], cfg.grad_clip)
     state = {"step": 0}
 
     def run(timer):

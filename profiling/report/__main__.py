@@ -4,8 +4,7 @@ how far its training step is from what the hardware allows."""
 import json
 import sys
 
-from rich.console import Console
-
+from engine import terminal
 from engine.errors import cli, parser
 from profiling.records import find
 from profiling.report.analysis import analyse
@@ -25,7 +24,7 @@ def main(argv=None):
     if args.json:
         print(json.dumps({"run": run, "compare": other} if other else run, indent=1, default=str))
         return
-    console = Console()
+    console = terminal.console()
     render(console, run)
     if other:
         console.print(comparison_table(run, other))

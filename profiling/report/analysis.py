@@ -42,7 +42,7 @@ def steady(steps, job_starts=(0,)):
     """Steps that show the run's usual speed: not under a py-spy or torch.profiler capture, and not the
     first WARMUP_STEPS of a job (each resumed job allocates, autotunes and compiles again), unless too few
     would be left."""
-    warm_up = {s for start in job_starts for s in range(start, start + WARMUP_STEPS)}
+    warm_up = {s for start in job_starts for s in range(start + 1, start + 1 + WARMUP_STEPS)}  # steps count from 1
     warm = [r for r in steps if r["step"] not in warm_up]
     steps = warm if len(warm) >= WARMUP_STEPS else steps
     return [r for r in steps if not r.get("captured")]
@@ -238,7 +238,7 @@ def loss_summary(metrics):
     vals = [r for r in metrics if "val_psnr_y" in r]
     if vals:
         last = vals[-1]
-        out["validation"] = {k2: last[k2] for k2 in last if k2.startswith("val_")} | {"step": last["step"] + 1}
+        out["validation"] = {k2: last[k2] for k2 in last if k2.startswith("val_")} | {"step": last["step"]}
     out["skipped_steps"] = len(metrics) - len(trained)
     return out
 
@@ -246,7 +246,7 @@ def loss_summary(metrics):
 def progress(cfg, metrics, logged_steps, step_seconds):
     """Where the run is: its last step, whether it finished, the wall time so far and the time to go (the
     steady step, plus the scheduled work at the rate it has come so far: validations, checkpoints)."""
-    last_step = metrics[-1]["step"] + 1 if metrics else 0
+    last_step = metrics[-1]["step"] if metrics else 0
     steps = cfg.get("steps", 0)
     scheduled_ms = sum(r.get(name, 0.0) for r in logged_steps for name in ("validation", "checkpoint"))
     step_seconds += scheduled_ms / 1e3 / len(logged_steps) if logged_steps else 0.0

@@ -1,6 +1,13 @@
-"""PNG figures of a run folder: time per phase over the steps, GPU (or CPU) utilisation, losses."""
+"""PNG figures of a run folder, drawn to be looked at rather than read:
+
+- losses.png: each loss smoothed (a running median), the raw values faint behind it, explosions marked; the
+  validation PSNR-Y over the steps; the learning rate and the grad norm before clipping.
+- phases.png: each phase of the training step on its own scale (small phases stay visible), with its share.
+- utilisation.png: GPU utilisation (or the process's CPU, where 100% is one core) and memory over the run.
+"""
 
 from pathlib import Path
+from statistics import median
 
 import matplotlib
 
@@ -13,6 +20,7 @@ from profiling.report.analysis import last_per_step  # noqa: E402  (after the ba
 from profiling.stats import percentile  # noqa: E402  (after the backend is chosen)
 
 LOSSES = ("loss", "forw_fit", "forw_ce", "back_rec")
+SMOOTHING = 0.05  # the running median spans this share of the steps shown (at least 1 step)
 
 
 def write_plots(folder):
@@ -21,9 +29,9 @@ def write_plots(folder):
     out = folder / "plots"
     out.mkdir(exist_ok=True)
     written = []
-    for name, draw in (("phases.png", draw_phases), ("utilisation.png", draw_utilisation), ("losses.png", draw_losses)):
-        fig, ax = plt.subplots(figsize=(9, 4), dpi=100)
-        if draw(folder, ax):
+    for name, (draw, size) in FIGURES.items():
+        fig = plt.figure(figsize=size, dpi=100)
+        if draw(folder, fig):
             fig.tight_layout()
             fig.savefig(out / name)
             written.append(out / name)
@@ -31,47 +39,96 @@ def write_plots(folder):
     return written
 
 
-def draw_phases(folder, ax, outlier_factor=3.0, labelled=5):
-    """The training step's phases stacked per step (scheduled work left out). The y axis stops at
-    `outlier_factor` x the p95 step time, so a few slow steps (warm-up, compilation, captures) do not
-    flatten the rest; each step above it is marked at the top, the slowest with their true time."""
+def running_median(values, width):
+    """The median of each value and the `width` - 1 before it: a smoothing that a spike does not drag along."""
+    return [median(values[max(0, i - width + 1) : i + 1]) for i in range(len(values))]
+
+
+def draw_losses(folder, fig):
+    metrics = last_per_step(read_jsonl(Path(folder) / records.METRICS))
+    trained = [r for r in metrics if "loss" in r]
+    if not trained:
+        return False
+    steps = [r["step"] for r in trained]
+    width = max(1, round(SMOOTHING * len(trained)))
+    explosions = [e["step"] for e in read_jsonl(Path(folder) / records.EXPLOSIONS)]
+    losses, validation, optimiser = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 2, 3), fig.add_subplot(2, 2, 4)
+    for key in LOSSES:
+        values = [r[key] for r in trained]
+        (raw,) = losses.plot(steps, values, lw=0.6, alpha=0.25)
+        losses.plot(steps, running_median(values, width), lw=1.6, color=raw.get_color(), label=key)
+    for step in explosions:
+        losses.axvline(step, color="red", lw=0.6, alpha=0.5)
+    title = f"losses (running median of {width} steps over the raw values)"
+    if explosions:
+        title += f"; red: {len(explosions)} recorded explosions"
+    losses.set(xlabel="step", ylabel="loss (log)", yscale="log", title=title)
+    losses.legend(fontsize=8, ncol=4)
+    scored = [r for r in metrics if "val_psnr_y" in r]
+    if scored:
+        validation.plot([r["step"] for r in scored], [r["val_psnr_y"] for r in scored], "o-", ms=3)
+    validation.set(xlabel="step", ylabel="PSNR-Y (dB)", title="validation PSNR-Y" if scored else "no validation")
+    optimiser.plot(steps, [r["lr"] for r in trained], color="black", lw=1.2, label="lr")
+    optimiser.set(xlabel="step", ylabel="learning rate", title="learning rate and grad norm (before clipping)")
+    norms = [(r["step"], r["grad_norm"]) for r in trained if r.get("grad_norm") is not None]
+    grad = optimiser.twinx()
+    grad.plot([s for s, _ in norms], [n for _, n in norms], color="tab:purple", lw=0.6, alpha=0.7)
+    grad.set(ylabel="grad norm (log)", yscale="log")
+    grad.yaxis.label.set_color("tab:purple")
+    for step in explosions:
+        grad.axvline(step, color="red", lw=0.6, alpha=0.5)
+    return True
+
+
+def draw_phases(folder, fig, outlier_factor=3.0, labelled=3):
+    """One panel per phase of the training step (scheduled work left out), each on its own scale, titled with
+    its share of the step. A panel's y axis stops at `outlier_factor` x its p95, so a few slow steps (warm-up,
+    compilation, captures) do not flatten the rest; those above it are marked at the top with their times."""
     steps = last_per_step(read_jsonl(records.rank_file(folder, records.PHASES_STEM, 0)))
     if not steps:
         return False
     x = [r["step"] for r in steps]
-    ax.stackplot(x, *[[r.get(p, 0.0) for r in steps] for p in STEP_PHASES], labels=STEP_PHASES)
-    totals = [sum(r.get(p, 0.0) for p in STEP_PHASES) for r in steps]
-    top = outlier_factor * percentile(totals, 0.95)
-    outliers = [(s, t) for s, t in zip(x, totals, strict=True) if t > top]
-    if outliers:
-        ax.set_ylim(0, top)
-        ax.plot([s for s, _ in outliers], [top] * len(outliers), "v", color="black", ms=4, clip_on=False)
-        for s, t in sorted(outliers, key=lambda o: -o[1])[:labelled]:
-            ax.annotate(f"{t:.0f} ms", (s, top), textcoords="offset points", xytext=(0, 4), fontsize=7, ha="center")
-    ax.set(xlabel="step", ylabel="ms", title="the training step by phase (scheduled work left out)")
-    ax.legend(loc="upper right", fontsize=7, ncol=4)
+    total = sum(sum(r.get(p, 0.0) for p in STEP_PHASES) for r in steps) or 1.0
+    columns = 4
+    for i, phase in enumerate(STEP_PHASES):
+        ax = fig.add_subplot(-(-len(STEP_PHASES) // columns), columns, i + 1)
+        values = [r.get(phase, 0.0) for r in steps]
+        ax.plot(x, values, lw=0.8)
+        top = outlier_factor * percentile(values, 0.95)
+        outliers = [(s, v) for s, v in zip(x, values, strict=True) if v > top > 0]
+        if outliers:
+            ax.set_ylim(0, top)
+            ax.plot([s for s, _ in outliers], [top] * len(outliers), "v", color="black", ms=3, clip_on=False)
+            for s, v in sorted(outliers, key=lambda o: -o[1])[:labelled]:
+                ax.annotate(f"{v:.0f} ms", (s, top), textcoords="offset points", xytext=(0, 3), fontsize=6)
+        ax.set_title(f"{phase}: {sum(values) / total:.1%} of the step", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("ms", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("the training step by phase (scheduled work left out), each on its own scale", fontsize=10)
     return True
 
 
-def draw_utilisation(folder, ax):
+def draw_utilisation(folder, fig):
     samples = read_jsonl(records.rank_file(folder, records.SAMPLES_STEM, 0))
     if not samples:
         return False
-    key, label = ("util", "GPU utilisation %") if "util" in samples[0] else ("cpu_percent", "process CPU %")
+    gpu = "util" in samples[0]
+    busy, memory = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    key, label = ("util", "GPU utilisation %") if gpu else ("cpu_percent", "process CPU % (100% = one core)")
+    used = ("mem_used_mib", "GPU memory used (GiB)") if gpu else ("rss_mib", "process resident memory (GiB)")
     for device in sorted({s.get("gpu", 0) for s in samples}):
         points = [s for s in samples if s.get("gpu", 0) == device and key in s]
-        name = f"gpu {device}" if key == "util" else None
-        ax.plot([s["t"] for s in points], [s[key] for s in points], lw=0.8, label=name)
-    ax.set(xlabel="seconds", ylabel=label, title=label + " over the run")
+        name = f"gpu {device}" if gpu else None
+        busy.plot([s["t"] for s in points], [s[key] for s in points], lw=0.8, label=name)
+        memory.plot([s["t"] for s in points], [(s[used[0]] or 0) / 1024 for s in points], lw=0.8, label=name)
+    busy.set(xlabel="seconds", ylabel=label, title=label + " over the run")
+    memory.set(xlabel="seconds", ylabel=used[1], title=used[1] + " over the run")
     return True
 
 
-def draw_losses(folder, ax):
-    trained = [r for r in last_per_step(read_jsonl(Path(folder) / records.METRICS)) if "loss" in r]
-    if not trained:
-        return False
-    for key in LOSSES:
-        ax.plot([r["step"] for r in trained], [r[key] for r in trained], lw=0.8, label=key)
-    ax.set(xlabel="step", ylabel="loss", title="losses", yscale="log")
-    ax.legend(fontsize=8)
-    return True
+FIGURES = {  # file -> (what draws it, figure size in inches)
+    "losses.png": (draw_losses, (11, 7)),
+    "phases.png": (draw_phases, (11, 5)),
+    "utilisation.png": (draw_utilisation, (11, 4)),
+}

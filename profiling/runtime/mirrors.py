@@ -31,12 +31,12 @@ def metric_values(record):
     """(step, {tag: value}) of a metrics.jsonl line: its losses, grad norm, lr, throughput and validation scores."""
     values = {f"train/{key}": record[key] for key in SCALARS if record.get(key) is not None}
     values |= {f"validation/{key[4:]}": value for key, value in record.items() if key.startswith("val_")}
-    return record["step"] + 1, values
+    return record["step"], values
 
 
 def phase_values(record):
     """(step, {tag: value}) of a phases.jsonl line: each phase's milliseconds."""
-    return record["step"] + 1, {f"phases_ms/{name}": record[name] for name in PHASES if name in record}
+    return record["step"], {f"phases_ms/{name}": record[name] for name in PHASES if name in record}
 
 
 class Mirror:

@@ -42,7 +42,9 @@ def tiny_trainer(image_folder, tmp_path, **overrides):
     cfg = replace(cfg, **overrides)
     images = image_files.read_folder(image_folder, cfg.crop)
     batch = next(iter(crops.loader(crops.training_set(images, cfg.scale), cfg, 0)))
-    guard = ExplosionGuard(tmp_path, cfg.explosion_factor, cfg.explosion_window, cfg.max_bad_steps, images.names)
+    guard = ExplosionGuard(
+        tmp_path, cfg.explosion_factor, cfg.explosion_window, cfg.max_bad_steps, images.names, cfg.grad_clip
+    )
     return Trainer(cfg, torch.device("cpu")), batch, guard
 
 
@@ -273,7 +275,7 @@ def test_too_many_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(image
     assert "3 non-finite steps in a row" in capsys.readouterr().err
     assert torch.load("runs/nan/checkpoints/last.pt", weights_only=True)["step"] == 4
     events = read_jsonl("runs/nan/explosions.jsonl")
-    assert [e["step"] for e in events] == [4, 5, 6]
+    assert [e["step"] for e in events] == [5, 6, 7]  # the 5th call is step 5: steps count from 1
     assert [e["batch_file"] is not None for e in events] == [True, True, False]  # batches kept: 2
     assert len(list(Path("runs/nan/explosions").glob("*.pt"))) == 2
 

@@ -18,7 +18,7 @@ def trainer_and_batch(tmp_path, **overrides):
     cfg = replace(cfg, **overrides)
     trainer = Trainer(cfg, torch.device("cuda"))
     batch = {k: v.pin_memory() for k, v in crops.random_batch(cfg.batch_size, cfg.crop, cfg.scale).items()}
-    guard = ExplosionGuard(tmp_path, 10.0, 200, 5, ["random"])
+    guard = ExplosionGuard(tmp_path, 10.0, 200, 5, ["random"], clip=10.0)
     return trainer, batch, guard
 
 

@@ -131,17 +131,17 @@ def test_help_survives_a_percent_sign_in_a_comment(tmp_path, capsys):
 def test_resume_never_reads_the_run_s_original_file(tmp_path):
     """The run's config.json is the whole truth: its config file may have moved or changed since."""
     run = {**config.load("irn_x2")[0], "config": str(tmp_path / "gone.toml"), "steps": 77}
-    cfg, _ = config.resolve(["--resume", "r"], resumed_config=lambda name: dict(run))
+    cfg, _ = config.resolve(["--resume", "r"], resumed_config=lambda name, runs_dir: dict(run))
     assert cfg.scale == 2 and cfg.steps == 77 and cfg.config == str(tmp_path / "gone.toml")
 
 
 def test_resume_takes_the_run_s_config_and_refuses_another():
     run = {**config.load("irn_x2")[0], "config": "irn_x2", "steps": 77}
     del run["gpu_sample_ms"]  # a key added after the run was made takes its config's value
-    cfg, _ = config.resolve(["--resume", "r", "--steps", "99"], resumed_config=lambda name: dict(run))
+    cfg, _ = config.resolve(["--resume", "r", "--steps", "99"], resumed_config=lambda name, runs_dir: dict(run))
     assert cfg.scale == 2 and cfg.steps == 99 and cfg.gpu_sample_ms == 100 and cfg.config == "irn_x2"
     with pytest.raises(UserError, match="drop --config"):
-        config.resolve(["--resume", "r", "--config", "irn_x4"], resumed_config=lambda name: dict(run))
+        config.resolve(["--resume", "r", "--config", "irn_x4"], resumed_config=lambda name, runs_dir: dict(run))
 
 
 @pytest.mark.parametrize(
@@ -157,9 +157,11 @@ def test_resume_refuses_what_the_checkpoint_fixes(args, remedy):
     lr would be overwritten by the restored optimiser. Both are one line before anything is written."""
     run = {**config.load("irn_x2")[0], "config": "irn_x2"}
     with pytest.raises(UserError, match=f"{args[0]} cannot change on --resume.*{remedy}"):
-        config.resolve(["--resume", "r", *args], resumed_config=lambda name: dict(run))
+        config.resolve(["--resume", "r", *args], resumed_config=lambda name, runs_dir: dict(run))
     same = {"--growth": "32", "--lr": "2e-4", "--lr-milestones": "100000,200000,300000,400000"}[args[0]]
-    cfg, _ = config.resolve(["--resume", "r", args[0], same], resumed_config=lambda name: dict(run))  # unchanged: fine
+    cfg, _ = config.resolve(
+        ["--resume", "r", args[0], same], resumed_config=lambda name, runs_dir: dict(run)
+    )  # unchanged: fine
     assert cfg.scale == 2
 
 

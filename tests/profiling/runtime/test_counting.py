@@ -34,7 +34,7 @@ def real_step_flops(cfg, tmp_path):
     torch.manual_seed(0)
     trainer = Trainer(cfg, torch.device("cpu"))
     batch = crops.random_batch(cfg.batch_size, cfg.crop, cfg.scale)
-    guard = ExplosionGuard(tmp_path, 10.0, 200, 5, ["x"])
+    guard = ExplosionGuard(tmp_path, 10.0, 200, 5, ["x"], clip=10.0)
     with FlopCounterMode(display=False) as flops:
         trainer.step(batch, PhaseTimer("cpu", enabled=False), guard, 0)
     return flops.get_total_flops()
