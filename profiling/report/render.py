@@ -153,13 +153,18 @@ def rank_table(run):
     return table
 
 
+EXPLOSIONS_SHOWN = 5  # the newest explosions listed; explosions.jsonl holds every one
+
+
 def explosion_lines(run):
     events = run["explosions"]
     if not events:
         return ["gradient explosions: none recorded"]
     skipped = sum(e["kind"] == "non-finite" for e in events)
-    lines = [f"gradient explosions: {len(events)} recorded ({skipped} non-finite and skipped)"]
-    for e in events[-5:]:
+    shown = events[-EXPLOSIONS_SHOWN:]
+    which = f"; the last {len(shown)} of them" if len(shown) < len(events) else ""
+    lines = [f"gradient explosions: {len(events)} recorded ({skipped} non-finite and skipped){which}:"]
+    for e in shown:
         loss = sum(e["losses"].values())
         images = ", ".join(sorted(set(e["images"])))
         batch = e["batch_file"] or "not kept (--explosion-batches-kept reached)"

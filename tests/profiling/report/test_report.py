@@ -1,5 +1,6 @@
 import json
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -135,14 +136,23 @@ def test_plots_draw_the_run_s_records(two_runs):
     from profiling.report import plots
 
     report(["a", "--plot"])
-    for name in ("phases.png", "utilisation.png", "losses.png"):
+    for name, (_, (width, height)) in plots.FIGURES.items():
         with Image.open(two_runs[0] / "plots" / name) as png:
-            assert png.size == (900, 400) and len(png.getcolors(1 << 16)) > 20  # drawn, not blank
-    fig, ax = plt.subplots()
-    assert plots.draw_losses(two_runs[0], ax)
+            assert png.size == (100 * width, 100 * height) and len(png.getcolors(1 << 16)) > 20  # drawn, not blank
+    fig = plt.figure()
+    assert plots.draw_losses(two_runs[0], fig)
     metrics = read_jsonl(two_runs[0] / "metrics.jsonl")
-    drawn = {line.get_label(): list(line.get_ydata()) for line in ax.lines}
-    assert drawn["loss"] == [r["loss"] for r in metrics] and drawn["back_rec"] == [r["back_rec"] for r in metrics]
+    losses = fig.axes[0]
+    raw = [list(line.get_ydata()) for line in losses.lines if line.get_label().startswith("_")]
+    smoothed = {
+        line.get_label(): list(line.get_ydata()) for line in losses.lines if not line.get_label().startswith("_")
+    }
+    width = max(1, round(plots.SMOOTHING * len(metrics)))
+    expected = [
+        statistics.median(r["loss"] for r in metrics[max(0, i - width + 1) : i + 1]) for i in range(len(metrics))
+    ]
+    assert [r["loss"] for r in metrics] in raw and smoothed["loss"] == pytest.approx(expected)
+    assert [r["back_rec"] for r in metrics] in raw and set(smoothed) == set(plots.LOSSES)
     plt.close(fig)
 
 
@@ -273,40 +283,41 @@ def test_the_phase_plot_keeps_slow_steps_from_flattening_the_rest(in_tmp):
     folder = recorded_gpu_run(Path("runs/h100"))
     with open(folder / "phases.jsonl", "a") as f:
         f.write(json.dumps({"step": 30, "wall_ms": 4000.0, "forward": 3960.0, "other": 40.0}) + "\n")
-    fig, ax = plt.subplots()
-    assert plots.draw_phases(folder, ax)
-    top = ax.get_ylim()[1]
-    assert top == pytest.approx(3 * 40.0, rel=0.05)  # 3 x the p95 step, not the 4 s one
-    assert any(text.get_text() == "4000 ms" for text in ax.texts)
+    fig = plt.figure()
+    assert plots.draw_phases(folder, fig)
+    forward = next(ax for ax in fig.axes if ax.get_title().startswith("forward"))
+    assert forward.get_ylim()[1] == pytest.approx(3 * 12.0)  # 3 x the p95 of forward's 12 ms, not the 4 s one
+    assert any(text.get_text() == "3960 ms" for text in forward.texts)
     plt.close(fig)
 
 
 def test_each_job_s_warm_up_is_left_out_of_the_steady_state():
     """A resumed job allocates, autotunes and compiles again: its first steps are warm-up too."""
-    steps = [{"step": s, "wall_ms": 1000.0 if s % 15 < 5 else 10.0} for s in range(30)]
-    assert [r["step"] for r in steady(steps, job_starts=[0, 15])] == [*range(5, 15), *range(20, 30)]
-    assert [r["step"] for r in steady(steps)] == list(range(5, 30))
+    steps = [{"step": s, "wall_ms": 1000.0 if (s - 1) % 15 < 5 else 10.0} for s in range(1, 31)]  # from step 1
+    assert [r["step"] for r in steady(steps, job_starts=[0, 15])] == [*range(6, 16), *range(21, 31)]
+    assert [r["step"] for r in steady(steps)] == list(range(6, 31))
     assert steady(steps[:8]) == steps[:8]  # too short a run to leave anything out
 
 
 def test_the_time_to_go_counts_the_scheduled_work_to_come():
     """10 ms steps and a 500 ms validation every 10 steps: 60 ms a step on average, not 10."""
-    logged = [{"step": s, "wall_ms": 10.0 + (500.0 if s % 10 == 9 else 0.0)} for s in range(20)]
+    logged = [{"step": s, "wall_ms": 10.0 + (500.0 if s % 10 == 0 else 0.0)} for s in range(1, 21)]
     for r in logged:
-        if r["step"] % 10 == 9:
+        if r["step"] % 10 == 0:
             r["validation"] = 500.0
-    done = progress({"steps": 120}, [{"step": 19}], logged, step_seconds=0.010)
+    done = progress({"steps": 120}, [{"step": 20}], logged, step_seconds=0.010)
     assert done["remaining_s"] == pytest.approx(100 * 0.060)
 
 
 def test_the_gpu_counters_are_those_of_the_steady_training_steps():
     """Samples during compilation and warm-up (the first steps) or during a step's validation are not the
     training step's: a GPU idle while it compiled must not read as a host-bound step."""
-    steps = [{"step": s, "wall_ms": 100.0, "clock": 10.0 + 0.1 * (s + 1)} for s in range(20)]
-    steps[12]["validation"] = 60.0
-    samples = [{"t": 0, "clock": 10.05, "gpu": 0, "util": 0, "mem_used_mib": 1}]  # step 0: compiling
-    samples += [{"t": 0, "clock": 10.0 + 0.1 * s + 0.05, "gpu": 0, "util": 97, "mem_used_mib": 1} for s in range(5, 20)]
-    samples[1 + 12 - 5] |= {"util": 3, "mem_used_mib": 5}  # the validation in step 12, on a whole image
+    steps = [{"step": s, "wall_ms": 100.0, "clock": 10.0 + 0.1 * s} for s in range(1, 21)]  # step s ends at 10 + s/10
+    steps[12]["validation"] = 60.0  # in step 13
+    samples = [{"t": 0, "clock": 10.05, "gpu": 0, "util": 0, "mem_used_mib": 1}]  # step 1: compiling
+    during = [{"t": 0, "clock": 9.95 + 0.1 * s, "gpu": 0, "util": 97, "mem_used_mib": 1} for s in range(6, 21)]
+    samples += during  # in steps 6 to 20
+    samples[1 + 13 - 6] |= {"util": 3, "mem_used_mib": 5}  # the validation in step 13, on a whole image
     kept = during_steady_steps(samples, steady(steps))
     assert [s["util"] for s in kept] == [97] * 14
     assert gpu_stats(kept, 100.0)["util_mean"] == 97 and gpu_stats(samples, 100.0)["util_mean"] < 97
