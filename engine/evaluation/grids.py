@@ -38,13 +38,14 @@ def centre_crop(x, size):
     return x[..., top : top + size, left : left + size]
 
 
-def save_rescale_grid(hr, lr, upscales, scale, path, crop=192):
-    """HR | bicubic LR | IRN's LR | each upscale | error map of the last upscale: centre crops, captioned."""
+def save_rescale_grid(hr, lr, upscales, scale, path, crop=192, lr_label="IRN LR"):
+    """HR | bicubic LR | IRN's LR (or the LR a codec delivered: `lr_label`) | each upscale | error map of the last
+    upscale: centre crops, captioned."""
     crop -= crop % scale
     bicubic = tensors.bicubic_down(hr, scale).clamp(0, 1)
     last = list(upscales)[-1]
     tiles = [centre_crop(hr, crop), centre_crop(bicubic, crop // scale), centre_crop(lr, crop // scale)]
     tiles += [centre_crop(sr.clamp(0, 1), crop) for sr in upscales.values()]
     tiles.append(centre_crop(error_map(upscales[last], hr), crop))
-    labels = ["HR", "bicubic LR", "IRN LR", *(f"up, {label}" for label in upscales), f"|error| x{ERROR_GAIN:g}, {last}"]
+    labels = ["HR", "bicubic LR", lr_label, *(f"up, {label}" for label in upscales), f"|error| x{ERROR_GAIN:g}, {last}"]
     save_grid(tiles, labels, path)
