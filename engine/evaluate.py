@@ -108,7 +108,7 @@ def temperatures(v, cfg):
 
 
 def quality_list(v, cfg):
-    ok = isinstance(v, list) and v and all(1 <= q <= 100 for q in v) and len(set(v)) == len(v)
+    ok = isinstance(v, list) and v and not any(config.a_quality(q, cfg) for q in v) and len(set(v)) == len(v)
     return None if ok else "comma-separated qualities from 1 to 100, each once, like 30,50,70,80,90"
 
 

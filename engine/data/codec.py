@@ -18,14 +18,16 @@ import torch
 from PIL import Image
 
 CODECS = {"jpeg": "JPEG", "webp": "WEBP"}  # the codec names the flags take, and Pillow's format of each
-QUALITIES = (1, 100)  # the qualities both Pillow encoders take
+# What a census counts for the op on a GPU: the LR's copy to the host and the decoded LR's copy back.
+LAUNCHES = {"irnscope::lossy_codec": lambda args: 2}
 
 
-def encode(image, codec, quality):
+def encode(image, codec, quality, **options):
     """The bytes of an HxWx3 uint8 image encoded by Pillow at `quality`, with Pillow's defaults otherwise
-    (JPEG: 4:2:0 chroma subsampling, the standard tables scaled by quality; WebP: lossy, method 4)."""
+    (JPEG: 4:2:0 chroma subsampling, the standard tables scaled by quality; WebP: lossy, method 4). `options`
+    go to Pillow's save as they are (a JPEG's comment, say)."""
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=CODECS[codec], quality=int(quality))
+    Image.fromarray(image).save(buffer, format=CODECS[codec], quality=int(quality), **options)
     return buffer.getvalue()
 
 

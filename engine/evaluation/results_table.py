@@ -104,9 +104,10 @@ def published_cells(cells, qualities):
 
 
 def difference_cells(cells, qualities):
-    shown = {q: f"{c['difference']['psnr_y']:+.2f} / {c['difference']['ssim_y']:+.4f}" for q, c in cells.items()
-             if c["difference"]}  # fmt: skip
-    return [shown.get(q, "—") for q in qualities]
+    def shown(d):
+        return f"{d['psnr_y']:+.2f} / {d['ssim_y']:+.4f}" if d else "—"
+
+    return [shown(cells[q]["difference"]) if q in cells else "—" for q in qualities]
 
 
 def codec_title(checkpoint, scale, codec_name, crm):

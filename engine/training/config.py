@@ -130,8 +130,12 @@ def increasing_steps(v, cfg):
     return None if ok else "increasing step numbers >= 1, like 100000,200000 (or empty)"
 
 
+def a_quality(v, cfg):
+    return None if _is_int(v) and 1 <= v <= 100 else "a codec quality from 1 to 100"
+
+
 def qualities(v, cfg):
-    ok = isinstance(v, list) and len(v) in (1, 2) and all(_is_int(q) and 1 <= q <= 100 for q in v) and v == sorted(v)
+    ok = isinstance(v, list) and len(v) in (1, 2) and not any(a_quality(q, cfg) for q in v) and v == sorted(v)
     return None if ok else "a quality from 1 to 100, or LOW,HIGH (one drawn per sample), like 90 or 30,90"
 
 

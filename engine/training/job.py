@@ -8,7 +8,7 @@ from engine.errors import UserError
 from engine.training import checkpoints, config, distributed, start
 from engine.training.loop import Loop
 from engine.training.progress import console, rank_log, summary
-from engine.training.step import Trainer
+from engine.training.restoration import trainer_for
 from engine.training.stopping import TimeLimit
 from profiling import records
 from profiling.runtime.mirrors import MIRRORS, missing
@@ -34,10 +34,12 @@ def run(cfg, flags, ranks, time_limit):
     log = rank_log(ranks)
     train_set, val_set = load_once_per_node(lambda: start.training_data(cfg), ranks, log)
     checkpoints.seed_all(cfg.seed + ranks.rank)  # DDP copies rank 0's initial weights to every rank
-    trainer = Trainer(cfg, device, ranks)
+    trainer = trainer_for(cfg, device, ranks)
     if cfg.fast_kernels:
         fused = trainer.kernel_note or trainer.dense_note or "dense blocks, Haar and coupling run fused"
         log(f"--fast-kernels: {fused}")
+    if cfg.crm and not (cfg.init_from or flags.resume):
+        raise UserError("--crm trains on a frozen IRN: give its weights with --init-from (a checkpoint, .pth or run)")
     if cfg.init_from and not flags.resume:  # before the run folder exists: a mismatch leaves none behind
         start.initialise_from(trainer, cfg.init_from, log)
     folder, state = start.open_run(cfg, flags, ranks, log)
