@@ -216,15 +216,19 @@ def codec_evaluation(args, irn, restorer, sets, settings, out, console):
     """(results.json's summary, results.md) of the evaluation under --jpeg / --webp, a table per codec printed."""
     pipelines = {name: CompressedRescaler(irn, name, qualities[0], restorer) for name, qualities in args.codecs.items()}
     results = {s.name: score_set_under_codecs(args, pipelines, s, settings, out, console) for s in sets}
-    labels, texts = [label for label, _, _ in settings], []
+    labels, texts, published = [label for label, _, _ in settings], [], False
     for name, qualities in args.codecs.items():
         rows = codec_rows(results, name, qualities, labels)
-        note = jpeg_paper.note(any(r["codecs"][name]["published"] for r in results.values()), irn.scale, labels)
+        with_published = any(r["codecs"][name]["published"] for r in results.values())
+        note = jpeg_paper.note(with_published, irn.scale, labels)
         title = codec_title(args.checkpoint, irn.scale, name, restorer is not None)
         console.print(table(rows, title, note))
         texts.append(f"{title}\n\n{markdown(rows, note)}")
-    summary = {"checkpoint": str(args.checkpoint), "crm": args.crm, "scale": irn.scale, "results": results}
-    summary["published"] = jpeg_paper.about()
+        published |= with_published
+    crm = str(args.crm or args.checkpoint) if restorer is not None else None  # --crm's, or the CRM run's own
+    summary = {"checkpoint": str(args.checkpoint), "crm": crm, "scale": irn.scale, "results": results}
+    if published:
+        summary["published"] = jpeg_paper.about()
     return summary, "\n".join(texts)
 
 

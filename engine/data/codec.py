@@ -37,20 +37,18 @@ def decode(data):
         return np.asarray(image.convert("RGB"))
 
 
-def to_bytes_image(x):
-    """A (3, H, W) float image in [0, 1] as the HxWx3 uint8 array an 8-bit file holds (round to nearest)."""
-    return x.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+def to_bytes_images(x):
+    """(B, 3, H, W) floats in [0, 1] as the BxHxWx3 uint8 array 8-bit files hold (rounded to nearest), on the
+    host in one copy."""
+    return x.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 @torch.library.custom_op("irnscope::lossy_codec", mutates_args=())
 def _lossy_codec(lr: torch.Tensor, codec: str, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    decoded, sizes = [], []
-    for image, q in zip(lr, quality.tolist(), strict=True):
-        data = encode(to_bytes_image(image), codec, q)
-        decoded.append(torch.from_numpy(decode(data).transpose(2, 0, 1).copy()))
-        sizes.append(len(data))
-    received = torch.stack(decoded).to(lr.device, lr.dtype, non_blocking=True).div_(255)
-    return received, torch.tensor(sizes, dtype=torch.int64)
+    encoded = [encode(image, codec, q) for image, q in zip(to_bytes_images(lr), quality.tolist(), strict=True)]
+    decoded = torch.from_numpy(np.stack([decode(data) for data in encoded])).permute(0, 3, 1, 2)
+    received = decoded.to(lr.device, lr.dtype).div_(255)
+    return received, torch.tensor([len(data) for data in encoded], dtype=torch.int64)
 
 
 @_lossy_codec.register_fake

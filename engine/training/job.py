@@ -30,6 +30,8 @@ def train(argv):
 
 
 def run(cfg, flags, ranks, time_limit):
+    if cfg.crm and not (cfg.init_from or flags.resume):
+        raise UserError("--crm trains on a frozen IRN: give its weights with --init-from (a checkpoint, .pth or run)")
     device = start.pick_device(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     log = rank_log(ranks)
     train_set, val_set = load_once_per_node(lambda: start.training_data(cfg), ranks, log)
@@ -38,8 +40,6 @@ def run(cfg, flags, ranks, time_limit):
     if cfg.fast_kernels:
         fused = trainer.kernel_note or trainer.dense_note or "dense blocks, Haar and coupling run fused"
         log(f"--fast-kernels: {fused}")
-    if cfg.crm and not (cfg.init_from or flags.resume):
-        raise UserError("--crm trains on a frozen IRN: give its weights with --init-from (a checkpoint, .pth or run)")
     if cfg.init_from and not flags.resume:  # before the run folder exists: a mismatch leaves none behind
         start.initialise_from(trainer, cfg.init_from, log)
     folder, state = start.open_run(cfg, flags, ranks, log)

@@ -171,7 +171,7 @@ def test_sigterm_leaves_a_loadable_checkpoint(image_folder, tmp_path):
 def poison(monkeypatch, steps):
     """Make the network's output NaN on the given call numbers (of real steps: the census at the start of a
     run traces one on fake tensors)."""
-    real, calls = train.Trainer.step.__globals__["network_passes"], {"n": 0}
+    real, calls = Trainer.step.__globals__["network_passes"], {"n": 0}
 
     def passes(*args, **kwargs):
         y, z, reconstruction = real(*args, **kwargs)
@@ -180,7 +180,7 @@ def poison(monkeypatch, steps):
         calls["n"] += 1
         return (y * float("nan"), z, reconstruction) if calls["n"] in steps else (y, z, reconstruction)
 
-    monkeypatch.setitem(train.Trainer.step.__globals__, "network_passes", passes)
+    monkeypatch.setitem(Trainer.step.__globals__, "network_passes", passes)
 
 
 def optimizer_state(trainer):
