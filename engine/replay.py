@@ -51,6 +51,8 @@ def losses_and_grad_norm(model, hr, lr_ref, noise, cfg):
 def replay(folder, event, weights, device="cpu"):
     """[(sample, image, crop box, losses, grad norm)] for each sample of the event's batch, then the whole batch."""
     cfg = config.from_record(records.read_config(folder))
+    if cfg.crm or cfg.codec != "none":
+        raise UserError(f"{folder} trains through --codec {cfg.codec}: replay reruns IRN's lossless losses only")
     model = engine.load(weights, device=device).train()
     batch = torch.load(folder / event["batch_file"], weights_only=True)
     parts = [(str(i), event["images"][i], str(event["boxes"][i]), slice(i, i + 1)) for i in range(len(batch["hr"]))]

@@ -51,7 +51,7 @@ CHECKPOINTS = "checkpoints"
 
 # The phases of a training step, in the order they run; `other` is what the named phases leave of a
 # loop iteration. Scheduled work runs between steps, now and then; it is timed apart from the step.
-STEP_PHASES = ("data", "h2d", "forward", "loss", "backward", "optimizer", "logging", "other")
+STEP_PHASES = ("data", "h2d", "forward", "codec", "loss", "backward", "optimizer", "logging", "other")
 SCHEDULED_PHASES = ("validation", "checkpoint", "capture")
 PHASES = STEP_PHASES + SCHEDULED_PHASES
 

@@ -4,9 +4,9 @@ As the official pipeline does, the LR reference of a training image is MATLAB's 
 the whole image (engine/data/imresize.py), made once at load and kept in memory beside the HR (uint8) as
 float32; a crop is drawn in LR pixels, the HR crop is the same area at `scale` times the size, and both
 get the same flip/rotation. Sample g of a run (g counts over the global batch: step * batch +
-position) is a pure function of (seed, g): its image, crop box, flip/rotation and the z noise of its
-backward pass. So the data a run sees does not depend on workers, on resumption, or on how many ranks
-share the batch.
+position) is a pure function of (seed, g): its image, crop box, flip/rotation, the z noise of its
+backward pass and, under a codec, the quality its LR is compressed at. So the data a run sees does not
+depend on workers, on resumption, or on how many ranks share the batch.
 """
 
 from dataclasses import dataclass
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.data.codec import draw_quality
 from engine.data.imresize import imresize
 from engine.data.tensors import cropped_to
 
@@ -32,10 +33,11 @@ def training_set(found, scale):
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Sample g: a random image, crop box, flip/rotation and z noise, all drawn from rng(seed, g)."""
+    """Sample g: a random image, crop box, flip/rotation and z noise (and with `qualities`, one codec quality or
+    LOW,HIGH, its LR's quality), all drawn from rng(seed, g)."""
 
-    def __init__(self, data, crop, seed, scale):
-        self.data, self.crop, self.seed, self.scale = data, crop, seed, scale
+    def __init__(self, data, crop, seed, scale, qualities=None):
+        self.data, self.crop, self.seed, self.scale, self.qualities = data, crop, seed, scale, qualities
         self.z_shape = (z_channels(scale), crop // scale, crop // scale)
 
     def __len__(self):
@@ -50,7 +52,7 @@ class CropDataset(torch.utils.data.Dataset):
         s = self.scale
         hr = augment(self.data.hrs[image][s * top : s * (top + side), s * left : s * (left + side)], aug)
         lr = augment(lr_image[top : top + side, left : left + side], aug)
-        return {  # copies: the arrays may be a read-only mapping shared by the node's ranks
+        sample = {  # copies: the arrays may be a read-only mapping shared by the node's ranks
             "hr": torch.from_numpy(np.array(hr.transpose(2, 0, 1), order="C")),
             "lr_ref": torch.from_numpy(np.array(lr.transpose(2, 0, 1), order="C")),
             "noise": torch.from_numpy(rng.standard_normal(self.z_shape, dtype=np.float32)),
@@ -58,6 +60,9 @@ class CropDataset(torch.utils.data.Dataset):
             "box": torch.tensor([s * top, s * left, self.crop, self.crop]),
             "aug": aug,
         }
+        if self.qualities:  # drawn last: the draws before it are those of a run without a codec
+            sample["quality"] = draw_quality(rng, self.qualities)
+        return sample
 
 
 def augment(patch, code):
@@ -87,7 +92,7 @@ def loader(data, cfg, start_sample, rank=0, world=1, pin_memory=False, worker_in
     """Batches of this rank's share of the global sample stream, from global sample `start_sample` on."""
     per_rank = cfg.batch_size // world
     return torch.utils.data.DataLoader(
-        CropDataset(data, cfg.crop, cfg.seed, cfg.scale),
+        CropDataset(data, cfg.crop, cfg.seed, cfg.scale, codec_qualities(cfg)),
         batch_size=per_rank,
         sampler=RankSamples(start_sample, cfg.batch_size, rank, per_rank),
         num_workers=cfg.workers,
@@ -99,17 +104,22 @@ def loader(data, cfg, start_sample, rank=0, world=1, pin_memory=False, worker_in
     )
 
 
+def codec_qualities(cfg):
+    """The codec qualities a run's samples draw theirs from (None: the run has no codec)."""
+    return tuple(cfg.codec_quality) if cfg.codec != "none" else None
+
+
 def z_channels(scale):
     """Channels of IRN's latent z at `scale`: the 3 * scale^2 values of each LR pixel's block, less the LR's 3."""
     return 3 * (scale**2 - 1)
 
 
-def batch_layout(batch_size, crop, scale):
+def batch_layout(batch_size, crop, scale, codec=False):
     """{key: (shape, dtype)} of a training batch as the loader collates it: the HR crops (uint8), their LR
-    references, the z noise of the backward pass, and where each sample came from (its image's index, its
-    crop box as (top, left, h, w) in HR pixels, its flip/rotation code)."""
+    references, the z noise of the backward pass, where each sample came from (its image's index, its
+    crop box as (top, left, h, w) in HR pixels, its flip/rotation code) and, with a `codec`, each LR's quality."""
     side = crop // scale
-    return {
+    layout = {
         "hr": ((batch_size, 3, crop, crop), torch.uint8),
         "lr_ref": ((batch_size, 3, side, side), torch.float32),
         "noise": ((batch_size, z_channels(scale), side, side), torch.float32),
@@ -117,13 +127,13 @@ def batch_layout(batch_size, crop, scale):
         "box": ((batch_size, 4), torch.int64),
         "aug": ((batch_size,), torch.int64),
     }
+    return layout | ({"quality": ((batch_size,), torch.int64)} if codec else {})
 
 
-def empty_batch(batch_size, crop, scale):
+def empty_batch(batch_size, crop, scale, codec=False):
     """A batch of the loader's layout with no values (for counting a step on fake tensors)."""
-    return {
-        key: torch.empty(shape, dtype=dtype) for key, (shape, dtype) in batch_layout(batch_size, crop, scale).items()
-    }
+    layout = batch_layout(batch_size, crop, scale, codec)
+    return {key: torch.empty(shape, dtype=dtype) for key, (shape, dtype) in layout.items()}
 
 
 def random_batch(batch_size, crop, scale, generator=None):

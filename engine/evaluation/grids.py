@@ -51,9 +51,9 @@ def centre_crop(x, size):
     return x[..., top : top + size, left : left + size]
 
 
-def save_rescale_grid(hr, lr, upscales, scale, path, crop=192):
-    """HR | bicubic LR | IRN's LR | each upscale | error map of the last upscale: centre crops, captioned with
-    the whole image's PSNR-Y (border `scale`)."""
+def save_rescale_grid(hr, lr, upscales, scale, path, crop=192, lr_label="IRN LR"):
+    """HR | bicubic LR | IRN's LR (or the LR a codec delivered: `lr_label`) | each upscale | error map of the last
+    upscale: centre crops, captioned with the whole image's PSNR-Y (border `scale`)."""
     crop -= crop % scale
     bicubic = tensors.bicubic_down(hr, scale).clamp(0, 1)
     last = list(upscales)[-1]
@@ -62,5 +62,5 @@ def save_rescale_grid(hr, lr, upscales, scale, path, crop=192):
     tiles.append(centre_crop(error_map(upscales[last], hr), crop))
     lr_psnr = metrics.psnr(lr, bicubic).item()
     ups = [f"up, {label}\nPSNR-Y {metrics.psnr(sr, hr, scale).item():.2f} dB" for label, sr in upscales.items()]
-    labels = ["HR", "bicubic LR", f"IRN LR\n{lr_psnr:.2f} dB vs bicubic", *ups, f"|error| x{ERROR_GAIN:g}\n{last}"]
+    labels = ["HR", "bicubic LR", f"{lr_label}\n{lr_psnr:.2f} dB vs bicubic", *ups, f"|error| x{ERROR_GAIN:g}\n{last}"]
     save_grid(tiles, labels, path, scale_bar=("0", f"{255 / ERROR_GAIN:.0f}+ levels"))

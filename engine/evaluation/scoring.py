@@ -41,19 +41,26 @@ def score_images(model, images, settings, device, on_image=None, indices=None):
         hr = tensors.image_tensor(img, model.scale).to(device)
         lr, _ = model.downscale(hr)
         reference = tensors.lr_reference(img, model.scale).to(device)
-        row, first = {"lr_psnr_y": metrics.psnr(lr, reference).item()}, {}
-        for label, temperature, seeds in settings:
-            row[label] = []
-            for seed in seeds:
-                generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
-                sr = model.upscale(lr, temperature=temperature, generator=generator)
-                row[label].append(image_scores(sr, hr, model.scale))
-                first.setdefault(label, sr)
-        rows.append(row)
+        scores, first = upscale_scores(model, lr, hr, settings, i)
+        rows.append({"lr_psnr_y": metrics.psnr(lr, reference).item(), **scores})
         if on_image:
             on_image(i, hr, lr, first)
     model.train(was_training)
     return rows
+
+
+def upscale_scores(model, lr, hr, settings, index):
+    """({label: the scores of each seed's upscale of lr}, {label: the first seed's upscale}) of the image at
+    `index` of its set, which seeds its z."""
+    scores, first = {}, {}
+    for label, temperature, seeds in settings:
+        scores[label] = []
+        for seed in seeds:
+            generator = torch.Generator(device=lr.device).manual_seed(seed * 1_000_003 + index)
+            sr = model.upscale(lr, temperature=temperature, generator=generator)
+            scores[label].append(image_scores(sr, hr, model.scale))
+            first.setdefault(label, sr)
+    return scores, first
 
 
 def image_scores(sr, hr, scale):
@@ -66,6 +73,12 @@ def image_scores(sr, hr, scale):
 
 def summarise(rows, settings):
     """Per setting: the mean over images of each seed, then mean and std over seeds; the LR's mean PSNR-Y."""
+    lr_psnr = statistics.fmean(r["lr_psnr_y"] for r in rows) if rows else None
+    return {"lr_psnr_y": lr_psnr, "settings": summarise_settings(rows, settings)}
+
+
+def summarise_settings(rows, settings):
+    """{label: mean and std over seeds of the mean over images} of rows holding each setting's scores."""
     out = {}
     for label, _, seeds in settings:
         seeds_scored = range(len(seeds)) if rows else ()  # no image scored: no mean to take
@@ -76,8 +89,7 @@ def summarise(rows, settings):
             summary[key] = statistics.fmean(values) if values else None
             summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         out[label] = summary
-    lr_psnr = statistics.fmean(r["lr_psnr_y"] for r in rows) if rows else None
-    return {"lr_psnr_y": lr_psnr, "settings": out}
+    return out
 
 
 def evaluate_set(model, images, settings, device, on_image=None):

@@ -35,7 +35,7 @@ def device_for(want):
 
 def use_fast_kernels(model, enabled=True, dense=True):
     """Route every Haar, coupling and (with `dense`) dense-block module of `model` to the Triton kernels,
-    or back to the reference."""
+    or back to the reference. Dense blocks of every kind (IRN's, the CRM's residual ones) run the same kernel."""
     from kernels.coupling import coupling
     from kernels.dense import dense_block
     from kernels.haar import haar
@@ -44,8 +44,9 @@ def use_fast_kernels(model, enabled=True, dense=True):
     # --fast-kernels counts it)
     kernels = {IRNCoupling: coupling, Haar: haar, DenseBlock: dense_block if dense else None}
     for module in model.modules():
-        if type(module) in kernels:
-            module.fast_op = kernels[type(module)] if enabled else None
+        for kind, kernel in kernels.items():
+            if isinstance(module, kind):
+                module.fast_op = kernel if enabled else None
     return model
 
 

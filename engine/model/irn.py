@@ -22,10 +22,16 @@ from FrEIA.modules import HaarDownsampling, InvertibleModule
 IMAGE_CHANNELS = 3
 
 
-class DenseBlock(nn.Module):
-    """IRN's subnet: five 3x3 convs, each seeing the input and every earlier output."""
+INITS = {"xavier": nn.init.xavier_normal_, "kaiming": lambda w: nn.init.kaiming_normal_(w, a=0, mode="fan_in")}
 
-    def __init__(self, c_in, c_out, growth=32):
+
+class DenseBlock(nn.Module):
+    """IRN's subnet: five 3x3 convs, each seeing the input and every earlier output.
+
+    `init` as the official subnet's: the first four convs drawn from Xavier's normal (IRN's choice) or
+    Kaiming's (fan-in), scaled by 0.1, with zero biases."""
+
+    def __init__(self, c_in, c_out, growth=32, init="xavier"):
         super().__init__()
         self.fast_op, self.compute_dtype = None, None
         for k in range(4):
@@ -33,7 +39,7 @@ class DenseBlock(nn.Module):
         self.conv5 = nn.Conv2d(c_in + 4 * growth, c_out, 3, padding=1)
         self.lrelu = nn.LeakyReLU(0.2, inplace=True)
         for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
-            nn.init.xavier_normal_(conv.weight)
+            INITS[init](conv.weight)
             conv.weight.data.mul_(0.1)
             nn.init.zeros_(conv.bias)
         # A zero last conv makes every block start as the identity.

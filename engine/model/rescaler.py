@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from engine.errors import UserError
-from engine.model import irn
+from engine.model import crm, irn
 from engine.model.invertible_backprop import run_inverting
 from engine.model.irn import IMAGE_CHANNELS, LEARNED_DOWNSAMPLING, build_graph, official_blocks, stages
 
@@ -91,16 +91,49 @@ _OURS = re.compile(r"^net\.module_list\.(\d+)\.(.+)$")
 
 
 def load(path, device=None):
-    """A Rescaler from this project's checkpoint or an official IRN release `.pth`, scale inferred (and
-    the coupling clamp, which the weights do not tell, from this project's checkpoint: 1.0 otherwise)."""
+    """The network of this project's checkpoint or of an official release `.pth`: a Rescaler, scale inferred
+    (and the coupling clamp, which the weights do not tell, from this project's checkpoint: 1.0 otherwise);
+    or, from a CRM's weights (the IRN-Compression release's `.pth`, a CRM run's checkpoint), the CRM
+    (engine/model/crm.py), which restores a decoded LR in [0, 1]."""
+    model = from_checkpoint(read_checkpoint(checkpoint_file(path)))
+    return model.to(device) if device is not None else model
+
+
+def checkpoint_file(path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; give the path of a .pt/.pth file")
-    obj = read_checkpoint(path)
+    return path
+
+
+def from_checkpoint(obj):
+    """The network (a Rescaler or a CRM) that a checkpoint's contents describe."""
+    state = unwrap_state_dict(obj)
+    if crm.holds_crm(state):
+        return crm.from_state_dict(state)
     arch = obj.get("arch") if isinstance(obj, dict) else None
-    clamp = arch.get("clamp", 1.0) if isinstance(arch, dict) else 1.0
-    model = from_state_dict(unwrap_state_dict(obj), clamp)
-    return model.to(device) if device is not None else model
+    return from_state_dict(state, arch.get("clamp", 1.0) if isinstance(arch, dict) else 1.0)
+
+
+def load_with_crm(path, crm_path=None, device=None):
+    """(Rescaler, CRM or None): the IRN of `path` (an IRN's weights, or a CRM run's checkpoint, which holds the
+    frozen IRN it was trained on beside the CRM), and the CRM of `crm_path` or of that run."""
+    path = checkpoint_file(path)
+    obj = read_checkpoint(path)
+    network = from_checkpoint(obj)
+    if isinstance(network, crm.CRM):
+        if not isinstance(obj.get("irn"), dict) or crm_path:
+            raise UserError(
+                f"{path} is a CRM, not an IRN: give the IRN it restores for with --checkpoint and the CRM with --crm"
+            )
+        irn, restorer = from_checkpoint(obj["irn"]), network
+    else:
+        irn, restorer = network, load(crm_path) if crm_path else None
+    if restorer is not None and not isinstance(restorer, crm.CRM):
+        raise UserError(f"{crm_path} holds an IRN, not a CRM: give a CRM's weights with --crm")
+    if device is not None:
+        irn, restorer = irn.to(device), None if restorer is None else restorer.to(device)
+    return irn, restorer
 
 
 class DamagedCheckpoint(UserError):
@@ -149,7 +182,10 @@ def unwrap_state_dict(obj):
             break
         obj = inner
     if not isinstance(obj, dict) or not _holds_tensors(obj):
-        raise UserError("the checkpoint holds no state dict of IRN weights (keys like operations.1.F.conv1.weight)")
+        raise UserError(
+            "the checkpoint holds no state dict of IRN or CRM weights (keys like operations.1.F.conv1.weight or "
+            "conv_first.weight)"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -216,4 +252,4 @@ def infer_arch(state):
     return dict(scale=2**n_stages, blocks_per_stage=len(blocks) // n_stages, growth=growth)
 
 
-__all__ = ["Rescaler", "build", "load", "from_state_dict", "check_image", "stages"]
+__all__ = ["Rescaler", "build", "load", "load_with_crm", "from_state_dict", "check_image", "stages"]

@@ -17,6 +17,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from engine.data.codec import CODECS
 from engine.errors import UserError, parser
 from engine.model.execution import COMPILE_MODES, DEVICE_CHOICES, DEVICES, PRECISIONS
 
@@ -33,7 +34,7 @@ DEFAULT = "demo"
 SCHEMA = "irn_x4"  # the config that every other is based on: it holds every key, its section and comment
 # What a checkpoint fixes, so a resumed run keeps it: the network its weights have (another one is a
 # new run), and the optimiser and schedule its state restores (others: a new run from its weights).
-NETWORK_KEYS = ("scale", "blocks_per_stage", "growth", "clamp")
+NETWORK_KEYS = ("scale", "blocks_per_stage", "growth", "clamp", "crm", "crm_features", "crm_blocks", "crm_growth")
 OPTIMISER_KEYS = ("lr", "betas", "weight_decay", "lr_milestones", "lr_gamma")
 WINDOWS = ("py_spy", "torch_profile")  # step-window options: a bare flag takes DEFAULT_WINDOW
 DEFAULT_WINDOW = "10:20"
@@ -130,6 +131,23 @@ def increasing_steps(v, cfg):
     return None if ok else "increasing step numbers >= 1, like 100000,200000 (or empty)"
 
 
+def a_quality(v, cfg):
+    return None if _is_int(v) and 1 <= v <= 100 else "a codec quality from 1 to 100"
+
+
+def qualities(v, cfg):
+    ok = isinstance(v, list) and len(v) in (1, 2) and not any(a_quality(q, cfg) for q in v) and v == sorted(v)
+    return None if ok else "a quality from 1 to 100, or LOW,HIGH (one drawn per sample), like 90 or 30,90"
+
+
+def a_crm(v, cfg):
+    if not isinstance(v, bool):
+        return "true or false"
+    if v and cfg["codec"] == "none":
+        return "false without a codec: a CRM restores a compressed LR (add --codec jpeg)"
+    return None
+
+
 def a_device(v, cfg):
     return None if isinstance(v, str) and re.fullmatch(DEVICES, v) else DEVICE_CHOICES
 
@@ -208,6 +226,15 @@ class Config:
     lambda_ce: float = config_key(float, number(0))
     lambda_rec: float = config_key(float, number(0))
     z_scale: float = config_key(float, number(0))
+    codec: str = config_key(str, choice("none", *CODECS))
+    codec_quality: tuple[int, ...] = config_key(INTEGERS, qualities)
+    crm: bool = config_key(parse_bool, a_crm)
+    crm_features: int = config_key(int, integer(1))
+    crm_blocks: int = config_key(int, integer(1))
+    crm_growth: int = config_key(int, integer(1))
+    lambda_restore: float = config_key(float, number(0))
+    lambda_joint: float = config_key(float, number(0))
+    joint_from: int = config_key(int, integer(0))
     explosion_factor: float = config_key(float, number(0))
     explosion_window: int = config_key(int, integer(1))
     max_bad_steps: int = config_key(int, integer(1))

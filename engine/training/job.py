@@ -8,7 +8,7 @@ from engine.errors import UserError
 from engine.training import checkpoints, config, distributed, start
 from engine.training.loop import Loop
 from engine.training.progress import console, rank_log, summary, transcript
-from engine.training.step import Trainer
+from engine.training.restoration import trainer_for
 from engine.training.stopping import TimeLimit
 from profiling import records
 from profiling.runtime.mirrors import MIRRORS, missing
@@ -39,11 +39,13 @@ def resumed_config(run, runs_dir=None):
 
 
 def run(cfg, flags, ranks, time_limit):
+    if cfg.crm and not (cfg.init_from or flags.resume):
+        raise UserError("--crm trains on a frozen IRN: give its weights with --init-from (a checkpoint, .pth or run)")
     device = start.pick_device(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     log = rank_log(ranks)
     train_set, val_set = load_once_per_node(lambda: start.training_data(cfg), ranks, log)
     checkpoints.seed_all(cfg.seed + ranks.rank)  # DDP copies rank 0's initial weights to every rank
-    trainer = Trainer(cfg, device, ranks)
+    trainer = trainer_for(cfg, device, ranks)
     if cfg.fast_kernels:
         fused = trainer.kernel_note or trainer.dense_note or "dense blocks, Haar and coupling run fused"
         log(f"--fast-kernels: {fused}")

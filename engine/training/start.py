@@ -56,14 +56,18 @@ def training_data(cfg):
 
 
 def initialise_from(trainer, path, log):
-    """Fine-tuning: the weights of a checkpoint or an official .pth, with a fresh optimiser and schedule."""
-    weights = rescaler.load(path)
-    if weights.arch != trainer.model.arch:
+    """Fine-tuning, or a CRM's frozen IRN: the IRN weights of a checkpoint, an official .pth or a run folder's
+    newest checkpoint, with a fresh optimiser and schedule."""
+    obj = rescaler.read_checkpoint(path) if Path(path).is_file() else checkpoints.load_newest(records.find(path), log)
+    weights = rescaler.from_checkpoint(obj)
+    if not isinstance(weights, rescaler.Rescaler):
+        raise UserError(f"--init-from {path} holds a CRM, not an IRN; give the IRN's weights")
+    if weights.arch != trainer.irn.arch:
         mismatch = ", ".join(
-            f"{k} {weights.arch[k]} (not {v})" for k, v in trainer.model.arch.items() if weights.arch[k] != v
+            f"{k} {weights.arch[k]} (not {v})" for k, v in trainer.irn.arch.items() if weights.arch[k] != v
         )
         raise UserError(f"--init-from {path} holds another network: {mismatch}; set those flags to match it")
-    trainer.model.load_state_dict(weights.state_dict())
+    trainer.irn.load_state_dict(weights.state_dict())
     log(f"--init-from: weights of {path}; the optimiser and the learning-rate schedule start afresh")
 
 

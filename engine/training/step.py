@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.data import tensors
+from engine.data import codec, tensors
 from engine.model import execution, rescaler
 from engine.model.losses import irn_losses, network_passes
 from engine.training import checkpoints, distributed
@@ -69,13 +69,15 @@ class LateValues:
 
 
 class Trainer:
-    """The model, its optimiser and schedule, and one training step."""
+    """IRN, its optimiser and schedule, and one training step.
+
+    engine/training/restoration.py trains a CRM on a frozen IRN with the same step: it overrides what is
+    built (`build_model`, `trained_network`, `irn`), what a checkpoint holds (`weights`, `load_weights`) and the
+    losses of a batch (`losses`)."""
 
     def __init__(self, cfg, device, ranks=None):
         self.cfg, self.device, self.ranks = cfg, device, ranks or distributed.Ranks()
-        self.model = rescaler.build(
-            cfg.scale, blocks_per_stage=cfg.blocks_per_stage, growth=cfg.growth, clamp=cfg.clamp
-        ).to(device)
+        self.model = self.build_model(cfg).to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # Fused Adam skips an update on the device when told to (found_inf): no host sync per step.
         self.optimizer = torch.optim.Adam(
@@ -93,16 +95,35 @@ class Trainer:
         if cfg.fast_kernels and self.kernel_note is None:
             self.dense_note = execution.dense_kernels_unavailable(device)
             execution.use_fast_kernels(self.model, dense=self.dense_note is None)
-        self.net, self.allreduce = self.model, None
+        self.net, self.allreduce = self.trained_network(), None
         if self.ranks.active:
-            self.net, self.allreduce = distributed.wrap(self.model, self.ranks, device)
+            self.net, self.allreduce = distributed.wrap(self.net, self.ranks, device)
         if cfg.compile != "off":
             self.net = execution.compile_model(self.net, cfg.compile, device)
 
+    @staticmethod
+    def build_model(cfg):
+        return rescaler.build(cfg.scale, blocks_per_stage=cfg.blocks_per_stage, growth=cfg.growth, clamp=cfg.clamp)
+
+    def trained_network(self):
+        """The module whose forward the step differentiates: what DDP and torch.compile wrap."""
+        return self.model
+
+    @property
+    def irn(self):
+        """The IRN that --init-from fills."""
+        return self.model
+
+    def weights(self):
+        """A checkpoint's network: its weights and the architecture they are of."""
+        return {"model": self.model.state_dict(), "arch": self.model.arch}
+
+    def load_weights(self, state):
+        self.model.load_state_dict(state["model"])
+
     def state(self, step):
         return {
-            "model": self.model.state_dict(),
-            "arch": self.model.arch,
+            **self.weights(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -111,7 +132,7 @@ class Trainer:
         }
 
     def load_state(self, state):
-        self.model.load_state_dict(state["model"])
+        self.load_weights(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"] and self.scaler.is_enabled():  # an fp32 or bf16 run has no scale to resume
@@ -145,10 +166,8 @@ class Trainer:
             hr = tensors.to_float(batch["hr"].to(self.device, non_blocking=True))
             noise = batch["noise"].to(self.device, non_blocking=True)
             lr_ref = batch["lr_ref"].to(self.device, non_blocking=True)
-        with timer.phase("forward"):
-            y, z, reconstruction = network_passes(self.net, hr, noise, cfg.z_scale)
+        losses = self.losses(hr, noise, lr_ref, self.channel(batch, timer), timer, step)
         with timer.phase("loss"):
-            losses = irn_losses(y, z, reconstruction, hr, lr_ref, **cfg.loss_weights)
             total = sum(losses.values())
         with timer.phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
@@ -165,6 +184,26 @@ class Trainer:
         if self.allreduce is not None:
             timer.note("allreduce", self.allreduce.take(), clock=self.allreduce.clock)
         return self.outcome(previous, guard)
+
+    def losses(self, hr, noise, lr_ref, channel, timer, step):
+        """IRN's weighted losses of a batch by name (the forward and loss phases); `channel` (None: lossless)
+        carries the 8-bit LR to the upscale."""
+        with timer.phase("forward"):
+            y, z, reconstruction = network_passes(self.net, hr, noise, self.cfg.z_scale, channel)
+        with timer.phase("loss"):
+            return irn_losses(y, z, reconstruction, hr, lr_ref, **self.cfg.loss_weights)
+
+    def channel(self, batch, timer):
+        """What carries a batch's 8-bit LR from downscale to upscale: --codec at each sample's quality, the
+        gradient passed straight through, timed as the step's codec phase; None without a codec."""
+        if self.cfg.codec == "none":
+            return None
+
+        def send(lr):
+            with timer.phase("codec"):
+                return codec.compress(lr, self.cfg.codec, batch["quality"])[0]
+
+        return send
 
     def drain(self, guard):
         """The last enqueued step's StepResult, waiting for its values (None if there is none)."""

@@ -6,9 +6,9 @@ from dataclasses import replace
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from engine.data import crops
+from engine.data import codec, crops
 from engine.model import execution
-from engine.training.step import Trainer
+from engine.training.restoration import trainer_for
 from profiling.runtime.counting import StepCounter
 
 
@@ -21,15 +21,16 @@ def census(cfg, fast_kernels=None, fused_dense=True):
     from kernels import coupling, dense, haar
 
     fast = cfg.fast_kernels if fast_kernels is None else fast_kernels
-    counter = StepCounter(launches={**haar.LAUNCHES, **coupling.LAUNCHES, **dense.LAUNCHES}, traffic=dense.TRAFFIC)
+    launches = {**haar.LAUNCHES, **coupling.LAUNCHES, **dense.LAUNCHES, **codec.LAUNCHES}
+    counter = StepCounter(launches=launches, traffic=dense.TRAFFIC)
     # Built for real (FrEIA's Haar computes its permutation from values); the step then runs on fake
     # tensors, the real weights standing in as fake ones.
-    trainer = Trainer(replace(cfg, fast_kernels=False, compile="off"), torch.device("cpu"))
+    trainer = trainer_for(replace(cfg, fast_kernels=False, compile="off"), torch.device("cpu"))
     trainer.initialise_optimizer_state()  # a steady-state step: Adam's moments exist already
     if fast:
         execution.use_fast_kernels(trainer.model, dense=fused_dense)
     with FakeTensorMode(allow_non_fake_inputs=True):
-        batch = crops.empty_batch(cfg.batch_size, cfg.crop, cfg.scale)
+        batch = crops.empty_batch(cfg.batch_size, cfg.crop, cfg.scale, codec=cfg.codec != "none")
         with counter.counting():
             trainer.step(batch, counter, guard=None, step=0)
     setting = {k: getattr(cfg, k) for k in ("scale", "batch_size", "crop", "precision", "blocks_per_stage", "growth")}

@@ -16,7 +16,8 @@ import torch
 
 from profiling.records import PHASES
 
-DEVICE_PHASES = ("h2d", "forward", "loss", "backward", "optimizer")
+# codec: the host encodes between a copy off the GPU and one back; events around it time the stream's wait
+DEVICE_PHASES = ("h2d", "forward", "codec", "loss", "backward", "optimizer")
 
 
 class PhaseTimer:

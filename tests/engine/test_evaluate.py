@@ -48,8 +48,9 @@ def test_evaluate_writes_a_table_grids_and_images(checkpoint, image_folder, caps
     grids = list((out_dir / "grids").glob("*.png"))
     assert len(grids) == 1
     h, w = image_files.read_folder(image_folder).images[0].shape[:2]
-    with Image.open(grids[0]) as grid:  # HR, bicubic LR, IRN LR, z=0, T=1, error: six tiles, 4 px apart, under captions
-        assert grid.size == (6 * w + 5 * 4, h + 14)
+    with Image.open(grids[0]) as grid:  # HR, bicubic LR, IRN LR, z=0, T=1, error: six tiles, 4 px apart,
+        # under two caption lines of 14 px, above the error map's scale bar (a line of 14 px and the 6 px bar)
+        assert grid.size == (6 * w + 5 * 4, h + 2 * 14 + 14 + 6)
     assert len(list((out_dir / "images" / "tiny").rglob("*.png"))) == 6
     printed = capsys.readouterr().out
     assert "PSNR-Y" in printed and "tiny" in printed and "±" in printed
@@ -179,3 +180,44 @@ def test_bad_evaluate_input_gives_one_line(args, message, checkpoint, capsys, tm
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
     assert (tmp_path / "done" / "results.json").read_text() == "{}"  # nothing written over
+
+
+def test_under_jpeg_div2k_val_gets_sain_s_published_rows_and_our_differences(
+    checkpoint, bench_root, tmp_path, monkeypatch, capsys
+):
+    out, div2k = tmp_path / "jpeg", bench_root / "DIV2K" / "DIV2K_valid_HR"
+    args = ["--checkpoint", str(checkpoint), "--data", str(div2k), "--jpeg", "30,90,95", "--grid", "1"]
+    printed = run_evaluate([*args, "--out", str(out)], monkeypatch, capsys)
+    summary = json.loads((out / "results.json").read_text())
+    entry = summary["results"]["DIV2K val"]["codecs"]["jpeg"]
+    assert summary["published"]["compared_with"] == "T=1" and "SAIN" in summary["published"]["source"]
+    # SAIN's README, DIV2K x2 table: QF 30 and 90 of its rows; it has no QF 95 and no HCFlow at x2
+    published = {"Bicubic & Bicubic": (29.38, 31.96), "IRN": (29.24, 32.91), "SAIN": (31.47, 35.96)}
+    assert {m: (r["30"]["psnr_y"], r["90"]["psnr_y"]) for m, r in entry["published"].items()} == published
+    assert entry["published"]["IRN"]["90"]["ssim_y"] == 0.9023 and "95" not in entry["published"]["IRN"]
+    for quality, sain in (("30", 31.47), ("90", 35.96)):
+        ours = entry["qualities"][quality]["settings"]["T=1"]
+        assert entry["published"]["SAIN"][quality]["difference"]["psnr_y"] == pytest.approx(ours["psnr_y"] - sain)
+    assert entry["qualities"]["30"]["bpp"] < entry["qualities"]["90"]["bpp"] < entry["qualities"]["95"]["bpp"]
+    md = (out / "results.md").read_text()
+    rows = {row.split(" | ")[2]: row for row in md.splitlines() if row.count(" | ") > 3}
+    assert rows["IRN (published)"].endswith("| 29.24 / 0.8051 | 32.91 / 0.9023 | — |")
+    irn_30 = entry["published"]["IRN"]["30"]["difference"]
+    assert rows["T=1 − IRN"].split(" | ")[3] == f"{irn_30['psnr_y']:+.2f} / {irn_30['ssim_y']:+.4f}"
+    assert "HCFlow" not in md and "JPEG 95" in md and "under JPEG" in printed
+    assert sorted(p.name for p in (out / "grids").iterdir()) == [f"DIV2K-val_0800_jpeg{q}.png" for q in (30, 90, 95)]
+
+
+def test_a_crm_needs_a_codec_and_a_lone_crm_needs_its_irn(checkpoint, tmp_path, capsys):
+    from engine.model import crm
+
+    torch.save(crm.build(features=8, blocks=1, growth=4).state_dict(), tmp_path / "crm.pth")
+    for args, message in (
+        (["--checkpoint", str(checkpoint), "--crm", str(tmp_path / "crm.pth")], "--crm restores a compressed LR"),
+        (["--checkpoint", str(tmp_path / "crm.pth"), "--jpeg", "90"], "is a CRM, not an IRN"),
+        (["--checkpoint", str(checkpoint), "--jpeg", "0,90"], "'0,90': expected comma-separated qualities from 1 to"),
+    ):
+        with pytest.raises(SystemExit):
+            evaluate.main([*args, "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

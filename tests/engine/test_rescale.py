@@ -59,6 +59,38 @@ def test_up_writes_the_format_its_output_names(haar_only, tmp_path):
         assert hr.format == "JPEG" and hr.size == (8, 8)
 
 
+def test_a_jpeg_lr_is_pillow_s_jpeg_of_the_lossless_one_and_keeps_its_size_tag(haar_only, tmp_path):
+    photo = (np.random.default_rng(2).random((37, 29, 3)) * 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "odd.png")
+    run("down", tmp_path / "odd.png", tmp_path / "lr.png", checkpoint=haar_only)
+    run("down", tmp_path / "odd.png", tmp_path / "lr.jpg", "--jpeg", "70", checkpoint=haar_only)
+    Image.open(tmp_path / "lr.png").convert("RGB").save(tmp_path / "pillow.jpg", quality=70)
+    with Image.open(tmp_path / "lr.jpg") as ours, Image.open(tmp_path / "pillow.jpg") as pillows:
+        assert ours.format == "JPEG" and np.array_equal(np.asarray(ours), np.asarray(pillows))
+    run("up", tmp_path / "lr.jpg", tmp_path / "hr.png", "--temperature", "0", checkpoint=haar_only)
+    assert np.asarray(Image.open(tmp_path / "hr.png")).shape == photo.shape
+
+
+def test_up_restores_the_decoded_lr_with_the_crm_before_upscaling(haar_only, tmp_path):
+    """With identity coupling blocks and z = 0 the upscale repeats each LR pixel 2x2: the HR is the official
+    RRDBNet's restoration of the JPEG LR, rounded to 8 bits, repeated."""
+    from tests.official_irn import randomize
+    from tests.official_rrdb import OfficialRRDBNet
+
+    official = randomize(OfficialRRDBNet(nf=8, nb=1, gc=4), std=0.05, seed=5)
+    torch.save(official.state_dict(), tmp_path / "crm.pth")
+    photo = (np.random.default_rng(3).random((16, 12, 3)) * 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    run("down", tmp_path / "p.png", tmp_path / "lr.jpg", "--jpeg", "50", checkpoint=haar_only)
+    run("up", tmp_path / "lr.jpg", tmp_path / "hr.png", "--temperature", "0", "--crm", tmp_path / "crm.pth",
+        checkpoint=haar_only)  # fmt: skip
+    decoded = torch.from_numpy(np.asarray(Image.open(tmp_path / "lr.jpg")).transpose(2, 0, 1).copy())[None] / 255
+    with torch.no_grad():
+        restored = (official(decoded).clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
+    hr = np.asarray(Image.open(tmp_path / "hr.png")).astype(float)
+    assert np.abs(hr - restored.repeat(2, axis=0).repeat(2, axis=1)).max() <= 1
+
+
 def test_an_untagged_image_is_upscaled_with_a_notice(haar_only, tmp_path, capsys):
     Image.fromarray(np.full((6, 5, 3), 90, np.uint8)).save(tmp_path / "plain.png")
     run("up", tmp_path / "plain.png", tmp_path / "big.png", checkpoint=haar_only)
@@ -73,6 +105,8 @@ def test_an_untagged_image_is_upscaled_with_a_notice(haar_only, tmp_path, capsys
         ("collision", "photo.jpg and photo.png would both be written to"),
         ("exists", "exists (1 of the outputs do); add --overwrite"),
         ("lr-as-jpeg", "an LR is written as PNG"),
+        ("jpeg-as-png", "--jpeg writes the LR as JPEG; name it .jpg"),
+        ("jpeg-up", "--jpeg is an option of down"),
         ("bad-tag", "its irn-hr-size tag is 'big', not HxW"),
         ("device", "--device tpu: expected auto, cpu, cuda or cuda:N"),
         ("temperature", "argument --temperature: '-1': expected a finite number >= 0"),
@@ -94,6 +128,8 @@ def test_what_a_user_gets_wrong_is_one_line_and_writes_nothing(haar_only, tmp_pa
         "collision": ["down", photos, out],
         "exists": ["down", photos / "photo.png", tmp_path / "taken.png"],
         "lr-as-jpeg": ["down", photos / "photo.png", tmp_path / "lr.jpg"],
+        "jpeg-as-png": ["down", photos / "photo.png", tmp_path / "lr.png", "--jpeg", "90"],
+        "jpeg-up": ["up", photos / "photo.png", out, "--jpeg", "90"],
         "bad-tag": ["up", tagged, out / "hr.png"],
         "device": ["down", photos / "photo.png", out, "--device", "tpu"],
         "temperature": ["up", photos / "photo.png", out, "--temperature", "-1"],

@@ -128,3 +128,21 @@ def test_compiled_model_gives_the_eager_results(fast, backend, scale):
     for a, b in zip(outs_c, outs_e, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert_grads_close(grads_c, grads_e, 1e-4)
+
+
+def test_the_crm_s_residual_dense_blocks_run_fused_with_the_reference_s_results_and_gradients():
+    from engine.model import crm
+
+    reference = randomize(crm.build(features=16, blocks=1, growth=8), std=0.05, seed=7).to(DEVICE)
+    fast = use_fast_kernels(copy.deepcopy(reference))
+    assert all(block.fast_op is not None for block in fast.modules() if isinstance(block, crm.ResidualDenseBlock))
+    x = torch.rand(1, 3, 4, 5, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    results = []
+    for model in (reference, fast):
+        model.zero_grad()
+        out = model(x)
+        out.pow(2).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (out_ref, grads_ref), (out_fast, grads_fast) = results
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-5)
+    assert_grads_close(grads_fast, grads_ref, 1e-4)

@@ -75,15 +75,28 @@ def test_ranks_split_each_global_batch_and_together_see_one_process_s_samples():
     assert take(two[0], 4) == [12, 13, 16, 17] and take(two[1], 4) == [14, 15, 18, 19]
 
 
-def test_the_loader_s_batches_have_the_batch_layout_the_census_and_benches_use():
-    cfg = types.SimpleNamespace(batch_size=3, crop=8, scale=2, seed=0, workers=0)
+@pytest.mark.parametrize("codec", ["none", "jpeg"])
+def test_the_loader_s_batches_have_the_batch_layout_the_census_and_benches_use(codec):
+    cfg = types.SimpleNamespace(batch_size=3, crop=8, scale=2, seed=0, workers=0, codec=codec, codec_quality=[90])
     batch = next(iter(crops.loader(ramp_set(), cfg, start_sample=0)))
-    layout = crops.batch_layout(3, 8, 2)
+    layout = crops.batch_layout(3, 8, 2, codec=codec != "none")
     assert set(batch) == set(layout)
     for key, (shape, dtype) in layout.items():
         assert (tuple(batch[key].shape), batch[key].dtype) == (shape, dtype), key
-    for made in (crops.random_batch(3, 8, 2), crops.empty_batch(3, 8, 2)):
-        assert {k: (tuple(v.shape), v.dtype) for k, v in made.items()} == layout
+    assert crops.empty_batch(3, 8, 2, codec=codec != "none").keys() == layout.keys()
+    if codec == "none":
+        assert {k: (tuple(v.shape), v.dtype) for k, v in crops.random_batch(3, 8, 2).items()} == layout
+
+
+def test_a_sample_s_codec_quality_is_drawn_from_its_range_after_its_other_draws():
+    found = ramp_set()
+    plain = crops.CropDataset(found, 8, seed=1, scale=2)
+    fixed, ranged = (crops.CropDataset(found, 8, seed=1, scale=2, qualities=q) for q in ((90,), (30, 34)))
+    assert "quality" not in plain[0] and {fixed[i]["quality"] for i in range(20)} == {90}
+    drawn = [ranged[i]["quality"] for i in range(200)]
+    assert set(drawn) == {30, 31, 32, 33, 34} and drawn == [ranged[i]["quality"] for i in range(200)]
+    for key in ("hr", "lr_ref", "noise", "box"):  # a codec leaves the rest of the sample as it was
+        assert torch.equal(ranged[7][key], plain[7][key]), key
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

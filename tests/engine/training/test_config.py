@@ -36,7 +36,7 @@ def test_help_lists_every_key_by_section_with_its_value_and_comment(capsys):
     assert exit_info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     cfg, help_texts = config.load("irn_x8")
-    sections = ["model", "data", "optimisation", "losses", "explosion tracking", "run", "profiling"]
+    sections = ["model", "data", "optimisation", "losses", "compression", "explosion tracking", "run", "profiling"]
     positions = [out.index(f"{section}: ") for section in sections]
     assert positions == sorted(positions)
     for key in cfg:
