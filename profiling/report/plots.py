@@ -80,7 +80,7 @@ def draw_losses(folder, fig):
     return True
 
 
-def draw_phases(folder, fig, outlier_factor=3.0, labelled=3):
+def draw_phases(folder, fig, outlier_factor=3.0, labelled=1):
     """One panel per phase of the training step (scheduled work left out), each on its own scale, titled with
     its share of the step. A panel's y axis stops at `outlier_factor` x its p95, so a few slow steps (warm-up,
     compilation, captures) do not flatten the rest; those above it are marked at the top with their times."""
@@ -89,9 +89,10 @@ def draw_phases(folder, fig, outlier_factor=3.0, labelled=3):
         return False
     x = [r["step"] for r in steps]
     total = sum(sum(r.get(p, 0.0) for p in STEP_PHASES) for r in steps) or 1.0
+    phases = [p for p in STEP_PHASES if any(r.get(p) for r in steps)]  # a phase this run never ran has no panel
     columns = 4
-    for i, phase in enumerate(STEP_PHASES):
-        ax = fig.add_subplot(-(-len(STEP_PHASES) // columns), columns, i + 1)
+    for i, phase in enumerate(phases):
+        ax = fig.add_subplot(-(-len(phases) // columns), columns, i + 1)
         values = [r.get(phase, 0.0) for r in steps]
         ax.plot(x, values, lw=0.8)
         top = outlier_factor * percentile(values, 0.95)
@@ -100,7 +101,7 @@ def draw_phases(folder, fig, outlier_factor=3.0, labelled=3):
             ax.set_ylim(0, top)
             ax.plot([s for s, _ in outliers], [top] * len(outliers), "v", color="black", ms=3, clip_on=False)
             for s, v in sorted(outliers, key=lambda o: -o[1])[:labelled]:
-                ax.annotate(f"{v:.0f} ms", (s, top), textcoords="offset points", xytext=(0, 3), fontsize=6)
+                ax.annotate(f"{v:.0f} ms", (s, top), textcoords="offset points", xytext=(4, -8), fontsize=6)
         ax.set_title(f"{phase}: {sum(values) / total:.1%} of the step", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("ms", fontsize=8)
