@@ -171,7 +171,12 @@ def timed_allreduce(timer, bucket):
 
 def wrap(model, ranks, device):
     """DDP around `model` with the timing hook; returns (ddp, all-reduce timer)."""
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # No buffer broadcast before each forward: IRN's buffers (the Haar permutations) are constant, so the
+    # broadcast would only add a collective to every step, and make a fast rank wait for a slow one in its
+    # forward instead of in the gradients' all-reduce, where the per-rank table looks for stragglers.
+    ddp = DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+    )
     timer = AllReduceTime(device.type == "cuda")
     ddp.register_comm_hook(timer, timed_allreduce)
     return ddp, timer

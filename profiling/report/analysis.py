@@ -17,6 +17,7 @@ from statistics import mean, median
 from profiling import records
 from profiling.records import SCHEDULED_PHASES, STEP_PHASES, read_jsonl
 from profiling.report import roofline
+from profiling.report.verdict import MIN_STEADY, bottleneck
 from profiling.stats import first_last_min, percentile
 
 WARMUP_STEPS = 5  # first steps (allocation, autotuning, compilation) left out of the statistics
@@ -40,12 +41,9 @@ def step_ms(record):
 
 def steady(steps, job_starts=(0,)):
     """Steps that show the run's usual speed: not under a py-spy or torch.profiler capture, and not the
-    first WARMUP_STEPS of a job (each resumed job allocates, autotunes and compiles again), unless too few
-    would be left."""
+    first WARMUP_STEPS of a job (each resumed job allocates, autotunes and compiles again)."""
     warm_up = {s for start in job_starts for s in range(start + 1, start + 1 + WARMUP_STEPS)}  # steps count from 1
-    warm = [r for r in steps if r["step"] not in warm_up]
-    steps = warm if len(warm) >= WARMUP_STEPS else steps
-    return [r for r in steps if not r.get("captured")]
+    return [r for r in steps if r["step"] not in warm_up and not r.get("captured")]
 
 
 def phase_stats(steps):
@@ -136,9 +134,11 @@ def gpu_stats(samples, step_time_ms, gpus=1):
         }
     proc = [s for s in samples if "cpu_percent" in s]
     if proc:
+        waiting = [s["waiting_percent"] for s in proc if "waiting_percent" in s]
         return {
             "kind": "process",
             "cpu_percent_mean": mean(s["cpu_percent"] for s in proc),
+            "waiting_percent_mean": mean(waiting) if waiting else None,
             "rss_peak_mib": max(s["rss_mib"] or 0 for s in proc),
             "samples": len(proc),
         }
@@ -185,46 +185,6 @@ def floors_without_bandwidth(census, peak_tflops, launch_us):
     ms["launch"] = census["kernels_per_step"] * launch_us / 1e3
     bound = max(ms, key=ms.get)
     return {f"{k}_ms": v for k, v in ms.items()} | {"bound": bound, "floor_ms": ms[bound], "math": "measured"}
-
-
-def verdict(phases, gpu, device_type, hw, cfg):
-    """The bottleneck of the training step in plain words: (label, evidence, what to try next)."""
-    share = {k: v["share"] for k, v in phases["phases"].items()}
-    if share["data"] > 0.15:
-        return (
-            "data-bound",
-            f"the training loop waited for data {share['data']:.0%} of each step",
-            "raise --workers, or lower the cost of each crop (the images are decoded once, into memory)",
-        )
-    overhead = share["other"] + share["logging"]
-    if overhead > 0.2:
-        return (
-            "overhead-bound",
-            f"logging and the loop's own work took {overhead:.0%} of each step",
-            "log less often, or look at a py-spy capture (--py-spy) for where the host spends it",
-        )
-    if device_type == "cuda" and gpu.get("kind") == "gpu" and gpu["util_mean"] < 80:
-        return (
-            "host-bound",
-            f"the GPU was busy only {gpu['util_mean']:.0f}% of the time ({gpu['under_50_share']:.0%} of samples "
-            "under 50%) although data was ready",
-            roofline.next_steps("launch", cfg),
-        )
-    own = hw and hw["own"]
-    if own and own.get("bound"):
-        floor = f"{own['bound']} floor of {own['floor_ms']:.1f} ms"
-        mfu = f", MFU {own['mfu']:.0%}" if own.get("mfu") is not None else ""
-        evidence = f"the step takes {phases['step_ms']:.1f} ms, {hw['vs_floor']:.1f}x its {floor}{mfu}"
-        if own["bound"] == "launch":
-            evidence += f" (about {hw['census']['kernels_per_step']:,} kernels per step)"
-        next_step = roofline.next_steps(own["bound"], cfg) if device_type == "cuda" else "train on a CUDA GPU"
-        return f"{own['bound']}-bound", evidence, next_step
-    compute = share["forward"] + share["backward"] + share["loss"]
-    return (
-        "compute-bound",
-        f"forward, loss and backward took {compute:.0%} of each step",
-        roofline.next_steps("compute", cfg) if device_type == "cuda" else "train on a CUDA GPU",
-    )
 
 
 def loss_summary(metrics):
@@ -312,9 +272,11 @@ def analyse(folder):
     cfg, env, logged = run.config, run.env, run.phases.get(0, [])
     ranks = {rank: steady(steps, run.job_starts) for rank, steps in run.phases.items()}
     steps = ranks.get(0, [])
-    stats = phase_stats(steps)
+    stats = phase_stats(steps if len(steps) >= MIN_STEADY else logged)  # a short run: every step, and no verdict
     gpu = training_gpu_stats(run.samples, ranks, stats["step_ms"], gpus=env.get("world_size", 1))
     hw = hardware(cfg, env, run.census, stats["step_ms"])
+    scheduled, device_type = scheduled_work(logged), env.get("device", {}).get("type", "cpu")
+    rank_rows = rank_table(ranks) if len(ranks) > 1 else []
     return {
         "run": str(run.folder),
         "config": cfg,
@@ -323,25 +285,17 @@ def analyse(folder):
         "progress": progress(cfg, run.metrics, logged, stats["step_ms"] / 1e3),
         "throughput": throughput(cfg, stats["step_ms"], steps, logged),
         "phases": stats,
-        "scheduled": scheduled_work(logged),
+        "scheduled": scheduled,
         "gpu": gpu,
         "hardware": hw,
-        "verdict": bottleneck(stats, gpu, env, hw, cfg) if steps else dict(NO_VERDICT),
-        "ranks": rank_table(ranks) if len(ranks) > 1 else [],
+        "verdict": bottleneck(stats, len(steps), scheduled, gpu, device_type, hw, cfg, rank_rows),
+        "ranks": rank_rows,
         "world_size": env.get("world_size", 1),
         "explosions": run.explosions,
         "losses": loss_summary(run.metrics),
         "torch_profile": run.torch_profile,
         "captures": captures_in(run.folder),
     }
-
-
-NO_VERDICT = {"label": "unknown", "evidence": "no step timings yet", "next": "let the run take a few steps"}
-
-
-def bottleneck(stats, gpu, env, hw, cfg):
-    label, evidence, next_step = verdict(stats, gpu, env.get("device", {}).get("type", "cpu"), hw, cfg)
-    return {"label": label, "evidence": evidence, "next": next_step}
 
 
 def throughput(cfg, step_ms, steady_steps, logged):

@@ -87,9 +87,11 @@ def gpu_lines(run):
             f"of samples, peak memory {g['mem_peak_mib'] / 1024:.1f} GiB{power}{throttled}{allocated}"
         )
     if g["kind"] == "process":
+        waiting = g.get("waiting_percent_mean")
+        waited = f", waiting for a core {waiting:.0f}%" if waiting is not None else ""
         return (
-            f"no GPU counters (CPU run or no NVML): process CPU {g['cpu_percent_mean']:.0f}% mean, "
-            f"peak memory {g['rss_peak_mib'] / 1024:.2f} GiB"
+            f"no GPU counters (CPU run or no NVML): process CPU {g['cpu_percent_mean']:.0f}% mean (100% = one core)"
+            f"{waited}, peak memory {g['rss_peak_mib'] / 1024:.2f} GiB"
         )
     return "no utilisation samples"
 

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -229,20 +230,40 @@ class GpuReader:
 
 
 class ProcessReader:
-    """CPU share and resident memory of this process, from os.times and /proc."""
+    """This process's CPU share, the share of time its threads waited for a core (the kernel's run-queue time:
+    a process starved of CPU by other jobs or too many threads), both as 100% = one core, and its resident
+    memory, from os.times and /proc."""
 
     def __init__(self):
-        self.last = (time.monotonic(), _cpu_seconds())
+        self.last = (time.monotonic(), _cpu_seconds(), _waiting_seconds())
 
     def read(self):
-        now, cpu = time.monotonic(), _cpu_seconds()
-        (t0, c0), self.last = self.last, (now, cpu)
-        return {"cpu_percent": 100 * (cpu - c0) / max(now - t0, 1e-9), "rss_mib": _rss_mib()}
+        now, cpu, waiting = time.monotonic(), _cpu_seconds(), _waiting_seconds()
+        (t0, c0, w0), self.last = self.last, (now, cpu, waiting)
+        span = max(now - t0, 1e-9)
+        sample = {"cpu_percent": 100 * (cpu - c0) / span, "rss_mib": _rss_mib()}
+        if waiting is not None and w0 is not None:
+            sample["waiting_percent"] = max(0.0, 100 * (waiting - w0) / span)  # a thread that ended takes its share
+        return sample
 
 
 def _cpu_seconds():
     t = os.times()
     return t.user + t.system
+
+
+def _waiting_seconds():
+    """Seconds this process's threads have spent runnable but waiting for a core, or None without schedstat."""
+    total = 0
+    try:
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):  # a thread that ended while it was read
+                continue
+    except OSError:
+        return None
+    return total / 1e9
 
 
 def _rss_mib():

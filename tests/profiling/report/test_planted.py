@@ -1,0 +1,187 @@
+"""The report proven on planted bottlenecks: the same short CPU run with one part of the loop slowed from outside
+the code under test (a wrapper that sleeps), and the report must name that part.
+
+A plant sleeps PLANT x the unplanted run's step per step, so the planted part's share of the step is expected at
+(its unplanted time + the sleep) / (the unplanted step + the sleep), from the unplanted run's own phases: the
+report's share must be within 10 points of that, be the largest, and its verdict must point at it. Where the
+run itself was starved of CPU (a machine shared with other work), the report must say so instead.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import train
+from engine.data import crops
+from engine.training import checkpoints, loop, progress, step
+from profiling.report.analysis import analyse
+from profiling.report.verdict import STARVED, STARVED_WAITING
+from tests.conftest import TINY
+
+PLANT = 4.0
+STEPS = ["--steps", "12", "--workers", "0"]
+
+
+def run(image_folder, name, *args):
+    train.main([*TINY, "--data", str(image_folder), "--name", name, *STEPS, *args])
+    return analyse(Path("runs") / name)
+
+
+@pytest.fixture(scope="module")
+def unplanted(tmp_path_factory):
+    """The unplanted run (in a folder of its own) and its image folder: what every plant is measured against."""
+    root = tmp_path_factory.mktemp("planted")
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import smooth_image
+
+    rng = np.random.default_rng(0)
+    (root / "hr").mkdir()
+    for i in range(3):
+        Image.fromarray(smooth_image(rng, 40 + 8 * i, 48)).save(root / "hr" / f"img{i}.png")
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        analysis = run(root / "hr", "unplanted")
+    finally:
+        os.chdir(old)
+    return root, analysis
+
+
+def starved(analysis):
+    """Whether the run's threads waited for a core as long as the report's rule calls starved."""
+    waiting, running = analysis["gpu"].get("waiting_percent_mean"), analysis["gpu"].get("cpu_percent_mean")
+    return waiting is not None and waiting >= max(STARVED * running, STARVED_WAITING)
+
+
+def sleeping(real, seconds):
+    def planted(*args, **kwargs):
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    return planted
+
+
+STEP_PLANTS = {  # the phase a plant slows: (where the sleep goes, how many times per step it runs, the verdict)
+    "data": ((crops.CropDataset, "__getitem__"), 2, "data-bound"),  # each of the batch's two samples
+    "forward": ((step, "network_passes"), 1, "far from every floor"),
+    "backward": ((step.torch.Tensor, "backward"), 1, "far from every floor"),
+    "optimizer": ((step.Trainer, "update"), 1, "optimizer-bound"),
+    "loss": ((step, "irn_losses"), 1, "loss-bound"),
+    "logging": ((progress.TrainingProgress, "update"), 1, "logging-bound"),
+    "other": ((step.Trainer, "outcome"), 1, "overhead-bound"),  # where the host reads the step's values: a sync
+}
+
+
+@pytest.mark.parametrize("phase", list(STEP_PLANTS))
+def test_a_slowed_phase_of_the_step_is_named(phase, unplanted, monkeypatch):
+    root, normal = unplanted
+    monkeypatch.chdir(root)
+    (owner, name), calls, label = STEP_PLANTS[phase]
+    step_ms, phase_ms = normal["phases"]["step_ms"], normal["phases"]["phases"][phase]["mean_ms"]
+    sleep_ms = PLANT * step_ms
+    monkeypatch.setattr(owner, name, sleeping(getattr(owner, name), sleep_ms / calls / 1e3))
+    analysis = run(root / "hr", f"slow-{phase}")
+    monkeypatch.undo()
+    verdict, shares = analysis["verdict"], {p: row["share"] for p, row in analysis["phases"]["phases"].items()}
+    if starved(analysis):
+        assert verdict["label"] == "CPU-starved"
+        return
+    expected = (phase_ms + sleep_ms) / (step_ms + sleep_ms)
+    assert max(shares, key=shares.get) == phase and shares[phase] == pytest.approx(expected, abs=0.10)
+    assert verdict["label"] == label and verdict["phase"] == phase, verdict
+    if label == "far from every floor":
+        assert f"which of the {phase}'s ops" in verdict["next"]
+
+
+@pytest.mark.parametrize("work", ["validation", "checkpoint"])
+def test_slow_scheduled_work_is_named_with_its_share_of_the_wall_time(work, unplanted, monkeypatch):
+    """A validation or checkpoint every 2 steps, each slowed by 2 x PLANT steps: PLANT / (1 + PLANT) of the wall."""
+    root, normal = unplanted
+    monkeypatch.chdir(root)
+    owner, name = {"validation": (loop, "validate"), "checkpoint": (checkpoints, "save")}[work]
+    sleep_s = 2 * PLANT * normal["phases"]["step_ms"] / 1e3
+    monkeypatch.setattr(owner, name, sleeping(getattr(owner, name), sleep_s))
+    every = {"validation": ["--val", str(root / "hr"), "--val-every", "2"], "checkpoint": ["--checkpoint-every", "2"]}
+    analysis = run(root / "hr", f"slow-{work}", *every[work])
+    monkeypatch.undo()
+    if starved(analysis):
+        assert analysis["verdict"]["label"] == "CPU-starved"
+        return
+    assert analysis["scheduled"][work]["share"] == pytest.approx(PLANT / (1 + PLANT), abs=0.10)
+    assert analysis["verdict"]["label"] == f"{work}-heavy" and analysis["verdict"]["phase"] == work
+
+
+def test_the_unplanted_run_is_judged_against_the_floors(unplanted):
+    root, normal = unplanted
+    if starved(normal):
+        assert normal["verdict"]["label"] == "CPU-starved"
+        return
+    assert normal["verdict"]["rule"].startswith("7 ") and normal["verdict"]["label"] in (
+        "far from every floor", "compute-bound", "launch-bound", "memory-bound",
+    )  # fmt: skip
+
+
+def test_a_run_sharing_its_core_with_busy_processes_is_named_cpu_starved(unplanted, monkeypatch):
+    """Real starvation: the trainer and two busy loops pinned to one core, which the kernel shares among them."""
+    root, _ = unplanted
+    monkeypatch.chdir(root)
+    core = min(os.sched_getaffinity(0))
+    busy = [
+        subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile True: pass"])
+        for _ in range(2)
+    ]
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {core})
+        analysis = run(root / "hr", "starved")
+    finally:
+        os.sched_setaffinity(0, before)
+        for proc in busy:
+            proc.kill()
+    assert starved(analysis) and analysis["verdict"]["label"] == "CPU-starved"
+
+
+def test_a_run_too_short_for_steady_steps_says_so(unplanted, monkeypatch):
+    root, _ = unplanted
+    monkeypatch.chdir(root)
+    train.main([*TINY, "--data", str(root / "hr"), "--name", "short", "--steps", "4"])
+    verdict = analyse(Path("runs/short"))["verdict"]
+    assert verdict["label"] == "too short to judge" and "0 steady steps" in verdict["evidence"]
+
+
+SLOW_RANK_1 = """
+import os, time
+from engine import train
+from engine.data import crops
+if os.environ["RANK"] == "1":  # one rank's loader slowed: a straggler the other waits for in the all-reduce
+    real = crops.CropDataset.__getitem__
+    def slow(self, index):
+        time.sleep(float(os.environ["PLANTED_S"]))
+        return real(self, index)
+    crops.CropDataset.__getitem__ = slow
+train.main()
+"""
+
+
+def test_one_slow_rank_of_two_is_flagged_as_the_straggler(unplanted, tmp_path):
+    root, normal = unplanted
+    script = tmp_path / "slow_rank.py"
+    script.write_text(SLOW_RANK_1)
+    repo = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    env["PLANTED_S"] = str(PLANT * normal["phases"]["step_ms"] / 1e3)  # per sample: each rank has one of the two
+    args = [*TINY, "--data", str(root / "hr"), "--name", "straggler", *STEPS]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    analysis = analyse(tmp_path / "runs" / "straggler")
+    flagged = [r["rank"] for r in analysis["ranks"] if r["straggler"]]
+    assert (
+        flagged == [1] and analysis["verdict"]["label"] == "straggler" and "rank 1" in analysis["verdict"]["evidence"]
+    )
