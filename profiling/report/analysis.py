@@ -20,6 +20,10 @@ from profiling.report import roofline
 from profiling.report.verdict import MIN_STEADY, bottleneck
 from profiling.stats import first_last_min, percentile
 
+# NVML's clock-event reasons that slow the GPU down: software power cap (0x4), hardware slowdown (0x8), software
+# and hardware thermal slowdown (0x20, 0x40) and the hardware power brake (0x80). The others are not throttling:
+# idle (0x1), application clocks (0x2), sync boost (0x10), display clocks (0x100).
+THROTTLING = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
 WARMUP_STEPS = 5  # first steps (allocation, autotuning, compilation) left out of the statistics
 SCHEDULED_HINT_SHARE = 0.10  # scheduled work above this share of the wall time gets a hint
 SCHEDULED_HINTS = {
@@ -129,7 +133,7 @@ def gpu_stats(samples, step_time_ms, gpus=1):
             "energy_per_step_j": mean(power) * gpus * step_time_ms / 1e3 if power else None,
             "gpus": gpus,
             "sm_clock_mean_mhz": mean(clocks) if clocks else None,
-            "throttled_share": sum(bool(s.get("throttle", 0) & ~1) for s in gpu) / len(gpu),  # bit 0 is 'idle'
+            "throttled_share": sum(bool(s.get("throttle", 0) & THROTTLING) for s in gpu) / len(gpu),
             "samples": len(gpu),
         }
     proc = [s for s in samples if "cpu_percent" in s]

@@ -57,6 +57,7 @@ class PySpyCapture:
     def __init__(self, folder, log, native=True):
         self.folder, self.log, self.proc, self.native = Path(folder), log, None, native
         self.raw = self.folder / f"{records.PYSPY_PREFIX}.collapsed.txt"
+        self.said = self.folder / f"{records.PYSPY_PREFIX}.log"  # py-spy's own output, written as it comes
 
     def start(self, step=None, window=None):
         """Attach py-spy; False (with the reason logged) if it cannot."""
@@ -75,10 +76,16 @@ class PySpyCapture:
             str(self.RATE_HZ),
             *native,
         ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            # into a file, not a pipe: a pipe nobody reads while py-spy records would fill up and stall it
+            with open(self.said, "wb") as said:
+                self.proc = subprocess.Popen(cmd, stdout=said, stderr=subprocess.STDOUT)
+        except OSError as err:
+            self.log(f"py-spy cannot run ({err.strerror}: {cmd[0]}); pip install py-spy. Training goes on uncaptured")
+            return False
         time.sleep(0.5)  # py-spy needs a moment to attach; a failure to attach shows up here
         if self.proc.poll() is not None:
-            err = self.proc.stderr.read().decode(errors="replace").strip()
+            err = self.said.read_text(errors="replace").strip()
             self.log(
                 PTRACE_FIX
                 if "ermission" in err or "ptrace" in err.lower()
@@ -290,7 +297,10 @@ def _outermost_aten_starts(events):
 
 
 class Captures:
-    """The run's capture windows, [(capture, (start, stop))], started and stopped by at_step before each step."""
+    """The run's capture windows, [(capture, (start, stop))], started and stopped by at_step before each step.
+
+    A capture never ends a run: whatever one raises while it starts, steps or stops is one line, and that
+    capture is dropped while training goes on."""
 
     def __init__(self, windows, log):
         self.windows, self.log = windows, log
@@ -310,19 +320,30 @@ class Captures:
                 if step >= stop:
                     self.finish(capture)
                 else:
-                    capture.step(step)
+                    self.safely(capture, "step", capture.step, step)
             elif n not in self.tried and start - capture.lead <= step <= start:
                 self.tried.add(n)  # one attempt per window: a capture that cannot start is not retried each step
                 ahead = f" (warming up from step {step})" if step < start else ""
                 self.log(f"{capture.name}: recording steps {start}..{stop - 1}{ahead}")
-                if capture.start(step, (start, stop)):
+                if self.safely(capture, "start", capture.start, step, (start, stop)):
                     self.running.append(capture)
                     touched = True
         return touched
 
+    def safely(self, capture, action, call, *args):
+        """call(*args); a failure is one line and drops the capture (False), never the run."""
+        try:
+            return call(*args)
+        except Exception as err:  # whatever a profiler or py-spy raises, the training goes on
+            self.log(f"{capture.name}: failed to {action} ({type(err).__name__}: {err}); training goes on uncaptured")
+            if capture in self.running:
+                self.running.remove(capture)
+            return False
+
     def finish(self, capture):
-        capture.stop()  # each capture says what it wrote
-        self.running.remove(capture)
+        self.safely(capture, "stop", capture.stop)  # each capture says what it wrote
+        if capture in self.running:
+            self.running.remove(capture)
 
     def close(self):
         for capture in list(self.running):

@@ -140,7 +140,9 @@ def match(nvml, indices, cuda_id=torch_cuda_id):
         except Exception as err:  # no such CUDA device, or no CUDA at all
             notes.append(f"cuda:{index} has no properties ({type(err).__name__}: {err}); not sampled")
             continue
-        found, how = _find(table, want)
+        found, how = _look_up(nvml, table, want)
+        if found is None:
+            found, how = _find(table, want)
         if found is None:
             guess = visible_indices(nvml)
             found = next((d for d in table if index < len(guess) and d.index == guess[index]), None)
@@ -156,13 +158,33 @@ def match(nvml, indices, cuda_id=torch_cuda_id):
     return matched, notes
 
 
+def _look_up(nvml, table, want):
+    """(the NVML device NVML itself finds by `want`'s PCI bus id, else by its UUID, and which matched) or (None,
+    None): NVML's own lookups, where the bus id's domain is known and the library has them."""
+    attempts = []
+    if want.pci is not None and want.pci[0] is not None:
+        attempts.append(("pci", "nvmlDeviceGetHandleByPciBusId_v2", bus_id_text(*want.pci)))
+    if want.uuid is not None:
+        attempts.append(("uuid", "nvmlDeviceGetHandleByUUID", f"GPU-{want.uuid}"))
+    for how, name, key in attempts:
+        try:
+            index = nvml.nvmlDeviceGetIndex(getattr(nvml, name)(key))
+        except Exception:  # no such device, a library without the call, a device this process may not open
+            continue
+        found = next((d for d in table if d.index == index), None)
+        if found is not None:
+            return found, how
+    return None, None
+
+
 def _same_pci(want, have):
     domain, bus, device = want
     return (domain is None or domain == have[0]) and (bus, device) == (have[1], have[2])
 
 
 def _find(table, want):
-    """(the one NVML device at `want`'s PCI location, else with its UUID, and which matched) or (None, None)."""
+    """(the one NVML device at `want`'s PCI location, else with its UUID, and which matched) or (None, None),
+    from NVML's table: where the bus id's domain is unknown (torch without pci_domain_id), any domain matches."""
     if want.pci is not None:
         hits = [d for d in table if d.pci is not None and _same_pci(want.pci, d.pci)]
         if len(hits) == 1:

@@ -330,3 +330,11 @@ def test_the_gpu_counters_are_those_of_the_steady_training_steps():
 def test_energy_per_step_counts_every_rank_s_gpu():
     sample = {"gpu": 0, "util": 90, "mem_used_mib": 1, "power_w": 300.0}
     assert gpu_stats([sample], 100.0, gpus=4)["energy_per_step_j"] == pytest.approx(4 * 300.0 * 0.1)
+
+
+def test_only_the_reasons_that_slow_the_gpu_count_as_throttling():
+    """NVML's clock-event bits: idle (0x1), application clocks (0x2), sync boost (0x10) and display clocks (0x100)
+    do not slow a GPU down; the power cap (0x4), slowdowns (0x8, 0x20, 0x40) and the power brake (0x80) do."""
+    reasons = [0x1, 0x2, 0x10, 0x100, 0x1 | 0x2 | 0x10, 0x4, 0x8, 0x20, 0x40, 0x80 | 0x1]
+    samples = [{"gpu": 0, "util": 90, "mem_used_mib": 1, "throttle": r} for r in reasons]
+    assert gpu_stats(samples, 100.0)["throttled_share"] == pytest.approx(5 / 10)

@@ -126,6 +126,57 @@ def test_captures_mark_the_steps_they_touch_and_a_failed_start_is_not_retried():
     assert refused.events == [("start", 6)]
 
 
+class Failing(Stub):
+    """A capture whose profiler raises at one of its calls."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def start(self, step, window):
+        if self.at == "start":
+            raise RuntimeError("CUPTI is busy")
+        return super().start(step, window)
+
+    def step(self, step):
+        if self.at == "step":
+            raise RuntimeError("profiler lost")
+        super().step(step)
+
+    def stop(self):
+        if self.at == "stop":
+            raise OSError("disk full")
+        super().stop()
+
+
+@pytest.mark.parametrize("at", ["start", "step", "stop"])
+def test_a_capture_that_fails_is_one_line_and_the_loop_goes_on(at):
+    said, other = [], Stub()
+    failing = Failing(at)
+    captures = Captures([(failing, (1, 4)), (other, (2, 5))], said.append)
+    for step in range(8):
+        captures.at_step(step)
+    captures.close()
+    failed = [line for line in said if "failed to" in line]
+    assert len(failed) == 1 and f"failed to {at}" in failed[0] and "training goes on" in failed[0]
+    assert other.events == [("start", 2), ("step", 3), ("step", 4), ("stop",)]  # the other capture is untouched
+    assert not captures.running
+
+
+def test_py_spy_missing_is_one_line_and_the_run_ends_with_its_checkpoint(image_folder, in_tmp, capsys, monkeypatch):
+    """A real Popen of a py-spy that is not there (FileNotFoundError): the run trains on and checkpoints."""
+    from engine import train
+    from profiling.runtime import captures
+    from tests.conftest import TINY
+
+    monkeypatch.setattr(captures, "py_spy_executable", lambda: "/nonexistent/py-spy")
+    train.main([*TINY, "--data", str(image_folder), "--steps", "4", "--name", "nospy", "--py-spy", "2:3"])
+    err = capsys.readouterr().err
+    assert "py-spy cannot run (No such file or directory: /nonexistent/py-spy); pip install py-spy" in err
+    assert "Traceback" not in err
+    assert torch.load("runs/nospy/checkpoints/last.pt", weights_only=True)["step"] == 4
+
+
 def kernel(ts, correlation):
     return {"ph": "X", "cat": "kernel", "name": "k", "ts": ts, "dur": 1, "args": {"correlation": correlation}}
 

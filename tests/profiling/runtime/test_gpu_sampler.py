@@ -58,6 +58,15 @@ class FakeNvml:
     def nvmlDeviceGetUUID(self, h):
         return uuid(h["index"])
 
+    def nvmlDeviceGetHandleByPciBusId_v2(self, bus_id):
+        return {"index": [bus_id_text(*p) for p in self.pci].index(bus_id)}  # ValueError: no such GPU
+
+    def nvmlDeviceGetHandleByUUID(self, text):
+        return {"index": [uuid(i) for i in range(len(self.pci))].index(text)}
+
+    def nvmlDeviceGetIndex(self, h):
+        return h["index"]
+
     def nvmlDeviceGetUtilizationRates(self, h):
         return types.SimpleNamespace(gpu=40 + h["index"], memory=10)
 
@@ -106,8 +115,10 @@ def test_each_training_gpu_is_matched_to_its_nvml_handle_by_pci_bus_id(monkeypat
             nvml_index,
             40 + nvml_index,
         )
-    both = Sampler(Sink(), nvml=FakeNvml(), devices=[0, 1], cuda_id=cuda_id, log=said.append)
+    nvml = FakeNvml()
+    both = Sampler(Sink(), nvml=nvml, devices=[0, 1], cuda_id=cuda_id, log=said.append)
     assert [(r["gpu"], r["nvml_index"]) for r in both.sample(now=0.0)] == [(0, 3), (1, 0)]
+    assert nvml.calls["nvmlDeviceGetHandleByPciBusId_v2"] == 2  # NVML's own lookup, not a scan of its table
     assert both.devices[0].nvml.bus_id == "00000001:1A:00.0"
     assert said == []  # nothing guessed, nothing left out
 
@@ -115,8 +126,10 @@ def test_each_training_gpu_is_matched_to_its_nvml_handle_by_pci_bus_id(monkeypat
 def test_uuid_is_the_fallback_and_position_the_last_resort_said_aloud(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
     said = []
-    by_uuid = Sampler(Sink(), nvml=FakeNvml(), devices=[0], cuda_id=fake_cuda([1, 2], by="uuid"), log=said.append)
+    nvml = FakeNvml()
+    by_uuid = Sampler(Sink(), nvml=nvml, devices=[0], cuda_id=fake_cuda([1, 2], by="uuid"), log=said.append)
     assert [(d.nvml.index, d.matched_by) for d in by_uuid.devices] == [(3, "uuid")] and said == []
+    assert nvml.calls["nvmlDeviceGetHandleByUUID"] == 1
     guessed = Sampler(Sink(), nvml=FakeNvml(), devices=[0], cuda_id=fake_cuda([1, 2], by=None), log=said.append)
     assert [(d.nvml.index, d.matched_by) for d in guessed.devices] == [(1, "position")]
     assert len(said) == 1 and "could not be matched" in said[0] and "CUDA_DEVICE_ORDER=PCI_BUS_ID" in said[0]
@@ -188,7 +201,14 @@ def test_without_nvml_it_records_the_process_and_says_so_once(monkeypatch):
         while len(sink.records) < 2 and time.monotonic() < deadline:  # the second sample has a CPU share
             time.sleep(0.01)
     assert len(said) == 1 and "NVML unavailable (test)" in said[0] and "CPU use and memory instead" in said[0]
-    assert sink.records and set(sink.records[-1]) == {"t", "clock", "process", "cpu_percent", "rss_mib"}
+    assert sink.records and set(sink.records[-1]) == {
+        "t",
+        "clock",
+        "process",
+        "cpu_percent",
+        "waiting_percent",
+        "rss_mib",
+    }
     assert sink.records[-1]["rss_mib"] > 10
 
 
