@@ -34,10 +34,9 @@ def pad_to_multiple(x, multiple):
 
 
 def read(path):
-    try:
-        img = image_files.to_rgb8(path)
-    except (OSError, ValueError, SyntaxError):
-        raise UserError(f"cannot read {path} as an image; is it a complete PNG/JPEG?") from None
+    img, _ = image_files.decode(path)
+    if img is None:
+        raise UserError(f"cannot read {path} as an image; is it a complete PNG/JPEG?")
     with Image.open(path) as im:
         size = im.info.get(SIZE_KEY)
     return tensors.image_tensor(img, 1), size

@@ -2,7 +2,7 @@
 embedded photographs, and 8-bit PNGs written from float tensors."""
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,36 @@ EMBEDDED_TRAIN = [
 EMBEDDED_HELD_OUT = ["chelsea.png", "coffee.png"]
 
 
+UNREADABLE = "corrupt or unreadable"
+
+
 @dataclass
 class ImageSet:
     names: list  # file names, for recording where a sample came from
     images: list  # HxWx3 uint8 arrays
     skipped: dict  # reason -> list of names
+    converted: dict = field(default_factory=dict)  # the mode an image was converted from -> list of names
+
+    def add(self, name, image, mode, min_size):
+        """An image decoded by `decode` (None: unreadable) joins the set, or is skipped and counted."""
+        why = unusable(None if image is None else image.shape, min_size)
+        if why:
+            self.skipped.setdefault(why, []).append(name)
+            return False
+        self.names.append(name)
+        self.images.append(image)
+        if mode:
+            self.converted.setdefault(mode, []).append(name)
+        return True
+
+
+def unusable(shape, min_size):
+    """Why an image of `shape` (None: it could not be decoded) is skipped, or None when it is used."""
+    if shape is None:
+        return UNREADABLE
+    if min(shape[:2]) < min_size:
+        return f"smaller than {min_size}x{min_size}"
+    return None
 
 
 def embedded_dir():
@@ -35,10 +60,11 @@ def embedded_dir():
     return Path(skimage.data.__file__).parent
 
 
-def embedded(split):
-    """The natural photographs shipped inside scikit-image's wheel: 'train' or 'held_out'."""
+def embedded(split, read=None):
+    """The natural photographs shipped inside scikit-image's wheel: 'train' or 'held_out'; `read` as
+    read_folder's."""
     names = EMBEDDED_TRAIN if split == "train" else EMBEDDED_HELD_OUT
-    return read_images([embedded_dir() / n for n in names])
+    return (read or read_images)([embedded_dir() / n for n in names])
 
 
 def find_images(folder):
@@ -51,14 +77,15 @@ def find_images(folder):
     return files
 
 
-def read_folder(folder, min_size=1):
-    """Decode every image under `folder`; skip (and count) what is not a usable image."""
+def read_folder(folder, min_size=1, read=None):
+    """Decode every image under `folder`; skip (and count) what is not a usable image. `read(paths,
+    min_size)` makes the set (read_images by default; the data cache's readers map theirs)."""
     files = find_images(folder)
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-    found = read_images(images, min_size)
+    found = (read or read_images)(images, min_size)
     if len(files) > len(images):
         found.skipped["not an image file"] = [f.name for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]
-    if not found.images:
+    if not found.names:
         raise UserError(
             f"no usable images in {folder} ({describe_skipped(found.skipped)}); "
             f"give a folder of RGB images at least {min_size}x{min_size}"
@@ -67,35 +94,37 @@ def read_folder(folder, min_size=1):
 
 
 def read_images(paths, min_size=1):
-    names, images, skipped = [], [], {}
+    found = ImageSet([], [], {})
     for path in paths:
-        try:
-            img = to_rgb8(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-            skipped.setdefault("corrupt or unreadable", []).append(Path(path).name)
-            continue
-        if min(img.shape[:2]) < min_size:
-            skipped.setdefault(f"smaller than {min_size}x{min_size}", []).append(Path(path).name)
-            continue
-        names.append(Path(path).name)
-        images.append(img)
-    return ImageSet(names, images, skipped)
+        found.add(Path(path).name, *decode(path), min_size)
+    return found
+
+
+def decode(path):
+    """to_rgb8's (array, mode), or (None, None) for a file that cannot be decoded."""
+    try:
+        return to_rgb8(path)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return None, None
 
 
 def to_rgb8(path):
-    """Any PIL-readable image as HxWx3 uint8: grayscale and RGBA converted, 16-bit scaled down."""
+    """Any PIL-readable image as (HxWx3 uint8, the mode it was converted from or None for 8-bit RGB):
+    grayscale and RGBA converted, 16-bit scaled down."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as img:
             img.load()
+            mode = None if img.mode == "RGB" else img.mode
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img, dtype=np.float64)
                 scale = 65535.0 if arr.max() > 255 else 255.0
-                return np.repeat(np.round(arr / scale * 255).astype(np.uint8)[..., None], 3, axis=2)
-            arr = np.asarray(img.convert("RGB"))
+                arr = np.repeat(np.round(arr / scale * 255).astype(np.uint8)[..., None], 3, axis=2)
+            else:
+                arr = np.asarray(img.convert("RGB"))
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError("not an RGB image")
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr), mode
 
 
 def describe_skipped(skipped):

@@ -34,6 +34,7 @@ def test_folder_conversions_and_skips(tmp_path):
     assert sorted(found.skipped["corrupt or unreadable"]) == ["broken.png", "garbage.jpg"]
     assert found.skipped["smaller than 32x32"] == ["tiny.png"]
     assert found.skipped["not an image file"] == ["notes.txt"]
+    assert found.converted == {"I;16": ["deep.png"], "L": ["gray.png"], "RGBA": ["rgba.png"]}
 
 
 def test_folder_errors(tmp_path):
