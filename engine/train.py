@@ -8,7 +8,6 @@ The run, start to end: engine/training/start.py, then engine/training/loop.py.
 import os
 import sys
 
-from engine.data.node_copy import load_once_per_node
 from engine.errors import UserError, cli
 from engine.training import checkpoints, config, distributed, start
 from engine.training.loop import Loop
@@ -37,7 +36,7 @@ def main(argv=None):
 def run(cfg, flags, ranks, time_limit):
     device = start.pick_device(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     log = console.print if ranks.main else start.print_nothing
-    train_set, val_set = load_once_per_node(lambda: start.training_data(cfg), ranks, log)
+    train_set, val_set, decoded_in = start.training_data(cfg, ranks, log)
     checkpoints.seed_all(cfg.seed + ranks.rank)  # DDP copies rank 0's initial weights to every rank
     trainer = Trainer(cfg, device, ranks)
     if cfg.fast_kernels:
@@ -47,7 +46,7 @@ def run(cfg, flags, ranks, time_limit):
     folder, state = start.open_run(cfg, flags, ranks)
     if state is not None:
         trainer.load_state(state)
-    start.write_start_records(trainer, folder, state)
+    start.write_start_records(trainer, folder, state, start.data_record(cfg, train_set, val_set, decoded_in))
     log(f"run folder: [bold]{folder}[/]  (report: python -m profiling.report {folder})")
     first = state["step"] if state else 0
     step, stopped, seconds = Loop(trainer, folder, train_set, val_set, time_limit, log).run(state)
