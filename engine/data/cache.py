@@ -84,7 +84,7 @@ class Cache:
         opened, damaged = self.open(keys, min_size, references)
         if damaged:
             more = ", ..." if len(damaged) > 1 else ""
-            self.log(f"data cache: {len(damaged)} damaged entries made again ({damaged[0]}{more})")
+            self.log(f"data cache: made again, {len(damaged)} damaged: {damaged[0]}{more}")
         missing = [(path, key) for path, key, entries in zip(paths, keys, opened, strict=True) if entries is None]
         if missing:
             self.build(missing, min_size, references)
@@ -115,9 +115,9 @@ class Cache:
         path = self.folder / kind / key
         try:
             fields, arrays = array_file.read(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        except (OSError, array_file.Damaged):
+        except (OSError, array_file.Damaged):  # cut short, or unreadable: made again where it can be
             damaged.append(path)
             return None
         return fields, arrays[0] if arrays else None
@@ -202,10 +202,9 @@ def remove_leftovers(folder):
 
 
 def alive(pid):
+    """Whether a process runs as `pid` on this machine; a zombie (killed, its parent not yet told) does not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
-    except PermissionError:  # another user's
-        return True
-    return True
