@@ -5,6 +5,7 @@ import re
 
 import torch
 
+from profiling.bench import data
 from profiling.bench.memory import bench_memory
 from profiling.bench.step import bench_step
 
@@ -28,3 +29,16 @@ def test_the_step_bench_sets_mfu_and_the_census_beside_the_time():
     assert 0 < float(row[5].rstrip("%")) < 100 and int(row[7].replace(",", "")) > 0
     markdown = result.markdown()
     assert markdown.startswith("### training step at x2") and "| freia |" in markdown
+
+
+def test_the_data_bench_sets_the_cache_beside_decoding_at_every_start(monkeypatch):
+    runs = []
+    monkeypatch.setattr(data, "peak_rss_of_run", lambda *args: runs.append(args[1]) or 2**30 / len(runs))
+    args = argparse.Namespace(**{**TINY, "crop": 32, "scale": 4}, images=3, image_size="96x72", run_steps=1)
+    result = data.bench_data(args, torch.device("cpu"))
+    assert [row[0] for row in result.rows] == [
+        "start, cold (s)", "start, warm (s)", "samples/s (32x32 crops)", "data resident after 2000 samples (MiB)",
+        "peak RSS of a 1-step demo run (MiB)",
+    ]  # fmt: skip
+    assert all(float(v) >= 0 for row in result.rows for v in row[1:3])
+    assert runs[0] == "off" and runs[1].endswith("cache") and result.rows[-1][1:] == ["1024", "512", "50.0%"]
