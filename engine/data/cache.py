@@ -42,7 +42,7 @@ def digest(*parts):
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-DECODE_RULE = rule(image_files.to_rgb8, PIL.__version__)
+DECODE_RULE = rule(image_files.decode, image_files.to_rgb8, PIL.__version__)
 RESIZE_RULE = rule(crops.training_pair, imresize, np.__version__)
 
 
@@ -127,9 +127,9 @@ class Cache:
         try:
             for kind in ("hr", "lr"):
                 (self.folder / kind).mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.folder)
         except OSError as err:
             raise Unwritable(f"cannot create the data cache in {self.folder} ({err.strerror})") from None
-        remove_leftovers(self.folder)
         scale = self.scale if references else None
         jobs = [(path, self.folder, key, scale, min_size) for path, key in missing]
         processes = min(len(jobs), len(os.sched_getaffinity(0)))

@@ -7,6 +7,7 @@ kill the writer with SIGBUS); every rank of the node, the first included, then m
 have, it is unlinked, so the memory lives exactly as long as the ranks and nothing is left behind by a
 crash after the start. Loader workers, forked from their rank, share the same pages. Where /dev/shm
 cannot hold the data (a container's 64 MB default, say), every rank decodes its own copy, as before.
+Training takes this path where the data cache (cache.py) is off or cannot be written.
 """
 
 import os
