@@ -2,7 +2,7 @@
 
     runs/run_N/
         config.json          the resolved config (flat: every key a flag)
-        env.jsonl            versions, device, git commit, command line: one line per job
+        env.jsonl            versions, device, git commit, command line, the data read: one line per job
         metrics.jsonl        per step: losses, grad norm, lr, throughput, validation, events
         phases.jsonl         per step: wall time and each phase in ms     (rank N > 0: phases.rankN.jsonl)
         gpu.jsonl            NVML (or process) samples                    (rank N > 0: gpu.rankN.jsonl)

@@ -40,6 +40,19 @@ def smooth_image(rng, h, w):
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def data_cache_kept_in_the_session_s_folder(tmp_path_factory):
+    """Runs (and the torchrun ranks they start) put the default data cache under the session's temporary
+    folder, not the user's ~/.cache."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user_cache"))
+    yield
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     rng = np.random.default_rng(0)

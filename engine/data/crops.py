@@ -9,11 +9,12 @@ backward pass and, under a codec, the quality its LR is compressed at. So the da
 depend on workers, on resumption, or on how many ranks share the batch.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from engine.data import image_files
 from engine.data.codec import draw_quality
 from engine.data.imresize import imresize
 from engine.data.tensors import cropped_to
@@ -24,12 +25,33 @@ class TrainingSet:
     names: list
     hrs: list  # HxWx3 uint8, H and W multiples of the scale
     lrs: list  # (H/s)x(W/s)x3 float32: the LR reference of the whole image, neither rounded nor clipped
+    skipped: dict = field(default_factory=dict)  # as ImageSet's
+    converted: dict = field(default_factory=dict)
 
 
 def training_set(found, scale):
     """The images cropped to multiples of the scale, each with its LR reference (MATLAB bicubic)."""
-    hrs = [np.ascontiguousarray(cropped_to(img, scale)) for img in found.images]
-    return TrainingSet(found.names, hrs, [imresize(hr, scale) for hr in hrs])
+    pairs = [training_pair(img, scale) for img in found.images]
+    return TrainingSet(found.names, [hr for hr, _ in pairs], [lr for _, lr in pairs], found.skipped, found.converted)
+
+
+def training_pair(img, scale):
+    """An image cropped to multiples of the scale, and its LR reference."""
+    hr = np.ascontiguousarray(cropped_to(img, scale))
+    return hr, imresize(hr, scale)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The sets decoded into memory (no data cache): image_files.read_folder's readers, as the cache's."""
+
+    scale: int
+
+    def images(self, paths, min_size=1):
+        return image_files.read_images(paths, min_size)
+
+    def training(self, paths, min_size=1):
+        return training_set(image_files.read_images(paths, min_size), self.scale)
 
 
 class CropDataset(torch.utils.data.Dataset):

@@ -2,7 +2,7 @@
 embedded photographs, and 8-bit PNGs written from float tensors."""
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,37 @@ EMBEDDED_TRAIN = [
 EMBEDDED_HELD_OUT = ["chelsea.png", "coffee.png"]
 
 
+UNREADABLE = "corrupt or unreadable"
+
+
 @dataclass
 class ImageSet:
     names: list  # file names, for recording where a sample came from
     images: list  # HxWx3 uint8 arrays
     skipped: dict  # reason -> list of names
+    converted: dict = field(default_factory=dict)  # the mode an image was converted from -> list of names
+
+    def add(self, name, image, mode, min_size):
+        """An image decoded by `decode` joins the set, or is skipped and counted: `mode` is the mode it was
+        converted from, or for an image that could not be decoded (None) why."""
+        why = (mode or UNREADABLE) if image is None else unusable(image.shape, min_size)
+        if why:
+            self.skipped.setdefault(why, []).append(name)
+            return False
+        self.names.append(name)
+        self.images.append(image)
+        if mode:
+            self.converted.setdefault(mode, []).append(name)
+        return True
+
+
+def unusable(shape, min_size):
+    """Why an image of `shape` (None: it could not be decoded) is skipped, or None when it is used."""
+    if shape is None:
+        return UNREADABLE
+    if min(shape[:2]) < min_size:
+        return f"smaller than {min_size}x{min_size}"
+    return None
 
 
 def embedded_dir():
@@ -35,11 +61,11 @@ def embedded_dir():
     return Path(skimage.data.__file__).parent
 
 
-def embedded(split, min_size=1):
+def embedded(split, min_size=1, read=None):
     """The natural photographs shipped inside scikit-image's wheel: 'train' or 'held_out', those at least
-    `min_size` on each side (a UserError when none is)."""
+    `min_size` on each side (a UserError when none is); `read` as read_folder's."""
     names = EMBEDDED_TRAIN if split == "train" else EMBEDDED_HELD_OUT
-    found = read_images([embedded_dir() / n for n in names], min_size)
+    found = (read or read_images)([embedded_dir() / n for n in names], min_size)
     if not found.images:
         raise UserError(
             f"no embedded photograph is {min_size}x{min_size} or larger ({describe_skipped(found.skipped)}); "
@@ -58,14 +84,15 @@ def find_images(folder):
     return files
 
 
-def read_folder(folder, min_size=1):
-    """Decode every image under `folder`; skip (and count) what is not a usable image."""
+def read_folder(folder, min_size=1, read=None):
+    """Decode every image under `folder`; skip (and count) what is not a usable image. `read(paths,
+    min_size)` makes the set (read_images by default; the data cache's readers map theirs)."""
     files = find_images(folder)
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-    found = read_images(images, min_size)
+    found = (read or read_images)(images, min_size)
     if len(files) > len(images):
         found.skipped["not an image file"] = [f.name for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]
-    if not found.images:
+    if not found.names:
         raise UserError(
             f"no usable images in {folder} ({describe_skipped(found.skipped)}); "
             f"give a folder of RGB images at least {min_size}x{min_size}"
@@ -74,52 +101,54 @@ def read_folder(folder, min_size=1):
 
 
 # What Pillow raises on a file it cannot decode: damaged, not an image, or past its decompression-bomb limit.
-UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def why_unreadable(err):
     if isinstance(err, Image.DecompressionBombError):
         return f"over Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"
-    return "corrupt or unreadable"
+    return UNREADABLE
 
 
 def read_images(paths, min_size=1):
-    names, images, skipped = [], [], {}
+    found = ImageSet([], [], {})
     for path in paths:
-        try:
-            img = to_rgb8(path)
-        except UNREADABLE as err:
-            skipped.setdefault(why_unreadable(err), []).append(Path(path).name)
-            continue
-        if min(img.shape[:2]) < min_size:
-            skipped.setdefault(f"smaller than {min_size}x{min_size}", []).append(Path(path).name)
-            continue
-        names.append(Path(path).name)
-        images.append(img)
-    return ImageSet(names, images, skipped)
+        found.add(Path(path).name, *decode(path), min_size)
+    return found
+
+
+def decode(path):
+    """(to_rgb8's array, the mode it was converted from), or (None, why it cannot be decoded)."""
+    try:
+        return to_rgb8(path)
+    except DECODE_ERRORS as err:
+        return None, why_unreadable(err)
 
 
 def to_rgb8(path):
-    """Any PIL-readable image as HxWx3 uint8: grayscale and RGBA converted, 16-bit scaled down."""
+    """Any PIL-readable image as (HxWx3 uint8, the mode it was converted from or None for 8-bit RGB):
+    grayscale and RGBA converted, 16-bit scaled down."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as img:
             img.load()
+            mode = None if img.mode == "RGB" else img.mode
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img, dtype=np.float64)
                 scale = 65535.0 if arr.max() > 255 else 255.0
-                return np.repeat(np.round(arr / scale * 255).astype(np.uint8)[..., None], 3, axis=2)
-            arr = np.asarray(img.convert("RGB"))
+                arr = np.repeat(np.round(arr / scale * 255).astype(np.uint8)[..., None], 3, axis=2)
+            else:
+                arr = np.asarray(img.convert("RGB"))
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError("not an RGB image")
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr), mode
 
 
 def to_rgb8_or_refuse(path):
-    """to_rgb8 for a file the user named: one line when it cannot be decoded."""
+    """to_rgb8's array for a file the user named: one line when it cannot be decoded."""
     try:
-        return to_rgb8(path)
-    except UNREADABLE as err:
+        return to_rgb8(path)[0]
+    except DECODE_ERRORS as err:
         raise UserError(f"cannot read {path} as an image ({why_unreadable(err)}); is it a complete PNG/JPEG?") from None
 
 

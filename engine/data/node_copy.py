@@ -7,18 +7,17 @@ kill the writer with SIGBUS); every rank of the node, the first included, then m
 have, it is unlinked, so the memory lives exactly as long as the ranks and nothing is left behind by a
 crash after the start. Loader workers, forked from their rank, share the same pages. Where /dev/shm
 cannot hold the data (a container's 64 MB default, say), every rank decodes its own copy, as before.
+Training takes this path where the data cache (cache.py) is off or cannot be written.
 """
 
-import json
 import os
-import shutil
 import socket
 import uuid
 from pathlib import Path
 
-import numpy as np
 import torch.distributed as dist
 
+from engine.data import array_file
 from engine.data.crops import TrainingSet
 from engine.data.image_files import ImageSet
 
@@ -67,64 +66,22 @@ def data_bytes(train, val):
 
 
 def write(path, train, val):
-    """All arrays of both sets into one file: a JSON index (length-prefixed), then the raw bytes. Returns
-    the file's size, or 0 when its space cannot be reserved (nothing is left behind then)."""
-    arrays = [*train.hrs, *train.lrs, *val.images]
-    offsets, position = [], 0
-    for a in arrays:
-        offsets.append(position)
-        position += a.nbytes
-    index = {
-        "train": {"names": train.names, "count": len(train.hrs)},
-        "val": {"names": val.names, "skipped": val.skipped, "count": len(val.images)},
-        "arrays": [{"offset": o, "shape": a.shape, "dtype": a.dtype.str} for o, a in zip(offsets, arrays, strict=True)],
+    """All arrays of both sets into one file (array_file.py's layout). Returns the file's size, or 0 when
+    its space cannot be reserved (nothing is left behind then)."""
+    fields = {
+        "train": {"names": train.names, "skipped": train.skipped, "converted": train.converted},
+        "val": {"names": val.names, "skipped": val.skipped, "converted": val.converted},
     }
-    header = json.dumps(index).encode()
-    start = arrays_start(len(header))
-    if not reserve(path, start + position):
-        return 0
-    data = np.memmap(path, dtype=np.uint8, mode="r+", shape=(start + position,))
-    data[:8] = np.frombuffer(len(header).to_bytes(8, "little"), dtype=np.uint8)
-    data[8 : 8 + len(header)] = np.frombuffer(header, dtype=np.uint8)
-    for o, a in zip(offsets, arrays, strict=True):
-        np.ndarray(a.shape, dtype=a.dtype, buffer=data, offset=start + o)[...] = a
-    data.flush()
-    return start + position
-
-
-def arrays_start(header_length):
-    """Where the arrays begin: after the 8-byte length and the header, aligned to 64 bytes."""
-    start = 8 + header_length
-    return start + -start % 64
-
-
-def reserve(path, size):
-    """Allocate the file's blocks up front: a tmpfs that is too small says ENOSPC here, where writing
-    through a mapping would die of SIGBUS."""
-    if shutil.disk_usage(path.parent).free < size:
-        return False
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError:
-        path.unlink()
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return array_file.write(path, fields, [*train.hrs, *train.lrs, *val.images])
 
 
 def read(path):
     """The two sets of a file that `write` made, as read-only arrays over one shared mapping."""
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    length = int.from_bytes(data[:8].tobytes(), "little")
-    index = json.loads(data[8 : 8 + length].tobytes())
-    start = arrays_start(length)
-    arrays = [
-        np.ndarray(tuple(a["shape"]), dtype=np.dtype(a["dtype"]), buffer=data, offset=start + a["offset"])
-        for a in index["arrays"]
-    ]
-    n = index["train"]["count"]
-    train = TrainingSet(index["train"]["names"], arrays[:n], arrays[n : 2 * n])
-    val = ImageSet(index["val"]["names"], arrays[2 * n :], index["val"]["skipped"])
-    return train, val
+    fields, arrays = array_file.read(path)
+    train, val = fields["train"], fields["val"]
+    n = len(train["names"])
+    hrs, lrs, images = arrays[:n], arrays[n : 2 * n], arrays[2 * n :]
+    return (
+        TrainingSet(train["names"], hrs, lrs, train["skipped"], train["converted"]),
+        ImageSet(val["names"], images, val["skipped"], val["converted"]),
+    )

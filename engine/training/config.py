@@ -209,6 +209,7 @@ class Config:
     invertible_backprop: bool = config_key(parse_bool, is_bool)
     data: str = config_key(str, is_text)
     val: str = config_key(str, is_text)
+    data_cache: str = config_key(str, is_text)
     crop: int = config_key(int, a_crop)
     batch_size: int = config_key(int, a_batch)
     workers: int = config_key(int, integer(0))

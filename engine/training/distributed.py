@@ -75,6 +75,20 @@ def gather(obj, ranks):
     return out
 
 
+def first_on_each_node(load, ranks):
+    """`load()` on each node's first rank, then on its other ranks, which find what it made (the data
+    cache's entries); None on every rank unless it gave something on every node's first rank. The ranks
+    wait on the CPU group: for as long as the first builds."""
+    if not ranks.active:
+        return load()
+    made = load() if ranks.local_rank == 0 else None
+    worked = [None] * ranks.world
+    dist.all_gather_object(worked, ranks.local_rank != 0 or made is not None, group=ranks.control)
+    if not all(worked):
+        return None
+    return made if ranks.local_rank == 0 else load()
+
+
 def any_rank(flag, ranks):
     """True on every rank if it is true on any (all ranks stop at the same step); a CPU collective."""
     if not ranks.active:

@@ -3,7 +3,6 @@ then start-up (engine/training/start.py), the loop (engine/training/loop.py) and
 
 import os
 
-from engine.data.node_copy import load_once_per_node
 from engine.errors import UserError
 from engine.training import checkpoints, config, distributed, start
 from engine.training.loop import Loop
@@ -43,7 +42,7 @@ def run(cfg, flags, ranks, time_limit):
         raise UserError("--crm trains on a frozen IRN: give its weights with --init-from (a checkpoint, .pth or run)")
     device = start.pick_device(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     log = rank_log(ranks)
-    train_set, val_set = load_once_per_node(lambda: start.training_data(cfg), ranks, log)
+    train_set, val_set, decoded_in = start.training_data(cfg, ranks, log)
     checkpoints.seed_all(cfg.seed + ranks.rank)  # DDP copies rank 0's initial weights to every rank
     trainer = trainer_for(cfg, device, ranks)
     if cfg.fast_kernels:
@@ -56,7 +55,7 @@ def run(cfg, flags, ranks, time_limit):
         transcript.keep_in(folder / records.LOG)
     if state is not None:
         trainer.load_state(state)
-    start.write_start_records(trainer, folder, state)
+    start.write_start_records(trainer, folder, state, start.data_record(cfg, train_set, val_set, decoded_in))
     start.describe(cfg, flags, trainer, train_set, val_set, log)
     log(f"run folder: [bold]{folder}[/]  (report: python -m profiling.report {folder})")
     first = state["step"] if state else 0

@@ -1,9 +1,11 @@
 """What the trainer shows: its one-line messages (kept in the run folder's train.log too), a rich progress bar
-while it runs and a one-screen summary at the end."""
+while it runs (and while it fills the data cache) and a one-screen summary at the end."""
 
+import contextlib
 import io
 import re
 import sys
+import time
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -102,6 +104,25 @@ class TrainingProgress:
         loss = f"{record['loss']:.2f}" if "loss" in record else "skipped"
         rate = f"{1 / record['step_s']:.2f} it/s" if record["step_s"] > 0 else "- it/s"
         self.progress.update(self.task, completed=step, loss=loss, lr=f"{record['lr']:.2e}", rate=rate)
+
+
+@contextlib.contextmanager
+def images_cached(total):
+    """A bar over the images a data-cache build makes, with their rate; yields the callback of each."""
+    bar = Progress(
+        TextColumn("[bold]data cache"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+        disable=not console.is_terminal,  # a job's log gets the line that follows the build, not the bar
+    )  # fmt: skip
+    task, start = bar.add_task("cache", total=total, rate="- images/s"), time.perf_counter()
+
+    def made():
+        bar.advance(task)
+        done = bar.tasks[0].completed
+        bar.update(task, rate=f"{done / (time.perf_counter() - start):.1f} images/s")
+
+    with bar:
+        yield made
 
 
 def summary(console, folder, cfg, start, end, seconds, stopped):

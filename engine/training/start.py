@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 
-from engine.data import crops, image_files
+from engine.data import cache, crops, image_files
+from engine.data.node_copy import load_once_per_node
 from engine.errors import UserError
 from engine.evaluation import metrics
 from engine.model import execution, rescaler
 from engine.training import checkpoints, config, distributed, run_folder
-from engine.training.progress import console
+from engine.training.progress import console, images_cached
 from engine.training.step_census import census, census_json
 from profiling import records
 from profiling.runtime.probe import probe
@@ -39,20 +40,57 @@ def pick_device(cfg, ranks_here=1):
     return device
 
 
-def training_data(cfg):
-    """(train set with its LR references, validation set) from --data/--val, or the embedded photographs."""
+def training_data(cfg, ranks, log):
+    """(train set with its LR references, validation set, where they are: the cache folder or "memory"):
+    mapped from the data cache, or, with --data-cache off or a cache that cannot be written, decoded into
+    memory once per node (engine/data/node_copy.py)."""
+    if cfg.data_cache != "off":
+        folder = Path(cfg.data_cache) if cfg.data_cache else cache.default_folder()
+        reader = cache.Cache(folder, cfg.scale, log, images_cached if ranks.main else cache.nothing_shown)
+        sets = distributed.first_on_each_node(lambda: cached_sets(cfg, reader, log), ranks)
+        if sets:
+            return *sets, str(folder)
+    return *load_once_per_node(lambda: read_sets(cfg, crops.Decoded(cfg.scale)), ranks, log), "memory"
+
+
+def cached_sets(cfg, reader, log):
+    """The sets from the data cache, or None (said in one line) when it cannot take the entries it lacks."""
+    try:
+        return read_sets(cfg, reader)
+    except cache.Unwritable as err:
+        log(f"[yellow]{err}: the images are decoded into memory for this job")
+        return None
+
+
+def read_sets(cfg, reader):
+    """(train set, validation set) from --data/--val, or the embedded photographs, read by `reader` (the
+    data cache, or crops.Decoded)."""
     if cfg.data:
-        train = image_files.read_folder(cfg.data, min_size=cfg.crop)
+        train = image_files.read_folder(cfg.data, cfg.crop, reader.training)
     else:
-        train = image_files.embedded("train", min_size=cfg.crop)
+        train = image_files.embedded("train", cfg.crop, reader.training)
     if cfg.val:
-        val = image_files.read_folder(cfg.val, min_size=metrics.smallest_side(cfg.scale))
+        val = image_files.read_folder(cfg.val, metrics.smallest_side(cfg.scale), reader.images)
     else:
-        val = image_files.embedded("held_out") if not cfg.data else image_files.ImageSet([], [], {})
+        val = image_files.embedded("held_out", read=reader.images) if not cfg.data else image_files.ImageSet([], [], {})
     for name, found in (("training", train), ("validation", val)):
         if found.skipped:
             console.print(f"[yellow]{name} images skipped: {image_files.describe_skipped(found.skipped)}")
-    return crops.training_set(train, cfg.scale), val
+    return train, val
+
+
+def data_record(cfg, train, val, where):
+    """What the run read, for env.jsonl: each set's folder, images, skips and conversions, and where the
+    decoded images were (the cache folder, or memory)."""
+    sets = {"train": (cfg.data, train), "val": (cfg.val, val)}
+    return {
+        "decoded_in": where,
+        **{
+            name: {"folder": folder or "embedded", "images": len(found.names), "skipped": found.skipped,
+                   "converted": found.converted}
+            for name, (folder, found) in sets.items()
+        },
+    }  # fmt: skip
 
 
 def initialise_from(trainer, path, log):
@@ -94,9 +132,10 @@ def open_run(cfg, flags, ranks, log):
     return folder, (checkpoints.load_newest(folder, log=log) if flags.resume else None)
 
 
-def write_start_records(trainer, folder, state):
+def write_start_records(trainer, folder, state, data):
     """census.json (rank 0) and env.jsonl's line for this job: every rank's versions, device, seed, first
-    step and probe (launch cost and matrix-product rate, for the report's floors), gathered on rank 0."""
+    step and probe (launch cost and matrix-product rate, for the report's floors), gathered on rank 0, and
+    the `data` the job read (data_record)."""
     cfg, ranks, device = trainer.cfg, trainer.ranks, trainer.device
     job = {"rank": ranks.rank, "seed": cfg.seed + ranks.rank, "start_step": state["step"] if state else 0}
     job["time"] = time.time()
@@ -108,7 +147,7 @@ def write_start_records(trainer, folder, state):
     envs = distributed.gather(run_folder.environment(device, job), ranks)
     if ranks.main:
         with records.JsonLines(folder / records.ENV) as out:
-            out.write({**envs[0], "world_size": ranks.world, "ranks": envs})
+            out.write({**envs[0], "world_size": ranks.world, "ranks": envs, "data": data})
 
 
 def describe(cfg, flags, trainer, train_set, val_set, log):
@@ -120,7 +159,11 @@ def describe(cfg, flags, trainer, train_set, val_set, log):
     parameters = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     shape = f"IRN x{cfg.scale}, {cfg.blocks_per_stage} blocks per stage, growth {cfg.growth}"
     log(f"network: {shape}: {parameters:,} parameters")
-    log(f"data: {len(train_set.names)} training images ({cfg.data or 'the embedded photographs'})")
+    converted = "; ".join(f"{len(names)} converted from {mode}" for mode, names in train_set.converted.items())
+    skipped = sum(len(names) for names in train_set.skipped.values())
+    counts = ", ".join(part for part in (converted, f"{skipped} skipped" if skipped else "") if part)
+    log(f"data: {len(train_set.names)} training images ({cfg.data or 'the embedded photographs'})"
+        + (f": {counts}" if counts else ""))  # fmt: skip
     if val_set.images:
         when = f"every {cfg.val_every} steps and after the last" if cfg.val_every else "after the last step"
         log(f"validation: {min(len(val_set.images), cfg.val_max_images)} images {when}")

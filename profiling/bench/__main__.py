@@ -6,6 +6,7 @@
     python -m profiling.bench overhead    # the profiler's own cost: timing + sampling on vs off, interleaved
     python -m profiling.bench registers   # the Triton kernels compiled for P100/A100/H100: registers, spills
     python -m profiling.bench gpu         # on a GPU: the GPU tests, then all of the above into docs/PERFORMANCE.md
+    python -m profiling.bench data        # the data cache vs decoding at every start: start, samples/s, peak memory
 
 Defaults follow the paper's x4 recipe (batch 16, 144x144 crops) on a GPU, and a small shape on a CPU.
 Every figure of one command comes from one process on one machine, so ratios compare like with like.
@@ -19,6 +20,7 @@ import torch
 from engine.errors import UserError, cli, parser
 from engine.training import config
 from engine.training.config import flag_type
+from profiling.bench.data import bench_data
 from profiling.bench.figures import REPO
 from profiling.bench.fused_ops import bench_kernels
 from profiling.bench.gpu_page import bench_gpu
@@ -37,6 +39,7 @@ def main(argv=None):
         "memory": bench_memory,
         "overhead": bench_overhead,
         "registers": bench_registers,
+        "data": bench_data,
         "gpu": bench_gpu,
     }
     p = parser("python -m profiling.bench", __doc__)
@@ -51,6 +54,9 @@ def main(argv=None):
     )
     p.add_argument("--rounds", type=at_least[1], default=5, help="alternating on/off rounds for `overhead`")
     p.add_argument("--variants", default="", help=f"`step`: comma-separated, from: {', '.join(VARIANTS)}")
+    p.add_argument("--images", type=at_least[1], default=100, help="`data`: images in the generated set")
+    p.add_argument("--image-size", default="2040x1356", help="`data`: WxH of the generated images (DIV2K's)")
+    p.add_argument("--run-steps", type=at_least[1], default=200, help="`data`: steps of the demo runs measured")
     p.add_argument("--json", action="store_true", help="print the figures (and their raw records) as JSON")
     p.add_argument("--out", default=str(REPO / "docs" / "PERFORMANCE.md"), help="`gpu`: the page to write")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)

@@ -122,11 +122,23 @@ def test_zero_intervals_validate_and_checkpoint_only_at_the_end(image_folder, in
     assert torch.load("runs/z/checkpoints/last.pt", weights_only=True)["step"] == 3
 
 
-def test_resumed_run_gives_the_losses_of_an_uninterrupted_one(image_folder, in_tmp):
-    run(["--steps", "8", "--name", "whole"], image_folder)
+def test_resumed_run_gives_the_losses_of_an_uninterrupted_one_with_and_without_the_data_cache(image_folder, in_tmp):
+    run(["--steps", "8", "--name", "whole", "--data-cache", "off"], image_folder)
     run(["--steps", "5", "--name", "split"], image_folder)
     train.main(["--resume", "runs/split", "--steps", "8"])
     assert losses("runs/split") == losses("runs/whole")
+    assert [job["data"]["decoded_in"] for job in read_jsonl(Path("runs/split/env.jsonl"))] == [
+        os.path.join(os.environ["XDG_CACHE_HOME"], "irnscope", "data")
+    ] * 2
+
+
+def test_a_data_cache_that_cannot_be_written_is_one_line_and_the_run_goes_on(image_folder, in_tmp, capsys):
+    Path("a_file").write_text("")
+    run(["--steps", "2", "--name", "c", "--data-cache", "a_file/cache"], image_folder)
+    said = [line for line in capsys.readouterr().err.splitlines() if "data cache" in line]
+    assert said == ["cannot create the data cache in a_file/cache (Not a directory): the images are decoded into "
+                    "memory for this job"]  # fmt: skip
+    assert len(losses("runs/c")) == 2 and read_jsonl(Path("runs/c/env.jsonl"))[0]["data"]["decoded_in"] == "memory"
 
 
 def test_time_limit_stops_with_a_checkpoint_and_the_resume_command(image_folder, in_tmp, capsys, monkeypatch):

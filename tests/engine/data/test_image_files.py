@@ -34,6 +34,7 @@ def test_folder_conversions_and_skips(tmp_path):
     assert sorted(found.skipped["corrupt or unreadable"]) == ["broken.png", "garbage.jpg"]
     assert found.skipped["smaller than 32x32"] == ["tiny.png"]
     assert found.skipped["not an image file"] == ["notes.txt"]
+    assert found.converted == {"I;16": ["deep.png"], "L": ["gray.png"], "RGBA": ["rgba.png"]}
 
 
 def test_an_image_past_pillow_s_decompression_bomb_limit_is_skipped_with_that_reason(tmp_path, monkeypatch):

@@ -50,7 +50,8 @@ def losses(run_dir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A 2-rank run of 6 steps and a 1-process run of 9 steps, same global batch and seed."""
+    """A 2-rank run of 6 steps (3 decoding into /dev/shm, then 3 resumed from the data cache) and a 1-process
+    run of 9 steps, same global batch and seed."""
     root = tmp_path_factory.mktemp("ddp")
     import numpy as np
     from PIL import Image
@@ -62,8 +63,11 @@ def runs(tmp_path_factory):
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(smooth_image(rng, 40, 48)).save(folder / f"img{i}.png")
-    done = torchrun([*ARGS, "--data", str(folder), "--steps", "6", "--name", "two", "--val", str(folder)], root)
+    done = torchrun([*ARGS, "--data", str(folder), "--steps", "3", "--name", "two", "--val", str(folder),
+                     "--data-cache", "off"], root)  # fmt: skip
     (root / "two.err").write_text(done.stderr)
+    done = torchrun(["--resume", "runs/two", "--steps", "6", "--data-cache", ""], root)
+    (root / "resumed.err").write_text(done.stderr)
     old = os.getcwd()
     os.chdir(root)
     try:
@@ -97,6 +101,15 @@ def test_the_node_decodes_the_data_once_and_leaves_no_shared_memory_behind(runs)
     assert len(said) == 1 and "this node's 2 ranks, shared in" in said[0]
     shared_file = Path(said[0].split("shared in ")[1].split(" (")[0])
     assert shared_file.parent.is_dir() and not shared_file.exists()
+
+
+def test_the_node_s_first_rank_fills_the_data_cache_that_both_map(runs):
+    resumed = (runs / "resumed.err").read_text()
+    said = [line for line in resumed.splitlines() if line.startswith("data cache:")]
+    assert len(said) == 1 and "3 images cached" in said[0]  # the validation set's images: the same, found
+    assert "data decoded once" not in resumed  # no copy in /dev/shm
+    jobs = [line["data"]["decoded_in"] for line in read_jsonl(runs / "runs" / "two" / "env.jsonl")]
+    assert jobs == ["memory", os.path.join(os.environ["XDG_CACHE_HOME"], "irnscope", "data")]
 
 
 def test_both_ranks_share_the_validation(runs):

@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 
+from profiling.bench import data
 from profiling.bench.__main__ import main as bench_main
 from profiling.bench.memory import bench_memory
 from profiling.bench.step import bench_step
@@ -49,3 +50,16 @@ def test_bad_bench_flags_are_one_line(args, message, capsys):
         bench_main(args)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_the_data_bench_sets_the_cache_beside_decoding_at_every_start(monkeypatch):
+    runs = []
+    monkeypatch.setattr(data, "peak_rss_of_run", lambda *args: runs.append(args[1]) or 2**30 / len(runs))
+    args = argparse.Namespace(**{**TINY, "crop": 32, "scale": 4}, images=3, image_size="96x72", run_steps=1)
+    result = data.bench_data(args, torch.device("cpu"))
+    assert [row[0] for row in result.rows] == [
+        "start, cold (s)", "start, warm (s)", "samples/s (32x32 crops)", "data resident after 2000 samples (MiB)",
+        "peak RSS of a 1-step demo run (MiB)",
+    ]  # fmt: skip
+    assert all(float(v) >= 0 for row in result.rows for v in row[1:3])
+    assert runs[0] == "off" and runs[1].endswith("cache") and result.rows[-1][1:] == ["1024", "512", "50.0%"]

@@ -1,0 +1,86 @@
+"""A file of arrays that readers memory-map: the node's shared copy (node_copy.py) and the data cache's
+entries (cache.py).
+
+The layout: an 8-byte little-endian length, a JSON index of that length, then the arrays' raw bytes from
+the next 64-byte boundary. The index holds the writer's own fields and, under "arrays", each array's
+offset (from the first array's start), shape and dtype, so any reader (np.memmap with those offsets, say)
+can map it. Here files are mapped with torch.from_file, which keeps no file descriptor open: a process
+maps the thousands of entries of a large data set without meeting its limit on open files.
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+
+
+class Damaged(ValueError):
+    """A file that is not whole: cut short (a build killed before its rename, a disk that lost it), or
+    with an index that does not parse."""
+
+
+def write(path, fields, arrays, mode=0o600):
+    """`arrays` with the index `fields` into a new file at `path`, created with `mode` (less the umask).
+    Returns the file's size, or 0 when its space cannot be reserved (nothing is left behind then)."""
+    ends = np.cumsum([a.nbytes for a in arrays], dtype=np.int64).tolist()
+    offsets = [end - a.nbytes for end, a in zip(ends, arrays, strict=True)]
+    described = [{"offset": o, "shape": a.shape, "dtype": a.dtype.str} for o, a in zip(offsets, arrays, strict=True)]
+    header = json.dumps({**fields, "arrays": described}).encode()
+    start = arrays_start(len(header))
+    size = start + (ends[-1] if ends else 0)
+    if not reserve(path, size, mode):
+        return 0
+    data = np.memmap(path, dtype=np.uint8, mode="r+", shape=(size,))
+    data[:8] = np.frombuffer(len(header).to_bytes(8, "little"), dtype=np.uint8)
+    data[8 : 8 + len(header)] = np.frombuffer(header, dtype=np.uint8)
+    for o, a in zip(offsets, arrays, strict=True):
+        np.ndarray(a.shape, dtype=a.dtype, buffer=data, offset=start + o)[...] = a
+    data.flush()
+    return size
+
+
+def arrays_start(header_length):
+    """Where the arrays begin: after the 8-byte length and the header, aligned to 64 bytes."""
+    start = 8 + header_length
+    return start + -start % 64
+
+
+def reserve(path, size, mode):
+    """Allocate the file's blocks up front: a tmpfs or disk that is too small says ENOSPC here, where
+    writing through a mapping would die of SIGBUS."""
+    if shutil.disk_usage(path.parent).free < size:
+        return False
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:
+        path.unlink()
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def read(path):
+    """(the writer's fields, the arrays as read-only views of one mapping) of a file that `write` made.
+    Raises Damaged when the file is not whole, OSError when it cannot be read."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        length = int.from_bytes(f.read(8), "little")
+        try:
+            index = json.loads(f.read(length))
+            arrays = [(a["offset"], tuple(a["shape"]), np.dtype(a["dtype"])) for a in index.pop("arrays")]
+        except (ValueError, KeyError, TypeError) as err:  # JSON, a missing key, a bad dtype, a cut header
+            raise Damaged(f"{path}: unreadable index ({err})") from None
+    start = arrays_start(length)
+    end = max((start + o + dtype.itemsize * int(np.prod(shape)) for o, shape, dtype in arrays), default=start)
+    if size != end:
+        raise Damaged(f"{path}: {size} bytes, its index describes {end}")
+    # A private mapping: the pages are the page cache's, shared by every process that maps the file.
+    data = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8).numpy()
+    views = [np.ndarray(shape, dtype=dtype, buffer=data, offset=start + o) for o, shape, dtype in arrays]
+    for view in views:
+        view.flags.writeable = False
+    return index, views

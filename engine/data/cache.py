@@ -1,0 +1,210 @@
+"""The data cache: each image decoded once per data set, not once per job, then memory-mapped by training.
+
+An entry is one file's decoded HR image (uint8, as image_files decodes it; none for a file it cannot
+decode) or that image's LR reference at one scale (float32, as crops.training_pair makes it), in
+array_file.py's layout, under FOLDER/hr/ and FOLDER/lr/. An entry's name is a digest of what makes it:
+for an HR entry, the file's name, size and modification time and the decode rule (the decoder's source
+and Pillow's version); for an LR entry, its HR entry's name, the scale and the resize rule (the resize's
+source and numpy's version). So a changed or added file, a new scale or a changed rule makes new entries
+for what it changed and leaves the rest alone; entries of files that changed are never read again
+(deleting the folder reclaims their space).
+
+Missing entries are made in parallel over the cores, each written aside and renamed into place: a build
+killed part way leaves whole entries (kept) and temporary files (removed by the next build). An entry that
+is not whole is made again, said in one line. Training reads crops straight from the mappings: its
+resident memory is what the crops touch, whatever the set's size, and the ranks and loader workers of a
+node, and the jobs that follow, share the pages through the page cache.
+"""
+
+import contextlib
+import hashlib
+import inspect
+import multiprocessing
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL
+
+from engine.data import array_file, crops, image_files, imresize
+from engine.data.tensors import cropped_to
+
+
+def rule(*parts):
+    """A digest of the code (by its source) and the library versions that make an entry."""
+    text = "\0".join(part if isinstance(part, str) else inspect.getsource(part) for part in parts)
+    return digest(text)
+
+
+def digest(*parts):
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+DECODE_RULE = rule(image_files.decode, image_files.to_rgb8, PIL.__version__)
+RESIZE_RULE = rule(crops.training_pair, imresize, np.__version__)
+
+
+def default_folder():
+    """Under the user's cache directory (XDG_CACHE_HOME, or ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "irnscope" / "data"
+
+
+class Unwritable(Exception):
+    """The cache folder cannot take the entries a build makes: read-only, full, over a quota."""
+
+
+def nothing_shown(total):
+    """The default progress: a context giving a callback, called once per image made."""
+    return contextlib.nullcontext(lambda: None)
+
+
+class Cache:
+    """The entries in `folder`. `images` and `training` are image_files.read_folder's readers: they make
+    what is missing, then map every image (and its LR reference at `scale`). `log` takes the build's line
+    and the notice of damaged entries; `progress(total)` gives a context whose callback counts images made."""
+
+    def __init__(self, folder, scale, log=print, progress=nothing_shown):
+        self.folder, self.scale, self.log, self.progress = Path(folder), scale, log, progress
+
+    def images(self, paths, min_size=1):
+        """The images of `paths` as an ImageSet of read-only mappings."""
+        return self.read(paths, min_size, references=False)[0]
+
+    def training(self, paths, min_size=1):
+        """The images of `paths`, cropped to multiples of the scale, with their LR references, mapped."""
+        found, lrs = self.read(paths, min_size, references=True)
+        hrs = [cropped_to(img, self.scale) for img in found.images]
+        return crops.TrainingSet(found.names, hrs, lrs, found.skipped, found.converted)
+
+    def read(self, paths, min_size, references):
+        """(ImageSet, the LR references of its images, or [] without `references`)."""
+        keys = [hr_key(path) for path in paths]
+        opened, damaged = self.open(keys, min_size, references)
+        if damaged:
+            more = ", ..." if len(damaged) > 1 else ""
+            self.log(f"data cache: made again, {len(damaged)} damaged: {damaged[0]}{more}")
+        missing = [(path, key) for path, key, entries in zip(paths, keys, opened, strict=True) if entries is None]
+        if missing:
+            self.build(missing, min_size, references)
+            opened, damaged = self.open(keys, min_size, references)
+            if damaged or None in opened:
+                raise Unwritable(f"entries of the data cache in {self.folder} went missing as they were written")
+        found, lrs = image_files.ImageSet([], [], {}), []
+        for path, (fields, image, lr) in zip(paths, opened, strict=True):
+            if found.add(Path(path).name, image, fields["mode"], min_size) and references:
+                lrs.append(lr)
+        return found, lrs
+
+    def open(self, keys, min_size, references):
+        """([(HR entry's fields, its image, its LR reference) for each key, or None where an entry it needs
+        is missing or damaged], the damaged entries' paths). The image is None for a file that could not be
+        decoded; the LR reference, without `references` or for an image that is not used."""
+        opened, damaged = [], []
+        for key in keys:
+            hr = self.entry("hr", key, damaged)
+            wanted = hr is not None and references and not image_files.unusable(hr[0]["shape"], min_size)
+            lr = self.entry("lr", lr_key(key, self.scale), damaged) if wanted else (None, None)
+            opened.append(None if hr is None or lr is None else (*hr, lr[1]))
+        return opened, damaged
+
+    def entry(self, kind, key, damaged):
+        """(fields, its array or None) of an entry, or None when it is missing or damaged (then its path
+        joins `damaged`)."""
+        path = self.folder / kind / key
+        try:
+            fields, arrays = array_file.read(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, array_file.Damaged):  # cut short, or unreadable: made again where it can be
+            damaged.append(path)
+            return None
+        return fields, arrays[0] if arrays else None
+
+    def build(self, missing, min_size, references):
+        """Make the entries of `missing` [(path, HR key)], a process per core: a progress bar, then a line."""
+        try:
+            for kind in ("hr", "lr"):
+                (self.folder / kind).mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.folder)
+        except OSError as err:
+            raise Unwritable(f"cannot create the data cache in {self.folder} ({err.strerror})") from None
+        scale = self.scale if references else None
+        jobs = [(path, self.folder, key, scale, min_size) for path, key in missing]
+        processes = min(len(jobs), len(os.sched_getaffinity(0)))
+        start, written = time.perf_counter(), 0
+        try:
+            # Forked before the bar's thread starts; the workers decode with numpy and PIL only.
+            with multiprocessing.get_context("fork").Pool(processes) as pool, self.progress(len(jobs)) as made:
+                for size in pool.imap_unordered(make_entries, jobs):
+                    written += size
+                    made()
+        except OSError as err:
+            where = err.filename or self.folder
+            raise Unwritable(f"cannot write the data cache in {where} ({err.strerror})") from None
+        seconds = time.perf_counter() - start
+        self.log(
+            f"data cache: {len(jobs)} images cached in {seconds:.1f} s by {processes} processes "
+            f"({len(jobs) / seconds:.1f} images/s), {written / 2**30:.2f} GiB written to {self.folder}"
+        )
+
+
+def hr_key(path):
+    """The HR entry's name of an image file: its name, size and modification time, and the decode rule."""
+    try:
+        stat = os.stat(path)
+    except OSError:  # gone since it was listed: made as an entry that holds no image, and skipped
+        return digest(Path(path).name, "unreadable", DECODE_RULE)
+    return digest(Path(path).name, stat.st_size, stat.st_mtime_ns, DECODE_RULE)
+
+
+def lr_key(hr, scale):
+    return digest(hr, f"x{scale}", RESIZE_RULE)
+
+
+def make_entries(job):
+    """One image's missing entries: its HR (decoded, unless its entry exists: a new scale) and, when
+    `scale` is given and the image is used, its LR reference. Returns the bytes written."""
+    path, folder, key, scale, min_size = job
+    written = 0
+    try:
+        fields, arrays = array_file.read(folder / "hr" / key)
+        hr = arrays[0] if arrays else None
+    except (FileNotFoundError, array_file.Damaged):
+        hr, mode = image_files.decode(path)
+        fields = {"source": Path(path).name, "mode": mode, "shape": None if hr is None else hr.shape}
+        written += write_entry(folder / "hr" / key, fields, [] if hr is None else [hr])
+    if scale and not image_files.unusable(fields["shape"], min_size):
+        lr = crops.training_pair(hr, scale)[1]
+        written += write_entry(folder / "lr" / lr_key(key, scale), {"hr": key, "scale": scale}, [lr])
+    return written
+
+
+def write_entry(path, fields, arrays):
+    """Written aside and renamed into place, so that an entry is whole or absent. Returns its size."""
+    aside = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    aside.unlink(missing_ok=True)  # a leftover of a killed process that had this pid
+    size = array_file.write(aside, fields, arrays, mode=0o666)  # the umask decides who may read the cache
+    if not size:
+        raise OSError(28, "no space left for the data cache", str(path.parent))
+    os.replace(aside, path)
+    return size
+
+
+def remove_leftovers(folder):
+    """The temporary files of this machine's builds that were killed before their rename."""
+    host = socket.gethostname()
+    for path in folder.glob("*/*.tmp"):
+        writer, _, pid = path.name.removesuffix(".tmp").partition(".")[2].rpartition(".")
+        if writer == host and pid.isdigit() and not alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def alive(pid):
+    """Whether a process runs as `pid` on this machine; a zombie (killed, its parent not yet told) does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -1,0 +1,162 @@
+"""The data cache on real files: the sets it maps equal the decoded ones, it remakes only what changed, it
+survives a build killed part way, and a cache that cannot be written is one line."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.data import cache, crops, image_files
+from tests.conftest import smooth_image
+
+
+def write_images(folder, count=4, seed=0):
+    """Pillow-written PNGs of sides that are not multiples of the scale, and what read_folder converts or
+    skips: an RGBA, a grayscale and a 16-bit image, a corrupt and a tiny one, a text file."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(smooth_image(rng, 37 + 6 * i, 45)).save(folder / f"img{i}.png")
+    rgb = smooth_image(rng, 33, 34)
+    Image.fromarray(np.dstack([rgb, np.full((33, 34), 200, np.uint8)])).save(folder / "rgba.png")
+    Image.fromarray(rgb[..., 1]).save(folder / "gray.png")
+    Image.fromarray(rgb[..., 2].astype(np.uint16) * 257).save(folder / "deep.png")
+    Image.fromarray(rgb[:10, :10]).save(folder / "tiny.png")
+    (folder / "cut.png").write_bytes((folder / "img0.png").read_bytes()[:200])
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.fixture
+def decodes(tmp_path, monkeypatch):
+    """The names of the files decoded from now on, in any process (the build's workers are forked)."""
+    log = tmp_path / "decodes.txt"
+    log.touch()
+    decode = image_files.decode
+
+    def counted(path):
+        with open(log, "a") as f:
+            f.write(f"{os.path.basename(path)}\n")
+        return decode(path)
+
+    monkeypatch.setattr(image_files, "decode", counted)
+
+    def taken():
+        names = sorted(log.read_text().split())
+        log.write_text("")
+        return names
+
+    return taken
+
+
+def equal_sets(a, b):
+    same_arrays = all(
+        x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip([*a.hrs, *a.lrs], [*b.hrs, *b.lrs], strict=True)
+    )
+    return (a.names, a.skipped, a.converted) == (b.names, b.skipped, b.converted) and same_arrays
+
+
+def test_crops_from_the_cache_equal_crops_from_memory_bit_for_bit(tmp_path):
+    folder = write_images(tmp_path / "hr")
+    for build in ("cold", "warm"):
+        cached = image_files.read_folder(folder, 16, cache.Cache(tmp_path / "cache", 4, log=print).training)
+        decoded = image_files.read_folder(folder, 16, crops.Decoded(4).training)
+        assert equal_sets(cached, decoded), build
+        assert cached.converted == {"I;16": ["deep.png"], "L": ["gray.png"], "RGBA": ["rgba.png"]}
+        assert cached.skipped == {
+            "corrupt or unreadable": ["cut.png"], "smaller than 16x16": ["tiny.png"], "not an image file": ["notes.txt"]
+        }  # fmt: skip
+        from_cache, from_memory = (crops.CropDataset(s, 16, seed=3, scale=4) for s in (cached, decoded))
+        for i in range(100):
+            a, b = from_cache[i], from_memory[i]
+            assert all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a), (build, i)
+    val = image_files.read_folder(folder, 1, cache.Cache(tmp_path / "cache", 4).images)
+    assert val.names == image_files.read_folder(folder).names
+    assert all(np.array_equal(x, y) for x, y in zip(val.images, image_files.read_folder(folder).images, strict=True))
+
+
+def test_a_changed_or_added_file_or_a_new_scale_remakes_only_what_it_changes(tmp_path, decodes):
+    folder, entries = write_images(tmp_path / "hr"), tmp_path / "cache"
+    image_files.read_folder(folder, 16, cache.Cache(entries, 2).training)
+    assert len(decodes()) == 9  # every image file, once
+    files = {p: p.stat().st_ino for p in entries.rglob("*")}
+    rng = np.random.default_rng(7)
+    Image.fromarray(smooth_image(rng, 50, 40)).save(folder / "img1.png")
+    Image.fromarray(smooth_image(rng, 30, 31)).save(folder / "new.png")
+    found = image_files.read_folder(folder, 16, cache.Cache(entries, 2).training)
+    assert decodes() == ["img1.png", "new.png"]
+    assert equal_sets(found, image_files.read_folder(folder, 16, crops.Decoded(2).training))
+    assert all(p.stat().st_ino == ino for p, ino in files.items())  # the other entries: the same files
+    decodes()  # (those of the comparison)
+    image_files.read_folder(folder, 16, cache.Cache(entries, 4).training)
+    assert decodes() == []  # a new scale makes LR references from the HR entries
+    assert len(list((entries / "lr").iterdir())) == 9 + 8  # x2 of 7 usable images, img1's new one and new.png; x4
+
+
+KILLED_BUILD = """
+import sys, time
+from engine.data import array_file, cache, image_files
+
+reserve = array_file.reserve
+
+def slowly(path, size, mode):  # mid-write: its space reserved, its bytes not yet written
+    done = reserve(path, size, mode)
+    time.sleep(0.4)
+    return done
+
+array_file.reserve = slowly
+image_files.read_folder(sys.argv[1], 16, cache.Cache(sys.argv[2], 2).training)
+"""
+
+
+def header(path):
+    with open(path, "rb") as f:
+        return json.loads(f.read(int.from_bytes(f.read(8), "little")))
+
+
+def test_a_build_killed_part_way_and_a_truncated_entry_are_found_and_made_again(tmp_path, decodes):
+    folder, entries = write_images(tmp_path / "hr", count=6), tmp_path / "cache"
+    build = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(folder), str(entries)], start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (list(entries.glob("hr/*[!p]")) and list(entries.glob("*/*.tmp"))):  # a whole entry, one being written
+        assert build.poll() is None and time.monotonic() < deadline, "the build ended before it could be killed"
+        time.sleep(0.005)
+    os.killpg(build.pid, signal.SIGKILL)  # the process and its workers, as at a job's end
+    build.wait()
+    with pytest.raises(ProcessLookupError):  # its workers too, once the kernel has ended them
+        while time.monotonic() < deadline:
+            os.killpg(build.pid, 0)
+            time.sleep(0.01)
+    whole = [p for p in entries.glob("hr/*") if not p.name.endswith(".tmp")]
+    assert 1 <= len(whole) < 10
+    truncated = whole[0]
+    with open(truncated, "r+b") as f:
+        f.truncate(truncated.stat().st_size // 2)
+    lines = []
+    found = image_files.read_folder(folder, 16, cache.Cache(entries, 2, log=lines.append).training)
+    decoded_before = {header(p)["source"] for p in whole[1:]}
+    assert decodes() == sorted({p.name for p in folder.glob("*.png")} - decoded_before)
+    assert lines[0] == f"data cache: made again, 1 damaged: {truncated}"
+    assert not list(entries.glob("*/*.tmp"))  # the killed workers' files: removed
+    assert equal_sets(found, image_files.read_folder(folder, 16, crops.Decoded(2).training))
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    folder = write_images(tmp_path / "hr", count=1)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(cache.Unwritable, match=r"^cannot create the data cache in .*a_file/cache \(Not a directory\)$"):
+        image_files.read_folder(folder, 16, cache.Cache(tmp_path / "a_file" / "cache", 2).training)
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(2**30, 2**30 - 10, 10))
+    with pytest.raises(cache.Unwritable, match=r"^cannot write the data cache in .*/hr \(no space left for"):
+        image_files.read_folder(folder, 16, cache.Cache(tmp_path / "cache", 2).training)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
