@@ -12,6 +12,7 @@ interpreter replaces the jit kernels that the compiler needs).
 import argparse
 import functools
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -162,23 +163,57 @@ def _cpu_seconds():
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def compile_variant(variant, capability):
+    """triton.compile of one variant for one target: the CompiledKernel, its asm by stage (the compiler's
+    errors pass through)."""
+    source = ASTSource(variant.fn, variant.signature, constexprs=variant.constexprs, attrs=variant.attrs)
+    with warnings.catch_warnings():
+        # Triton 3.9 warns that its FP-fusion default will change; this compiles with the JIT's default
+        warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION")
+        return triton.compile(source, target=GPUTarget("cuda", capability, 32))
+
+
+def _usage(kernel):
+    """Registers, spilled bytes and shared memory of a compiled kernel."""
+    usage = resource_usage(kernel.asm["cubin"])
+    spilled = usage.get("LOCAL", 0) + usage.get("STACK", 0)
+    return {"registers": usage.get("REG"), "spill_bytes": spilled, "shared_bytes": kernel.metadata.shared}
+
+
 def compile_one(variant, capability):
     """One variant for one target: a row with its registers, spilled bytes and compile CPU time, or the
     compiler's error."""
     row = {"kernel": variant.name, "short": variant.short, "family": family(variant), "dtype": dtype(variant)}
     row |= {"target": f"sm_{capability}", "gpu": TARGETS.get(capability, "")}
     start = _cpu_seconds()
-    source = ASTSource(variant.fn, variant.signature, constexprs=variant.constexprs, attrs=variant.attrs)
-    with warnings.catch_warnings():
-        # Triton 3.9 warns that its FP-fusion default will change; this compiles with the JIT's default
-        warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION")
-        try:
-            kernel = triton.compile(source, target=GPUTarget("cuda", capability, 32))
-        except Exception as err:  # any compiler failure is the finding itself
-            return row | {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
-    usage = resource_usage(kernel.asm["cubin"])
-    row |= {"registers": usage.get("REG"), "spill_bytes": usage.get("LOCAL", 0) + usage.get("STACK", 0)}
-    return row | {"shared_bytes": kernel.metadata.shared, "cpu_s": round(_cpu_seconds() - start, 3)}
+    try:
+        kernel = compile_variant(variant, capability)
+    except Exception as err:  # any compiler failure is the finding itself
+        return row | {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+    return row | _usage(kernel) | {"cpu_s": round(_cpu_seconds() - start, 3)}
+
+
+def compiled_code(variant, capability):
+    """One variant's compile for one target: its TTGIR, PTX and SASS (with the line table, kernels/sass.py)
+    beside its registers, spilled bytes and shared memory."""
+    from kernels import sass
+
+    kernel = compile_variant(variant, capability)
+    code = {"ttgir": kernel.asm["ttgir"], "ptx": kernel.asm["ptx"], "sass": sass.disassemble(kernel.asm["cubin"])}
+    return code | _usage(kernel)
+
+
+def _code_job(job):
+    module, fn_name, variant, capability = job
+    fn = getattr(importlib.import_module(module), fn_name)  # jit functions travel by name
+    return compiled_code(variant._replace(fn=fn), capability)
+
+
+def compile_code(variants, capability, workers=None):
+    """compiled_code of each variant for one target, in parallel processes (one per CPU by default)."""
+    jobs = [(v.fn.fn.__module__, v.fn.fn.__name__, v._replace(fn=None), capability) for v in variants]
+    with ProcessPoolExecutor(max_workers=workers or _cpus()) as pool:
+        return list(pool.map(_code_job, jobs))
 
 
 def _compile_job(job):

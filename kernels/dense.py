@@ -25,6 +25,7 @@ order, so the results are deterministic: no atomics.
 """
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -444,7 +445,20 @@ def _pixel_splits(n_pixels):
     return max(1, triton.cdiv(n_pixels, split_len)), split_len
 
 
-# --- launchers: the launches as (kernel, grid, args, constexprs), run by _run ---------------------
+# --- launchers: the launches as Launch records, run by _run ----------------------------------------
+
+
+class Launch(NamedTuple):
+    """One kernel launch, kernel[grid](*args, **constexprs). work(meta) says what its programs execute under an
+    autotune config's meta-parameters, as the forecast (profiling/bench/forecast.py) counts it: a list of
+    (programs, {jit function holding a loop: (trips, multiply-accumulates per trip)}), 0 trips for a
+    function those programs never enter."""
+
+    kernel: object
+    grid: object
+    args: list
+    constexprs: dict
+    work: object
 
 
 def _conv_launch(src, c_x, x_end, weight, bias, out, copy_dst, copy_channels, negative_slope, activation, tf32):
@@ -463,7 +477,14 @@ def _conv_launch(src, c_x, x_end, weight, bias, out, copy_dst, copy_channels, ne
     def grid(meta):
         return triton.cdiv(n_pixels, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"])
 
-    return _conv3x3, grid, args, constexprs
+    def work(meta):
+        tiles_m, tiles_n = grid(meta)
+        k = constexprs["BLOCK_K"]
+        conv = {"_conv3x3_kernel": (9 * triton.cdiv(c_in, k), meta["BLOCK_M"] * constexprs["BLOCK_N"] * k)}
+        copying = (triton.cdiv(copy_channels, k) if copy_input else 0, 0)  # in the first column of tiles
+        return [(tiles_m, conv | {"_copy_tile": copying}), (tiles_m * (tiles_n - 1), conv | {"_copy_tile": (0, 0)})]
+
+    return Launch(_conv3x3, grid, args, constexprs, work)
 
 
 def _forward_launches(x, weights, biases, negative_slope, out, features, tf32):
@@ -508,11 +529,22 @@ def _backward_step_launch(
     weight_programs = partials.shape[0] * 9 * triton.cdiv(c_out, constexprs["BLOCK_WN"])
     weight_programs *= triton.cdiv(c_in, constexprs["BLOCK_WC"])
 
-    def grid(meta):
-        input_programs = triton.cdiv(n_pixels, meta["BLOCK_M"]) * triton.cdiv(c_in, meta["BLOCK_N"])
-        return (input_programs * input_grad + weight_programs,)
+    def input_programs(meta):
+        return triton.cdiv(n_pixels, meta["BLOCK_M"]) * triton.cdiv(c_in, constexprs["BLOCK_N"]) * input_grad
 
-    return _conv3x3_backward, grid, args, constexprs
+    def grid(meta):
+        return (input_programs(meta) + weight_programs,)
+
+    def work(meta):
+        c = constexprs
+        input_loop = (9 * triton.cdiv(c_out, c["BLOCK_K"]), meta["BLOCK_M"] * c["BLOCK_N"] * c["BLOCK_K"])
+        weight_loop = (triton.cdiv(split_len, c["BLOCK_P"]), c["BLOCK_WN"] * c["BLOCK_WC"] * c["BLOCK_P"])
+        return [
+            (input_programs(meta), {"_input_grad_tile": input_loop, "_weight_grad_tile": (0, 0)}),
+            (weight_programs, {"_input_grad_tile": (0, 0), "_weight_grad_tile": weight_loop}),
+        ]
+
+    return Launch(_conv3x3_backward, grid, args, constexprs, work)
 
 
 def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32):
@@ -535,9 +567,31 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
     return launches
 
 
+def _partials(flat, splits):
+    """The rows of weight-gradient partials, one per pixel split: the flat gradient itself when there is a
+    single split and it is fp32 (the kernels write the gradients in place)."""
+    if splits == 1 and flat.dtype == torch.float32:
+        return flat.view(1, -1)
+    return torch.empty(splits, flat.numel(), dtype=torch.float32, device=flat.device)
+
+
+def call_launches(op, args, tf32):
+    """The launches of one call of `op` ("irn::dense_block" or "irn::dense_block_backward") on these arguments,
+    as the op makes them; meta tensors will do (nothing is allocated on a device)."""
+    if op == "irn::dense_block":
+        x, weights, biases, negative_slope = args
+        out, features = _forward_outputs(x, weights, biases)
+        return _forward_launches(x, weights, biases, negative_slope, out, features, tf32)
+    grad, features, weights, negative_slope, channels_last, input_grad = args
+    dx, flat = _backward_outputs(features, weights, channels_last, input_grad)
+    partials = _partials(flat, _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])[0])
+    gbuf = _gradient_buffer(features)
+    return _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32)
+
+
 def _run(launches):
-    for kernel, grid, args, constexprs in launches:
-        kernel[grid](*args, **constexprs)
+    for launch in launches:
+        launch.kernel[launch.grid](*launch.args, **launch.constexprs)
 
 
 # --- custom ops: opaque to torch.compile (no graph break), with autograd --------------------------
@@ -569,11 +623,7 @@ def dense_block_backward(
     if n_pixels == 0:
         return dx, flat.zero_()
     splits, _ = _pixel_splits(n_pixels)
-    if splits == 1 and flat.dtype == torch.float32:
-        partials = flat.view(1, -1)  # a single split: the kernels write the gradients in place
-    else:
-        partials = torch.empty(splits, flat.numel(), dtype=torch.float32, device=features.device)
-    gbuf = _gradient_buffer(features)
+    partials, gbuf = _partials(flat, splits), _gradient_buffer(features)
     tf32 = tf32_convolutions()
     _run(_backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32))
     if partials.data_ptr() != flat.data_ptr():  # the splits summed in a fixed order: deterministic
@@ -733,19 +783,31 @@ def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False, capability=None):
     for dtype, param_dtype in _AOT_DTYPES:
         for tf32 in (True, False) if dtype == torch.float32 else (False,):  # the dot precision of fp32 launches
             for c_in, c_out in blocks:
-                for kernel, _, args, constexprs in _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32):
-                    configs = kernel.configs
-                    if kernel is _conv3x3_backward and capability is not None:
-                        configs = _backward_configs(configs, dtype, capability)
-                    for config in configs:
-                        signature, constants, aligned = _signature(kernel.fn, args, constexprs | config.kwargs)
-                        name = _variant_name(kernel.fn, signature, constants, aligned if attrs else [])
-                        variant = (name, kernel.fn, signature, constants)
-                        if attrs:
-                            indices = [kernel.fn.arg_names.index(arg) for arg in aligned]
-                            variant += ({(i,): [["tt.divisibility", 16]] for i in indices},)
-                        variants.setdefault(name, variant)
+                for launch in _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32):
+                    for config in launch_configs(launch, capability):
+                        variant = launch_variant(launch, config, aligned=attrs)
+                        variants.setdefault(variant[0], variant if attrs else variant[:4])
     return list(variants.values())
+
+
+def launch_configs(launch, capability=None):
+    """The autotune configs a launch may run with on a GPU of `capability` (None: on any GPU)."""
+    configs = launch.kernel.configs
+    if launch.kernel is _conv3x3_backward and capability is not None:
+        return _backward_configs(configs, launch.args[1].dtype, capability)
+    return configs
+
+
+def launch_variant(launch, config, aligned=True):
+    """(name, jit function, signature, constexprs, attrs) of a launch under an autotune config, as
+    triton.compiler.ASTSource takes them, the name spelling out every specialisation. attrs: with `aligned`,
+    the 16-divisibility the JIT finds in ints and pointers (base allocations assumed aligned), so that the
+    compile is the one the GPU runs; without, none (a compile that assumes no alignment at all)."""
+    fn = launch.kernel.fn
+    signature, constants, divisible = _signature(fn, launch.args, launch.constexprs | config.kwargs)
+    divisible = divisible if aligned else []
+    attrs = {(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in divisible}
+    return _variant_name(fn, signature, constants, divisible), fn, signature, constants, attrs
 
 
 def _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32, batch=2, size=36):
@@ -755,12 +817,10 @@ def _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32, batch=2, size=
     weights = [torch.empty(shape, dtype=param_dtype, device="meta") for shape in shapes]
     biases = [torch.empty(shape[0], dtype=param_dtype, device="meta") for shape in shapes]
     out, features = _forward_outputs(x, weights, biases)
-    launches = _forward_launches(x, weights, biases, NEGATIVE_SLOPE, out, features, tf32)
+    launches = call_launches("irn::dense_block", (x, weights, biases, NEGATIVE_SLOPE), tf32)
     for input_grad in (True, False):
-        dx, flat = _backward_outputs(features, weights, False, input_grad)
-        partials = torch.empty(2, flat.numel(), dtype=torch.float32, device="meta")
-        gbuf = _gradient_buffer(features)
-        launches += _backward_launches(out, features, weights, NEGATIVE_SLOPE, gbuf, dx, partials, input_grad, tf32)
+        args = (out, features, weights, NEGATIVE_SLOPE, False, input_grad)
+        launches += call_launches("irn::dense_block_backward", args, tf32)
     return launches
 
 

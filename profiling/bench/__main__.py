@@ -5,6 +5,7 @@
     python -m profiling.bench memory      # one step with and without --invertible-backprop: memory and time
     python -m profiling.bench overhead    # the profiler's own cost: timing + sampling on vs off, interleaved
     python -m profiling.bench registers   # the Triton kernels compiled for P100/A100/H100: registers, spills
+    python -m profiling.bench forecast    # the fused dense blocks' step on A100/H100, from their SASS: no GPU needed
     python -m profiling.bench gpu         # on a GPU: the GPU tests, then all of the above into docs/PERFORMANCE.md
 
 Defaults follow the paper's x4 recipe (batch 16, 144x144 crops) on a GPU, and a small shape on a CPU.
@@ -17,6 +18,7 @@ import torch
 
 from engine.errors import cli, parser
 from profiling.bench.figures import REPO
+from profiling.bench.forecast import bench_forecast
 from profiling.bench.fused_ops import bench_kernels
 from profiling.bench.gpu_page import bench_gpu
 from profiling.bench.memory import bench_memory
@@ -34,6 +36,7 @@ def main(argv=None):
         "memory": bench_memory,
         "overhead": bench_overhead,
         "registers": bench_registers,
+        "forecast": bench_forecast,
         "gpu": bench_gpu,
     }
     p = parser("python -m profiling.bench", __doc__)
@@ -47,7 +50,9 @@ def main(argv=None):
     )
     p.add_argument("--rounds", type=int, default=5, help="alternating on/off rounds for `overhead`")
     p.add_argument("--variants", default="", help=f"`step`: comma-separated, from: {', '.join(VARIANTS)}")
-    p.add_argument("--json", action="store_true", help="`registers`: print the rows as JSON")
+    p.add_argument("--json", action="store_true", help="`registers`, `forecast`: print the figures as JSON")
+    p.add_argument("--config", default="irn_x4", help="`forecast`: the config whose training step it forecasts")
+    p.add_argument("--dump", default=None, metavar="DIR", help="`forecast`: write every variant's TTGIR, PTX, SASS")
     p.add_argument("--out", default=str(REPO / "docs" / "PERFORMANCE.md"), help="`gpu`: the page to write")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     step_config(args, {})  # one line for a bad --scale/--batch/--crop before any work

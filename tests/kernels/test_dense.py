@@ -369,3 +369,33 @@ def test_aot_variants_cover_every_kernel_dtype_and_flag():
             for acc, tail, dx in backward_flags:  # (ACCUMULATE, SLOPE_TAIL, INPUT_GRAD): conv 5, 2-4, 1, 1 no dx
                 flags = [("ACCUMULATE", acc), ("INPUT_GRAD", dx), ("PRECISION", precision), ("SLOPE_TAIL", tail)]
                 assert ("_conv3x3_backward_kernel", tuple(sorted(flags)), features, weight) in seen
+
+
+def test_each_launch_declares_the_work_its_programs_do(monkeypatch):
+    """Launch.work, which the forecast (profiling/bench/forecast.py) multiplies out, against the interpreter: the
+    multiply-accumulates of every tl.dot the launch's programs run, counted as they run, forward and backward."""
+    counted = []
+
+    def counting_mma(a, b, acc, precision):
+        counted.append(a.shape[0] * a.shape[1] * b.shape[1])
+        return mma(a, b, acc, precision)
+
+    mma = dense._mma
+    monkeypatch.setattr(dense, "_mma", counting_mma)
+    block = reference_block(45, 3, 8)
+    x = torch.randn(2, 45, 5, 7, device=DEVICE)
+    weights, biases = fast_params(block)
+    weights, biases = [w.detach() for w in weights], [b.detach() for b in biases]
+    out, features = dense_block_forward(x, weights, biases, 0.2)
+    backward = (torch.randn_like(out), features, weights, 0.2, False, True)
+    launches = dense.call_launches("irn::dense_block", (x, weights, biases, 0.2), False)
+    launches += dense.call_launches("irn::dense_block_backward", backward, False)
+    for launch in launches:
+        counted.clear()
+        dense._run([launch])
+        (config,) = launch.kernel.configs
+        meta = launch.constexprs | config.kwargs
+        declared = launch.work(meta)
+        assert sum(programs for programs, _ in declared) == math.prod(launch.grid(meta))
+        macs = [programs * trips * per_trip for programs, loops in declared for trips, per_trip in loops.values()]
+        assert sum(macs) == sum(counted)
