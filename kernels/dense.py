@@ -153,7 +153,9 @@ def _conv3x3_kernel(
         ky, kx, c = _tap(i, blocks, BLOCK_K)
         c_ok, wc = _input_channels(c, C_in, C_x, X_END)
         pix, inside = _neighbours(b, h, w, valid, ky - 1, kx - 1, H, W, s_b, s_h, s_w)
-        a = tl.load(src + pix[:, None] + c[None, :] * s_c, mask=inside[:, None] & c_ok[None, :], other=0.0)
+        # masked on the prefix alone (the padding holds zeros, its weights are masked): constant over 16
+        # channels, so the 16-aligned buffer is read in 16-byte vectors
+        a = tl.load(src + pix[:, None] + c[None, :] * s_c, mask=inside[:, None] & (c < C_in)[None, :], other=0.0)
         wt = tl.load(weight + n[None, :] * w_n + wc[:, None] * w_c + ky * w_h + kx * w_w,
                      mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _mma(a, _to(wt, a.dtype), acc, PRECISION)  # weights in the features' dtype, as cuDNN takes them
@@ -209,46 +211,68 @@ def _input_grad_tile(
 
 
 @triton.jit
+def _shifted_grad(grad, b, h, w, valid, dy, dx, n, n_ok, H, W, g_b, g_c, g_h, g_w):
+    """dZ at the pixels (h + dy, w + dx), in fp32, zero outside the image."""
+    pix, inside = _neighbours(b, h, w, valid, dy, dx, H, W, g_b, g_h, g_w)
+    dz = tl.load(grad + pix[:, None] + n[None, :] * g_c, mask=inside[:, None] & n_ok[None, :], other=0.0)
+    return dz.to(tl.float32)
+
+
+@triton.jit
+def _store_tap(row, acc, n, wc, mask, C_w, tap):
+    """One tap of a dW^T tile into a row of partials, where dW is (n, c, ky, kx) contiguous (so that its slot
+    views as the weight's shape)."""
+    tl.store(row + n[None, :] * (C_w * 9) + wc[:, None] * 9 + tap, acc, mask=mask)
+
+
+@triton.jit
 def _weight_grad_tile(
     pid, grad, feat, partials,
     n_pixels, H, W, C_in, C_x, X_END, C_out, split_len, weight_slot, bias_slot, partial_stride,
     g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
     PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr, BLOCK_WC: tl.constexpr,
 ):
-    """One (output x input channels) tile of one tap of dW, summed over one pixel split into that split's
-    row of partials; the programs of the centre tap's first channel tile sum db as well."""
+    """One (input x output channels) tile of dW^T for the three taps of one kernel row, summed over one pixel
+    split into that split's row of partials. As q = p + o runs over the pixels, dW[n, c, tap] = sum_q
+    F[q, c] dZ[q - o, n]: the features are read once for the three taps, unshifted, and the gradient shifted
+    for each. The programs of the middle row's first channel tile sum db as well (its middle tap's dZ is
+    unshifted), element by element in the loop and across the pixels once after it."""
     tiles_c = tl.cdiv(C_in, BLOCK_WC)
     tiles_n = tl.cdiv(C_out, BLOCK_WN)
     pid_c = pid % tiles_c
     pid_n = (pid // tiles_c) % tiles_n
-    tap = (pid // (tiles_c * tiles_n)) % 9
-    split = pid // (tiles_c * tiles_n * 9)
-    ky = tap // 3
-    kx = tap - 3 * ky
+    ky = (pid // (tiles_c * tiles_n)) % 3
+    split = pid // (tiles_c * tiles_n * 3)
     n = pid_n * BLOCK_WN + tl.arange(0, BLOCK_WN)
     c = pid_c * BLOCK_WC + tl.arange(0, BLOCK_WC)
     n_ok = n < C_out
     c_ok, wc = _input_channels(c, C_in, C_x, X_END)
     start = split * split_len
     end = tl.minimum(start + split_len, n_pixels)
-    acc = tl.zeros((BLOCK_WN, BLOCK_WC), dtype=tl.float32)
-    bias_acc = tl.zeros((BLOCK_WN,), dtype=tl.float32)
+    left = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
+    middle = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
+    right = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
+    bias_acc = tl.zeros((BLOCK_P, BLOCK_WN), dtype=tl.float32)
     for p0 in range(start, end, BLOCK_P):
         b, h, w, valid = _pixels(p0, end, H, W, BLOCK_P)
-        g_pix = _offsets(b, h, w, g_b, g_h, g_w)
-        dz = tl.load(grad + g_pix[:, None] + n[None, :] * g_c, mask=valid[:, None] & n_ok[None, :], other=0.0)
-        dz = dz.to(tl.float32)
-        src_pix, inside = _neighbours(b, h, w, valid, ky - 1, kx - 1, H, W, f_b, f_h, f_w)
-        x = tl.load(feat + src_pix[:, None] + c[None, :] * f_c, mask=inside[:, None] & c_ok[None, :], other=0.0)
-        acc = _mma(tl.trans(_to(dz, x.dtype)), x, acc, PRECISION)
-        bias_acc += tl.sum(dz, axis=0)  # from the fp32 dZ, before it is rounded for the dot
+        f_pix = _offsets(b, h, w, f_b, f_h, f_w)
+        x = tl.load(feat + f_pix[:, None] + c[None, :] * f_c, mask=valid[:, None] & (c < C_in)[None, :], other=0.0)
+        xt = tl.trans(x)
+        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 1, n, n_ok, H, W, g_b, g_c, g_h, g_w)
+        left = _mma(xt, _to(dz, x.dtype), left, PRECISION)
+        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 0, n, n_ok, H, W, g_b, g_c, g_h, g_w)
+        middle = _mma(xt, _to(dz, x.dtype), middle, PRECISION)
+        bias_acc += dz  # from the fp32 dZ, before it is rounded for the dot
+        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, -1, n, n_ok, H, W, g_b, g_c, g_h, g_w)
+        right = _mma(xt, _to(dz, x.dtype), right, PRECISION)
     row = partials + split.to(tl.int64) * partial_stride
-    # dW is stored (n, c, ky, kx) contiguous, so its slot views as the weight's shape
     C_w = C_in - X_END + C_x
-    tl.store(row + weight_slot + n[:, None] * (C_w * 9) + wc[None, :] * 9 + tap, acc,
-             mask=n_ok[:, None] & c_ok[None, :])
-    if (tap == 4) & (pid_c == 0):
-        tl.store(row + bias_slot + n, bias_acc, mask=n_ok)
+    mask = c_ok[:, None] & n_ok[None, :]
+    _store_tap(row + weight_slot, left, n, wc, mask, C_w, 3 * ky)
+    _store_tap(row + weight_slot, middle, n, wc, mask, C_w, 3 * ky + 1)
+    _store_tap(row + weight_slot, right, n, wc, mask, C_w, 3 * ky + 2)
+    if (ky == 1) & (pid_c == 0):
+        tl.store(row + bias_slot + n, tl.sum(bias_acc, axis=0), mask=n_ok)
 
 
 @triton.jit
@@ -526,7 +550,7 @@ def _backward_step_launch(
         "BLOCK_WN": _tile(c_out, 16, 32),
         "BLOCK_WC": _tile(c_in, 16, 32),
     }
-    weight_programs = partials.shape[0] * 9 * triton.cdiv(c_out, constexprs["BLOCK_WN"])
+    weight_programs = partials.shape[0] * 3 * triton.cdiv(c_out, constexprs["BLOCK_WN"])
     weight_programs *= triton.cdiv(c_in, constexprs["BLOCK_WC"])
 
     def input_programs(meta):
@@ -538,7 +562,7 @@ def _backward_step_launch(
     def work(meta):
         c = constexprs
         input_loop = (9 * triton.cdiv(c_out, c["BLOCK_K"]), meta["BLOCK_M"] * c["BLOCK_N"] * c["BLOCK_K"])
-        weight_loop = (triton.cdiv(split_len, c["BLOCK_P"]), c["BLOCK_WN"] * c["BLOCK_WC"] * c["BLOCK_P"])
+        weight_loop = (triton.cdiv(split_len, c["BLOCK_P"]), 3 * c["BLOCK_WN"] * c["BLOCK_WC"] * c["BLOCK_P"])
         return [
             (input_programs(meta), {"_input_grad_tile": input_loop, "_weight_grad_tile": (0, 0)}),
             (weight_programs, {"_input_grad_tile": (0, 0), "_weight_grad_tile": weight_loop}),

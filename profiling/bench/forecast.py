@@ -162,6 +162,7 @@ def _under(launch, config_, variant, code, chip):
     listing = code["listing"]
     groups = [(programs, loops) for programs, loops in launch.work(launch.constexprs | config_.kwargs) if programs]
     programs = sum(p for p, _ in groups)
+    per_warp = [(p, executed(listing, loops)) for p, loops in groups]
     ctas = resident_ctas(chip, code["registers"], code["shared_bytes"])
 
     def over_programs(counted):
@@ -180,7 +181,11 @@ def _under(launch, config_, variant, code, chip):
         "loops": [_loop_row(loop, groups) for loop in listing.loops if sass.mma_kind(loop.own)],
         "loads": over_programs(_is_load),
         "loads_16b": over_programs(_is_wide_load),
-        "issue_us": issue_us(chip, [(p, executed(listing, loops)) for p, loops in groups]),
+        "groups": [
+            {"loops": [f for f, (trips, _) in loops.items() if trips], "programs": p, "instructions_per_warp": round(n)}
+            for (p, loops), (_, n) in zip(groups, per_warp, strict=True)
+        ],
+        "issue_us": issue_us(chip, per_warp),
     }
 
 
