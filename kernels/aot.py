@@ -84,25 +84,30 @@ _DENSE_BACKWARD_ROLES = {  # ACCUMULATE, SLOPE_TAIL, INPUT_GRAD; c1-nodx: conv 1
 
 
 def family(variant):
-    """haar, coupling, dense_fwd or dense_bwd."""
+    """haar, coupling, dense_pack (the dense block's weight packing), dense_fwd or dense_bwd."""
     fn = variant.fn.__name__
     if fn.startswith(("_haar", "_coupling")):
         return fn[1:].split("_")[0]
+    if fn.startswith("_pack"):
+        return "dense_pack"
     return "dense_bwd" if "backward" in fn else "dense_fwd"
 
 
 def dtype(variant):
-    """The data's dtype, then the weights' where they differ (fp32 weights under autocast): 'fp16/w32'."""
+    """The data's dtype, then the weights' where they differ (the packing of fp32 weights under autocast):
+    'fp16/w32'."""
     signature = variant.signature
-    data = next(signature[name] for name in ("feat", "src", "x", "grad") if name in signature)[1:]
-    weight = signature.get("weight", "")[1:]
+    data = next(signature[name] for name in ("feat", "src", "x", "grad", "packed") if name in signature)[1:]
+    weight = signature.get("w1", "")[1:]
     return data if not weight or weight == data else f"{data}/w{weight[2:]}"
 
 
 def short_name(variant):
-    """'haar inv fp16', 'coupling fwd-bwd bf16', 'dense_fwd c2-4 fp32 tf32 M64 N32 K16',
-    'dense_bwd c5 fp16/w32 M32 N32 K32 P64 WN16 WC32' (tiles: BLOCK_M, ...)."""
+    """'haar inv fp16', 'coupling fwd-bwd bf16', 'dense_pack bf16/w32', 'dense_fwd c2-4 fp32 tf32 M64 N32 K16',
+    'dense_bwd c5 fp16 M32 N32 K32 P64 WN16 WC32' (tiles: BLOCK_M, ...)."""
     kind, c = family(variant), variant.constexprs
+    if kind == "dense_pack":
+        return f"{kind} {dtype(variant)}"
     if kind in ("haar", "coupling"):
         backward = "-bwd" if "backward" in variant.fn.__name__ else ""
         return f"{kind} {'inv' if c['INVERSE'] else 'fwd'}{backward} {dtype(variant)}"

@@ -17,13 +17,18 @@ of that prefix are F_{k-1}, which only convs k..5 read, so their dF is complete 
 already multiplied by LeakyReLU's slope, as dZ_{k-1}, for step k - 1 to read as plain loads. As s > 0,
 F_k > 0 exactly where Z_k > 0, so the saved post-activation gives the slope and no pre-activation is kept.
 
-Launches per block: forward 5 (conv 1 also copies x into F); backward 5 (each step computes its input
-gradient and its weight and bias gradients in one launch), plus one sum of the weight-gradient partials
-when the pixels are reduced in more than one split, and one cast into the weights' dtype when that is not
-fp32 (LAUNCHES). Every output element is written by one program and the splits are summed in a fixed
-order, so the results are deterministic: no atomics.
+The five convs' weights are packed once per call, by one launch, into the dot's dtype as one tensor
+[tap, buffer channel, output of any conv] with zeros where a conv reads no channel (x's padding, later
+outputs) or has no output: conv k reads its columns with no mask, no index remapping and no cast.
+
+Launches per block: forward 6 (the packing, then the convs; conv 1 also copies x into F); backward 6 (the
+packing, then one per step: its input gradient and its weight and bias gradients in one launch), plus one
+sum of the weight-gradient partials when the pixels are reduced in more than one split, and one cast into
+the weights' dtype when that is not fp32 (LAUNCHES). Every output element is written by one program and
+the splits are summed in a fixed order, so the results are deterministic: no atomics.
 """
 
+import math
 import os
 from typing import NamedTuple
 
@@ -129,11 +134,43 @@ def _copy_tile(src, dst, b, h, w, valid, C, C_dst, s_b, s_c, s_h, s_w, d_b, d_c,
 
 
 @triton.jit
+def _pack_kernel(
+    w1, w2, w3, w4, w5, packed, C_x, X_END, GROWTH, C_OUT, C_PACKED, N_PACKED, p_t, p_c, p_n,
+    BLOCK_C: tl.constexpr, BLOCK_COLS: tl.constexpr,
+):
+    """packed[tap, c, k g + n] = W_k[n, c', tap] in packed's dtype, for conv k's output n and the buffer
+    channel c that holds its input channel c' (conv 5's outputs from 4 g on); 0 where conv k reads no such
+    channel (x's padding, the outputs of conv k and later) and has no such output. One program: a block of
+    buffer channels of one tap of one conv (contiguous OIHW weights)."""
+    k = tl.program_id(0)
+    tap = tl.program_id(1)
+    w = w1
+    if k == 1:
+        w = w2
+    if k == 2:
+        w = w3
+    if k == 3:
+        w = w4
+    if k == 4:
+        w = w5
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n = tl.arange(0, BLOCK_COLS)
+    c_ok, wc = _input_channels(c, X_END + k * GROWTH, C_x, X_END)
+    outputs = tl.where(k < 4, GROWTH, C_OUT)
+    width = tl.where(k < 4, GROWTH, N_PACKED - 4 * GROWTH)  # conv 5's columns run on to the end
+    C_w = C_x + k * GROWTH
+    mask = c_ok[:, None] & (n < outputs)[None, :]
+    value = tl.load(w + n[None, :] * (C_w * 9) + wc[:, None] * 9 + tap, mask=mask, other=0.0)
+    dst = packed + tap * p_t + c[:, None] * p_c + (k * GROWTH + n)[None, :] * p_n
+    tl.store(dst, _to(value, packed.dtype.element_ty), mask=(c < C_PACKED)[:, None] & (n < width)[None, :])
+
+
+@triton.jit
 def _conv3x3_kernel(
-    src, weight, bias, out, copy_dst,
-    n_pixels, pixel_bucket, H, W, C_in, C_x, X_END, C_out, C_copy,
+    src, packed, bias, out, copy_dst,
+    n_pixels, pixel_bucket, H, W, C_in, C_out, C_copy,
     s_b, s_c, s_h, s_w,  # src: the input x (conv 1) or the feature buffer's channel prefix
-    w_n, w_c, w_h, w_w,
+    p_t, p_c, p_n,  # packed: the packed weights from this conv's first output column on
     o_b, o_c, o_h, o_w,  # out: the conv's slice of the feature buffer, or the block output (conv 5)
     d_b, d_c, d_h, d_w,  # copy_dst: the feature buffer, where conv 1 copies its input
     negative_slope,
@@ -151,14 +188,12 @@ def _conv3x3_kernel(
     # one flat loop over (tap, channel block), which the compiler pipelines even when C_in is small
     for i in range(9 * blocks):
         ky, kx, c = _tap(i, blocks, BLOCK_K)
-        c_ok, wc = _input_channels(c, C_in, C_x, X_END)
         pix, inside = _neighbours(b, h, w, valid, ky - 1, kx - 1, H, W, s_b, s_h, s_w)
-        # masked on the prefix alone (the padding holds zeros, its weights are masked): constant over 16
-        # channels, so the 16-aligned buffer is read in 16-byte vectors
+        # masked on the prefix alone (the padding holds zeros, and so do its packed weights): constant over
+        # 16 channels, so the 16-aligned buffer is read in 16-byte vectors
         a = tl.load(src + pix[:, None] + c[None, :] * s_c, mask=inside[:, None] & (c < C_in)[None, :], other=0.0)
-        wt = tl.load(weight + n[None, :] * w_n + wc[:, None] * w_c + ky * w_h + kx * w_w,
-                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = _mma(a, _to(wt, a.dtype), acc, PRECISION)  # weights in the features' dtype, as cuDNN takes them
+        wt = tl.load(packed + (3 * ky + kx) * p_t + c[:, None] * p_c + n[None, :] * p_n)  # no mask: see _pack
+        acc = _mma(a, wt, acc, PRECISION)
     acc += tl.load(bias + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if ACTIVATION:
         acc = tl.where(acc > 0, acc, acc * negative_slope)
@@ -172,9 +207,9 @@ def _conv3x3_kernel(
 
 @triton.jit
 def _input_grad_tile(
-    pid, grad, feat, weight, acc_src, dst,
-    n_pixels, H, W, C_in, C_x, X_END, C_out, tail_start,
-    g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, w_n, w_c, w_h, w_w,
+    pid, grad, feat, packed, acc_src, dst,
+    n_pixels, H, W, C_in, C_out, tail_start,
+    g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, p_t, p_c, p_n,
     negative_slope,
     ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -185,7 +220,6 @@ def _input_grad_tile(
     tiles_c = tl.cdiv(C_in, BLOCK_N)
     pid_m = pid // tiles_c
     c = (pid - pid_m * tiles_c) * BLOCK_N + tl.arange(0, BLOCK_N)
-    c_ok, wc = _input_channels(c, C_in, C_x, X_END)
     b, h, w, valid = _pixels(pid_m * BLOCK_M, n_pixels, H, W, BLOCK_M)
     dtype = feat.dtype.element_ty  # dZ rounded to the features' dtype for the dot, as cuDNN gets it
     blocks = tl.cdiv(C_out, BLOCK_K)
@@ -195,9 +229,8 @@ def _input_grad_tile(
         n_ok = n < C_out
         g_pix, inside = _neighbours(b, h, w, valid, 1 - ky, 1 - kx, H, W, g_b, g_h, g_w)
         dz = tl.load(grad + g_pix[:, None] + n[None, :] * g_c, mask=inside[:, None] & n_ok[None, :], other=0.0)
-        wt = tl.load(weight + n[:, None] * w_n + wc[None, :] * w_c + ky * w_h + kx * w_w,
-                     mask=n_ok[:, None] & c_ok[None, :], other=0.0)
-        acc = _mma(_to(dz, dtype), _to(wt, dtype), acc, PRECISION)
+        wt = tl.load(packed + (3 * ky + kx) * p_t + c[None, :] * p_c + n[:, None] * p_n)  # no mask: see _pack
+        acc = _mma(_to(dz, dtype), wt, acc, PRECISION)
     mask = valid[:, None] & (c < C_in)[None, :]  # padding channels get zeros, never garbage
     f_pix = _offsets(b, h, w, f_b, f_h, f_w)
     if ACCUMULATE:  # what the later convs left in G
@@ -277,13 +310,13 @@ def _weight_grad_tile(
 
 @triton.jit
 def _conv3x3_backward_kernel(
-    grad, feat, weight, acc_src, dst, partials,
+    grad, feat, packed, acc_src, dst, partials,
     n_pixels, pixel_bucket, H, W, C_in, C_x, X_END, C_out, tail_start,
     split_len, weight_slot, bias_slot, partial_stride,
     g_b, g_c, g_h, g_w,  # grad: dout (conv 5), or G's slice holding this conv's dZ
     f_b, f_c, f_h, f_w,  # the feature buffer F; the gradient buffer G (acc_src) has the same strides
     d_b, d_c, d_h, d_w,  # dst: G, or dx for conv 1
-    w_n, w_c, w_h, w_w,
+    p_t, p_c, p_n,  # the packed weights from this conv's first output column on
     negative_slope,
     ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, INPUT_GRAD: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -295,8 +328,8 @@ def _conv3x3_backward_kernel(
     input_programs = tl.cdiv(n_pixels, BLOCK_M) * tl.cdiv(C_in, BLOCK_N) if INPUT_GRAD else 0
     if INPUT_GRAD and pid < input_programs:  # a static branch without INPUT_GRAD: no input-gradient code
         _input_grad_tile(
-            pid, grad, feat, weight, acc_src, dst, n_pixels, H, W, C_in, C_x, X_END, C_out, tail_start,
-            g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, w_n, w_c, w_h, w_w,
+            pid, grad, feat, packed, acc_src, dst, n_pixels, H, W, C_in, C_out, tail_start,
+            g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, p_t, p_c, p_n,
             negative_slope, ACCUMULATE, SLOPE_TAIL, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
         )
     else:
@@ -485,16 +518,49 @@ class Launch(NamedTuple):
     work: object
 
 
-def _conv_launch(src, c_x, x_end, weight, bias, out, copy_dst, copy_channels, negative_slope, activation, tf32):
-    """Conv of src's channels (x's c_x ones, then those from x_end on) into out; copy_dst gets src's, padded
-    with zeros to copy_channels."""
+def _packed_shape(c_in, growth, c_out, dtype):
+    """(taps, rows, columns) of the packed weights: the buffer channels and the convs' outputs as far as any
+    conv's tiles reach (forward: K over its input channels, N over its outputs; backward: N over the inputs,
+    K over the outputs), so that the kernels load them without masks (the zeros cancel what they meet)."""
+    x_end, _, _ = _buffer_layout(c_in, growth)
+    rows = columns = 0
+    for k in range(CONVS):
+        inputs, outputs = x_end + k * growth if k else c_in, growth if k < CONVS - 1 else c_out
+        k_tile = _k_tile(dtype)
+        rows = max(rows, _round_up(inputs, _tile(inputs, 16, k_tile)), _round_up(inputs, _tile(inputs, 16, 32)))
+        reach = max(_round_up(outputs, _tile(outputs, 16, 32)), _round_up(outputs, _tile(outputs, 16, k_tile)))
+        columns = max(columns, k * growth + reach)
+    return 9, rows, columns
+
+
+def _pack_launch(weights, dtype):
+    """(the launch that packs the five convs' weights, the packed tensor it fills): [tap, buffer channel,
+    output of any conv] in `dtype`, the dot's (_packed_shape)."""
+    growth, c_in, c_out = weights[0].shape[0], weights[0].shape[1], weights[-1].shape[0]
+    x_end, _, _ = _buffer_layout(c_in, growth)
+    shape = _packed_shape(c_in, growth, c_out, dtype)
+    packed = torch.empty(shape, dtype=dtype, device=weights[0].device)
+    columns = triton.next_power_of_2(max(growth, shape[2] - 4 * growth))
+    args = [*(w.contiguous() for w in weights), packed, c_in, x_end, growth, c_out, *shape[1:], *packed.stride()]
+
+    def grid(meta):
+        return CONVS, 9, triton.cdiv(shape[1], meta["BLOCK_C"])
+
+    def work(meta):
+        return [(math.prod(grid(meta)), {})]
+
+    return Launch(_pack_kernel, grid, args, {"BLOCK_C": 32, "BLOCK_COLS": columns}, work), packed
+
+
+def _conv_launch(src, packed, c_out, bias, out, copy_dst, copy_channels, negative_slope, activation, tf32):
+    """Conv of src's channels into out, with the packed weights from its first output column on; copy_dst
+    gets src's channels, padded with zeros to copy_channels."""
     b, c_in, h, w = src.shape
-    c_out, n_pixels = weight.shape[0], b * h * w
+    n_pixels = b * h * w
     copy_input = copy_dst is not None
     copy_dst = copy_dst if copy_input else out  # a pointer the kernel ignores when there is nothing to copy
-    args = [src, weight, bias, out, copy_dst, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_x, x_end, c_out]
-    args += [copy_channels]
-    args += [*src.stride(), *weight.stride(), *out.stride(), *copy_dst.stride(), negative_slope]
+    args = [src, packed, bias, out, copy_dst, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_out, copy_channels]
+    args += [*src.stride(), *packed.stride(), *out.stride(), *copy_dst.stride(), negative_slope]
     constexprs = {"ACTIVATION": activation, "COPY_INPUT": copy_input, "PRECISION": _dot_precision(src.dtype, tf32)}
     constexprs |= {"BLOCK_N": _tile(c_out, 16, 32), "BLOCK_K": _tile(c_in, 16, _k_tile(src.dtype))}
 
@@ -514,34 +580,34 @@ def _conv_launch(src, c_x, x_end, weight, bias, out, copy_dst, copy_channels, ne
 def _forward_launches(x, weights, biases, negative_slope, out, features, tf32):
     c_in, growth = x.shape[1], weights[0].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
-    launches = []
+    pack, packed = _pack_launch(weights, x.dtype)
+    launches = [pack]
     for k in range(CONVS):
         reads = x_end + k * growth  # conv k + 1 reads the buffer's channels up to here, and writes after
         dst = features[:, reads : reads + growth] if k < CONVS - 1 else out
-        if k == 0:  # conv 1 reads x where it lies, and copies it into the buffer on the way
-            src, src_x_end, copy_dst, copy_channels = x, c_in, features, x_end
+        if k == 0:  # conv 1 reads x where it lies (its channels are the buffer's first), and copies it there
+            src, copy_dst, copy_channels = x, features, x_end
         else:
-            src, src_x_end, copy_dst, copy_channels = features[:, :reads], x_end, None, 0
-        activation = k < CONVS - 1
-        launches.append(_conv_launch(src, c_in, src_x_end, weights[k], biases[k], dst, copy_dst, copy_channels,
-                                     negative_slope, activation, tf32))  # fmt: skip
+            src, copy_dst, copy_channels = features[:, :reads], None, 0
+        launches.append(_conv_launch(src, packed[:, :, k * growth :], weights[k].shape[0], biases[k], dst, copy_dst,
+                                     copy_channels, negative_slope, k < CONVS - 1, tf32))  # fmt: skip
     return launches
 
 
 def _backward_step_launch(
-    grad, feat, c_x, x_end, tail_start, weight, gbuf, dst, partials, slot, split_len, slope, tf32
+    grad, feat, c_x, x_end, tail_start, packed, c_out, gbuf, dst, partials, slot, split_len, slope, tf32
 ):
     """One conv's backward step. feat: the buffer channels it read; grad: dout for conv 5, else its dZ in G;
-    dst: G, dx for conv 1, or None for no input gradient; tail_start: where the previous conv's output
-    starts in feat (None for conv 1)."""
+    packed: the packed weights from its first output column on; dst: G, dx for conv 1, or None for no input
+    gradient; tail_start: where the previous conv's output starts in feat (None for conv 1)."""
     b, c_in, h, w = feat.shape
-    c_out, n_pixels = weight.shape[0], b * h * w
+    n_pixels = b * h * w
     input_grad, last = dst is not None, c_in == gbuf.shape[1]  # conv 5 reads every channel
     dst = gbuf if dst is None else dst  # a pointer the kernel ignores without INPUT_GRAD
     tail = c_in if tail_start is None else tail_start
-    args = [grad, feat, weight, gbuf, dst, partials, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_x, x_end]
+    args = [grad, feat, packed, gbuf, dst, partials, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_x, x_end]
     args += [c_out, tail, split_len, *slot, partials.stride(0), *grad.stride(), *feat.stride(), *dst.stride()]
-    args += [*weight.stride(), slope]
+    args += [*packed.stride(), slope]
     constexprs = {"ACCUMULATE": not last, "SLOPE_TAIL": tail_start is not None, "INPUT_GRAD": input_grad}
     constexprs |= {"PRECISION": _dot_precision(feat.dtype, tf32)}
     constexprs |= {"BLOCK_N": _tile(c_in, 16, 32), "BLOCK_K": _tile(c_out, 16, _k_tile(feat.dtype))}
@@ -576,7 +642,8 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
     x_end, _, _ = _buffer_layout(c_in, growth)
     slots, _ = _param_slots(weights)
     _, split_len = _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])
-    launches = []
+    pack, packed = _pack_launch(weights, features.dtype)
+    launches = [pack]
     for k in reversed(range(CONVS)):
         output_at = x_end + k * growth  # where conv k + 1's output sits in the buffer
         reads = output_at if k else c_in  # the buffer channels it read
@@ -586,8 +653,8 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
             step_grad, dst = gbuf[:, output_at : output_at + growth], gbuf if k else (dx if input_grad else None)
         tail_start = output_at - growth if k else None  # conv k's output, whose dZ this step completes
         launches.append(_backward_step_launch(step_grad, features[:, :reads], c_in, x_end if k else c_in,
-                                              tail_start, weights[k], gbuf, dst, partials, slots[k], split_len,
-                                              negative_slope, tf32))  # fmt: skip
+                                              tail_start, packed[:, :, k * growth :], weights[k].shape[0], gbuf,
+                                              dst, partials, slots[k], split_len, negative_slope, tf32))  # fmt: skip
     return launches
 
 
@@ -706,44 +773,51 @@ def dense_block(x, weights, biases, negative_slope=NEGATIVE_SLOPE):
 def _backward_launches_count(args):
     features, weights = args[1], args[2]
     splits, _ = _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])
-    return CONVS + (splits > 1) + (weights[0].dtype != torch.float32)  # + the partials' sum, + a cast
+    return 1 + CONVS + (splits > 1) + (weights[0].dtype != torch.float32)  # + the partials' sum, + a cast
 
 
-# Kernels per call, for a census of a step: one per conv forward; one per conv backward step, then the
-# sum of the weight gradients' pixel splits when there are several, and a cast to non-fp32 weights
-# (dense_block_backward's torch ops after its Triton launches: sum, copy_, or both).
-LAUNCHES = {"irn::dense_block": lambda args: CONVS, "irn::dense_block_backward": _backward_launches_count}
+# Kernels per call, for a census of a step: the weights' packing, then one per conv forward; the packing,
+# one per conv backward step, then the sum of the weight gradients' pixel splits when there are several,
+# and a cast to non-fp32 weights (dense_block_backward's torch ops after its Triton launches: sum, copy_).
+LAUNCHES = {"irn::dense_block": lambda args: 1 + CONVS, "irn::dense_block_backward": _backward_launches_count}
+
+
+def _packing_traffic(weights, dtype):
+    """Bytes the packing moves: every weight read, the packed weights (in `dtype`) written."""
+    growth, c_in, c_out = weights[0].shape[0], weights[0].shape[1], weights[-1].shape[0]
+    packed = math.prod(_packed_shape(c_in, growth, c_out, dtype))
+    return sum(w.numel() * w.element_size() for w in weights) + packed * dtype.itemsize
 
 
 def _forward_traffic(args):
-    """Bytes the forward's kernels read and write once each: x, then per conv its channel prefix of the
-    buffer and its weights, and its output slice (conv 5: the block output)."""
+    """Bytes the forward's kernels read and write once each: the packing, x, then per conv its channel
+    prefix of the buffer and its packed weights, and its output slice (conv 5: the block output)."""
     x, weights = args[0], args[1]
     pixels, size = x.shape[0] * x.shape[2] * x.shape[3], x.element_size()
     x_end, channels, _ = _buffer_layout(x.shape[1], weights[0].shape[0])
-    moved = pixels * x.shape[1] * size + pixels * x_end * size  # x read, copied into the buffer
+    moved = _packing_traffic(weights, x.dtype) + pixels * x.shape[1] * size + pixels * x_end * size  # x, its copy
     for k, w in enumerate(weights):
         prefix = x_end + k * weights[0].shape[0]
-        moved += pixels * (prefix + w.shape[0]) * size + w.numel() * w.element_size()
+        moved += pixels * (prefix + w.shape[0]) * size + w.numel() * size
     return moved
 
 
 def _backward_traffic(args):
     """Bytes the backward's kernels read and write once each. Step k (conv 5 down to conv 1) reads its
     output's gradient (the op's grad, or its fp32 slice of G), its feature prefix (for the weight
-    gradient) and its weights, writes the weight-gradient partials, and adds its input gradient to G's
-    prefix: conv 5 writes G without reading it, convs 4 to 2 read and write it, conv 1 reads G's x part
-    and writes dx (when x needs a gradient)."""
+    gradient) and its packed weights, writes the weight-gradient partials, and adds its input gradient to
+    G's prefix: conv 5 writes G without reading it, convs 4 to 2 read and write it, conv 1 reads G's x part
+    and writes dx (when x needs a gradient). The packing comes first."""
     grad, features, weights, input_grad = args[0], args[1], args[2], args[5]
     pixels, size = features.shape[0] * features.shape[2] * features.shape[3], features.element_size()
     growth = weights[0].shape[0]
     x_end, _, _ = _buffer_layout(weights[0].shape[1], growth)
     splits, _ = _pixel_splits(pixels)
-    moved = grad.numel() * grad.element_size()
+    moved = _packing_traffic(weights, features.dtype) + grad.numel() * grad.element_size()
     for k, w in enumerate(weights):
         prefix = x_end + k * growth
         g_passes = 1 if k == CONVS - 1 else 2 if k else int(input_grad)  # G's prefix: written, read+written, read
-        moved += pixels * prefix * (size + 4 * g_passes) + w.numel() * (w.element_size() + splits * 4)
+        moved += pixels * prefix * (size + 4 * g_passes) + w.numel() * (size + splits * 4)
         moved += pixels * w.shape[0] * 4 if k < CONVS - 1 else 0  # conv k+1's output gradient, from G
     return moved + (pixels * weights[0].shape[1] * size if input_grad else 0)
 
@@ -815,11 +889,17 @@ def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False, capability=None):
 
 
 def launch_configs(launch, capability=None):
-    """The autotune configs a launch may run with on a GPU of `capability` (None: on any GPU)."""
-    configs = launch.kernel.configs
+    """The autotune configs a launch may run with on a GPU of `capability` (None: on any GPU); one empty
+    config for a kernel that is not autotuned."""
+    configs = getattr(launch.kernel, "configs", [triton.Config({})])
     if launch.kernel is _conv3x3_backward and capability is not None:
         return _backward_configs(configs, launch.args[1].dtype, capability)
     return configs
+
+
+def launch_function(launch):
+    """The @triton.jit function a launch runs (under its autotuner, if any)."""
+    return launch.kernel.fn if isinstance(launch.kernel, triton.runtime.Autotuner) else launch.kernel
 
 
 def launch_variant(launch, config, aligned=True):
@@ -827,7 +907,7 @@ def launch_variant(launch, config, aligned=True):
     triton.compiler.ASTSource takes them, the name spelling out every specialisation. attrs: with `aligned`,
     the 16-divisibility the JIT finds in ints and pointers (base allocations assumed aligned), so that the
     compile is the one the GPU runs; without, none (a compile that assumes no alignment at all)."""
-    fn = launch.kernel.fn
+    fn = launch_function(launch)
     signature, constants, divisible = _signature(fn, launch.args, launch.constexprs | config.kwargs)
     divisible = divisible if aligned else []
     attrs = {(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in divisible}

@@ -190,8 +190,11 @@ def _under(launch, config_, variant, code, chip):
 
 
 def _shape(launch):
-    named = dict(zip(launch.kernel.fn.arg_names, launch.args, strict=False))
-    return {key: named[key] for key in ("n_pixels", "C_in", "C_out")}
+    """Pixels, input and output channels of a conv's launch (none for the packing)."""
+    from kernels import dense
+
+    named = dict(zip(dense.launch_function(launch).arg_names, launch.args, strict=False))
+    return {key: named[key] for key in ("n_pixels", "C_in", "C_out") if key in named}
 
 
 def _is_load(ins):
@@ -320,8 +323,8 @@ def _launch_note(row):
         for loop in row["loops"]
     )
     shape = row["shape"]
+    where = f" [{shape['n_pixels']} px, {shape['C_in']} -> {shape['C_out']}]" if shape else ""
     return (
-        f"{row['target']} {row['precision']} {row['kernel']} [{shape['n_pixels']} px, {shape['C_in']} -> "
-        f"{shape['C_out']}]: {row['calls']} x {row['issue_us']:.0f} us; {row['programs']} programs, "
-        f"{row['ctas_per_sm']} per SM, {row['waves']} waves; loops: {loops}"
+        f"{row['target']} {row['precision']} {row['kernel']}{where}: {row['calls']} x {row['issue_us']:.0f} us; "
+        f"{row['programs']} programs, {row['ctas_per_sm']} per SM, {row['waves']} waves; loops: {loops}"
     )

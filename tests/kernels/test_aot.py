@@ -4,12 +4,10 @@ compiles, and none spills registers to local memory on the P100 (sm_60), the A10
 The compiles run in a subprocess without TRITON_INTERPRET (this process has the interpreter's kernels),
 in parallel processes, one per CPU; `pytest -s tests/kernels/test_aot.py` prints how many ran and their
 CPU seconds (a cold Triton cache costs most of it; a warm one, seconds). What they cover:
-- sm_80 and sm_90: every variant of the Haar and coupling kernels, and every variant of the dense block
-  that the engine launches: fp32 features (TF32 on and off) and fp16/bf16 features with fp32 weights
-  (its --precision runs the dense blocks under autocast, which keeps the parameters fp32). Dense variants
-  with fp16/bf16 weights (a model cast to half precision as a whole, which only direct callers of
-  kernels.dense.dense_block launch) would add ~75 CPU seconds: `python -m profiling.bench registers`
-  compiles them, as every variant on every target.
+- sm_80 and sm_90: every variant of the Haar and coupling kernels, and every variant of the dense block:
+  fp32 features (TF32 on and off) and fp16/bf16 ones. The convs read weights packed into the features'
+  dtype, so fp32 weights (--precision runs the dense blocks under autocast, which keeps the parameters
+  fp32) and half-precision ones (a model cast as a whole) differ in the packing alone.
 - sm_60 (P100): the fp32 and fp16 Haar and coupling kernels (bf16 needs sm_80). The dense kernels start
   at compute capability 8.0 (kernels.dense.MIN_CAPABILITY): older GPUs keep cuDNN for the dense blocks.
 """
@@ -27,16 +25,15 @@ import triton
 
 ROOT = pathlib.Path(__file__).parents[2]
 TARGETS = (60, 80, 90)
-ENGINE_DENSE_DTYPES = {"fp32", "fp16/w32", "bf16/w32"}  # features / weights, as kernels.aot.dtype names them
+DENSE_DTYPES = ("fp32", "fp16", "bf16")
+PACKED_DTYPES = (*DENSE_DTYPES, "fp16/w32", "bf16/w32")  # packed / weights, as kernels.aot.dtype names them
 
 
 def compiled_here(variant, capability):
     """Whether the test compiles this variant (an aot.Variant) for this target (see the module docstring)."""
     from kernels import aot
 
-    if aot.family(variant) in ("haar", "coupling"):
-        return True
-    return capability >= 80 and aot.dtype(variant) in ENGINE_DENSE_DTYPES
+    return aot.family(variant) in ("haar", "coupling") or capability >= 80
 
 
 def _compile(targets=TARGETS):
@@ -85,7 +82,8 @@ def test_every_variant_compiles(rows):
     assert not failed, "\n".join(failed)
     kinds = {target: {(r["family"], r["dtype"]) for r in found} for target, found in _by_target(rows).items()}
     stream = {(family, dtype) for family in ("haar", "coupling") for dtype in ("fp32", "fp16", "bf16")}
-    dense = {(family, dtype) for family in ("dense_fwd", "dense_bwd") for dtype in ENGINE_DENSE_DTYPES}
+    dense = {(family, dtype) for family in ("dense_fwd", "dense_bwd") for dtype in DENSE_DTYPES}
+    dense |= {("dense_pack", dtype) for dtype in PACKED_DTYPES}
     assert kinds == {
         "sm_60": {(family, dtype) for family, dtype in stream if dtype != "bf16"},
         "sm_80": stream | dense,

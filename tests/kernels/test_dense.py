@@ -184,7 +184,7 @@ class CountLaunches:
 
     def __init__(self, monkeypatch):
         self.launches = []
-        for kernel in (dense._conv3x3, dense._conv3x3_backward):
+        for kernel in (dense._pack_kernel, dense._conv3x3, dense._conv3x3_backward):
             monkeypatch.setattr(kernel, "run", self.counting(kernel.run, kernel.fn.__name__))
 
     def counting(self, run, name):
@@ -220,7 +220,8 @@ def torch_ops(profile):
 # weights in fp32 (their gradient summed into place) or bf16 (cast into place)
 @pytest.mark.parametrize("splits, dtype", [(1, torch.float32), (4, torch.float32), (1, torch.bfloat16)])
 def test_launch_counts_per_block_and_gradients_over_pixel_splits(monkeypatch, splits, dtype):
-    """Forward: 5 launches (conv 1 copies x into the buffer). Backward: 5, plus one sum of the partials
+    """Forward: 6 launches (the weights' packing, then the convs; conv 1 copies x into the buffer). Backward:
+    6 (the packing, then the steps), plus one sum of the partials
     when the weight gradients are reduced in more than one pixel split (here 70 pixels in 1 or 4), and one
     cast when the weights are not fp32; no other torch op that would launch a kernel. LAUNCHES counts
     exactly these. The gradients are right either way."""
@@ -234,19 +235,19 @@ def test_launch_counts_per_block_and_gradients_over_pixel_splits(monkeypatch, sp
         x_fast = x.to(dtype).clone().requires_grad_()
         weights, biases = fast_params(block, dtype)
         out = dense_block(x_fast, weights, biases)
-    assert counter.launches == ["_conv3x3_kernel"] * 5
+    assert counter.launches == ["_pack_kernel"] + ["_conv3x3_kernel"] * 5
     grad = torch.randn_like(out).float()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as backward_ops:
         out.backward(grad.to(dtype))
-    assert counter.launches[5:] == ["_conv3x3_backward_kernel"] * 5
+    assert counter.launches[6:] == ["_pack_kernel"] + ["_conv3x3_backward_kernel"] * 5
     (forward_compute, forward_all), (backward_compute, backward_all) = torch_ops(forward_ops), torch_ops(backward_ops)
     assert "aten::empty_strided" in forward_all and "aten::empty_strided" in backward_all  # F and G: seen
     assert forward_compute == []
     assert backward_compute == ["aten::sum"] * (splits > 1) + ["aten::copy_"] * (dtype != torch.float32)
-    assert dense.LAUNCHES["irn::dense_block"]((x_fast, weights, biases, 0.2)) == 5
+    assert dense.LAUNCHES["irn::dense_block"]((x_fast, weights, biases, 0.2)) == 6
     features = torch.empty(2, 0, 5, 7, device="meta")  # all LAUNCHES reads of it: its shape
     backward_args = (grad, features, weights, 0.2, False, True)
-    assert dense.LAUNCHES["irn::dense_block_backward"](backward_args) == 5 + len(backward_compute)
+    assert dense.LAUNCHES["irn::dense_block_backward"](backward_args) == 6 + len(backward_compute)
     x_ref = x.clone().requires_grad_()
     block(x_ref).backward(grad)
     tol = TOLERANCE[dtype] if dtype != torch.float32 else 1e-5
@@ -356,19 +357,23 @@ def test_aot_variants_cover_every_kernel_dtype_and_flag():
         ASTSource(fn, signature, constexprs=constexprs)
         assert set(signature) == set(fn.arg_names)
         assert all(signature[k] == "constexpr" for k in constexprs)
+        if fn.__name__ == "_pack_kernel":
+            seen.add((fn.__name__, (), signature["packed"], signature["w1"]))
+            continue
         flags = tuple(sorted((k, v) for k, v in constexprs.items() if k.isupper() and not k.startswith("BLOCK")))
         features = signature["src" if "src" in signature else "feat"]
-        seen.add((fn.__name__, flags, features, signature["weight"]))
+        seen.add((fn.__name__, flags, features, signature["packed"]))
     forward_flags = [(True, True), (True, False), (False, False)]  # (ACTIVATION, COPY_INPUT): conv 1, 2-4, 5
     backward_flags = [(False, True, True), (True, True, True), (True, False, True), (True, False, False)]
     for features, weight in [(t, t) for t in ("*fp32", "*fp16", "*bf16")] + [("*fp16", "*fp32"), ("*bf16", "*fp32")]:
+        assert ("_pack_kernel", (), features, weight) in seen  # packed into the features' dtype
         for precision in ("ieee", "tf32") if features == "*fp32" else ("ieee",):
             for a, c in forward_flags:
                 flags = tuple(sorted([("ACTIVATION", a), ("COPY_INPUT", c), ("PRECISION", precision)]))
-                assert ("_conv3x3_kernel", flags, features, weight) in seen
+                assert ("_conv3x3_kernel", flags, features, features) in seen
             for acc, tail, dx in backward_flags:  # (ACCUMULATE, SLOPE_TAIL, INPUT_GRAD): conv 5, 2-4, 1, 1 no dx
                 flags = [("ACCUMULATE", acc), ("INPUT_GRAD", dx), ("PRECISION", precision), ("SLOPE_TAIL", tail)]
-                assert ("_conv3x3_backward_kernel", tuple(sorted(flags)), features, weight) in seen
+                assert ("_conv3x3_backward_kernel", tuple(sorted(flags)), features, features) in seen
 
 
 def test_each_launch_declares_the_work_its_programs_do(monkeypatch):
@@ -393,7 +398,7 @@ def test_each_launch_declares_the_work_its_programs_do(monkeypatch):
     for launch in launches:
         counted.clear()
         dense._run([launch])
-        (config,) = launch.kernel.configs
+        (config,) = dense.launch_configs(launch)
         meta = launch.constexprs | config.kwargs
         declared = launch.work(meta)
         assert sum(programs for programs, _ in declared) == math.prod(launch.grid(meta))
