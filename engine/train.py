@@ -42,6 +42,8 @@ def run(cfg, flags, ranks, time_limit):
     trainer = Trainer(cfg, device, ranks)
     if cfg.fast_kernels:
         log(f"--fast-kernels: {trainer.kernel_note or trainer.dense_note or 'dense blocks, Haar and coupling fused'}")
+    for choice in trainer.dense_choices:
+        log(f"--dense-kernels {cfg.dense_kernels}: {choice}")
     if cfg.init_from and not flags.resume:  # before the run folder exists: a mismatch leaves none behind
         start.initialise_from(trainer, cfg.init_from, log)
     folder, state = start.open_run(cfg, flags, ranks)

@@ -32,7 +32,18 @@ def header(run):
         f"commit: {env.get('git_commit')}   jobs: {run['jobs']}   step {p['last_step']} of {p['steps']}"
         + (" (finished)" if p["finished"] else ""),
     ]
+    if env.get("dense_kernels"):
+        lines.append(dense_kernels_line(env["dense_kernels"]))
     return Panel("\n".join(lines), title=f"run {run['run']}")
+
+
+def dense_kernels_line(found):
+    """How the dense blocks ran (--dense-kernels): per input shape, the choice and the times it was made on."""
+    shapes = []
+    for c in found["choices"]:
+        timed = f" (fused {c['fused_ms']:.2f} ms, cuDNN {c['cudnn_ms']:.2f} ms)" if c["fused_ms"] is not None else ""
+        shapes.append(f"{'x'.join(map(str, c['shape']))} {c['dtype']}: {c['chosen']}{timed}")
+    return f"dense blocks ({found['mode']}): " + "; ".join(shapes)
 
 
 def throughput_line(run):

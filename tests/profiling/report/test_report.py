@@ -317,3 +317,19 @@ def test_the_gpu_counters_are_those_of_the_steady_training_steps():
 def test_energy_per_step_counts_every_rank_s_gpu():
     sample = {"gpu": 0, "util": 90, "mem_used_mib": 1, "power_w": 300.0}
     assert gpu_stats([sample], 100.0, gpus=4)["energy_per_step_j"] == pytest.approx(4 * 300.0 * 0.1)
+
+
+def test_the_header_says_how_the_dense_blocks_ran(in_tmp):
+    """env.jsonl's dense-kernel choices (engine/model/dense_choice.py), per shape with their times."""
+    folder = recorded_gpu_run(Path("runs/chosen"))
+    (env,) = read_jsonl(folder / "env.jsonl")
+    choices = [
+        {"shape": [16, 3, 72, 72], "dtype": "bfloat16", "fused_ms": 1.5, "cudnn_ms": 2.25, "chosen": "fused"},
+        {"shape": [16, 45, 36, 36], "dtype": "bfloat16", "fused_ms": 3.0, "cudnn_ms": 2.0, "chosen": "cudnn"},
+    ]
+    (folder / "env.jsonl").write_text(json.dumps(env | {"dense_kernels": {"mode": "auto", "choices": choices}}) + "\n")
+    header = render.header(analyse(folder)).renderable
+    assert (
+        "dense blocks (auto): 16x3x72x72 bfloat16: fused (fused 1.50 ms, cuDNN 2.25 ms); "
+        "16x45x36x36 bfloat16: cudnn (fused 3.00 ms, cuDNN 2.00 ms)"
+    ) in header
