@@ -53,8 +53,9 @@ MAX_SPLITS = 32
 # Channel alignment of the feature buffer, in elements (see _buffer_layout).
 ALIGN = 16
 
-# Two interpreter quirks are worked around under it only: it keeps bf16 as raw uint16 bits, which its dot
-# multiplies as integers, and it truncates fp32 -> bf16 where GPUs round to nearest even.
+# Three interpreter quirks are worked around under it only: it keeps bf16 as raw uint16 bits, which its dot
+# multiplies as integers; it truncates fp32 -> bf16 where GPUs round to nearest even; its TF32 dots are
+# exact fp32 (emulated in _mma as tensor cores compute them).
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 _INTERPRETING = tl.constexpr(_INTERPRET)
 
@@ -68,6 +69,9 @@ def _mma(a, b, acc, PRECISION: tl.constexpr):
     if _INTERPRETING:  # fp32 operands hold fp16/bf16 values exactly
         a = a.to(tl.float32)
         b = b.to(tl.float32)
+        if PRECISION == "tf32":  # as tensor cores read TF32: the low 13 of fp32's 23 mantissa bits ignored
+            a = (a.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)  # -8192: 0xFFFFE000
+            b = (b.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
@@ -244,10 +248,10 @@ def _input_grad_tile(
 
 
 @triton.jit
-def _shifted_grad(grad, b, h, w, valid, dy, dx, n, n_ok, H, W, g_b, g_c, g_h, g_w):
+def _shifted_grad(grad, b, h, w, valid, dy, dx, n, C_out, H, W, g_b, g_c, g_h, g_w):
     """dZ at the pixels (h + dy, w + dx), in fp32, zero outside the image."""
     pix, inside = _neighbours(b, h, w, valid, dy, dx, H, W, g_b, g_h, g_w)
-    dz = tl.load(grad + pix[:, None] + n[None, :] * g_c, mask=inside[:, None] & n_ok[None, :], other=0.0)
+    dz = tl.load(grad + pix[:, None] + n[None, :] * g_c, mask=inside[:, None] & (n < C_out)[None, :], other=0.0)
     return dz.to(tl.float32)
 
 
@@ -279,7 +283,6 @@ def _weight_grad_tile(
     n = pid_n * BLOCK_WN + tl.arange(0, BLOCK_WN)
     c = pid_c * BLOCK_WC + tl.arange(0, BLOCK_WC)
     n_ok = n < C_out
-    c_ok, wc = _input_channels(c, C_in, C_x, X_END)
     start = split * split_len
     end = tl.minimum(start + split_len, n_pixels)
     left = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
@@ -291,15 +294,16 @@ def _weight_grad_tile(
         f_pix = _offsets(b, h, w, f_b, f_h, f_w)
         x = tl.load(feat + f_pix[:, None] + c[None, :] * f_c, mask=valid[:, None] & (c < C_in)[None, :], other=0.0)
         xt = tl.trans(x)
-        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 1, n, n_ok, H, W, g_b, g_c, g_h, g_w)
+        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 1, n, C_out, H, W, g_b, g_c, g_h, g_w)
         left = _mma(xt, _to(dz, x.dtype), left, PRECISION)
-        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 0, n, n_ok, H, W, g_b, g_c, g_h, g_w)
+        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 0, n, C_out, H, W, g_b, g_c, g_h, g_w)
         middle = _mma(xt, _to(dz, x.dtype), middle, PRECISION)
         bias_acc += dz  # from the fp32 dZ, before it is rounded for the dot
-        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, -1, n, n_ok, H, W, g_b, g_c, g_h, g_w)
+        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, -1, n, C_out, H, W, g_b, g_c, g_h, g_w)
         right = _mma(xt, _to(dz, x.dtype), right, PRECISION)
     row = partials + split.to(tl.int64) * partial_stride
     C_w = C_in - X_END + C_x
+    c_ok, wc = _input_channels(c, C_in, C_x, X_END)  # after the loop: fewer predicates live through it
     mask = c_ok[:, None] & n_ok[None, :]
     _store_tap(row + weight_slot, left, n, wc, mask, C_w, 3 * ky)
     _store_tap(row + weight_slot, middle, n, wc, mask, C_w, 3 * ky + 1)
@@ -378,8 +382,22 @@ def _prune_backward_configs(configs, named_args, **kwargs):
     return _backward_configs(configs, feat.dtype, 10 * major + minor)
 
 
+def _forward_configs(configs, dtype, precision):
+    """The forward configs the autotuner may launch: FMA dots take 64-pixel tiles only; with 128, conv 5's
+    store of the block output spills 32 bytes on sm_90 (ptxas 12.9)."""
+    if _fma_dots(dtype, precision):
+        return [config for config in configs if config.kwargs["BLOCK_M"] <= 64] or configs
+    return configs
+
+
+def _prune_forward_configs(configs, named_args, **kwargs):
+    return _forward_configs(configs, named_args["src"].dtype, kwargs["PRECISION"])
+
+
 _TUNING_KEY = ["C_in", "C_out", "pixel_bucket"]  # the autotuner adds the tensors' dtypes to the key
-_conv3x3 = triton.autotune(_FORWARD_CONFIGS, key=_TUNING_KEY)(_conv3x3_kernel)
+_conv3x3 = triton.autotune(
+    _FORWARD_CONFIGS, key=_TUNING_KEY, prune_configs_by={"early_config_prune": _prune_forward_configs}
+)(_conv3x3_kernel)
 # benchmarking runs a step many times, and the steps that add into G must find the same G each time
 _conv3x3_backward = triton.autotune(
     _BACKWARD_CONFIGS,
@@ -401,9 +419,19 @@ def _k_tile(dtype):
     return 16 if dtype == torch.float32 and not _INTERPRETER_TILES else 32
 
 
-def _pixel_step(dtype):
-    """Pixels per step of the weight-gradient reduction (its GEMM's K); the interpreter pays per step."""
-    return 128 if _INTERPRETER_TILES else 2 * _k_tile(dtype)
+def _fma_dots(dtype, precision):
+    """Whether the dots are FMA loops (fp32 without TF32), whose operands live in registers, not tensor cores':
+    their tiles are smaller, or ptxas 12.9 spills."""
+    return dtype == torch.float32 and precision == "ieee"
+
+
+def _pixel_step(dtype, grad, precision):
+    """Pixels per step of the weight-gradient reduction (its GEMM's K); the interpreter pays per step. Half
+    as many for a gradient whose channels are not contiguous (conv 5's, the op's own in NCHW: each of its
+    elements takes its own address, and those of the three shifted tiles of a step must fit in registers)
+    and for FMA dots: otherwise ptxas 12.9 spills 8 to 24 bytes in some of them."""
+    narrow = grad.stride(1) != 1 or _fma_dots(dtype, precision)
+    return 128 if _INTERPRETER_TILES else _k_tile(dtype) * (1 if narrow else 2)
 
 
 def _pixel_bucket(n_pixels):
@@ -549,7 +577,8 @@ def _pack_launch(weights, dtype):
     def work(meta):
         return [(math.prod(grid(meta)), {})]
 
-    return Launch(_pack_kernel, grid, args, {"BLOCK_C": 32, "BLOCK_COLS": columns}, work), packed
+    rows = max(1, 4096 // columns)  # a tile of 4,096 elements: 32 a thread, clear of spills
+    return Launch(_pack_kernel, grid, args, {"BLOCK_C": rows, "BLOCK_COLS": columns}, work), packed
 
 
 def _conv_launch(src, packed, c_out, bias, out, copy_dst, copy_channels, negative_slope, activation, tf32):
@@ -577,7 +606,23 @@ def _conv_launch(src, packed, c_out, bias, out, copy_dst, copy_channels, negativ
     return Launch(_conv3x3, grid, args, constexprs, work)
 
 
+def _sample_span(t):
+    """One past the largest offset, in elements, of one sample of t from its first element."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:], strict=True))
+
+
+def _check_indexing(*tensors):
+    """The kernels index flat pixels, and elements within a sample, in int32 (a sample's offset is int64)."""
+    b, _, h, w = tensors[0].shape
+    if b * h * w >= 2**31:
+        raise ValueError(f"the dense-block kernels index pixels in int32: {b} x {h} x {w} = {b * h * w:,} pixels")
+    for t in tensors:
+        if _sample_span(t) >= 2**31:
+            raise ValueError(f"the dense-block kernels index a sample in int32: {tuple(t.shape)} spans 2**31 elements")
+
+
 def _forward_launches(x, weights, biases, negative_slope, out, features, tf32):
+    _check_indexing(x, out, features)
     c_in, growth = x.shape[1], weights[0].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
     pack, packed = _pack_launch(weights, x.dtype)
@@ -612,9 +657,9 @@ def _backward_step_launch(
     constexprs |= {"PRECISION": _dot_precision(feat.dtype, tf32)}
     constexprs |= {"BLOCK_N": _tile(c_in, 16, 32), "BLOCK_K": _tile(c_out, 16, _k_tile(feat.dtype))}
     constexprs |= {
-        "BLOCK_P": _pixel_step(feat.dtype),
+        "BLOCK_P": _pixel_step(feat.dtype, grad, constexprs["PRECISION"]),
         "BLOCK_WN": _tile(c_out, 16, 32),
-        "BLOCK_WC": _tile(c_in, 16, 32),
+        "BLOCK_WC": _tile(c_in, 16, 16 if _fma_dots(feat.dtype, constexprs["PRECISION"]) else 32),
     }
     weight_programs = partials.shape[0] * 3 * triton.cdiv(c_out, constexprs["BLOCK_WN"])
     weight_programs *= triton.cdiv(c_in, constexprs["BLOCK_WC"])
@@ -638,6 +683,7 @@ def _backward_step_launch(
 
 
 def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32):
+    _check_indexing(features, grad, gbuf, *([dx] if input_grad else []))
     c_in, growth = weights[0].shape[1], weights[0].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
     slots, _ = _param_slots(weights)
@@ -892,6 +938,8 @@ def launch_configs(launch, capability=None):
     """The autotune configs a launch may run with on a GPU of `capability` (None: on any GPU); one empty
     config for a kernel that is not autotuned."""
     configs = getattr(launch.kernel, "configs", [triton.Config({})])
+    if launch.kernel is _conv3x3:
+        return _forward_configs(configs, launch.args[0].dtype, launch.constexprs["PRECISION"])
     if launch.kernel is _conv3x3_backward and capability is not None:
         return _backward_configs(configs, launch.args[1].dtype, capability)
     return configs

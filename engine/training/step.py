@@ -8,6 +8,7 @@ import torch
 
 import engine
 from engine.data import tensors
+from engine.errors import UserError
 from engine.model import dense_choice, execution
 from engine.model.losses import irn_losses, network_passes
 from engine.training import checkpoints, distributed
@@ -107,8 +108,12 @@ class Trainer:
         on this rank's share of a batch without moving the run's random streams."""
         cfg = self.cfg
         hr = torch.zeros(cfg.batch_size // self.ranks.world, 3, cfg.crop, cfg.crop, device=self.device)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            return dense_choice.choose(self.model, hr, cfg.dense_kernels, dense_choice.time_block)
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                return dense_choice.choose(self.model, hr, cfg.dense_kernels, dense_choice.time_block)
+        except ValueError as err:  # a fused kernel's own limit (int32 indexing, a grid axis) at this shape
+            hint = "use a smaller --batch-size or --crop, or no --fast-kernels"
+            raise UserError(f"--fast-kernels: {err}; {hint}") from None
 
     def state(self, step):
         return {

@@ -90,7 +90,8 @@ def test_every_variant_compiles(rows):
         "sm_90": stream | dense,
     }
     for target in ("sm_80", "sm_90"):  # both TF32 settings of the fp32 dense kernels
-        fp32 = [r for r in rows if r["target"] == target and r["family"].startswith("dense") and r["dtype"] == "fp32"]
+        convs = ("dense_fwd", "dense_bwd")
+        fp32 = [r for r in rows if r["target"] == target and r["family"] in convs and r["dtype"] == "fp32"]
         precisions = {r["short"].split()[3] for r in fp32}
         assert {"tf32", "ieee"} <= precisions, (target, precisions)
     assert len({(r["target"], r["short"]) for r in rows}) == len(rows)  # short names tell variants apart

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import kernels.dense as dense
 from engine.model.irn import DenseBlock
 from kernels.dense import dense_block, dense_block_backward, dense_block_forward
+from profiling.runtime.probe import set_fp32_precision
 from tests.kernels.conftest import DEVICE, TOLERANCE
 
 # (c_in, c_out, growth, batch, (H, W), input layout): IRN's F maps C - 3 -> 3 and G, H map 3 -> C - 3
@@ -24,6 +25,10 @@ CASES = [
     (3, 189, 4, 1, (3, 5), "contiguous"),
     (189, 3, 4, 2, (3, 5), "slice"),
 ]
+
+
+# TF32 keeps 10 of fp32's 23 mantissa bits: each product off by up to 2**-9 of itself, sums of them by less
+TF32_TOLERANCE = 2**-9
 
 
 def reference_block(c_in, c_out, growth, dtype=torch.float32, seed=0):
@@ -157,15 +162,19 @@ def test_autocast_runs_the_block_in_the_autocast_dtype_with_fp32_weights():
         assert_close_to_max(p.grad, same.grad, 2**-8)  # the same sums; bf16 weights get bf16 gradients
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_gpus_tiles_give_the_same_results(monkeypatch, dtype):
-    """The interpreter normally runs larger tiles than a GPU does. With a GPU's (64-pixel forward and
-    32-pixel backward tiles, 16-channel K steps in fp32, 32 in bf16, a pixel step of twice that) the
-    channel loops of a 45-channel input and the pixel loops of 70 pixels take several steps with ragged
-    ends; the results are the reference's all the same."""
+@pytest.mark.parametrize("config", [0, 1])
+@pytest.mark.parametrize("dtype, tf32", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)])
+def test_every_gpu_tile_config_gives_the_same_results(monkeypatch, fp32_precision_restored, config, dtype, tf32):
+    """The interpreter normally runs larger tiles than a GPU does. With each of a GPU's configs (64 or 128
+    pixels a forward tile, 32 or 64 a backward one) and its channel tiles (16-channel K steps in fp32, 32 in
+    bf16; a pixel step of twice that, or as much where the gradient's channels are strided or the dots are
+    FMA loops), the channel loops of a 45-channel input and the pixel loops of 70 pixels take several steps
+    with ragged ends; the results are the reference's all the same: to fp32's rounding, to bf16's, and in
+    TF32 (emulated in the interpreter's dots) to TF32's, about 2**-10 of the largest value."""
     monkeypatch.setattr(dense, "_INTERPRETER_TILES", False)
-    monkeypatch.setattr(dense._conv3x3, "configs", dense._GPU_FORWARD_CONFIGS[:1])
-    monkeypatch.setattr(dense._conv3x3_backward, "configs", dense._GPU_BACKWARD_CONFIGS[:1])
+    monkeypatch.setattr(dense._conv3x3, "configs", dense._GPU_FORWARD_CONFIGS[config : config + 1])
+    monkeypatch.setattr(dense._conv3x3_backward, "configs", dense._GPU_BACKWARD_CONFIGS[config : config + 1])
+    set_fp32_precision(torch.backends.cudnn.conv, "tf32" if tf32 else "ieee")
     assert dense._k_tile(dtype) == (16 if dtype == torch.float32 else 32)
     torch.manual_seed(5)
     block = reference_block(45, 3, 8, dtype)
@@ -173,7 +182,7 @@ def test_a_gpus_tiles_give_the_same_results(monkeypatch, dtype):
     x = torch.randn(2, 45, 5, 7, device=DEVICE).to(dtype)
     grad = torch.randn(2, 3, 5, 7, device=DEVICE).to(dtype).float()
     (out, grads), (expected, grads_ref) = run_both(block, x, dtype, "channels_last", grad)
-    tol = 1e-5 if dtype == torch.float32 else TOLERANCE[dtype]
+    tol = TF32_TOLERANCE if tf32 else TOLERANCE[dtype]
     assert_close_to_max(out, expected, tol)
     for actual, reference in zip(grads, grads_ref, strict=True):
         assert_close_to_max(actual, reference, tol)
@@ -404,3 +413,28 @@ def test_each_launch_declares_the_work_its_programs_do(monkeypatch):
         assert sum(programs for programs, _ in declared) == math.prod(launch.grid(meta))
         macs = [programs * trips * per_trip for programs, loops in declared for trips, per_trip in loops.values()]
         assert sum(macs) == sum(counted)
+
+
+def meta_block(shape, growth=4, c_out=3):
+    c_in = shape[1]
+    weights = [torch.empty(growth if k < 4 else c_out, c_in + k * growth, 3, 3, device="meta") for k in range(5)]
+    return torch.empty(shape, device="meta"), weights, [torch.empty(w.shape[0], device="meta") for w in weights]
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((2**16, 3, 2**8, 2**8), "index pixels in int32: 65536 x 256 x 256 = 4,294,967,296 pixels"),
+        ((1, 3, 2**14, 2**13), r"index a sample in int32: \(1, 32, 16384, 8192\) spans 2\*\*31"),  # the buffer
+    ],
+)
+def test_what_int32_indexing_cannot_reach_is_refused_before_any_launch(shape, message):
+    """On meta tensors (nothing allocated): 2**32 pixels; a feature buffer of 32 channels x 2**27 pixels."""
+    x, weights, biases = meta_block(shape)
+    with pytest.raises(ValueError, match=message):
+        dense.call_launches("irn::dense_block", (x, weights, biases, 0.2), False)
+    out, features = dense._forward_outputs(x, weights, biases)
+    with pytest.raises(ValueError, match=message):
+        dense.call_launches("irn::dense_block_backward", (out, features, weights, 0.2, False, True), False)
+    x, weights, biases = meta_block((shape[0], 3, shape[2] // 2, shape[3] // 2))  # a quarter: within reach
+    assert len(dense.call_launches("irn::dense_block", (x, weights, biases, 0.2), False)) == 6
