@@ -185,9 +185,10 @@ def _usage(kernel):
     return {"registers": usage.get("REG"), "spill_bytes": spilled, "shared_bytes": kernel.metadata.shared}
 
 
-def compile_one(variant, capability):
+def compile_one(variant, capability, loops=False):
     """One variant for one target: a row with its registers, spilled bytes and compile CPU time, or the
-    compiler's error."""
+    compiler's error; with `loops`, the dense kernels' rows hold their SASS's main loops too
+    (kernels.sass.main_loops; nvdisasm reads sm_75 and later)."""
     row = {"kernel": variant.name, "short": variant.short, "family": family(variant), "dtype": dtype(variant)}
     row |= {"target": f"sm_{capability}", "gpu": TARGETS.get(capability, "")}
     start = _cpu_seconds()
@@ -195,6 +196,13 @@ def compile_one(variant, capability):
         kernel = compile_variant(variant, capability)
     except Exception as err:  # any compiler failure is the finding itself
         return row | {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+    if loops and row["family"].startswith("dense"):
+        from kernels import sass
+
+        row["main_loops"] = sass.main_loops(sass.read(sass.disassemble(kernel.asm["cubin"])))
+        row["constexprs"] = {k: v for k, v in variant.constexprs.items() if isinstance(v, int | str)}
+        row["divisible"] = sorted(variant.fn.arg_names[i] for (i,) in variant.attrs)
+        row["pointers"] = {k: v for k, v in variant.signature.items() if v.startswith("*")}
     return row | _usage(kernel) | {"cpu_s": round(_cpu_seconds() - start, 3)}
 
 
@@ -222,19 +230,20 @@ def compile_code(variants, capability, workers=None):
 
 
 def _compile_job(job):
-    capability, index = job
-    return compile_one(variants(capability)[index], capability)
+    capability, index, loops = job
+    return compile_one(variants(capability)[index], capability, loops)
 
 
 def _cpus():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def compile_all(capabilities=tuple(TARGETS), workers=None, select=None):
+def compile_all(capabilities=tuple(TARGETS), workers=None, select=None, loops=False):
     """compile_one's rows for every variant that each target launches and supports, target by target in
     variants() order, compiled in parallel processes (one per CPU by default). select(variant,
-    capability) -> bool narrows the compiles."""
-    jobs = [(cap, i) for cap in capabilities for i, v in enumerate(variants(cap)) if select is None or select(v, cap)]
+    capability) -> bool narrows the compiles; `loops` adds each one's main loops."""
+    chosen = [(cap, i) for cap in capabilities for i, v in enumerate(variants(cap)) if not select or select(v, cap)]
+    jobs = [(cap, i, loops) for cap, i in chosen]
     # the dense kernels take longest: first, so that the workers finish together
     ordered = sorted(jobs, key=lambda job: not family(variants(job[0])[job[1]]).startswith("dense"))
     with ProcessPoolExecutor(max_workers=workers or _cpus()) as pool:

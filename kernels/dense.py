@@ -292,15 +292,16 @@ def _weight_grad_tile(
     for p0 in range(start, end, BLOCK_P):
         b, h, w, valid = _pixels(p0, end, H, W, BLOCK_P)
         f_pix = _offsets(b, h, w, f_b, f_h, f_w)
-        x = tl.load(feat + f_pix[:, None] + c[None, :] * f_c, mask=valid[:, None] & (c < C_in)[None, :], other=0.0)
-        xt = tl.trans(x)
+        # loaded as F^T, channels first, for the dot: a transposed tile is read along the pixels, 4 bytes
+        # at a time in fp32, where this one is read along its contiguous channels, 16 bytes at a time
+        xt = tl.load(feat + c[:, None] * f_c + f_pix[None, :], mask=(c < C_in)[:, None] & valid[None, :], other=0.0)
         dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 1, n, C_out, H, W, g_b, g_c, g_h, g_w)
-        left = _mma(xt, _to(dz, x.dtype), left, PRECISION)
+        left = _mma(xt, _to(dz, xt.dtype), left, PRECISION)
         dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 0, n, C_out, H, W, g_b, g_c, g_h, g_w)
-        middle = _mma(xt, _to(dz, x.dtype), middle, PRECISION)
+        middle = _mma(xt, _to(dz, xt.dtype), middle, PRECISION)
         bias_acc += dz  # from the fp32 dZ, before it is rounded for the dot
         dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, -1, n, C_out, H, W, g_b, g_c, g_h, g_w)
-        right = _mma(xt, _to(dz, x.dtype), right, PRECISION)
+        right = _mma(xt, _to(dz, xt.dtype), right, PRECISION)
     row = partials + split.to(tl.int64) * partial_stride
     C_w = C_in - X_END + C_x
     c_ok, wc = _input_channels(c, C_in, C_x, X_END)  # after the loop: fewer predicates live through it
@@ -382,16 +383,17 @@ def _prune_backward_configs(configs, named_args, **kwargs):
     return _backward_configs(configs, feat.dtype, 10 * major + minor)
 
 
-def _forward_configs(configs, dtype, precision):
-    """The forward configs the autotuner may launch: FMA dots take 64-pixel tiles only; with 128, conv 5's
-    store of the block output spills 32 bytes on sm_90 (ptxas 12.9)."""
-    if _fma_dots(dtype, precision):
+def _forward_configs(configs, dtype, precision, copy_input):
+    """The forward configs the autotuner may launch: 64-pixel tiles only for FMA dots (with 128, conv 5's
+    store of the block output spills 32 bytes on sm_90, ptxas 12.9) and for conv 1 in fp32 (which copies
+    x as well: 8 bytes on sm_80)."""
+    if _fma_dots(dtype, precision) or (dtype == torch.float32 and copy_input):
         return [config for config in configs if config.kwargs["BLOCK_M"] <= 64] or configs
     return configs
 
 
 def _prune_forward_configs(configs, named_args, **kwargs):
-    return _forward_configs(configs, named_args["src"].dtype, kwargs["PRECISION"])
+    return _forward_configs(configs, named_args["src"].dtype, kwargs["PRECISION"], kwargs["COPY_INPUT"])
 
 
 _TUNING_KEY = ["C_in", "C_out", "pixel_bucket"]  # the autotuner adds the tensors' dtypes to the key
@@ -425,12 +427,13 @@ def _fma_dots(dtype, precision):
     return dtype == torch.float32 and precision == "ieee"
 
 
-def _pixel_step(dtype, grad, precision):
+def _pixel_step(dtype, grad, channels, precision):
     """Pixels per step of the weight-gradient reduction (its GEMM's K); the interpreter pays per step. Half
     as many for a gradient whose channels are not contiguous (conv 5's, the op's own in NCHW: each of its
-    elements takes its own address, and those of the three shifted tiles of a step must fit in registers)
-    and for FMA dots: otherwise ptxas 12.9 spills 8 to 24 bytes in some of them."""
-    narrow = grad.stride(1) != 1 or _fma_dots(dtype, precision)
+    elements takes its own address, and those of the three shifted tiles of a step must fit in registers),
+    for features masked channel by channel (conv 1's x, whose channels are not a multiple of 16: a
+    predicate an element) and for FMA dots: otherwise ptxas 12.9 spills 8 to 24 bytes in some of them."""
+    narrow = grad.stride(1) != 1 or channels % ALIGN or _fma_dots(dtype, precision)
     return 128 if _INTERPRETER_TILES else _k_tile(dtype) * (1 if narrow else 2)
 
 
@@ -561,13 +564,18 @@ def _packed_shape(c_in, growth, c_out, dtype):
     return 9, rows, columns
 
 
-def _pack_launch(weights, dtype):
+def _pack_launch(weights, dtype, channels_inner):
     """(the launch that packs the five convs' weights, the packed tensor it fills): [tap, buffer channel,
-    output of any conv] in `dtype`, the dot's (_packed_shape)."""
+    output of any conv] in `dtype`, the dot's (_packed_shape), with the channels or the outputs innermost in
+    memory. Each dot takes it as its B operand with its K (the forward's channels, the backward's outputs)
+    innermost: the layout TF32 wgmma reads (half-precision ones read either), 16 bytes at a time."""
     growth, c_in, c_out = weights[0].shape[0], weights[0].shape[1], weights[-1].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
     shape = _packed_shape(c_in, growth, c_out, dtype)
-    packed = torch.empty(shape, dtype=dtype, device=weights[0].device)
+    if channels_inner:
+        packed = torch.empty(shape[0], shape[2], shape[1], dtype=dtype, device=weights[0].device).transpose(1, 2)
+    else:
+        packed = torch.empty(shape, dtype=dtype, device=weights[0].device)
     columns = triton.next_power_of_2(max(growth, shape[2] - 4 * growth))
     args = [*(w.contiguous() for w in weights), packed, c_in, x_end, growth, c_out, *shape[1:], *packed.stride()]
 
@@ -625,7 +633,7 @@ def _forward_launches(x, weights, biases, negative_slope, out, features, tf32):
     _check_indexing(x, out, features)
     c_in, growth = x.shape[1], weights[0].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
-    pack, packed = _pack_launch(weights, x.dtype)
+    pack, packed = _pack_launch(weights, x.dtype, channels_inner=True)
     launches = [pack]
     for k in range(CONVS):
         reads = x_end + k * growth  # conv k + 1 reads the buffer's channels up to here, and writes after
@@ -657,7 +665,7 @@ def _backward_step_launch(
     constexprs |= {"PRECISION": _dot_precision(feat.dtype, tf32)}
     constexprs |= {"BLOCK_N": _tile(c_in, 16, 32), "BLOCK_K": _tile(c_out, 16, _k_tile(feat.dtype))}
     constexprs |= {
-        "BLOCK_P": _pixel_step(feat.dtype, grad, constexprs["PRECISION"]),
+        "BLOCK_P": _pixel_step(feat.dtype, grad, c_in, constexprs["PRECISION"]),
         "BLOCK_WN": _tile(c_out, 16, 32),
         "BLOCK_WC": _tile(c_in, 16, 16 if _fma_dots(feat.dtype, constexprs["PRECISION"]) else 32),
     }
@@ -688,7 +696,7 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
     x_end, _, _ = _buffer_layout(c_in, growth)
     slots, _ = _param_slots(weights)
     _, split_len = _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])
-    pack, packed = _pack_launch(weights, features.dtype)
+    pack, packed = _pack_launch(weights, features.dtype, channels_inner=False)
     launches = [pack]
     for k in reversed(range(CONVS)):
         output_at = x_end + k * growth  # where conv k + 1's output sits in the buffer
@@ -939,7 +947,8 @@ def launch_configs(launch, capability=None):
     config for a kernel that is not autotuned."""
     configs = getattr(launch.kernel, "configs", [triton.Config({})])
     if launch.kernel is _conv3x3:
-        return _forward_configs(configs, launch.args[0].dtype, launch.constexprs["PRECISION"])
+        c = launch.constexprs
+        return _forward_configs(configs, launch.args[0].dtype, c["PRECISION"], c["COPY_INPUT"])
     if launch.kernel is _conv3x3_backward and capability is not None:
         return _backward_configs(configs, launch.args[1].dtype, capability)
     return configs

@@ -10,6 +10,7 @@ function that holds that `for` (a kernel's loops each live in their own @triton.
 
 import ast
 import functools
+import linecache
 import os
 import re
 import subprocess
@@ -163,6 +164,32 @@ def load_bytes(instruction):
         return 16  # a bulk tensor copy moves whole lines
     modifiers = instruction.opcode.split(".")[1:]
     return next((_WIDTHS[m] for m in modifiers if m in _WIDTHS), 4)
+
+
+_LOAD_CALL = re.compile(r"tl\.load\(\s*(\w+)")
+
+
+def loaded_pointer(instruction):
+    """The pointer argument's name in the source `tl.load(NAME + ...)` a global load comes from (None if its
+    lines hold no such call)."""
+    for file, line in instruction.lines:
+        if found := _LOAD_CALL.search(linecache.getline(file, line)):
+            return found.group(1)
+    return None
+
+
+def main_loops(listing):
+    """[{"function", "mma", "loads": {pointer: [bytes of each of its global loads]}}] of the loops that
+    multiply (wgmma, mma.sync or FMA)."""
+    found = []
+    for loop in listing.loops:
+        if kind := mma_kind(loop.own):
+            loads = {}
+            for ins in loop.own:
+                if (width := load_bytes(ins)) is not None:
+                    loads.setdefault(loaded_pointer(ins), []).append(width)
+            found.append({"function": loop.function, "mma": kind, "loads": loads})
+    return found
 
 
 def mma_kind(instructions):

@@ -8,6 +8,7 @@
         gpu.jsonl            NVML (or process) samples                    (rank N > 0: gpu.rankN.jsonl)
         explosions.jsonl     recorded gradient explosions, batches in explosions/
         census.json          one training step counted: FLOPs, kernels, bytes (profiling/runtime/counting.py)
+        forecast.json        the fused dense kernels' issue-bound step, from their SASS (profiling.bench forecast --run)
         torch_profile.json   top ops of a torch.profiler capture, torch_trace.json its Chrome trace
         pyspy.*              py-spy captures
         checkpoints/
@@ -31,6 +32,7 @@ PHASES_STEM = "phases"
 SAMPLES_STEM = "gpu"
 EXPLOSIONS = "explosions.jsonl"
 CENSUS = "census.json"
+FORECAST = "forecast.json"
 TORCH_PROFILE = "torch_profile.json"
 TORCH_TRACE = "torch_trace.json"
 PYSPY_PREFIX = "pyspy"

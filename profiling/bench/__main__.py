@@ -53,6 +53,7 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="`registers`, `forecast`: print the figures as JSON")
     p.add_argument("--config", default="irn_x4", help="`forecast`: the config whose training step it forecasts")
     p.add_argument("--dump", default=None, metavar="DIR", help="`forecast`: write every variant's TTGIR, PTX, SASS")
+    p.add_argument("--run", default=None, help="`forecast`: of this run's config, into its folder (the report's)")
     p.add_argument("--out", default=str(REPO / "docs" / "PERFORMANCE.md"), help="`gpu`: the page to write")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     step_config(args, {})  # one line for a bad --scale/--batch/--crop before any work

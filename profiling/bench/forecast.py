@@ -1,7 +1,7 @@
 """How fast the fused dense blocks can run on an A100 and an H100 at a config's training shapes, read from their
 compiled code: no GPU needed.
 
-    python -m profiling.bench forecast [--config irn_x4] [--json] [--dump DIR]
+    python -m profiling.bench forecast [--config irn_x4 | --run RUN] [--json] [--dump DIR]
 
 Every launch the dense-block ops make in one training step of the config (the op calls of the step's census
 on fake tensors, engine/training/step_census.py), in TF32 and in bf16, is compiled ahead of time for sm_80
@@ -38,6 +38,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.training import config
 from engine.training.step_census import census_json, dense_block_calls
+from profiling import records
 from profiling.bench.figures import Figures
 from profiling.report import roofline
 
@@ -289,11 +290,21 @@ def forecast(cfg, workers=None, dump_to=None):
 
 def bench_forecast(args, device):
     """The forecast of the config's step (args.config), printed as a table or as JSON (args.json); with
-    args.dump, every compiled variant's TTGIR, PTX and SASS written there."""
+    args.dump, every compiled variant's TTGIR, PTX and SASS written there; with args.run, of that run's
+    config (one rank's share of its batch), written into its folder as forecast.json, whose issue floors
+    the report then takes."""
     if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes"):
         raise UserError("the forecast compiles with the real Triton compiler: unset TRITON_INTERPRET")
-    cfg, _ = config.resolve(["--config", args.config], prog="python -m profiling.bench forecast")
+    if args.run:
+        folder = records.find(args.run)
+        envs = records.read_envs(folder)
+        cfg = config.from_record(records.read_config(folder))
+        cfg = replace(cfg, batch_size=cfg.batch_size // (envs[-1].get("world_size", 1) if envs else 1))
+    else:
+        cfg, _ = config.resolve(["--config", args.config], prog="python -m profiling.bench forecast")
     found = forecast(cfg, dump_to=args.dump)
+    if args.run:
+        records.write_json(folder / records.FORECAST, found)
     if args.json:
         print(json.dumps(found))
         return None

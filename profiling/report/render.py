@@ -136,10 +136,13 @@ def forecast_table(forecasts, precision, batch, launch_us):
     """Floors of one step on each named GPU, its bound, and the images/s a step at the floor would give."""
     launches = f"launches at {launch_us:g} us" if launch_us else "no launch floor: CUDA graphs"
     table = Table(title=f"this step on other GPUs ({precision}; floors, {launches})")
-    for col in ("GPU", "math", "compute ms", "memory ms", "launch ms", "bound", "images/s at the floor"):
+    issue = any("issue_ms" in f for f in forecasts.values())  # a forecast.json covers some of the GPUs
+    floors = ["compute_ms", "memory_ms", "launch_ms"] + (["issue_ms"] if issue else [])
+    columns = ["GPU", "math", *(k.replace("_ms", " ms") for k in floors), "bound", "images/s at the floor"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("GPU", "bound") else "right")
     for key, f in forecasts.items():
-        cells = [f"{f[k]:.2f}" for k in ("compute_ms", "memory_ms", "launch_ms")]
+        cells = [f"{f[k]:.2f}" if k in f else "-" for k in floors]
         table.add_row(roofline.GPUS[key].name, f["math"], *cells, f["bound"], f"{batch / f['floor_ms'] * 1e3:,.0f}")
     return table
 

@@ -40,7 +40,7 @@ def _compile(targets=TARGETS):
     """In the subprocess: compile the test's variants, one JSON row per compile on stdout."""
     from kernels import aot
 
-    for row in aot.compile_all(targets, select=compiled_here):
+    for row in aot.compile_all(targets, select=compiled_here, loops=True):
         print(json.dumps(row))
 
 
@@ -127,3 +127,64 @@ def test_fp32_backward_steps_take_32_pixel_tiles_before_hopper(monkeypatch, capa
     assert [config.kwargs["BLOCK_M"] for config in pruned] == tiles
     cpu = SimpleNamespace(device=torch.device("cpu"), dtype=dtype)  # the interpreter: no pruning
     assert dense._prune_backward_configs(configs, {"feat": cpu}) == configs
+
+
+# The global loads of the dense kernels' main loops, by jit function and pointer: the channel stride that
+# makes them contiguous when it is 1, the channel count that masks them (16-divisible: a mask constant
+# over 16 channels), and the tile's two dimensions.
+MAIN_LOOP_LOADS = {
+    ("_conv3x3_kernel", "src"): ("s_c", "C_in", ("BLOCK_M", "BLOCK_K")),  # features (conv 1: x)
+    ("_conv3x3_kernel", "packed"): ("p_n", None, ("BLOCK_K", "BLOCK_N")),
+    ("_input_grad_tile", "grad"): ("g_c", "C_out", ("BLOCK_M", "BLOCK_K")),  # dZ (conv 5: the op's grad)
+    ("_input_grad_tile", "packed"): ("p_n", None, ("BLOCK_K", "BLOCK_N")),
+    ("_weight_grad_tile", "feat"): ("f_c", "C_in", ("BLOCK_P", "BLOCK_WC")),
+    ("_weight_grad_tile", "grad"): ("g_c", "C_out", ("BLOCK_P", "BLOCK_WN")),
+}
+BYTES = {"*fp32": 4, "*fp16": 2, "*bf16": 2}
+VECTOR_TILE = 128 * 16  # bytes: 4 warps' threads each loading 16
+
+
+def _dense_convs(rows):
+    return [r for r in rows if r["family"] in ("dense_fwd", "dense_bwd") and "error" not in r]
+
+
+def expected_width(row, function, pointer):
+    """16 where the JIT can prove a load contiguous, aligned and evenly masked over 16 bytes a thread and the
+    tile gives every thread that much; None (any width) elsewhere: x and the op's grad as the caller lays
+    them out (NCHW), or a tile too small (conv 5's 3 outputs padded to 16 in fp32)."""
+    stride, count, dims = MAIN_LOOP_LOADS[(function, pointer)]
+    c = row["constexprs"]
+    unit = c.get(stride) == 1 and (count is None or count in row["divisible"])
+    return 16 if unit and c[dims[0]] * c[dims[1]] * BYTES[row["pointers"][pointer]] >= VECTOR_TILE else None
+
+
+def test_main_loops_load_features_dz_and_packed_weights_16_bytes_at_a_time(rows):
+    """Read in the SASS: every global load of the main loops (feature, dZ and packed-weight tiles) is 16
+    bytes wide wherever the JIT can make it so; and they load nothing else."""
+    narrow = []
+    for r in _dense_convs(rows):
+        for loop in r["main_loops"]:
+            for pointer, widths in loop["loads"].items():
+                assert (loop["function"], pointer) in MAIN_LOOP_LOADS, (r["short"], loop["function"], pointer)
+                if expected_width(r, loop["function"], pointer) == 16 and set(widths) != {16}:
+                    narrow.append(f"{r['target']} {r['short']}: {loop['function']} {pointer} {sorted(set(widths))}")
+    assert not narrow, "\n".join(narrow)
+
+
+def test_the_dots_run_on_tensor_cores_of_each_generation(rows):
+    """sm_90: wgmma for every dot of 64 rows or more (the forward and input-gradient tiles of 64 and 128
+    pixels); sm_80: mma.sync; FMA loops only for fp32 without TF32."""
+    rows_of_dot = {"_conv3x3_kernel": "BLOCK_M", "_input_grad_tile": "BLOCK_M", "_weight_grad_tile": "BLOCK_WC"}
+    wrong = []
+    for r in _dense_convs(rows):
+        c = r["constexprs"]
+        for loop in r["main_loops"]:
+            if c["PRECISION"] == "ieee" and r["dtype"] == "fp32":
+                expected = "fma"
+            elif r["target"] == "sm_90" and c[rows_of_dot[loop["function"]]] >= 64:
+                expected = "wgmma"
+            else:
+                expected = "mma.sync"
+            if loop["mma"] != expected:
+                wrong.append(f"{r['target']} {r['short']}: {loop['function']} {loop['mma']}, not {expected}")
+    assert not wrong, "\n".join(wrong)

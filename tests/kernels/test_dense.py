@@ -208,6 +208,7 @@ class CountLaunches:
 LAUNCH = "triton launch"
 # torch ops that allocate or make views, and launch nothing on a GPU
 NO_LAUNCH = {"empty", "empty_strided", "new_empty", "slice", "view", "as_strided", "alias", "detach", "select"}
+NO_LAUNCH |= {"transpose"}
 
 
 def torch_ops(profile):

@@ -333,3 +333,18 @@ def test_the_header_says_how_the_dense_blocks_ran(in_tmp):
         "dense blocks (auto): 16x3x72x72 bfloat16: fused (fused 1.50 ms, cuDNN 2.25 ms); "
         "16x45x36x36 bfloat16: cudnn (fused 3.00 ms, cuDNN 2.00 ms)"
     ) in header
+
+
+def test_a_forecast_in_the_run_folder_adds_the_issue_floor_to_a_fused_step(in_tmp):
+    """forecast.json (profiling.bench forecast --run): its bf16 steps give the A100 and H100 rows, and the
+    run's own H100, an issue floor that, being the largest, bounds them; the other GPUs have none."""
+    folder = recorded_gpu_run(Path("runs/forecast"), census_extra={"setting": {"fast_kernels": True}})
+    steps = [{"gpu": gpu, "precision": p, "issue_ms": ms} for gpu, p, ms in
+             [("A100", "bf16", 900.0), ("H100", "bf16", 500.0), ("H100", "tf32", 1.0)]]  # fmt: skip
+    (folder / "forecast.json").write_text(json.dumps({"steps": steps, "launches": []}))
+    hw = analyse(folder)["hardware"]
+    assert (hw["own"]["issue_ms"], hw["own"]["bound"], hw["own"]["floor_ms"]) == (500.0, "issue", 500.0)
+    rows = hw["forecasts"]
+    assert (rows["A100"]["issue_ms"], rows["A100"]["bound"]) == (900.0, "issue")
+    assert "issue_ms" not in rows["V100"] and rows["V100"]["bound"] != "issue"
+    assert "issue ms" in [c.header for c in render.forecast_table(rows, "bf16", 16, 4.0).columns]
