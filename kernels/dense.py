@@ -360,17 +360,18 @@ if _INTERPRET:  # one config with large pixel tiles: the interpreter's cost is p
 # and loop steps) rather than a GPU's. A test sets it False, with one of the GPU configs, to run a GPU's.
 _INTERPRETER_TILES = _INTERPRET
 
-# Before Hopper, fp32 backward steps take 32-pixel tiles only, pruned so at launch. With 64 pixels,
-# ptxas 12.9 spills 4 to 8 bytes per thread on sm_80 in two of them, squeezing them into 128 or 168
-# registers (4 or 3 blocks per SM). A register cap moves the spills rather than removing them: maxnreg
-# 168 or 255 spills 24 to 72 bytes in other 64-pixel steps; 8 warps spill too. With 32 pixels the input-
-# gradient tiles hold half the accumulator, and none spills. Hopper keeps both sizes: none spills there.
-_WIDE_FP32_BACKWARD_FROM = 90  # compute capability (10 * major + minor) from which fp32 may take 64
+# Before Hopper, fp32 backward steps and those with 64-channel input-gradient tiles take 32-pixel tiles
+# only, pruned so at launch. With 64 pixels, ptxas 12.9 spills 4 to 48 bytes per thread on sm_80 in some
+# of them. A register cap moves the spills rather than removing them: maxnreg 168 or 255 spills 24 to 72
+# bytes in other 64-pixel steps; 8 warps spill too. With 32 pixels the input-gradient tiles hold half the
+# accumulator, and none spills. Hopper keeps both sizes: none spills there.
+_WIDE_FP32_BACKWARD_FROM = 90  # compute capability (10 * major + minor) from which those may take 64
 
 
-def _backward_configs(configs, dtype, capability):
-    """The backward configs the autotuner may launch for features in `dtype` on a GPU of `capability`."""
-    if dtype == torch.float32 and capability < _WIDE_FP32_BACKWARD_FROM:
+def _backward_configs(configs, dtype, capability, block_n):
+    """The backward configs the autotuner may launch for features in `dtype` on a GPU of `capability`, with
+    input-gradient tiles of `block_n` channels."""
+    if (dtype == torch.float32 or block_n > 32) and capability < _WIDE_FP32_BACKWARD_FROM:
         return [config for config in configs if config.kwargs["BLOCK_M"] <= 32] or configs
     return configs
 
@@ -380,7 +381,7 @@ def _prune_backward_configs(configs, named_args, **kwargs):
     if feat.device.type != "cuda":
         return configs
     major, minor = torch.cuda.get_device_capability(feat.device)
-    return _backward_configs(configs, feat.dtype, 10 * major + minor)
+    return _backward_configs(configs, feat.dtype, 10 * major + minor, kwargs["BLOCK_N"])
 
 
 def _forward_configs(configs, dtype, precision, copy_input):
@@ -396,6 +397,8 @@ def _prune_forward_configs(configs, named_args, **kwargs):
     return _forward_configs(configs, named_args["src"].dtype, kwargs["PRECISION"], kwargs["COPY_INPUT"])
 
 
+K_TILE = 64  # channels a K-step of fp16/bf16 dots on a GPU (fp32: half); the interpreter's tiles double it
+INPUT_GRAD_N = 64  # input channels an input-gradient tile, at most (FMA dots: half)
 _TUNING_KEY = ["C_in", "C_out", "pixel_bucket"]  # the autotuner adds the tensors' dtypes to the key
 _conv3x3 = triton.autotune(
     _FORWARD_CONFIGS, key=_TUNING_KEY, prune_configs_by={"early_config_prune": _prune_forward_configs}
@@ -417,8 +420,8 @@ def _tile(channels, smallest, largest):
 
 def _k_tile(dtype):
     """The GEMMs' K step over channels: fp32 operands take twice the registers of fp16/bf16 ones (and the
-    FMA dot of fp32 without TF32 more again), so on GPUs they step by 16 to stay clear of spills."""
-    return 16 if dtype == torch.float32 and not _INTERPRETER_TILES else 32
+    FMA dot of fp32 without TF32 more again), so on GPUs they step by half as many to stay clear of spills."""
+    return K_TILE // 2 if dtype == torch.float32 and not _INTERPRETER_TILES else K_TILE
 
 
 def _fma_dots(dtype, precision):
@@ -434,7 +437,8 @@ def _pixel_step(dtype, grad, channels, precision):
     for features masked channel by channel (conv 1's x, whose channels are not a multiple of 16: a
     predicate an element) and for FMA dots: otherwise ptxas 12.9 spills 8 to 24 bytes in some of them."""
     narrow = grad.stride(1) != 1 or channels % ALIGN or _fma_dots(dtype, precision)
-    return 128 if _INTERPRETER_TILES else _k_tile(dtype) * (1 if narrow else 2)
+    step = 32 if dtype == torch.float32 else 64
+    return 128 if _INTERPRETER_TILES else step // (2 if narrow else 1)
 
 
 def _pixel_bucket(n_pixels):
@@ -549,6 +553,19 @@ class Launch(NamedTuple):
     work: object
 
 
+def _forward_tiles(c_in, c_out, dtype):
+    """{BLOCK_N, BLOCK_K} of a conv's forward on c_in channels into c_out: N over its outputs, K over its
+    input channels."""
+    return {"BLOCK_N": _tile(c_out, 16, 32), "BLOCK_K": _tile(c_in, 16, _k_tile(dtype))}
+
+
+def _input_grad_tiles(c_in, c_out, dtype, precision=None):
+    """{BLOCK_N, BLOCK_K} of a conv's input gradient: N over its input channels (half as many for FMA dots),
+    K over its outputs."""
+    n_tile = INPUT_GRAD_N // 2 if _fma_dots(dtype, precision) else INPUT_GRAD_N
+    return {"BLOCK_N": _tile(c_in, 16, n_tile), "BLOCK_K": _tile(c_out, 16, _k_tile(dtype))}
+
+
 def _packed_shape(c_in, growth, c_out, dtype):
     """(taps, rows, columns) of the packed weights: the buffer channels and the convs' outputs as far as any
     conv's tiles reach (forward: K over its input channels, N over its outputs; backward: N over the inputs,
@@ -557,9 +574,9 @@ def _packed_shape(c_in, growth, c_out, dtype):
     rows = columns = 0
     for k in range(CONVS):
         inputs, outputs = x_end + k * growth if k else c_in, growth if k < CONVS - 1 else c_out
-        k_tile = _k_tile(dtype)
-        rows = max(rows, _round_up(inputs, _tile(inputs, 16, k_tile)), _round_up(inputs, _tile(inputs, 16, 32)))
-        reach = max(_round_up(outputs, _tile(outputs, 16, 32)), _round_up(outputs, _tile(outputs, 16, k_tile)))
+        forward, backward = _forward_tiles(inputs, outputs, dtype), _input_grad_tiles(inputs, outputs, dtype)
+        rows = max(rows, _round_up(inputs, forward["BLOCK_K"]), _round_up(inputs, backward["BLOCK_N"]))
+        reach = max(_round_up(outputs, forward["BLOCK_N"]), _round_up(outputs, backward["BLOCK_K"]))
         columns = max(columns, k * growth + reach)
     return 9, rows, columns
 
@@ -599,7 +616,7 @@ def _conv_launch(src, packed, c_out, bias, out, copy_dst, copy_channels, negativ
     args = [src, packed, bias, out, copy_dst, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_out, copy_channels]
     args += [*src.stride(), *packed.stride(), *out.stride(), *copy_dst.stride(), negative_slope]
     constexprs = {"ACTIVATION": activation, "COPY_INPUT": copy_input, "PRECISION": _dot_precision(src.dtype, tf32)}
-    constexprs |= {"BLOCK_N": _tile(c_out, 16, 32), "BLOCK_K": _tile(c_in, 16, _k_tile(src.dtype))}
+    constexprs |= _forward_tiles(c_in, c_out, src.dtype)
 
     def grid(meta):
         return triton.cdiv(n_pixels, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"])
@@ -663,7 +680,7 @@ def _backward_step_launch(
     args += [*packed.stride(), slope]
     constexprs = {"ACCUMULATE": not last, "SLOPE_TAIL": tail_start is not None, "INPUT_GRAD": input_grad}
     constexprs |= {"PRECISION": _dot_precision(feat.dtype, tf32)}
-    constexprs |= {"BLOCK_N": _tile(c_in, 16, 32), "BLOCK_K": _tile(c_out, 16, _k_tile(feat.dtype))}
+    constexprs |= _input_grad_tiles(c_in, c_out, feat.dtype, constexprs["PRECISION"])
     constexprs |= {
         "BLOCK_P": _pixel_step(feat.dtype, grad, c_in, constexprs["PRECISION"]),
         "BLOCK_WN": _tile(c_out, 16, 32),
@@ -950,7 +967,7 @@ def launch_configs(launch, capability=None):
         c = launch.constexprs
         return _forward_configs(configs, launch.args[0].dtype, c["PRECISION"], c["COPY_INPUT"])
     if launch.kernel is _conv3x3_backward and capability is not None:
-        return _backward_configs(configs, launch.args[1].dtype, capability)
+        return _backward_configs(configs, launch.args[1].dtype, capability, launch.constexprs["BLOCK_N"])
     return configs
 
 

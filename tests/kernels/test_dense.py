@@ -166,16 +166,17 @@ def test_autocast_runs_the_block_in_the_autocast_dtype_with_fp32_weights():
 @pytest.mark.parametrize("dtype, tf32", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)])
 def test_every_gpu_tile_config_gives_the_same_results(monkeypatch, fp32_precision_restored, config, dtype, tf32):
     """The interpreter normally runs larger tiles than a GPU does. With each of a GPU's configs (64 or 128
-    pixels a forward tile, 32 or 64 a backward one) and its channel tiles (16-channel K steps in fp32, 32 in
-    bf16; a pixel step of twice that, or as much where the gradient's channels are strided or the dots are
-    FMA loops), the channel loops of a 45-channel input and the pixel loops of 70 pixels take several steps
-    with ragged ends; the results are the reference's all the same: to fp32's rounding, to bf16's, and in
+    pixels a forward tile, 32 or 64 a backward one) and its channel tiles (32-channel K steps in fp32, 64 in
+    bf16; a pixel step of 32 in fp32 and 64 in bf16, or half that where the gradient's channels are strided,
+    the features masked channel by channel or the dots FMA loops), the channel loops of a 45-channel input
+    and its block's 48- to 80-channel prefixes, and the pixel loops of 70 pixels, take several steps with
+    ragged ends; the results are the reference's all the same: to fp32's rounding, to bf16's, and in
     TF32 (emulated in the interpreter's dots) to TF32's, about 2**-10 of the largest value."""
     monkeypatch.setattr(dense, "_INTERPRETER_TILES", False)
     monkeypatch.setattr(dense._conv3x3, "configs", dense._GPU_FORWARD_CONFIGS[config : config + 1])
     monkeypatch.setattr(dense._conv3x3_backward, "configs", dense._GPU_BACKWARD_CONFIGS[config : config + 1])
     set_fp32_precision(torch.backends.cudnn.conv, "tf32" if tf32 else "ieee")
-    assert dense._k_tile(dtype) == (16 if dtype == torch.float32 else 32)
+    assert dense._k_tile(dtype) == (32 if dtype == torch.float32 else 64)
     torch.manual_seed(5)
     block = reference_block(45, 3, 8, dtype)
     block.lrelu.register_forward_hook(RoundActivations(dtype))  # a no-op in fp32
