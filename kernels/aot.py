@@ -12,6 +12,7 @@ interpreter replaces the jit kernels that the compiler needs).
 import argparse
 import functools
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -83,25 +84,30 @@ _DENSE_BACKWARD_ROLES = {  # ACCUMULATE, SLOPE_TAIL, INPUT_GRAD; c1-nodx: conv 1
 
 
 def family(variant):
-    """haar, coupling, dense_fwd or dense_bwd."""
+    """haar, coupling, dense_pack (the dense block's weight packing), dense_fwd or dense_bwd."""
     fn = variant.fn.__name__
     if fn.startswith(("_haar", "_coupling")):
         return fn[1:].split("_")[0]
+    if fn.startswith("_pack"):
+        return "dense_pack"
     return "dense_bwd" if "backward" in fn else "dense_fwd"
 
 
 def dtype(variant):
-    """The data's dtype, then the weights' where they differ (fp32 weights under autocast): 'fp16/w32'."""
+    """The data's dtype, then the weights' where they differ (the packing of fp32 weights under autocast):
+    'fp16/w32'."""
     signature = variant.signature
-    data = next(signature[name] for name in ("feat", "src", "x", "grad") if name in signature)[1:]
-    weight = signature.get("weight", "")[1:]
+    data = next(signature[name] for name in ("feat", "src", "x", "grad", "packed") if name in signature)[1:]
+    weight = signature.get("w1", "")[1:]
     return data if not weight or weight == data else f"{data}/w{weight[2:]}"
 
 
 def short_name(variant):
-    """'haar inv fp16', 'coupling fwd-bwd bf16', 'dense_fwd c2-4 fp32 tf32 M64 N32 K16',
-    'dense_bwd c5 fp16/w32 M32 N32 K32 P64 WN16 WC32' (tiles: BLOCK_M, ...)."""
+    """'haar inv fp16', 'coupling fwd-bwd bf16', 'dense_pack bf16/w32', 'dense_fwd c2-4 fp32 tf32 M64 N32 K16',
+    'dense_bwd c5 fp16 M32 N32 K32 P64 WN16 WC32' (tiles: BLOCK_M, ...)."""
     kind, c = family(variant), variant.constexprs
+    if kind == "dense_pack":
+        return f"{kind} {dtype(variant)}"
     if kind in ("haar", "coupling"):
         backward = "-bwd" if "backward" in variant.fn.__name__ else ""
         return f"{kind} {'inv' if c['INVERSE'] else 'fwd'}{backward} {dtype(variant)}"
@@ -162,39 +168,82 @@ def _cpu_seconds():
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def compile_one(variant, capability):
-    """One variant for one target: a row with its registers, spilled bytes and compile CPU time, or the
-    compiler's error."""
-    row = {"kernel": variant.name, "short": variant.short, "family": family(variant), "dtype": dtype(variant)}
-    row |= {"target": f"sm_{capability}", "gpu": TARGETS.get(capability, "")}
-    start = _cpu_seconds()
+def compile_variant(variant, capability):
+    """triton.compile of one variant for one target: the CompiledKernel, its asm by stage (the compiler's
+    errors pass through)."""
     source = ASTSource(variant.fn, variant.signature, constexprs=variant.constexprs, attrs=variant.attrs)
     with warnings.catch_warnings():
         # Triton 3.9 warns that its FP-fusion default will change; this compiles with the JIT's default
         warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION")
-        try:
-            kernel = triton.compile(source, target=GPUTarget("cuda", capability, 32))
-        except Exception as err:  # any compiler failure is the finding itself
-            return row | {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+        return triton.compile(source, target=GPUTarget("cuda", capability, 32))
+
+
+def _usage(kernel):
+    """Registers, spilled bytes and shared memory of a compiled kernel."""
     usage = resource_usage(kernel.asm["cubin"])
-    row |= {"registers": usage.get("REG"), "spill_bytes": usage.get("LOCAL", 0) + usage.get("STACK", 0)}
-    return row | {"shared_bytes": kernel.metadata.shared, "cpu_s": round(_cpu_seconds() - start, 3)}
+    spilled = usage.get("LOCAL", 0) + usage.get("STACK", 0)
+    return {"registers": usage.get("REG"), "spill_bytes": spilled, "shared_bytes": kernel.metadata.shared}
+
+
+def compile_one(variant, capability, loops=False):
+    """One variant for one target: a row with its registers, spilled bytes and compile CPU time, or the
+    compiler's error; with `loops`, the dense kernels' rows hold their SASS's main loops too
+    (kernels.sass.main_loops; nvdisasm reads sm_75 and later)."""
+    row = {"kernel": variant.name, "short": variant.short, "family": family(variant), "dtype": dtype(variant)}
+    row |= {"target": f"sm_{capability}", "gpu": TARGETS.get(capability, "")}
+    start = _cpu_seconds()
+    try:
+        kernel = compile_variant(variant, capability)
+    except Exception as err:  # any compiler failure is the finding itself
+        return row | {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+    if loops and row["family"].startswith("dense"):
+        from kernels import sass
+
+        row["main_loops"] = sass.main_loops(sass.read(sass.disassemble(kernel.asm["cubin"])))
+        row["constexprs"] = {k: v for k, v in variant.constexprs.items() if isinstance(v, int | str)}
+        row["divisible"] = sorted(variant.fn.arg_names[i] for (i,) in variant.attrs)
+        row["pointers"] = {k: v for k, v in variant.signature.items() if v.startswith("*")}
+    return row | _usage(kernel) | {"cpu_s": round(_cpu_seconds() - start, 3)}
+
+
+def compiled_code(variant, capability):
+    """One variant's compile for one target: its TTGIR, PTX and SASS (with the line table, kernels/sass.py)
+    beside its registers, spilled bytes and shared memory."""
+    from kernels import sass
+
+    kernel = compile_variant(variant, capability)
+    code = {"ttgir": kernel.asm["ttgir"], "ptx": kernel.asm["ptx"], "sass": sass.disassemble(kernel.asm["cubin"])}
+    return code | _usage(kernel)
+
+
+def _code_job(job):
+    module, fn_name, variant, capability = job
+    fn = getattr(importlib.import_module(module), fn_name)  # jit functions travel by name
+    return compiled_code(variant._replace(fn=fn), capability)
+
+
+def compile_code(variants, capability, workers=None):
+    """compiled_code of each variant for one target, in parallel processes (one per CPU by default)."""
+    jobs = [(v.fn.fn.__module__, v.fn.fn.__name__, v._replace(fn=None), capability) for v in variants]
+    with ProcessPoolExecutor(max_workers=workers or _cpus()) as pool:
+        return list(pool.map(_code_job, jobs))
 
 
 def _compile_job(job):
-    capability, index = job
-    return compile_one(variants(capability)[index], capability)
+    capability, index, loops = job
+    return compile_one(variants(capability)[index], capability, loops)
 
 
 def _cpus():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def compile_all(capabilities=tuple(TARGETS), workers=None, select=None):
+def compile_all(capabilities=tuple(TARGETS), workers=None, select=None, loops=False):
     """compile_one's rows for every variant that each target launches and supports, target by target in
     variants() order, compiled in parallel processes (one per CPU by default). select(variant,
-    capability) -> bool narrows the compiles."""
-    jobs = [(cap, i) for cap in capabilities for i, v in enumerate(variants(cap)) if select is None or select(v, cap)]
+    capability) -> bool narrows the compiles; `loops` adds each one's main loops."""
+    chosen = [(cap, i) for cap in capabilities for i, v in enumerate(variants(cap)) if not select or select(v, cap)]
+    jobs = [(cap, i, loops) for cap, i in chosen]
     # the dense kernels take longest: first, so that the workers finish together
     ordered = sorted(jobs, key=lambda job: not family(variants(job[0])[job[1]]).startswith("dense"))
     with ProcessPoolExecutor(max_workers=workers or _cpus()) as pool:

@@ -118,7 +118,16 @@ def _empty_rows(like, count=1):
     ]
 
 
+MAX_ROWS = 65535  # programs along a grid's second axis (CUDA's limit): the samples
+
+
 def _grid(t):
+    """(blocks of a sample's elements, samples); a sample's elements are indexed in int32 (its row offset
+    is int64)."""
+    if t.shape[0] > MAX_ROWS:
+        raise ValueError(f"the coupling kernels take at most {MAX_ROWS} samples a call, got {t.shape[0]}")
+    if t[0].numel() >= 2**31:
+        raise ValueError(f"the coupling kernels index a sample in int32: {tuple(t.shape)} has 2**31 elements or more")
     return (triton.cdiv(t[0].numel(), BLOCK), t.shape[0])
 
 

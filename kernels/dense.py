@@ -17,14 +17,20 @@ of that prefix are F_{k-1}, which only convs k..5 read, so their dF is complete 
 already multiplied by LeakyReLU's slope, as dZ_{k-1}, for step k - 1 to read as plain loads. As s > 0,
 F_k > 0 exactly where Z_k > 0, so the saved post-activation gives the slope and no pre-activation is kept.
 
-Launches per block: forward 5 (conv 1 also copies x into F); backward 5 (each step computes its input
-gradient and its weight and bias gradients in one launch), plus one sum of the weight-gradient partials
-when the pixels are reduced in more than one split, and one cast into the weights' dtype when that is not
-fp32 (LAUNCHES). Every output element is written by one program and the splits are summed in a fixed
-order, so the results are deterministic: no atomics.
+The five convs' weights are packed once per call, by one launch, into the dot's dtype as one tensor
+[tap, buffer channel, output of any conv] with zeros where a conv reads no channel (x's padding, later
+outputs) or has no output: conv k reads its columns with no mask, no index remapping and no cast.
+
+Launches per block: forward 6 (the packing, then the convs; conv 1 also copies x into F); backward 6 (the
+packing, then one per step: its input gradient and its weight and bias gradients in one launch), plus one
+sum of the weight-gradient partials when the pixels are reduced in more than one split, and one cast into
+the weights' dtype when that is not fp32 (LAUNCHES). Every output element is written by one program and
+the splits are summed in a fixed order, so the results are deterministic: no atomics.
 """
 
+import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -47,8 +53,9 @@ MAX_SPLITS = 32
 # Channel alignment of the feature buffer, in elements (see _buffer_layout).
 ALIGN = 16
 
-# Two interpreter quirks are worked around under it only: it keeps bf16 as raw uint16 bits, which its dot
-# multiplies as integers, and it truncates fp32 -> bf16 where GPUs round to nearest even.
+# Three interpreter quirks are worked around under it only: it keeps bf16 as raw uint16 bits, which its dot
+# multiplies as integers; it truncates fp32 -> bf16 where GPUs round to nearest even; its TF32 dots are
+# exact fp32 (emulated in _mma as tensor cores compute them).
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 _INTERPRETING = tl.constexpr(_INTERPRET)
 
@@ -62,6 +69,9 @@ def _mma(a, b, acc, PRECISION: tl.constexpr):
     if _INTERPRETING:  # fp32 operands hold fp16/bf16 values exactly
         a = a.to(tl.float32)
         b = b.to(tl.float32)
+        if PRECISION == "tf32":  # as tensor cores read TF32: the low 13 of fp32's 23 mantissa bits ignored
+            a = (a.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)  # -8192: 0xFFFFE000
+            b = (b.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
@@ -128,11 +138,43 @@ def _copy_tile(src, dst, b, h, w, valid, C, C_dst, s_b, s_c, s_h, s_w, d_b, d_c,
 
 
 @triton.jit
+def _pack_kernel(
+    w1, w2, w3, w4, w5, packed, C_x, X_END, GROWTH, C_OUT, C_PACKED, N_PACKED, p_t, p_c, p_n,
+    BLOCK_C: tl.constexpr, BLOCK_COLS: tl.constexpr,
+):
+    """packed[tap, c, k g + n] = W_k[n, c', tap] in packed's dtype, for conv k's output n and the buffer
+    channel c that holds its input channel c' (conv 5's outputs from 4 g on); 0 where conv k reads no such
+    channel (x's padding, the outputs of conv k and later) and has no such output. One program: a block of
+    buffer channels of one tap of one conv (contiguous OIHW weights)."""
+    k = tl.program_id(0)
+    tap = tl.program_id(1)
+    w = w1
+    if k == 1:
+        w = w2
+    if k == 2:
+        w = w3
+    if k == 3:
+        w = w4
+    if k == 4:
+        w = w5
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n = tl.arange(0, BLOCK_COLS)
+    c_ok, wc = _input_channels(c, X_END + k * GROWTH, C_x, X_END)
+    outputs = tl.where(k < 4, GROWTH, C_OUT)
+    width = tl.where(k < 4, GROWTH, N_PACKED - 4 * GROWTH)  # conv 5's columns run on to the end
+    C_w = C_x + k * GROWTH
+    mask = c_ok[:, None] & (n < outputs)[None, :]
+    value = tl.load(w + n[None, :] * (C_w * 9) + wc[:, None] * 9 + tap, mask=mask, other=0.0)
+    dst = packed + tap * p_t + c[:, None] * p_c + (k * GROWTH + n)[None, :] * p_n
+    tl.store(dst, _to(value, packed.dtype.element_ty), mask=(c < C_PACKED)[:, None] & (n < width)[None, :])
+
+
+@triton.jit
 def _conv3x3_kernel(
-    src, weight, bias, out, copy_dst,
-    n_pixels, pixel_bucket, H, W, C_in, C_x, X_END, C_out, C_copy,
+    src, packed, bias, out, copy_dst,
+    n_pixels, pixel_bucket, H, W, C_in, C_out, C_copy,
     s_b, s_c, s_h, s_w,  # src: the input x (conv 1) or the feature buffer's channel prefix
-    w_n, w_c, w_h, w_w,
+    p_t, p_c, p_n,  # packed: the packed weights from this conv's first output column on
     o_b, o_c, o_h, o_w,  # out: the conv's slice of the feature buffer, or the block output (conv 5)
     d_b, d_c, d_h, d_w,  # copy_dst: the feature buffer, where conv 1 copies its input
     negative_slope,
@@ -150,12 +192,12 @@ def _conv3x3_kernel(
     # one flat loop over (tap, channel block), which the compiler pipelines even when C_in is small
     for i in range(9 * blocks):
         ky, kx, c = _tap(i, blocks, BLOCK_K)
-        c_ok, wc = _input_channels(c, C_in, C_x, X_END)
         pix, inside = _neighbours(b, h, w, valid, ky - 1, kx - 1, H, W, s_b, s_h, s_w)
-        a = tl.load(src + pix[:, None] + c[None, :] * s_c, mask=inside[:, None] & c_ok[None, :], other=0.0)
-        wt = tl.load(weight + n[None, :] * w_n + wc[:, None] * w_c + ky * w_h + kx * w_w,
-                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = _mma(a, _to(wt, a.dtype), acc, PRECISION)  # weights in the features' dtype, as cuDNN takes them
+        # masked on the prefix alone (the padding holds zeros, and so do its packed weights): constant over
+        # 16 channels, so the 16-aligned buffer is read in 16-byte vectors
+        a = tl.load(src + pix[:, None] + c[None, :] * s_c, mask=inside[:, None] & (c < C_in)[None, :], other=0.0)
+        wt = tl.load(packed + (3 * ky + kx) * p_t + c[:, None] * p_c + n[None, :] * p_n)  # no mask: see _pack
+        acc = _mma(a, wt, acc, PRECISION)
     acc += tl.load(bias + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if ACTIVATION:
         acc = tl.where(acc > 0, acc, acc * negative_slope)
@@ -169,9 +211,9 @@ def _conv3x3_kernel(
 
 @triton.jit
 def _input_grad_tile(
-    pid, grad, feat, weight, acc_src, dst,
-    n_pixels, H, W, C_in, C_x, X_END, C_out, tail_start,
-    g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, w_n, w_c, w_h, w_w,
+    pid, grad, feat, packed, acc_src, dst,
+    n_pixels, H, W, C_in, C_out, tail_start,
+    g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, p_t, p_c, p_n,
     negative_slope,
     ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -182,7 +224,6 @@ def _input_grad_tile(
     tiles_c = tl.cdiv(C_in, BLOCK_N)
     pid_m = pid // tiles_c
     c = (pid - pid_m * tiles_c) * BLOCK_N + tl.arange(0, BLOCK_N)
-    c_ok, wc = _input_channels(c, C_in, C_x, X_END)
     b, h, w, valid = _pixels(pid_m * BLOCK_M, n_pixels, H, W, BLOCK_M)
     dtype = feat.dtype.element_ty  # dZ rounded to the features' dtype for the dot, as cuDNN gets it
     blocks = tl.cdiv(C_out, BLOCK_K)
@@ -192,9 +233,8 @@ def _input_grad_tile(
         n_ok = n < C_out
         g_pix, inside = _neighbours(b, h, w, valid, 1 - ky, 1 - kx, H, W, g_b, g_h, g_w)
         dz = tl.load(grad + g_pix[:, None] + n[None, :] * g_c, mask=inside[:, None] & n_ok[None, :], other=0.0)
-        wt = tl.load(weight + n[:, None] * w_n + wc[None, :] * w_c + ky * w_h + kx * w_w,
-                     mask=n_ok[:, None] & c_ok[None, :], other=0.0)
-        acc = _mma(_to(dz, dtype), _to(wt, dtype), acc, PRECISION)
+        wt = tl.load(packed + (3 * ky + kx) * p_t + c[None, :] * p_c + n[:, None] * p_n)  # no mask: see _pack
+        acc = _mma(_to(dz, dtype), wt, acc, PRECISION)
     mask = valid[:, None] & (c < C_in)[None, :]  # padding channels get zeros, never garbage
     f_pix = _offsets(b, h, w, f_b, f_h, f_w)
     if ACCUMULATE:  # what the later convs left in G
@@ -208,57 +248,80 @@ def _input_grad_tile(
 
 
 @triton.jit
+def _shifted_grad(grad, b, h, w, valid, dy, dx, n, C_out, H, W, g_b, g_c, g_h, g_w):
+    """dZ at the pixels (h + dy, w + dx), in fp32, zero outside the image."""
+    pix, inside = _neighbours(b, h, w, valid, dy, dx, H, W, g_b, g_h, g_w)
+    dz = tl.load(grad + pix[:, None] + n[None, :] * g_c, mask=inside[:, None] & (n < C_out)[None, :], other=0.0)
+    return dz.to(tl.float32)
+
+
+@triton.jit
+def _store_tap(row, acc, n, wc, mask, C_w, tap):
+    """One tap of a dW^T tile into a row of partials, where dW is (n, c, ky, kx) contiguous (so that its slot
+    views as the weight's shape)."""
+    tl.store(row + n[None, :] * (C_w * 9) + wc[:, None] * 9 + tap, acc, mask=mask)
+
+
+@triton.jit
 def _weight_grad_tile(
     pid, grad, feat, partials,
     n_pixels, H, W, C_in, C_x, X_END, C_out, split_len, weight_slot, bias_slot, partial_stride,
     g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
     PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr, BLOCK_WC: tl.constexpr,
 ):
-    """One (output x input channels) tile of one tap of dW, summed over one pixel split into that split's
-    row of partials; the programs of the centre tap's first channel tile sum db as well."""
+    """One (input x output channels) tile of dW^T for the three taps of one kernel row, summed over one pixel
+    split into that split's row of partials. As q = p + o runs over the pixels, dW[n, c, tap] = sum_q
+    F[q, c] dZ[q - o, n]: the features are read once for the three taps, unshifted, and the gradient shifted
+    for each. The programs of the middle row's first channel tile sum db as well (its middle tap's dZ is
+    unshifted), element by element in the loop and across the pixels once after it."""
     tiles_c = tl.cdiv(C_in, BLOCK_WC)
     tiles_n = tl.cdiv(C_out, BLOCK_WN)
     pid_c = pid % tiles_c
     pid_n = (pid // tiles_c) % tiles_n
-    tap = (pid // (tiles_c * tiles_n)) % 9
-    split = pid // (tiles_c * tiles_n * 9)
-    ky = tap // 3
-    kx = tap - 3 * ky
+    ky = (pid // (tiles_c * tiles_n)) % 3
+    split = pid // (tiles_c * tiles_n * 3)
     n = pid_n * BLOCK_WN + tl.arange(0, BLOCK_WN)
     c = pid_c * BLOCK_WC + tl.arange(0, BLOCK_WC)
     n_ok = n < C_out
-    c_ok, wc = _input_channels(c, C_in, C_x, X_END)
     start = split * split_len
     end = tl.minimum(start + split_len, n_pixels)
-    acc = tl.zeros((BLOCK_WN, BLOCK_WC), dtype=tl.float32)
-    bias_acc = tl.zeros((BLOCK_WN,), dtype=tl.float32)
+    left = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
+    middle = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
+    right = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
+    bias_acc = tl.zeros((BLOCK_P, BLOCK_WN), dtype=tl.float32)
     for p0 in range(start, end, BLOCK_P):
         b, h, w, valid = _pixels(p0, end, H, W, BLOCK_P)
-        g_pix = _offsets(b, h, w, g_b, g_h, g_w)
-        dz = tl.load(grad + g_pix[:, None] + n[None, :] * g_c, mask=valid[:, None] & n_ok[None, :], other=0.0)
-        dz = dz.to(tl.float32)
-        src_pix, inside = _neighbours(b, h, w, valid, ky - 1, kx - 1, H, W, f_b, f_h, f_w)
-        x = tl.load(feat + src_pix[:, None] + c[None, :] * f_c, mask=inside[:, None] & c_ok[None, :], other=0.0)
-        acc = _mma(tl.trans(_to(dz, x.dtype)), x, acc, PRECISION)
-        bias_acc += tl.sum(dz, axis=0)  # from the fp32 dZ, before it is rounded for the dot
+        f_pix = _offsets(b, h, w, f_b, f_h, f_w)
+        # loaded as F^T, channels first, for the dot: a transposed tile is read along the pixels, 4 bytes
+        # at a time in fp32, where this one is read along its contiguous channels, 16 bytes at a time
+        xt = tl.load(feat + c[:, None] * f_c + f_pix[None, :], mask=(c < C_in)[:, None] & valid[None, :], other=0.0)
+        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 1, n, C_out, H, W, g_b, g_c, g_h, g_w)
+        left = _mma(xt, _to(dz, xt.dtype), left, PRECISION)
+        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 0, n, C_out, H, W, g_b, g_c, g_h, g_w)
+        middle = _mma(xt, _to(dz, xt.dtype), middle, PRECISION)
+        bias_acc += dz  # from the fp32 dZ, before it is rounded for the dot
+        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, -1, n, C_out, H, W, g_b, g_c, g_h, g_w)
+        right = _mma(xt, _to(dz, xt.dtype), right, PRECISION)
     row = partials + split.to(tl.int64) * partial_stride
-    # dW is stored (n, c, ky, kx) contiguous, so its slot views as the weight's shape
     C_w = C_in - X_END + C_x
-    tl.store(row + weight_slot + n[:, None] * (C_w * 9) + wc[None, :] * 9 + tap, acc,
-             mask=n_ok[:, None] & c_ok[None, :])
-    if (tap == 4) & (pid_c == 0):
-        tl.store(row + bias_slot + n, bias_acc, mask=n_ok)
+    c_ok, wc = _input_channels(c, C_in, C_x, X_END)  # after the loop: fewer predicates live through it
+    mask = c_ok[:, None] & n_ok[None, :]
+    _store_tap(row + weight_slot, left, n, wc, mask, C_w, 3 * ky)
+    _store_tap(row + weight_slot, middle, n, wc, mask, C_w, 3 * ky + 1)
+    _store_tap(row + weight_slot, right, n, wc, mask, C_w, 3 * ky + 2)
+    if (ky == 1) & (pid_c == 0):
+        tl.store(row + bias_slot + n, tl.sum(bias_acc, axis=0), mask=n_ok)
 
 
 @triton.jit
 def _conv3x3_backward_kernel(
-    grad, feat, weight, acc_src, dst, partials,
+    grad, feat, packed, acc_src, dst, partials,
     n_pixels, pixel_bucket, H, W, C_in, C_x, X_END, C_out, tail_start,
     split_len, weight_slot, bias_slot, partial_stride,
     g_b, g_c, g_h, g_w,  # grad: dout (conv 5), or G's slice holding this conv's dZ
     f_b, f_c, f_h, f_w,  # the feature buffer F; the gradient buffer G (acc_src) has the same strides
     d_b, d_c, d_h, d_w,  # dst: G, or dx for conv 1
-    w_n, w_c, w_h, w_w,
+    p_t, p_c, p_n,  # the packed weights from this conv's first output column on
     negative_slope,
     ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, INPUT_GRAD: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -270,8 +333,8 @@ def _conv3x3_backward_kernel(
     input_programs = tl.cdiv(n_pixels, BLOCK_M) * tl.cdiv(C_in, BLOCK_N) if INPUT_GRAD else 0
     if INPUT_GRAD and pid < input_programs:  # a static branch without INPUT_GRAD: no input-gradient code
         _input_grad_tile(
-            pid, grad, feat, weight, acc_src, dst, n_pixels, H, W, C_in, C_x, X_END, C_out, tail_start,
-            g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, w_n, w_c, w_h, w_w,
+            pid, grad, feat, packed, acc_src, dst, n_pixels, H, W, C_in, C_out, tail_start,
+            g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, p_t, p_c, p_n,
             negative_slope, ACCUMULATE, SLOPE_TAIL, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
         )
     else:
@@ -297,17 +360,18 @@ if _INTERPRET:  # one config with large pixel tiles: the interpreter's cost is p
 # and loop steps) rather than a GPU's. A test sets it False, with one of the GPU configs, to run a GPU's.
 _INTERPRETER_TILES = _INTERPRET
 
-# Before Hopper, fp32 backward steps take 32-pixel tiles only, pruned so at launch. With 64 pixels,
-# ptxas 12.9 spills 4 to 8 bytes per thread on sm_80 in two of them, squeezing them into 128 or 168
-# registers (4 or 3 blocks per SM). A register cap moves the spills rather than removing them: maxnreg
-# 168 or 255 spills 24 to 72 bytes in other 64-pixel steps; 8 warps spill too. With 32 pixels the input-
-# gradient tiles hold half the accumulator, and none spills. Hopper keeps both sizes: none spills there.
-_WIDE_FP32_BACKWARD_FROM = 90  # compute capability (10 * major + minor) from which fp32 may take 64
+# Before Hopper, fp32 backward steps and those with 64-channel input-gradient tiles take 32-pixel tiles
+# only, pruned so at launch. With 64 pixels, ptxas 12.9 spills 4 to 48 bytes per thread on sm_80 in some
+# of them. A register cap moves the spills rather than removing them: maxnreg 168 or 255 spills 24 to 72
+# bytes in other 64-pixel steps; 8 warps spill too. With 32 pixels the input-gradient tiles hold half the
+# accumulator, and none spills. Hopper keeps both sizes: none spills there.
+_WIDE_FP32_BACKWARD_FROM = 90  # compute capability (10 * major + minor) from which those may take 64
 
 
-def _backward_configs(configs, dtype, capability):
-    """The backward configs the autotuner may launch for features in `dtype` on a GPU of `capability`."""
-    if dtype == torch.float32 and capability < _WIDE_FP32_BACKWARD_FROM:
+def _backward_configs(configs, dtype, capability, block_n):
+    """The backward configs the autotuner may launch for features in `dtype` on a GPU of `capability`, with
+    input-gradient tiles of `block_n` channels."""
+    if (dtype == torch.float32 or block_n > 32) and capability < _WIDE_FP32_BACKWARD_FROM:
         return [config for config in configs if config.kwargs["BLOCK_M"] <= 32] or configs
     return configs
 
@@ -317,11 +381,28 @@ def _prune_backward_configs(configs, named_args, **kwargs):
     if feat.device.type != "cuda":
         return configs
     major, minor = torch.cuda.get_device_capability(feat.device)
-    return _backward_configs(configs, feat.dtype, 10 * major + minor)
+    return _backward_configs(configs, feat.dtype, 10 * major + minor, kwargs["BLOCK_N"])
 
 
+def _forward_configs(configs, dtype, precision, copy_input):
+    """The forward configs the autotuner may launch: 64-pixel tiles only for FMA dots (with 128, conv 5's
+    store of the block output spills 32 bytes on sm_90, ptxas 12.9) and for conv 1 in fp32 (which copies
+    x as well: 8 bytes on sm_80)."""
+    if _fma_dots(dtype, precision) or (dtype == torch.float32 and copy_input):
+        return [config for config in configs if config.kwargs["BLOCK_M"] <= 64] or configs
+    return configs
+
+
+def _prune_forward_configs(configs, named_args, **kwargs):
+    return _forward_configs(configs, named_args["src"].dtype, kwargs["PRECISION"], kwargs["COPY_INPUT"])
+
+
+K_TILE = 64  # channels a K-step of fp16/bf16 dots on a GPU (fp32: half); the interpreter's tiles double it
+INPUT_GRAD_N = 64  # input channels an input-gradient tile, at most (FMA dots: half)
 _TUNING_KEY = ["C_in", "C_out", "pixel_bucket"]  # the autotuner adds the tensors' dtypes to the key
-_conv3x3 = triton.autotune(_FORWARD_CONFIGS, key=_TUNING_KEY)(_conv3x3_kernel)
+_conv3x3 = triton.autotune(
+    _FORWARD_CONFIGS, key=_TUNING_KEY, prune_configs_by={"early_config_prune": _prune_forward_configs}
+)(_conv3x3_kernel)
 # benchmarking runs a step many times, and the steps that add into G must find the same G each time
 _conv3x3_backward = triton.autotune(
     _BACKWARD_CONFIGS,
@@ -339,13 +420,25 @@ def _tile(channels, smallest, largest):
 
 def _k_tile(dtype):
     """The GEMMs' K step over channels: fp32 operands take twice the registers of fp16/bf16 ones (and the
-    FMA dot of fp32 without TF32 more again), so on GPUs they step by 16 to stay clear of spills."""
-    return 16 if dtype == torch.float32 and not _INTERPRETER_TILES else 32
+    FMA dot of fp32 without TF32 more again), so on GPUs they step by half as many to stay clear of spills."""
+    return K_TILE // 2 if dtype == torch.float32 and not _INTERPRETER_TILES else K_TILE
 
 
-def _pixel_step(dtype):
-    """Pixels per step of the weight-gradient reduction (its GEMM's K); the interpreter pays per step."""
-    return 128 if _INTERPRETER_TILES else 2 * _k_tile(dtype)
+def _fma_dots(dtype, precision):
+    """Whether the dots are FMA loops (fp32 without TF32), whose operands live in registers, not tensor cores':
+    their tiles are smaller, or ptxas 12.9 spills."""
+    return dtype == torch.float32 and precision == "ieee"
+
+
+def _pixel_step(dtype, grad, channels, precision):
+    """Pixels per step of the weight-gradient reduction (its GEMM's K); the interpreter pays per step. Half
+    as many for a gradient whose channels are not contiguous (conv 5's, the op's own in NCHW: each of its
+    elements takes its own address, and those of the three shifted tiles of a step must fit in registers),
+    for features masked channel by channel (conv 1's x, whose channels are not a multiple of 16: a
+    predicate an element) and for FMA dots: otherwise ptxas 12.9 spills 8 to 24 bytes in some of them."""
+    narrow = grad.stride(1) != 1 or channels % ALIGN or _fma_dots(dtype, precision)
+    step = 32 if dtype == torch.float32 else 64
+    return 128 if _INTERPRETER_TILES else step // (2 if narrow else 1)
 
 
 def _pixel_bucket(n_pixels):
@@ -444,83 +537,184 @@ def _pixel_splits(n_pixels):
     return max(1, triton.cdiv(n_pixels, split_len)), split_len
 
 
-# --- launchers: the launches as (kernel, grid, args, constexprs), run by _run ---------------------
+# --- launchers: the launches as Launch records, run by _run ----------------------------------------
 
 
-def _conv_launch(src, c_x, x_end, weight, bias, out, copy_dst, copy_channels, negative_slope, activation, tf32):
-    """Conv of src's channels (x's c_x ones, then those from x_end on) into out; copy_dst gets src's, padded
-    with zeros to copy_channels."""
+class Launch(NamedTuple):
+    """One kernel launch, kernel[grid](*args, **constexprs). work(meta) says what its programs execute under an
+    autotune config's meta-parameters, as the forecast (profiling/bench/forecast.py) counts it: a list of
+    (programs, {jit function holding a loop: (trips, multiply-accumulates per trip)}), 0 trips for a
+    function those programs never enter."""
+
+    kernel: object
+    grid: object
+    args: list
+    constexprs: dict
+    work: object
+
+
+def _forward_tiles(c_in, c_out, dtype):
+    """{BLOCK_N, BLOCK_K} of a conv's forward on c_in channels into c_out: N over its outputs, K over its
+    input channels."""
+    return {"BLOCK_N": _tile(c_out, 16, 32), "BLOCK_K": _tile(c_in, 16, _k_tile(dtype))}
+
+
+def _input_grad_tiles(c_in, c_out, dtype, precision=None):
+    """{BLOCK_N, BLOCK_K} of a conv's input gradient: N over its input channels (half as many for FMA dots),
+    K over its outputs."""
+    n_tile = INPUT_GRAD_N // 2 if _fma_dots(dtype, precision) else INPUT_GRAD_N
+    return {"BLOCK_N": _tile(c_in, 16, n_tile), "BLOCK_K": _tile(c_out, 16, _k_tile(dtype))}
+
+
+def _packed_shape(c_in, growth, c_out, dtype):
+    """(taps, rows, columns) of the packed weights: the buffer channels and the convs' outputs as far as any
+    conv's tiles reach (forward: K over its input channels, N over its outputs; backward: N over the inputs,
+    K over the outputs), so that the kernels load them without masks (the zeros cancel what they meet)."""
+    x_end, _, _ = _buffer_layout(c_in, growth)
+    rows = columns = 0
+    for k in range(CONVS):
+        inputs, outputs = x_end + k * growth if k else c_in, growth if k < CONVS - 1 else c_out
+        forward, backward = _forward_tiles(inputs, outputs, dtype), _input_grad_tiles(inputs, outputs, dtype)
+        rows = max(rows, _round_up(inputs, forward["BLOCK_K"]), _round_up(inputs, backward["BLOCK_N"]))
+        reach = max(_round_up(outputs, forward["BLOCK_N"]), _round_up(outputs, backward["BLOCK_K"]))
+        columns = max(columns, k * growth + reach)
+    return 9, rows, columns
+
+
+def _pack_launch(weights, dtype, channels_inner):
+    """(the launch that packs the five convs' weights, the packed tensor it fills): [tap, buffer channel,
+    output of any conv] in `dtype`, the dot's (_packed_shape), with the channels or the outputs innermost in
+    memory. Each dot takes it as its B operand with its K (the forward's channels, the backward's outputs)
+    innermost: the layout TF32 wgmma reads (half-precision ones read either), 16 bytes at a time."""
+    growth, c_in, c_out = weights[0].shape[0], weights[0].shape[1], weights[-1].shape[0]
+    x_end, _, _ = _buffer_layout(c_in, growth)
+    shape = _packed_shape(c_in, growth, c_out, dtype)
+    if channels_inner:
+        packed = torch.empty(shape[0], shape[2], shape[1], dtype=dtype, device=weights[0].device).transpose(1, 2)
+    else:
+        packed = torch.empty(shape, dtype=dtype, device=weights[0].device)
+    columns = triton.next_power_of_2(max(growth, shape[2] - 4 * growth))
+    args = [*(w.contiguous() for w in weights), packed, c_in, x_end, growth, c_out, *shape[1:], *packed.stride()]
+
+    def grid(meta):
+        return CONVS, 9, triton.cdiv(shape[1], meta["BLOCK_C"])
+
+    def work(meta):
+        return [(math.prod(grid(meta)), {})]
+
+    rows = max(1, 4096 // columns)  # a tile of 4,096 elements: 32 a thread, clear of spills
+    return Launch(_pack_kernel, grid, args, {"BLOCK_C": rows, "BLOCK_COLS": columns}, work), packed
+
+
+def _conv_launch(src, packed, c_out, bias, out, copy_dst, copy_channels, negative_slope, activation, tf32):
+    """Conv of src's channels into out, with the packed weights from its first output column on; copy_dst
+    gets src's channels, padded with zeros to copy_channels."""
     b, c_in, h, w = src.shape
-    c_out, n_pixels = weight.shape[0], b * h * w
+    n_pixels = b * h * w
     copy_input = copy_dst is not None
     copy_dst = copy_dst if copy_input else out  # a pointer the kernel ignores when there is nothing to copy
-    args = [src, weight, bias, out, copy_dst, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_x, x_end, c_out]
-    args += [copy_channels]
-    args += [*src.stride(), *weight.stride(), *out.stride(), *copy_dst.stride(), negative_slope]
+    args = [src, packed, bias, out, copy_dst, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_out, copy_channels]
+    args += [*src.stride(), *packed.stride(), *out.stride(), *copy_dst.stride(), negative_slope]
     constexprs = {"ACTIVATION": activation, "COPY_INPUT": copy_input, "PRECISION": _dot_precision(src.dtype, tf32)}
-    constexprs |= {"BLOCK_N": _tile(c_out, 16, 32), "BLOCK_K": _tile(c_in, 16, _k_tile(src.dtype))}
+    constexprs |= _forward_tiles(c_in, c_out, src.dtype)
 
     def grid(meta):
         return triton.cdiv(n_pixels, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"])
 
-    return _conv3x3, grid, args, constexprs
+    def work(meta):
+        tiles_m, tiles_n = grid(meta)
+        k = constexprs["BLOCK_K"]
+        conv = {"_conv3x3_kernel": (9 * triton.cdiv(c_in, k), meta["BLOCK_M"] * constexprs["BLOCK_N"] * k)}
+        copying = (triton.cdiv(copy_channels, k) if copy_input else 0, 0)  # in the first column of tiles
+        return [(tiles_m, conv | {"_copy_tile": copying}), (tiles_m * (tiles_n - 1), conv | {"_copy_tile": (0, 0)})]
+
+    return Launch(_conv3x3, grid, args, constexprs, work)
+
+
+def _sample_span(t):
+    """One past the largest offset, in elements, of one sample of t from its first element."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:], strict=True))
+
+
+def _check_indexing(*tensors):
+    """The kernels index flat pixels, and elements within a sample, in int32 (a sample's offset is int64)."""
+    b, _, h, w = tensors[0].shape
+    if b * h * w >= 2**31:
+        raise ValueError(f"the dense-block kernels index pixels in int32: {b} x {h} x {w} = {b * h * w:,} pixels")
+    for t in tensors:
+        if _sample_span(t) >= 2**31:
+            raise ValueError(f"the dense-block kernels index a sample in int32: {tuple(t.shape)} spans 2**31 elements")
 
 
 def _forward_launches(x, weights, biases, negative_slope, out, features, tf32):
+    _check_indexing(x, out, features)
     c_in, growth = x.shape[1], weights[0].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
-    launches = []
+    pack, packed = _pack_launch(weights, x.dtype, channels_inner=True)
+    launches = [pack]
     for k in range(CONVS):
         reads = x_end + k * growth  # conv k + 1 reads the buffer's channels up to here, and writes after
         dst = features[:, reads : reads + growth] if k < CONVS - 1 else out
-        if k == 0:  # conv 1 reads x where it lies, and copies it into the buffer on the way
-            src, src_x_end, copy_dst, copy_channels = x, c_in, features, x_end
+        if k == 0:  # conv 1 reads x where it lies (its channels are the buffer's first), and copies it there
+            src, copy_dst, copy_channels = x, features, x_end
         else:
-            src, src_x_end, copy_dst, copy_channels = features[:, :reads], x_end, None, 0
-        activation = k < CONVS - 1
-        launches.append(_conv_launch(src, c_in, src_x_end, weights[k], biases[k], dst, copy_dst, copy_channels,
-                                     negative_slope, activation, tf32))  # fmt: skip
+            src, copy_dst, copy_channels = features[:, :reads], None, 0
+        launches.append(_conv_launch(src, packed[:, :, k * growth :], weights[k].shape[0], biases[k], dst, copy_dst,
+                                     copy_channels, negative_slope, k < CONVS - 1, tf32))  # fmt: skip
     return launches
 
 
 def _backward_step_launch(
-    grad, feat, c_x, x_end, tail_start, weight, gbuf, dst, partials, slot, split_len, slope, tf32
+    grad, feat, c_x, x_end, tail_start, packed, c_out, gbuf, dst, partials, slot, split_len, slope, tf32
 ):
     """One conv's backward step. feat: the buffer channels it read; grad: dout for conv 5, else its dZ in G;
-    dst: G, dx for conv 1, or None for no input gradient; tail_start: where the previous conv's output
-    starts in feat (None for conv 1)."""
+    packed: the packed weights from its first output column on; dst: G, dx for conv 1, or None for no input
+    gradient; tail_start: where the previous conv's output starts in feat (None for conv 1)."""
     b, c_in, h, w = feat.shape
-    c_out, n_pixels = weight.shape[0], b * h * w
+    n_pixels = b * h * w
     input_grad, last = dst is not None, c_in == gbuf.shape[1]  # conv 5 reads every channel
     dst = gbuf if dst is None else dst  # a pointer the kernel ignores without INPUT_GRAD
     tail = c_in if tail_start is None else tail_start
-    args = [grad, feat, weight, gbuf, dst, partials, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_x, x_end]
+    args = [grad, feat, packed, gbuf, dst, partials, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_x, x_end]
     args += [c_out, tail, split_len, *slot, partials.stride(0), *grad.stride(), *feat.stride(), *dst.stride()]
-    args += [*weight.stride(), slope]
+    args += [*packed.stride(), slope]
     constexprs = {"ACCUMULATE": not last, "SLOPE_TAIL": tail_start is not None, "INPUT_GRAD": input_grad}
     constexprs |= {"PRECISION": _dot_precision(feat.dtype, tf32)}
-    constexprs |= {"BLOCK_N": _tile(c_in, 16, 32), "BLOCK_K": _tile(c_out, 16, _k_tile(feat.dtype))}
+    constexprs |= _input_grad_tiles(c_in, c_out, feat.dtype, constexprs["PRECISION"])
     constexprs |= {
-        "BLOCK_P": _pixel_step(feat.dtype),
+        "BLOCK_P": _pixel_step(feat.dtype, grad, c_in, constexprs["PRECISION"]),
         "BLOCK_WN": _tile(c_out, 16, 32),
-        "BLOCK_WC": _tile(c_in, 16, 32),
+        "BLOCK_WC": _tile(c_in, 16, 16 if _fma_dots(feat.dtype, constexprs["PRECISION"]) else 32),
     }
-    weight_programs = partials.shape[0] * 9 * triton.cdiv(c_out, constexprs["BLOCK_WN"])
+    weight_programs = partials.shape[0] * 3 * triton.cdiv(c_out, constexprs["BLOCK_WN"])
     weight_programs *= triton.cdiv(c_in, constexprs["BLOCK_WC"])
 
-    def grid(meta):
-        input_programs = triton.cdiv(n_pixels, meta["BLOCK_M"]) * triton.cdiv(c_in, meta["BLOCK_N"])
-        return (input_programs * input_grad + weight_programs,)
+    def input_programs(meta):
+        return triton.cdiv(n_pixels, meta["BLOCK_M"]) * triton.cdiv(c_in, constexprs["BLOCK_N"]) * input_grad
 
-    return _conv3x3_backward, grid, args, constexprs
+    def grid(meta):
+        return (input_programs(meta) + weight_programs,)
+
+    def work(meta):
+        c = constexprs
+        input_loop = (9 * triton.cdiv(c_out, c["BLOCK_K"]), meta["BLOCK_M"] * c["BLOCK_N"] * c["BLOCK_K"])
+        weight_loop = (triton.cdiv(split_len, c["BLOCK_P"]), 3 * c["BLOCK_WN"] * c["BLOCK_WC"] * c["BLOCK_P"])
+        return [
+            (input_programs(meta), {"_input_grad_tile": input_loop, "_weight_grad_tile": (0, 0)}),
+            (weight_programs, {"_input_grad_tile": (0, 0), "_weight_grad_tile": weight_loop}),
+        ]
+
+    return Launch(_conv3x3_backward, grid, args, constexprs, work)
 
 
 def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32):
+    _check_indexing(features, grad, gbuf, *([dx] if input_grad else []))
     c_in, growth = weights[0].shape[1], weights[0].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
     slots, _ = _param_slots(weights)
     _, split_len = _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])
-    launches = []
+    pack, packed = _pack_launch(weights, features.dtype, channels_inner=False)
+    launches = [pack]
     for k in reversed(range(CONVS)):
         output_at = x_end + k * growth  # where conv k + 1's output sits in the buffer
         reads = output_at if k else c_in  # the buffer channels it read
@@ -530,14 +724,36 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
             step_grad, dst = gbuf[:, output_at : output_at + growth], gbuf if k else (dx if input_grad else None)
         tail_start = output_at - growth if k else None  # conv k's output, whose dZ this step completes
         launches.append(_backward_step_launch(step_grad, features[:, :reads], c_in, x_end if k else c_in,
-                                              tail_start, weights[k], gbuf, dst, partials, slots[k], split_len,
-                                              negative_slope, tf32))  # fmt: skip
+                                              tail_start, packed[:, :, k * growth :], weights[k].shape[0], gbuf,
+                                              dst, partials, slots[k], split_len, negative_slope, tf32))  # fmt: skip
     return launches
 
 
+def _partials(flat, splits):
+    """The rows of weight-gradient partials, one per pixel split: the flat gradient itself when there is a
+    single split and it is fp32 (the kernels write the gradients in place)."""
+    if splits == 1 and flat.dtype == torch.float32:
+        return flat.view(1, -1)
+    return torch.empty(splits, flat.numel(), dtype=torch.float32, device=flat.device)
+
+
+def call_launches(op, args, tf32):
+    """The launches of one call of `op` ("irn::dense_block" or "irn::dense_block_backward") on these arguments,
+    as the op makes them; meta tensors will do (nothing is allocated on a device)."""
+    if op == "irn::dense_block":
+        x, weights, biases, negative_slope = args
+        out, features = _forward_outputs(x, weights, biases)
+        return _forward_launches(x, weights, biases, negative_slope, out, features, tf32)
+    grad, features, weights, negative_slope, channels_last, input_grad = args
+    dx, flat = _backward_outputs(features, weights, channels_last, input_grad)
+    partials = _partials(flat, _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])[0])
+    gbuf = _gradient_buffer(features)
+    return _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32)
+
+
 def _run(launches):
-    for kernel, grid, args, constexprs in launches:
-        kernel[grid](*args, **constexprs)
+    for launch in launches:
+        launch.kernel[launch.grid](*launch.args, **launch.constexprs)
 
 
 # --- custom ops: opaque to torch.compile (no graph break), with autograd --------------------------
@@ -569,11 +785,7 @@ def dense_block_backward(
     if n_pixels == 0:
         return dx, flat.zero_()
     splits, _ = _pixel_splits(n_pixels)
-    if splits == 1 and flat.dtype == torch.float32:
-        partials = flat.view(1, -1)  # a single split: the kernels write the gradients in place
-    else:
-        partials = torch.empty(splits, flat.numel(), dtype=torch.float32, device=features.device)
-    gbuf = _gradient_buffer(features)
+    partials, gbuf = _partials(flat, splits), _gradient_buffer(features)
     tf32 = tf32_convolutions()
     _run(_backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32))
     if partials.data_ptr() != flat.data_ptr():  # the splits summed in a fixed order: deterministic
@@ -632,44 +844,51 @@ def dense_block(x, weights, biases, negative_slope=NEGATIVE_SLOPE):
 def _backward_launches_count(args):
     features, weights = args[1], args[2]
     splits, _ = _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])
-    return CONVS + (splits > 1) + (weights[0].dtype != torch.float32)  # + the partials' sum, + a cast
+    return 1 + CONVS + (splits > 1) + (weights[0].dtype != torch.float32)  # + the partials' sum, + a cast
 
 
-# Kernels per call, for a census of a step: one per conv forward; one per conv backward step, then the
-# sum of the weight gradients' pixel splits when there are several, and a cast to non-fp32 weights
-# (dense_block_backward's torch ops after its Triton launches: sum, copy_, or both).
-LAUNCHES = {"irn::dense_block": lambda args: CONVS, "irn::dense_block_backward": _backward_launches_count}
+# Kernels per call, for a census of a step: the weights' packing, then one per conv forward; the packing,
+# one per conv backward step, then the sum of the weight gradients' pixel splits when there are several,
+# and a cast to non-fp32 weights (dense_block_backward's torch ops after its Triton launches: sum, copy_).
+LAUNCHES = {"irn::dense_block": lambda args: 1 + CONVS, "irn::dense_block_backward": _backward_launches_count}
+
+
+def _packing_traffic(weights, dtype):
+    """Bytes the packing moves: every weight read, the packed weights (in `dtype`) written."""
+    growth, c_in, c_out = weights[0].shape[0], weights[0].shape[1], weights[-1].shape[0]
+    packed = math.prod(_packed_shape(c_in, growth, c_out, dtype))
+    return sum(w.numel() * w.element_size() for w in weights) + packed * dtype.itemsize
 
 
 def _forward_traffic(args):
-    """Bytes the forward's kernels read and write once each: x, then per conv its channel prefix of the
-    buffer and its weights, and its output slice (conv 5: the block output)."""
+    """Bytes the forward's kernels read and write once each: the packing, x, then per conv its channel
+    prefix of the buffer and its packed weights, and its output slice (conv 5: the block output)."""
     x, weights = args[0], args[1]
     pixels, size = x.shape[0] * x.shape[2] * x.shape[3], x.element_size()
     x_end, channels, _ = _buffer_layout(x.shape[1], weights[0].shape[0])
-    moved = pixels * x.shape[1] * size + pixels * x_end * size  # x read, copied into the buffer
+    moved = _packing_traffic(weights, x.dtype) + pixels * x.shape[1] * size + pixels * x_end * size  # x, its copy
     for k, w in enumerate(weights):
         prefix = x_end + k * weights[0].shape[0]
-        moved += pixels * (prefix + w.shape[0]) * size + w.numel() * w.element_size()
+        moved += pixels * (prefix + w.shape[0]) * size + w.numel() * size
     return moved
 
 
 def _backward_traffic(args):
     """Bytes the backward's kernels read and write once each. Step k (conv 5 down to conv 1) reads its
     output's gradient (the op's grad, or its fp32 slice of G), its feature prefix (for the weight
-    gradient) and its weights, writes the weight-gradient partials, and adds its input gradient to G's
-    prefix: conv 5 writes G without reading it, convs 4 to 2 read and write it, conv 1 reads G's x part
-    and writes dx (when x needs a gradient)."""
+    gradient) and its packed weights, writes the weight-gradient partials, and adds its input gradient to
+    G's prefix: conv 5 writes G without reading it, convs 4 to 2 read and write it, conv 1 reads G's x part
+    and writes dx (when x needs a gradient). The packing comes first."""
     grad, features, weights, input_grad = args[0], args[1], args[2], args[5]
     pixels, size = features.shape[0] * features.shape[2] * features.shape[3], features.element_size()
     growth = weights[0].shape[0]
     x_end, _, _ = _buffer_layout(weights[0].shape[1], growth)
     splits, _ = _pixel_splits(pixels)
-    moved = grad.numel() * grad.element_size()
+    moved = _packing_traffic(weights, features.dtype) + grad.numel() * grad.element_size()
     for k, w in enumerate(weights):
         prefix = x_end + k * growth
         g_passes = 1 if k == CONVS - 1 else 2 if k else int(input_grad)  # G's prefix: written, read+written, read
-        moved += pixels * prefix * (size + 4 * g_passes) + w.numel() * (w.element_size() + splits * 4)
+        moved += pixels * prefix * (size + 4 * g_passes) + w.numel() * (size + splits * 4)
         moved += pixels * w.shape[0] * 4 if k < CONVS - 1 else 0  # conv k+1's output gradient, from G
     return moved + (pixels * weights[0].shape[1] * size if input_grad else 0)
 
@@ -733,19 +952,40 @@ def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False, capability=None):
     for dtype, param_dtype in _AOT_DTYPES:
         for tf32 in (True, False) if dtype == torch.float32 else (False,):  # the dot precision of fp32 launches
             for c_in, c_out in blocks:
-                for kernel, _, args, constexprs in _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32):
-                    configs = kernel.configs
-                    if kernel is _conv3x3_backward and capability is not None:
-                        configs = _backward_configs(configs, dtype, capability)
-                    for config in configs:
-                        signature, constants, aligned = _signature(kernel.fn, args, constexprs | config.kwargs)
-                        name = _variant_name(kernel.fn, signature, constants, aligned if attrs else [])
-                        variant = (name, kernel.fn, signature, constants)
-                        if attrs:
-                            indices = [kernel.fn.arg_names.index(arg) for arg in aligned]
-                            variant += ({(i,): [["tt.divisibility", 16]] for i in indices},)
-                        variants.setdefault(name, variant)
+                for launch in _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32):
+                    for config in launch_configs(launch, capability):
+                        variant = launch_variant(launch, config, aligned=attrs)
+                        variants.setdefault(variant[0], variant if attrs else variant[:4])
     return list(variants.values())
+
+
+def launch_configs(launch, capability=None):
+    """The autotune configs a launch may run with on a GPU of `capability` (None: on any GPU); one empty
+    config for a kernel that is not autotuned."""
+    configs = getattr(launch.kernel, "configs", [triton.Config({})])
+    if launch.kernel is _conv3x3:
+        c = launch.constexprs
+        return _forward_configs(configs, launch.args[0].dtype, c["PRECISION"], c["COPY_INPUT"])
+    if launch.kernel is _conv3x3_backward and capability is not None:
+        return _backward_configs(configs, launch.args[1].dtype, capability, launch.constexprs["BLOCK_N"])
+    return configs
+
+
+def launch_function(launch):
+    """The @triton.jit function a launch runs (under its autotuner, if any)."""
+    return launch.kernel.fn if isinstance(launch.kernel, triton.runtime.Autotuner) else launch.kernel
+
+
+def launch_variant(launch, config, aligned=True):
+    """(name, jit function, signature, constexprs, attrs) of a launch under an autotune config, as
+    triton.compiler.ASTSource takes them, the name spelling out every specialisation. attrs: with `aligned`,
+    the 16-divisibility the JIT finds in ints and pointers (base allocations assumed aligned), so that the
+    compile is the one the GPU runs; without, none (a compile that assumes no alignment at all)."""
+    fn = launch_function(launch)
+    signature, constants, divisible = _signature(fn, launch.args, launch.constexprs | config.kwargs)
+    divisible = divisible if aligned else []
+    attrs = {(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in divisible}
+    return _variant_name(fn, signature, constants, divisible), fn, signature, constants, attrs
 
 
 def _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32, batch=2, size=36):
@@ -755,12 +995,10 @@ def _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32, batch=2, size=
     weights = [torch.empty(shape, dtype=param_dtype, device="meta") for shape in shapes]
     biases = [torch.empty(shape[0], dtype=param_dtype, device="meta") for shape in shapes]
     out, features = _forward_outputs(x, weights, biases)
-    launches = _forward_launches(x, weights, biases, NEGATIVE_SLOPE, out, features, tf32)
+    launches = call_launches("irn::dense_block", (x, weights, biases, NEGATIVE_SLOPE), tf32)
     for input_grad in (True, False):
-        dx, flat = _backward_outputs(features, weights, False, input_grad)
-        partials = torch.empty(2, flat.numel(), dtype=torch.float32, device="meta")
-        gbuf = _gradient_buffer(features)
-        launches += _backward_launches(out, features, weights, NEGATIVE_SLOPE, gbuf, dx, partials, input_grad, tf32)
+        args = (out, features, weights, NEGATIVE_SLOPE, False, input_grad)
+        launches += call_launches("irn::dense_block_backward", args, tf32)
     return launches
 
 

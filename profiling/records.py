@@ -9,6 +9,7 @@
         explosions.jsonl     recorded gradient explosions, batches in explosions/
         census.json          one training step counted: FLOPs, kernels, bytes (profiling/runtime/counting.py)
         train.log            everything the trainer printed, every job of the run
+        forecast.json        the fused dense kernels' issue-bound step, from their SASS (profiling.bench forecast --run)
         torch_profile.json   top ops of a torch.profiler capture, torch_trace.json its Chrome trace
         pyspy.*              py-spy captures
         checkpoints/
@@ -44,6 +45,7 @@ SAMPLES_STEM = "gpu"
 EXPLOSIONS = "explosions.jsonl"
 CENSUS = "census.json"
 LOG = "train.log"
+FORECAST = "forecast.json"
 TORCH_PROFILE = "torch_profile.json"
 TORCH_TRACE = "torch_trace.json"
 PYSPY_PREFIX = "pyspy"

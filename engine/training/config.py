@@ -19,6 +19,7 @@ from pathlib import Path
 
 from engine.data.codec import CODECS
 from engine.errors import UserError, parser
+from engine.model.dense_choice import DENSE_KERNELS
 from engine.model.execution import COMPILE_MODES, DEVICE_CHOICES, DEVICES, PRECISIONS
 
 
@@ -243,6 +244,7 @@ class Config:
     device: str = config_key(str, a_device)
     precision: str = config_key(str, choice(*PRECISIONS))
     fast_kernels: bool = config_key(parse_bool, is_bool)
+    dense_kernels: str = config_key(str, choice(*DENSE_KERNELS))
     compile: str = config_key(str, choice("off", *COMPILE_MODES))
     cudnn_benchmark: bool = config_key(parse_bool, is_bool)
     tf32: bool = config_key(parse_bool, is_bool)

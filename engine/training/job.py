@@ -48,6 +48,8 @@ def run(cfg, flags, ranks, time_limit):
     if cfg.fast_kernels:
         fused = trainer.kernel_note or trainer.dense_note or "dense blocks, Haar and coupling run fused"
         log(f"--fast-kernels: {fused}")
+    for choice in trainer.dense_choices:
+        log(f"--dense-kernels {cfg.dense_kernels}: {choice}")
     if cfg.init_from and not flags.resume:  # before the run folder exists: a mismatch leaves none behind
         start.initialise_from(trainer, cfg.init_from, log)
     folder, state = start.open_run(cfg, flags, ranks, log)

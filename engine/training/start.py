@@ -134,11 +134,14 @@ def open_run(cfg, flags, ranks, log):
 
 def write_start_records(trainer, folder, state, data):
     """census.json (rank 0) and env.jsonl's line for this job: every rank's versions, device, seed, first
-    step and probe (launch cost and matrix-product rate, for the report's floors), gathered on rank 0, and
-    the `data` the job read (data_record)."""
+    step, probe (launch cost and matrix-product rate, for the report's floors), with fused dense blocks each
+    dense-block shape's fused and cuDNN times and the choice, gathered on rank 0, and the `data` the job read
+    (data_record)."""
     cfg, ranks, device = trainer.cfg, trainer.ranks, trainer.device
     job = {"rank": ranks.rank, "seed": cfg.seed + ranks.rank, "start_step": state["step"] if state else 0}
     job["time"] = time.time()
+    if trainer.dense_choices:
+        job["dense_kernels"] = {"mode": cfg.dense_kernels, "choices": [c.to_json() for c in trainer.dense_choices]}
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # measuring must not move the run's random streams
         job["probe"] = probe(device, cfg.precision, cfg.tf32)  # TF32 as the Trainer set the convolutions

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.data import codec, tensors
-from engine.model import execution, rescaler
+from engine.errors import UserError
+from engine.model import dense_choice, execution, rescaler
 from engine.model.losses import irn_losses, network_passes
 from engine.training import checkpoints, distributed
 
@@ -91,10 +92,12 @@ class Trainer:
         execution.use_invertible_backprop(self.model, cfg.invertible_backprop)
         # Fast kernels swap ops inside the same modules; compile traces whichever ops are in place.
         self.kernel_note = execution.fast_kernels_unavailable(device) if cfg.fast_kernels else None
-        self.dense_note = None
+        self.dense_note, self.dense_choices = None, []
         if cfg.fast_kernels and self.kernel_note is None:
             self.dense_note = execution.dense_kernels_unavailable(device)
             execution.use_fast_kernels(self.model, dense=self.dense_note is None)
+            if self.dense_note is None:
+                self.dense_choices = self.choose_dense_kernels()
         self.net, self.allreduce = self.trained_network(), None
         if self.ranks.active:
             self.net, self.allreduce = distributed.wrap(self.net, self.ranks, device)
@@ -120,6 +123,18 @@ class Trainer:
 
     def load_weights(self, state):
         self.model.load_state_dict(state["model"])
+
+    def choose_dense_kernels(self):
+        """Fused or cuDNN for each dense-block shape of a training step (engine/model/dense_choice.py), timed
+        on this rank's share of a batch without moving the run's random streams."""
+        cfg = self.cfg
+        hr = torch.zeros(cfg.batch_size // self.ranks.world, 3, cfg.crop, cfg.crop, device=self.device)
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                return dense_choice.choose(self.model, hr, cfg.dense_kernels, dense_choice.time_block)
+        except ValueError as err:  # a fused kernel's own limit (int32 indexing, a grid axis) at this shape
+            hint = "use a smaller --batch-size or --crop, or no --fast-kernels"
+            raise UserError(f"--fast-kernels: {err}; {hint}") from None
 
     def state(self, step):
         return {

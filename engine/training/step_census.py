@@ -18,10 +18,46 @@ def census(cfg, fast_kernels=None, fused_dense=True):
     `fast_kernels` counts the fused path (default: the config's; `fused_dense`: with the dense blocks fused),
     whatever device this machine has; the Triton ops' fake implementations stand in for them.
     """
+    fast = cfg.fast_kernels if fast_kernels is None else fast_kernels
+    counter = _counted_step(cfg, fast, fused_dense, _launches())
+    setting = {k: getattr(cfg, k) for k in ("scale", "batch_size", "crop", "precision", "blocks_per_stage", "growth")}
+    return counter.census(setting | {"fast_kernels": fast})
+
+
+def dense_block_calls(cfg):
+    """Every call of the fused dense-block ops (forward and backward) in one training step of `cfg`, as
+    (op name, arguments), meta tensors standing in for the step's fake ones."""
+    calls = []
+
+    def recording(op, count):
+        def launches(args):
+            calls.append((op, args))
+            return count(args)
+
+        return launches
+
+    launches = _launches()
+    launches |= {op: recording(op, count) for op, count in launches.items() if op.startswith("irn::dense")}
+    _counted_step(cfg, True, True, launches)
+    return [(op, torch.utils._pytree.tree_map_only(torch.Tensor, _as_meta, args)) for op, args in calls]
+
+
+def _launches():
     from kernels import coupling, dense, haar
 
-    fast = cfg.fast_kernels if fast_kernels is None else fast_kernels
-    launches = {**haar.LAUNCHES, **coupling.LAUNCHES, **dense.LAUNCHES, **codec.LAUNCHES}
+    return {**haar.LAUNCHES, **coupling.LAUNCHES, **dense.LAUNCHES, **codec.LAUNCHES}
+
+
+def _as_meta(t):
+    """A meta tensor with t's shape, strides, storage offset and dtype."""
+    span = t.storage_offset() + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True)) + 1
+    return torch.empty(span, dtype=t.dtype, device="meta").as_strided(t.shape, t.stride(), t.storage_offset())
+
+
+def _counted_step(cfg, fast, fused_dense, launches):
+    """The StepCounter of one training step of `cfg` run on fake tensors (`fast`: on the fused path)."""
+    from kernels import dense
+
     counter = StepCounter(launches=launches, traffic=dense.TRAFFIC)
     # Built for real (FrEIA's Haar computes its permutation from values); the step then runs on fake
     # tensors, the real weights standing in as fake ones.
@@ -33,8 +69,7 @@ def census(cfg, fast_kernels=None, fused_dense=True):
         batch = crops.empty_batch(cfg.batch_size, cfg.crop, cfg.scale, codec=cfg.codec != "none")
         with counter.counting():
             trainer.step(batch, counter, guard=None, step=0)
-    setting = {k: getattr(cfg, k) for k in ("scale", "batch_size", "crop", "precision", "blocks_per_stage", "growth")}
-    return counter.census(setting | {"fast_kernels": fast})
+    return counter
 
 
 def census_json(cfg, fast_kernels=None, fused_dense=True):

@@ -5,6 +5,7 @@
     python -m profiling.bench memory      # one step with and without --invertible-backprop: memory and time
     python -m profiling.bench overhead    # the profiler's own cost: timing + sampling on vs off, interleaved
     python -m profiling.bench registers   # the Triton kernels compiled for P100/A100/H100: registers, spills
+    python -m profiling.bench forecast    # the fused dense blocks' step on A100/H100, from their SASS: no GPU needed
     python -m profiling.bench gpu         # on a GPU: the GPU tests, then all of the above into docs/PERFORMANCE.md
     python -m profiling.bench data        # the data cache vs decoding at every start: start, samples/s, peak memory
 
@@ -22,6 +23,7 @@ from engine.training import config
 from engine.training.config import flag_type
 from profiling.bench.data import bench_data
 from profiling.bench.figures import REPO
+from profiling.bench.forecast import bench_forecast
 from profiling.bench.fused_ops import bench_kernels
 from profiling.bench.gpu_page import bench_gpu
 from profiling.bench.memory import bench_memory
@@ -40,6 +42,7 @@ def main(argv=None):
         "overhead": bench_overhead,
         "registers": bench_registers,
         "data": bench_data,
+        "forecast": bench_forecast,
         "gpu": bench_gpu,
     }
     p = parser("python -m profiling.bench", __doc__)
@@ -58,6 +61,9 @@ def main(argv=None):
     p.add_argument("--image-size", default="2040x1356", help="`data`: WxH of the generated images (DIV2K's)")
     p.add_argument("--run-steps", type=at_least[1], default=200, help="`data`: steps of the demo runs measured")
     p.add_argument("--json", action="store_true", help="print the figures (and their raw records) as JSON")
+    p.add_argument("--config", default="irn_x4", help="`forecast`: the config whose training step it forecasts")
+    p.add_argument("--dump", default=None, metavar="DIR", help="`forecast`: write every variant's TTGIR, PTX, SASS")
+    p.add_argument("--run", default=None, help="`forecast`: of this run's config, into its folder (the report's)")
     p.add_argument("--out", default=str(REPO / "docs" / "PERFORMANCE.md"), help="`gpu`: the page to write")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.json and args.what == "gpu":

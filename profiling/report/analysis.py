@@ -149,7 +149,7 @@ def gpu_stats(samples, step_time_ms, gpus=1):
     return {"kind": "none"}
 
 
-def hardware(cfg, env, census, measured_ms):
+def hardware(cfg, env, census, measured_ms, forecast=None):
     """The run's own device against the census: floors, achieved FLOP/s and MFU; forecasts for the
     named GPUs. None without a census (runs made before it existed).
 
@@ -165,8 +165,10 @@ def hardware(cfg, env, census, measured_ms):
     graphs = compile_mode in roofline.CUDA_GRAPH_MODES
     launch_us = roofline.launch_cost_us(compile_mode, probe.get("launch_us", roofline.LAUNCH_US))
     peak, source, gpu = roofline.peak(device, precision, tf32, probe.get("matmul_tflops"))
+    issue = roofline.issue_floors(forecast, census, precision, tf32)
     if gpu:
-        own = roofline.floors(census, gpu, precision, tf32, launch_us)
+        own_issue = next((ms for key, ms in issue.items() if roofline.GPUS[key].capability == gpu.capability), None)
+        own = roofline.floors(census, gpu, precision, tf32, launch_us, own_issue)
     else:  # a CPU or an unlisted GPU: its measured matrix-product rate is the compute roof, bandwidth unknown
         own = floors_without_bandwidth(census, peak, launch_us)
     forecast_launch_us = roofline.launch_cost_us(compile_mode)  # the other GPUs' probes are not known
@@ -176,7 +178,7 @@ def hardware(cfg, env, census, measured_ms):
         "census": census,
         "own": own | {"peak_tflops": peak, "peak_source": source, "launch_us": launch_us, "cuda_graphs": graphs},
         "vs_floor": measured_ms / own["floor_ms"] if own.get("floor_ms") else None,
-        "forecasts": roofline.forecasts(census, precision, tf32, forecast_launch_us),
+        "forecasts": roofline.forecasts(census, precision, tf32, forecast_launch_us, issue),
         "forecast_launch_us": forecast_launch_us,
     }
 
@@ -242,6 +244,7 @@ class RunRecords:
     phases: dict  # rank -> the newest phase record of each step
     samples: dict  # rank -> sampler records
     census: dict | None
+    forecast: dict | None  # forecast.json, where `profiling.bench forecast --run` wrote one
     torch_profile: dict | None
     explosions: list
 
@@ -265,6 +268,7 @@ def read_run(folder):
         phases={r: last_per_step(read_jsonl(p)) for r, p in records.rank_files(folder, records.PHASES_STEM).items()},
         samples={r: read_jsonl(p) for r, p in records.rank_files(folder, records.SAMPLES_STEM).items()},
         census=read_json(folder / records.CENSUS),
+        forecast=read_json(folder / records.FORECAST),
         torch_profile=read_json(folder / records.TORCH_PROFILE),
         explosions=read_jsonl(folder / records.EXPLOSIONS),
     )
@@ -278,7 +282,7 @@ def analyse(folder):
     steps = ranks.get(0, [])
     stats = phase_stats(steps if len(steps) >= MIN_STEADY else logged)  # a short run: every step, and no verdict
     gpu = training_gpu_stats(run.samples, ranks, stats["step_ms"], gpus=env.get("world_size", 1))
-    hw = hardware(cfg, env, run.census, stats["step_ms"])
+    hw = hardware(cfg, env, run.census, stats["step_ms"], run.forecast)
     scheduled, device_type = scheduled_work(logged), env.get("device", {}).get("type", "cpu")
     rank_rows = rank_table(ranks) if len(ranks) > 1 else []
     return {

@@ -32,7 +32,18 @@ def header(run):
         f"commit: {env.get('git_commit')}   jobs: {run['jobs']}   step {p['last_step']} of {p['steps']}"
         + (" (finished)" if p["finished"] else ""),
     ]
+    if env.get("dense_kernels"):
+        lines.append(dense_kernels_line(env["dense_kernels"]))
     return Panel("\n".join(lines), title=f"run {run['run']}")
+
+
+def dense_kernels_line(found):
+    """How the dense blocks ran (--dense-kernels): per input shape, the choice and the times it was made on."""
+    shapes = []
+    for c in found["choices"]:
+        timed = f" (fused {c['fused_ms']:.2f} ms, cuDNN {c['cudnn_ms']:.2f} ms)" if c["fused_ms"] is not None else ""
+        shapes.append(f"{'x'.join(map(str, c['shape']))} {c['dtype']}: {c['chosen']}{timed}")
+    return f"dense blocks ({found['mode']}): " + "; ".join(shapes)
 
 
 def throughput_line(run):
@@ -127,10 +138,13 @@ def forecast_table(forecasts, precision, batch, launch_us):
     """Floors of one step on each named GPU, its bound, and the images/s a step at the floor would give."""
     launches = f"launches at {launch_us:g} us" if launch_us else "no launch floor: CUDA graphs"
     table = Table(title=f"this step on other GPUs ({precision}; floors, {launches})")
-    for col in ("GPU", "math", "compute ms", "memory ms", "launch ms", "bound", "images/s at the floor"):
+    issue = any("issue_ms" in f for f in forecasts.values())  # a forecast.json covers some of the GPUs
+    floors = ["compute_ms", "memory_ms", "launch_ms"] + (["issue_ms"] if issue else [])
+    columns = ["GPU", "math", *(k.replace("_ms", " ms") for k in floors), "bound", "images/s at the floor"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("GPU", "bound") else "right")
     for key, f in forecasts.items():
-        cells = [f"{f[k]:.2f}" for k in ("compute_ms", "memory_ms", "launch_ms")]
+        cells = [f"{f[k]:.2f}" if k in f else "-" for k in floors]
         table.add_row(roofline.GPUS[key].name, f["math"], *cells, f["bound"], f"{batch / f['floor_ms'] * 1e3:,.0f}")
     return table
 

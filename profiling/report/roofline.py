@@ -4,6 +4,9 @@ A step cannot take less than any of three floors:
     compute  FLOPs / peak FLOP/s at the step's math precision
     memory   bytes / memory bandwidth          (bytes: every op reading its inputs and writing its outputs once)
     launch   kernels x the cost of one launch  (the host issues kernels one after another)
+and, for a fused step whose forecast a run folder holds (forecast.json, `python -m profiling.bench forecast
+--run RUN`), a fourth:
+    issue    the fused dense kernels' instructions at 4 per clock per SM, from their SASS
 The largest is the bound; the forecast is that floor. MFU (model FLOPs utilisation, as nanoGPT reports
 it) is the FLOP/s a run achieved over the peak. Peaks are the vendors' dense figures (no sparsity).
 """
@@ -60,6 +63,10 @@ NEXT_STEP = {  # (what to try, the config that already does it)
         ("--fast-kernels (fused dense blocks move fewer bytes)", ("fast_kernels", True)),
         ("--precision bf16 (half the bytes)", ("precision", "bf16")),
     ],
+    "issue": [
+        ("--precision bf16 (fewer instructions per multiply in the fused dense kernels)", ("precision", "bf16")),
+        ("--dense-kernels cudnn where cuDNN is faster (auto chooses per shape at start)", ("dense_kernels", "auto")),
+    ],
     "compute": [
         ("--precision bf16 (tensor cores)", ("precision", "bf16")),
         ("a GPU with more FLOP/s; the step is at the hardware's arithmetic limit", None),
@@ -80,14 +87,17 @@ def math_precision(precision, tf32, gpu):
     return precision if precision in gpu.peak_tflops else "fp32"
 
 
-def floors(census, gpu, precision="fp32", tf32=True, launch_us=LAUNCH_US):
-    """{'compute_ms', 'memory_ms', 'launch_ms', 'bound', 'floor_ms', 'math'} of a census on `gpu`."""
+def floors(census, gpu, precision="fp32", tf32=True, launch_us=LAUNCH_US, issue_ms=None):
+    """{'compute_ms', 'memory_ms', 'launch_ms', ('issue_ms',) 'bound', 'floor_ms', 'math'} of a census on
+    `gpu`, with the issue floor where one is given."""
     math = math_precision(precision, tf32, gpu)
     ms = {
         "compute": census["flops_per_step"] / (gpu.peak_tflops[math] * 1e12) * 1e3,
         "memory": census["bytes_per_step"] / (gpu.bandwidth_gbs * 1e9) * 1e3,
         "launch": census["kernels_per_step"] * launch_us / 1e3,
     }
+    if issue_ms is not None:
+        ms["issue"] = issue_ms
     bound = max(ms, key=ms.get)
     return {f"{k}_ms": v for k, v in ms.items()} | {"bound": bound, "floor_ms": ms[bound], "math": math}
 
@@ -108,10 +118,23 @@ def peak(device, precision, tf32, measured_tflops):
     return measured_tflops, f"measured {precision} matrix product on this {device.get('type', 'device')}", None
 
 
-def forecasts(census, precision="fp32", tf32=True, launch_us=LAUNCH_US):
+def forecasts(census, precision="fp32", tf32=True, launch_us=LAUNCH_US, issue=None):
     """{short name: floors} for every GPU of the table, of the step that GPU would run: a fused census
-    says what runs before and from the dense kernels' compute capability ("by_capability")."""
-    return {key: floors(on_gpu(census, gpu), gpu, precision, tf32, launch_us) for key, gpu in GPUS.items()}
+    says what runs before and from the dense kernels' compute capability ("by_capability"). `issue`:
+    {short name: issue-bound ms} of the GPUs whose fused step a forecast covers (issue_floors)."""
+    issue = issue or {}
+    return {
+        key: floors(on_gpu(census, gpu), gpu, precision, tf32, launch_us, issue.get(key)) for key, gpu in GPUS.items()
+    }
+
+
+def issue_floors(forecast, census, precision, tf32):
+    """{GPU short name: issue-bound ms} of a forecast.json for this step: its steps of the run's precision
+    (TF32 for fp32 with TF32, bf16), when the step's dense blocks are fused; {} otherwise."""
+    if not forecast or not census or not census.get("setting", {}).get("fast_kernels"):
+        return {}
+    math = "bf16" if precision == "bf16" else "tf32" if precision == "fp32" and tf32 else None
+    return {s["gpu"]: s["issue_ms"] for s in forecast.get("steps", []) if s.get("precision") == math}
 
 
 def on_gpu(census, gpu):

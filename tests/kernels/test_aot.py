@@ -4,12 +4,10 @@ compiles, and none spills registers to local memory on the P100 (sm_60), the A10
 The compiles run in a subprocess without TRITON_INTERPRET (this process has the interpreter's kernels),
 in parallel processes, one per CPU; `pytest -s tests/kernels/test_aot.py` prints how many ran and their
 CPU seconds (a cold Triton cache costs most of it; a warm one, seconds). What they cover:
-- sm_80 and sm_90: every variant of the Haar and coupling kernels, and every variant of the dense block
-  that the engine launches: fp32 features (TF32 on and off) and fp16/bf16 features with fp32 weights
-  (its --precision runs the dense blocks under autocast, which keeps the parameters fp32). Dense variants
-  with fp16/bf16 weights (a model cast to half precision as a whole, which only direct callers of
-  kernels.dense.dense_block launch) would add ~75 CPU seconds: `python -m profiling.bench registers`
-  compiles them, as every variant on every target.
+- sm_80 and sm_90: every variant of the Haar and coupling kernels, and every variant of the dense block:
+  fp32 features (TF32 on and off) and fp16/bf16 ones. The convs read weights packed into the features'
+  dtype, so fp32 weights (--precision runs the dense blocks under autocast, which keeps the parameters
+  fp32) and half-precision ones (a model cast as a whole) differ in the packing alone.
 - sm_60 (P100): the fp32 and fp16 Haar and coupling kernels (bf16 needs sm_80). The dense kernels start
   at compute capability 8.0 (kernels.dense.MIN_CAPABILITY): older GPUs keep cuDNN for the dense blocks.
 """
@@ -27,23 +25,22 @@ import triton
 
 ROOT = pathlib.Path(__file__).parents[2]
 TARGETS = (60, 80, 90)
-ENGINE_DENSE_DTYPES = {"fp32", "fp16/w32", "bf16/w32"}  # features / weights, as kernels.aot.dtype names them
+DENSE_DTYPES = ("fp32", "fp16", "bf16")
+PACKED_DTYPES = (*DENSE_DTYPES, "fp16/w32", "bf16/w32")  # packed / weights, as kernels.aot.dtype names them
 
 
 def compiled_here(variant, capability):
     """Whether the test compiles this variant (an aot.Variant) for this target (see the module docstring)."""
     from kernels import aot
 
-    if aot.family(variant) in ("haar", "coupling"):
-        return True
-    return capability >= 80 and aot.dtype(variant) in ENGINE_DENSE_DTYPES
+    return aot.family(variant) in ("haar", "coupling") or capability >= 80
 
 
 def _compile(targets=TARGETS):
     """In the subprocess: compile the test's variants, one JSON row per compile on stdout."""
     from kernels import aot
 
-    for row in aot.compile_all(targets, select=compiled_here):
+    for row in aot.compile_all(targets, select=compiled_here, loops=True):
         print(json.dumps(row))
 
 
@@ -85,14 +82,16 @@ def test_every_variant_compiles(rows):
     assert not failed, "\n".join(failed)
     kinds = {target: {(r["family"], r["dtype"]) for r in found} for target, found in _by_target(rows).items()}
     stream = {(family, dtype) for family in ("haar", "coupling") for dtype in ("fp32", "fp16", "bf16")}
-    dense = {(family, dtype) for family in ("dense_fwd", "dense_bwd") for dtype in ENGINE_DENSE_DTYPES}
+    dense = {(family, dtype) for family in ("dense_fwd", "dense_bwd") for dtype in DENSE_DTYPES}
+    dense |= {("dense_pack", dtype) for dtype in PACKED_DTYPES}
     assert kinds == {
         "sm_60": {(family, dtype) for family, dtype in stream if dtype != "bf16"},
         "sm_80": stream | dense,
         "sm_90": stream | dense,
     }
     for target in ("sm_80", "sm_90"):  # both TF32 settings of the fp32 dense kernels
-        fp32 = [r for r in rows if r["target"] == target and r["family"].startswith("dense") and r["dtype"] == "fp32"]
+        convs = ("dense_fwd", "dense_bwd")
+        fp32 = [r for r in rows if r["target"] == target and r["family"] in convs and r["dtype"] == "fp32"]
         precisions = {r["short"].split()[3] for r in fp32}
         assert {"tf32", "ieee"} <= precisions, (target, precisions)
     assert len({(r["target"], r["short"]) for r in rows}) == len(rows)  # short names tell variants apart
@@ -108,23 +107,86 @@ def test_no_variant_spills(rows):
 
 
 @pytest.mark.parametrize(
-    "capability, dtype, tiles",
+    "capability, dtype, block_n, tiles",
     [
-        ((8, 0), torch.float32, [32]),  # A100: 64-pixel fp32 backward steps spill with ptxas 12.9
-        ((8, 6), torch.float32, [32]),
-        ((6, 0), torch.float32, [32]),
-        ((9, 0), torch.float32, [32, 64]),  # H100: both, spill-free
-        ((8, 0), torch.bfloat16, [32, 64]),
+        ((8, 0), torch.float32, 32, [32]),  # A100: 64-pixel fp32 backward steps spill with ptxas 12.9
+        ((8, 6), torch.float32, 32, [32]),
+        ((6, 0), torch.float32, 32, [32]),
+        ((9, 0), torch.float32, 32, [32, 64]),  # H100: both, spill-free
+        ((8, 0), torch.bfloat16, 32, [32, 64]),
+        ((8, 0), torch.bfloat16, 64, [32]),  # 64-channel input-gradient tiles: as fp32
+        ((9, 0), torch.bfloat16, 64, [32, 64]),
     ],
 )
-def test_fp32_backward_steps_take_32_pixel_tiles_before_hopper(monkeypatch, capability, dtype, tiles):
+def test_wide_backward_steps_take_32_pixel_tiles_before_hopper(monkeypatch, capability, dtype, block_n, tiles):
     """The autotuner's pruning at launch, which aot_variants(capability=...) applies to what it compiles."""
     from kernels import dense
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     configs = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (32, 64)]
     feat = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
-    pruned = dense._prune_backward_configs(configs, {"feat": feat})
+    pruned = dense._prune_backward_configs(configs, {"feat": feat}, BLOCK_N=block_n)
     assert [config.kwargs["BLOCK_M"] for config in pruned] == tiles
     cpu = SimpleNamespace(device=torch.device("cpu"), dtype=dtype)  # the interpreter: no pruning
-    assert dense._prune_backward_configs(configs, {"feat": cpu}) == configs
+    assert dense._prune_backward_configs(configs, {"feat": cpu}, BLOCK_N=block_n) == configs
+
+
+# The global loads of the dense kernels' main loops, by jit function and pointer: the channel stride that
+# makes them contiguous when it is 1, the channel count that masks them (16-divisible: a mask constant
+# over 16 channels), and the tile's two dimensions.
+MAIN_LOOP_LOADS = {
+    ("_conv3x3_kernel", "src"): ("s_c", "C_in", ("BLOCK_M", "BLOCK_K")),  # features (conv 1: x)
+    ("_conv3x3_kernel", "packed"): ("p_n", None, ("BLOCK_K", "BLOCK_N")),
+    ("_input_grad_tile", "grad"): ("g_c", "C_out", ("BLOCK_M", "BLOCK_K")),  # dZ (conv 5: the op's grad)
+    ("_input_grad_tile", "packed"): ("p_n", None, ("BLOCK_K", "BLOCK_N")),
+    ("_weight_grad_tile", "feat"): ("f_c", "C_in", ("BLOCK_P", "BLOCK_WC")),
+    ("_weight_grad_tile", "grad"): ("g_c", "C_out", ("BLOCK_P", "BLOCK_WN")),
+}
+BYTES = {"*fp32": 4, "*fp16": 2, "*bf16": 2}
+VECTOR_TILE = 128 * 16  # bytes: 4 warps' threads each loading 16
+
+
+def _dense_convs(rows):
+    return [r for r in rows if r["family"] in ("dense_fwd", "dense_bwd") and "error" not in r]
+
+
+def expected_width(row, function, pointer):
+    """16 where the JIT can prove a load contiguous, aligned and evenly masked over 16 bytes a thread and the
+    tile gives every thread that much; None (any width) elsewhere: x and the op's grad as the caller lays
+    them out (NCHW), or a tile too small (conv 5's 3 outputs padded to 16 in fp32)."""
+    stride, count, dims = MAIN_LOOP_LOADS[(function, pointer)]
+    c = row["constexprs"]
+    unit = c.get(stride) == 1 and (count is None or count in row["divisible"])
+    return 16 if unit and c[dims[0]] * c[dims[1]] * BYTES[row["pointers"][pointer]] >= VECTOR_TILE else None
+
+
+def test_main_loops_load_features_dz_and_packed_weights_16_bytes_at_a_time(rows):
+    """Read in the SASS: every global load of the main loops (feature, dZ and packed-weight tiles) is 16
+    bytes wide wherever the JIT can make it so; and they load nothing else."""
+    narrow = []
+    for r in _dense_convs(rows):
+        for loop in r["main_loops"]:
+            for pointer, widths in loop["loads"].items():
+                assert (loop["function"], pointer) in MAIN_LOOP_LOADS, (r["short"], loop["function"], pointer)
+                if expected_width(r, loop["function"], pointer) == 16 and set(widths) != {16}:
+                    narrow.append(f"{r['target']} {r['short']}: {loop['function']} {pointer} {sorted(set(widths))}")
+    assert not narrow, "\n".join(narrow)
+
+
+def test_the_dots_run_on_tensor_cores_of_each_generation(rows):
+    """sm_90: wgmma for every dot of 64 rows or more (the forward and input-gradient tiles of 64 and 128
+    pixels); sm_80: mma.sync; FMA loops only for fp32 without TF32."""
+    rows_of_dot = {"_conv3x3_kernel": "BLOCK_M", "_input_grad_tile": "BLOCK_M", "_weight_grad_tile": "BLOCK_WC"}
+    wrong = []
+    for r in _dense_convs(rows):
+        c = r["constexprs"]
+        for loop in r["main_loops"]:
+            if c["PRECISION"] == "ieee" and r["dtype"] == "fp32":
+                expected = "fma"
+            elif r["target"] == "sm_90" and c[rows_of_dot[loop["function"]]] >= 64:
+                expected = "wgmma"
+            else:
+                expected = "mma.sync"
+            if loop["mma"] != expected:
+                wrong.append(f"{r['target']} {r['short']}: {loop['function']} {loop['mma']}, not {expected}")
+    assert not wrong, "\n".join(wrong)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import kernels.coupling as coupling_kernels
 from engine.model.irn import coupling_scale
 from kernels.coupling import (
     coupling,
@@ -89,3 +90,17 @@ def test_custom_ops_and_their_fakes_agree_on_every_layout(op, mix):
     """opcheck: the fake implementation gives the real op's shapes, dtypes and strides; autograd works."""
     args = [layouts((2, 9, 4, 6))[kind].requires_grad_(op in (coupling_forward, coupling_inverse)) for kind in mix]
     torch.library.opcheck(op, (*args, 1.0))
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((65536, 1, 1, 1), "at most 65535 samples a call, got 65536"),  # the samples are a grid's second axis
+        ((1, 2**11, 2**10, 2**10), r"index a sample in int32: \(1, 2048, 1024, 1024\)"),
+    ],
+)
+def test_what_the_grid_and_int32_indexing_cannot_reach_is_refused_before_any_launch(shape, message):
+    """On meta tensors: nothing is allocated, and the launcher refuses before the kernel would run."""
+    x, h, g = (torch.empty(shape, device="meta") for _ in range(3))
+    with pytest.raises(ValueError, match=message):
+        coupling_kernels._affine(x, h, g, 1.0, inverse=False)

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import kernels.dense as dense
 from engine.model.irn import DenseBlock
 from kernels.dense import dense_block, dense_block_backward, dense_block_forward
+from profiling.runtime.probe import set_fp32_precision
 from tests.kernels.conftest import DEVICE, TOLERANCE
 
 # (c_in, c_out, growth, batch, (H, W), input layout): IRN's F maps C - 3 -> 3 and G, H map 3 -> C - 3
@@ -24,6 +25,10 @@ CASES = [
     (3, 189, 4, 1, (3, 5), "contiguous"),
     (189, 3, 4, 2, (3, 5), "slice"),
 ]
+
+
+# TF32 keeps 10 of fp32's 23 mantissa bits: each product off by up to 2**-9 of itself, sums of them by less
+TF32_TOLERANCE = 2**-9
 
 
 def reference_block(c_in, c_out, growth, dtype=torch.float32, seed=0):
@@ -157,23 +162,28 @@ def test_autocast_runs_the_block_in_the_autocast_dtype_with_fp32_weights():
         assert_close_to_max(p.grad, same.grad, 2**-8)  # the same sums; bf16 weights get bf16 gradients
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_gpus_tiles_give_the_same_results(monkeypatch, dtype):
-    """The interpreter normally runs larger tiles than a GPU does. With a GPU's (64-pixel forward and
-    32-pixel backward tiles, 16-channel K steps in fp32, 32 in bf16, a pixel step of twice that) the
-    channel loops of a 45-channel input and the pixel loops of 70 pixels take several steps with ragged
-    ends; the results are the reference's all the same."""
+@pytest.mark.parametrize("config", [0, 1])
+@pytest.mark.parametrize("dtype, tf32", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)])
+def test_every_gpu_tile_config_gives_the_same_results(monkeypatch, fp32_precision_restored, config, dtype, tf32):
+    """The interpreter normally runs larger tiles than a GPU does. With each of a GPU's configs (64 or 128
+    pixels a forward tile, 32 or 64 a backward one) and its channel tiles (32-channel K steps in fp32, 64 in
+    bf16; a pixel step of 32 in fp32 and 64 in bf16, or half that where the gradient's channels are strided,
+    the features masked channel by channel or the dots FMA loops), the channel loops of a 45-channel input
+    and its block's 48- to 80-channel prefixes, and the pixel loops of 70 pixels, take several steps with
+    ragged ends; the results are the reference's all the same: to fp32's rounding, to bf16's, and in
+    TF32 (emulated in the interpreter's dots) to TF32's, about 2**-10 of the largest value."""
     monkeypatch.setattr(dense, "_INTERPRETER_TILES", False)
-    monkeypatch.setattr(dense._conv3x3, "configs", dense._GPU_FORWARD_CONFIGS[:1])
-    monkeypatch.setattr(dense._conv3x3_backward, "configs", dense._GPU_BACKWARD_CONFIGS[:1])
-    assert dense._k_tile(dtype) == (16 if dtype == torch.float32 else 32)
+    monkeypatch.setattr(dense._conv3x3, "configs", dense._GPU_FORWARD_CONFIGS[config : config + 1])
+    monkeypatch.setattr(dense._conv3x3_backward, "configs", dense._GPU_BACKWARD_CONFIGS[config : config + 1])
+    set_fp32_precision(torch.backends.cudnn.conv, "tf32" if tf32 else "ieee")
+    assert dense._k_tile(dtype) == (32 if dtype == torch.float32 else 64)
     torch.manual_seed(5)
     block = reference_block(45, 3, 8, dtype)
     block.lrelu.register_forward_hook(RoundActivations(dtype))  # a no-op in fp32
     x = torch.randn(2, 45, 5, 7, device=DEVICE).to(dtype)
     grad = torch.randn(2, 3, 5, 7, device=DEVICE).to(dtype).float()
     (out, grads), (expected, grads_ref) = run_both(block, x, dtype, "channels_last", grad)
-    tol = 1e-5 if dtype == torch.float32 else TOLERANCE[dtype]
+    tol = TF32_TOLERANCE if tf32 else TOLERANCE[dtype]
     assert_close_to_max(out, expected, tol)
     for actual, reference in zip(grads, grads_ref, strict=True):
         assert_close_to_max(actual, reference, tol)
@@ -184,7 +194,7 @@ class CountLaunches:
 
     def __init__(self, monkeypatch):
         self.launches = []
-        for kernel in (dense._conv3x3, dense._conv3x3_backward):
+        for kernel in (dense._pack_kernel, dense._conv3x3, dense._conv3x3_backward):
             monkeypatch.setattr(kernel, "run", self.counting(kernel.run, kernel.fn.__name__))
 
     def counting(self, run, name):
@@ -199,6 +209,7 @@ class CountLaunches:
 LAUNCH = "triton launch"
 # torch ops that allocate or make views, and launch nothing on a GPU
 NO_LAUNCH = {"empty", "empty_strided", "new_empty", "slice", "view", "as_strided", "alias", "detach", "select"}
+NO_LAUNCH |= {"transpose"}
 
 
 def torch_ops(profile):
@@ -220,7 +231,8 @@ def torch_ops(profile):
 # weights in fp32 (their gradient summed into place) or bf16 (cast into place)
 @pytest.mark.parametrize("splits, dtype", [(1, torch.float32), (4, torch.float32), (1, torch.bfloat16)])
 def test_launch_counts_per_block_and_gradients_over_pixel_splits(monkeypatch, splits, dtype):
-    """Forward: 5 launches (conv 1 copies x into the buffer). Backward: 5, plus one sum of the partials
+    """Forward: 6 launches (the weights' packing, then the convs; conv 1 copies x into the buffer). Backward:
+    6 (the packing, then the steps), plus one sum of the partials
     when the weight gradients are reduced in more than one pixel split (here 70 pixels in 1 or 4), and one
     cast when the weights are not fp32; no other torch op that would launch a kernel. LAUNCHES counts
     exactly these. The gradients are right either way."""
@@ -234,19 +246,19 @@ def test_launch_counts_per_block_and_gradients_over_pixel_splits(monkeypatch, sp
         x_fast = x.to(dtype).clone().requires_grad_()
         weights, biases = fast_params(block, dtype)
         out = dense_block(x_fast, weights, biases)
-    assert counter.launches == ["_conv3x3_kernel"] * 5
+    assert counter.launches == ["_pack_kernel"] + ["_conv3x3_kernel"] * 5
     grad = torch.randn_like(out).float()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as backward_ops:
         out.backward(grad.to(dtype))
-    assert counter.launches[5:] == ["_conv3x3_backward_kernel"] * 5
+    assert counter.launches[6:] == ["_pack_kernel"] + ["_conv3x3_backward_kernel"] * 5
     (forward_compute, forward_all), (backward_compute, backward_all) = torch_ops(forward_ops), torch_ops(backward_ops)
     assert "aten::empty_strided" in forward_all and "aten::empty_strided" in backward_all  # F and G: seen
     assert forward_compute == []
     assert backward_compute == ["aten::sum"] * (splits > 1) + ["aten::copy_"] * (dtype != torch.float32)
-    assert dense.LAUNCHES["irn::dense_block"]((x_fast, weights, biases, 0.2)) == 5
+    assert dense.LAUNCHES["irn::dense_block"]((x_fast, weights, biases, 0.2)) == 6
     features = torch.empty(2, 0, 5, 7, device="meta")  # all LAUNCHES reads of it: its shape
     backward_args = (grad, features, weights, 0.2, False, True)
-    assert dense.LAUNCHES["irn::dense_block_backward"](backward_args) == 5 + len(backward_compute)
+    assert dense.LAUNCHES["irn::dense_block_backward"](backward_args) == 6 + len(backward_compute)
     x_ref = x.clone().requires_grad_()
     block(x_ref).backward(grad)
     tol = TOLERANCE[dtype] if dtype != torch.float32 else 1e-5
@@ -356,16 +368,75 @@ def test_aot_variants_cover_every_kernel_dtype_and_flag():
         ASTSource(fn, signature, constexprs=constexprs)
         assert set(signature) == set(fn.arg_names)
         assert all(signature[k] == "constexpr" for k in constexprs)
+        if fn.__name__ == "_pack_kernel":
+            seen.add((fn.__name__, (), signature["packed"], signature["w1"]))
+            continue
         flags = tuple(sorted((k, v) for k, v in constexprs.items() if k.isupper() and not k.startswith("BLOCK")))
         features = signature["src" if "src" in signature else "feat"]
-        seen.add((fn.__name__, flags, features, signature["weight"]))
+        seen.add((fn.__name__, flags, features, signature["packed"]))
     forward_flags = [(True, True), (True, False), (False, False)]  # (ACTIVATION, COPY_INPUT): conv 1, 2-4, 5
     backward_flags = [(False, True, True), (True, True, True), (True, False, True), (True, False, False)]
     for features, weight in [(t, t) for t in ("*fp32", "*fp16", "*bf16")] + [("*fp16", "*fp32"), ("*bf16", "*fp32")]:
+        assert ("_pack_kernel", (), features, weight) in seen  # packed into the features' dtype
         for precision in ("ieee", "tf32") if features == "*fp32" else ("ieee",):
             for a, c in forward_flags:
                 flags = tuple(sorted([("ACTIVATION", a), ("COPY_INPUT", c), ("PRECISION", precision)]))
-                assert ("_conv3x3_kernel", flags, features, weight) in seen
+                assert ("_conv3x3_kernel", flags, features, features) in seen
             for acc, tail, dx in backward_flags:  # (ACCUMULATE, SLOPE_TAIL, INPUT_GRAD): conv 5, 2-4, 1, 1 no dx
                 flags = [("ACCUMULATE", acc), ("INPUT_GRAD", dx), ("PRECISION", precision), ("SLOPE_TAIL", tail)]
-                assert ("_conv3x3_backward_kernel", tuple(sorted(flags)), features, weight) in seen
+                assert ("_conv3x3_backward_kernel", tuple(sorted(flags)), features, features) in seen
+
+
+def test_each_launch_declares_the_work_its_programs_do(monkeypatch):
+    """Launch.work, which the forecast (profiling/bench/forecast.py) multiplies out, against the interpreter: the
+    multiply-accumulates of every tl.dot the launch's programs run, counted as they run, forward and backward."""
+    counted = []
+
+    def counting_mma(a, b, acc, precision):
+        counted.append(a.shape[0] * a.shape[1] * b.shape[1])
+        return mma(a, b, acc, precision)
+
+    mma = dense._mma
+    monkeypatch.setattr(dense, "_mma", counting_mma)
+    block = reference_block(45, 3, 8)
+    x = torch.randn(2, 45, 5, 7, device=DEVICE)
+    weights, biases = fast_params(block)
+    weights, biases = [w.detach() for w in weights], [b.detach() for b in biases]
+    out, features = dense_block_forward(x, weights, biases, 0.2)
+    backward = (torch.randn_like(out), features, weights, 0.2, False, True)
+    launches = dense.call_launches("irn::dense_block", (x, weights, biases, 0.2), False)
+    launches += dense.call_launches("irn::dense_block_backward", backward, False)
+    for launch in launches:
+        counted.clear()
+        dense._run([launch])
+        (config,) = dense.launch_configs(launch)
+        meta = launch.constexprs | config.kwargs
+        declared = launch.work(meta)
+        assert sum(programs for programs, _ in declared) == math.prod(launch.grid(meta))
+        macs = [programs * trips * per_trip for programs, loops in declared for trips, per_trip in loops.values()]
+        assert sum(macs) == sum(counted)
+
+
+def meta_block(shape, growth=4, c_out=3):
+    c_in = shape[1]
+    weights = [torch.empty(growth if k < 4 else c_out, c_in + k * growth, 3, 3, device="meta") for k in range(5)]
+    return torch.empty(shape, device="meta"), weights, [torch.empty(w.shape[0], device="meta") for w in weights]
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((2**16, 3, 2**8, 2**8), "index pixels in int32: 65536 x 256 x 256 = 4,294,967,296 pixels"),
+        ((1, 3, 2**14, 2**13), r"index a sample in int32: \(1, 32, 16384, 8192\) spans 2\*\*31"),  # the buffer
+    ],
+)
+def test_what_int32_indexing_cannot_reach_is_refused_before_any_launch(shape, message):
+    """On meta tensors (nothing allocated): 2**32 pixels; a feature buffer of 32 channels x 2**27 pixels."""
+    x, weights, biases = meta_block(shape)
+    with pytest.raises(ValueError, match=message):
+        dense.call_launches("irn::dense_block", (x, weights, biases, 0.2), False)
+    out, features = dense._forward_outputs(x, weights, biases)
+    with pytest.raises(ValueError, match=message):
+        dense.call_launches("irn::dense_block_backward", (out, features, weights, 0.2, False, True), False)
+    x, weights, biases = meta_block((shape[0], 3, shape[2] // 2, shape[3] // 2))  # a quarter: within reach
+    assert len(dense.call_launches("irn::dense_block", (x, weights, biases, 0.2), False)) == 6

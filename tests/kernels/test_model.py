@@ -14,7 +14,8 @@ from engine.model.execution import (
     use_fast_kernels,
 )
 from engine.model.losses import irn_losses, network_passes
-from tests.kernels.conftest import DEVICE
+from profiling.runtime.probe import set_fp32_precision
+from tests.kernels.conftest import CUDA, DEVICE, program_order
 from tests.official_irn import randomize
 
 CFG = {"lambda_fit": 16.0, "lambda_ce": 1.0, "lambda_rec": 1.0}
@@ -58,6 +59,36 @@ def test_fast_path_equals_the_freia_graph_both_ways_with_gradients(scale):
     for a, b in zip(outs_fast, outs_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert_grads_close(grads_fast, grads_ref, 1e-4)
+
+
+@pytest.mark.skipif(CUDA, reason="the interpreter's allocations and program order")
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+def test_fast_path_reads_no_unwritten_memory_and_needs_no_program_order(nan_allocations, order):
+    """With every allocation NaN-filled, as a GPU's recycled memory may be, and each launch's programs run
+    in another order, the fused model's outputs and gradients are, bit for bit, those of an ordinary run:
+    no kernel reads an element that nothing wrote, and no program waits on another of its launch."""
+    _, fast = pair(2)
+    hr, noise = inputs(2)
+    (outs, grads) = loss_and_grads(fast, hr, noise)  # NaN allocations, grid order
+    with program_order(order):
+        outs_shuffled, grads_shuffled = loss_and_grads(fast, hr, noise)
+    assert all(torch.isfinite(t).all() for t in outs + tuple(grads))
+    for a, b in zip(outs_shuffled + tuple(grads_shuffled), outs + tuple(grads), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(CUDA, reason="TF32 as the interpreter emulates it")
+def test_fast_path_in_tf32_is_within_tf32_rounding_of_fp32(fp32_precision_restored):
+    """The fused dense blocks' TF32 dots (the recipe's default: --tf32 true), emulated in the interpreter
+    as tensor cores compute them (inputs' low 13 mantissa bits dropped), against the exact fp32 reference:
+    off by TF32's rounding (2**-10 of each input), far above fp32's, and no more."""
+    reference, fast = pair(2)
+    hr, noise = inputs(2)
+    outs_ref, grads_ref = loss_and_grads(reference, hr, noise)
+    set_fp32_precision(torch.backends.cudnn.conv, "tf32")  # the CPU reference's convolutions stay exact
+    outs, grads = loss_and_grads(fast, hr, noise)
+    errors = largest_error(outs, outs_ref) + largest_error(grads, grads_ref)
+    assert 1e-5 < max(errors) < 1e-2, errors
 
 
 def largest_error(actual, expected):

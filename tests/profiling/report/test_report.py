@@ -338,3 +338,34 @@ def test_only_the_reasons_that_slow_the_gpu_count_as_throttling():
     reasons = [0x1, 0x2, 0x10, 0x100, 0x1 | 0x2 | 0x10, 0x4, 0x8, 0x20, 0x40, 0x80 | 0x1]
     samples = [{"gpu": 0, "util": 90, "mem_used_mib": 1, "throttle": r} for r in reasons]
     assert gpu_stats(samples, 100.0)["throttled_share"] == pytest.approx(5 / 10)
+
+
+def test_the_header_says_how_the_dense_blocks_ran(in_tmp):
+    """env.jsonl's dense-kernel choices (engine/model/dense_choice.py), per shape with their times."""
+    folder = recorded_gpu_run(Path("runs/chosen"))
+    (env,) = read_jsonl(folder / "env.jsonl")
+    choices = [
+        {"shape": [16, 3, 72, 72], "dtype": "bfloat16", "fused_ms": 1.5, "cudnn_ms": 2.25, "chosen": "fused"},
+        {"shape": [16, 45, 36, 36], "dtype": "bfloat16", "fused_ms": 3.0, "cudnn_ms": 2.0, "chosen": "cudnn"},
+    ]
+    (folder / "env.jsonl").write_text(json.dumps(env | {"dense_kernels": {"mode": "auto", "choices": choices}}) + "\n")
+    header = render.header(analyse(folder)).renderable
+    assert (
+        "dense blocks (auto): 16x3x72x72 bfloat16: fused (fused 1.50 ms, cuDNN 2.25 ms); "
+        "16x45x36x36 bfloat16: cudnn (fused 3.00 ms, cuDNN 2.00 ms)"
+    ) in header
+
+
+def test_a_forecast_in_the_run_folder_adds_the_issue_floor_to_a_fused_step(in_tmp):
+    """forecast.json (profiling.bench forecast --run): its bf16 steps give the A100 and H100 rows, and the
+    run's own H100, an issue floor that, being the largest, bounds them; the other GPUs have none."""
+    folder = recorded_gpu_run(Path("runs/forecast"), census_extra={"setting": {"fast_kernels": True}})
+    steps = [{"gpu": gpu, "precision": p, "issue_ms": ms} for gpu, p, ms in
+             [("A100", "bf16", 900.0), ("H100", "bf16", 500.0), ("H100", "tf32", 1.0)]]  # fmt: skip
+    (folder / "forecast.json").write_text(json.dumps({"steps": steps, "launches": []}))
+    hw = analyse(folder)["hardware"]
+    assert (hw["own"]["issue_ms"], hw["own"]["bound"], hw["own"]["floor_ms"]) == (500.0, "issue", 500.0)
+    rows = hw["forecasts"]
+    assert (rows["A100"]["issue_ms"], rows["A100"]["bound"]) == (900.0, "issue")
+    assert "issue_ms" not in rows["V100"] and rows["V100"]["bound"] != "issue"
+    assert "issue ms" in [c.header for c in render.forecast_table(rows, "bf16", 16, 4.0).columns]
