@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
 import triton
+from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -172,10 +173,20 @@ def compile_variant(variant, capability):
     """triton.compile of one variant for one target: the CompiledKernel, its asm by stage (the compiler's
     errors pass through)."""
     source = ASTSource(variant.fn, variant.signature, constexprs=variant.constexprs, attrs=variant.attrs)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), knobs.cache.scope():
+        knobs.cache.dir = _line_true_cache(variant.fn)
         # Triton 3.9 warns that its FP-fusion default will change; this compiles with the JIT's default
         warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION")
         return triton.compile(source, target=GPUTarget("cuda", capability, 32))
+
+
+def _line_true_cache(fn):
+    """A Triton cache folder named by the content of the kernel's whole source file. Triton keys a compile
+    by the jit functions' own source, so a cubin cached before lines above a kernel moved would carry the
+    old line numbers, and kernels/sass.py reads line numbers against today's file."""
+    with open(fn.fn.__code__.co_filename, "rb") as f:
+        digest = hashlib.sha1(f.read()).hexdigest()[:16]
+    return os.path.join(knobs.cache.dir, f"irnscope-lines-{digest}")
 
 
 def _usage(kernel):

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import numpy as np
@@ -10,6 +11,24 @@ from profiling.runtime.probe import set_fp32_precision
 # Triton kernels run in its interpreter on machines without CUDA; it must be set before triton is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def interpreter_without_overflow_checks():
+    """The interpreter checks every int32 add, subtract and multiply of a kernel for overflow, a large share
+    of its time (compare a kernel test with and without this fixture). The tests' tensors are far too small for an offset to near 2**31; the launchers'
+    int32 guards are tested on meta tensors at the sizes where it would (tests/kernels)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        yield
+        return
+    from triton.runtime.interpreter import interpreter_builder as builder
+
+    checked = builder.options
+    builder.options = dataclasses.replace(checked, sanitize_overflow=False)
+    yield
+    builder.options = checked
+
+
 # A tiny network and recipe so that a training run takes a second or two on a CPU.
 
 TINY = [

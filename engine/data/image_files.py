@@ -63,15 +63,20 @@ def embedded_dir():
 
 def embedded(split, min_size=1, read=None):
     """The natural photographs shipped inside scikit-image's wheel: 'train' or 'held_out', those at least
-    `min_size` on each side (a UserError when none is); `read` as read_folder's."""
-    names = EMBEDDED_TRAIN if split == "train" else EMBEDDED_HELD_OUT
-    found = (read or read_images)([embedded_dir() / n for n in names], min_size)
-    if not found.images:
+    `min_size` on each side (a UserError, before any decoding, when none is); `read` as read_folder's."""
+    paths = [embedded_dir() / n for n in (EMBEDDED_TRAIN if split == "train" else EMBEDDED_HELD_OUT)]
+    largest = max(shorter_side(path) for path in paths)
+    if largest < min_size:
         raise UserError(
-            f"no embedded photograph is {min_size}x{min_size} or larger ({describe_skipped(found.skipped)}); "
-            "lower --crop, or give your own images with --data"
+            f"no embedded photograph is {min_size}x{min_size} or larger (the largest is {largest} on its shorter "
+            "side); lower --crop, or give your own images with --data"
         )
-    return found
+    return (read or read_images)(paths, min_size)
+
+
+def shorter_side(path):
+    with Image.open(path) as img:  # reads the header alone
+        return min(img.size)
 
 
 def find_images(folder):

@@ -1,17 +1,20 @@
-"""The Triton kernels compiled ahead of time for real GPUs, without one (kernels/aot.py): every variant
+"""The Triton kernels compiled ahead of time for real GPUs, without one (kernels/aot.py): each variant below
 compiles, and none spills registers to local memory on the P100 (sm_60), the A100 (sm_80) or the H100 (sm_90).
 
 The compiles run in a subprocess without TRITON_INTERPRET (this process has the interpreter's kernels),
 in parallel processes, one per CPU; `pytest -s tests/kernels/test_aot.py` prints how many ran and their
 CPU seconds (a cold Triton cache costs most of it; a warm one, seconds). What they cover:
-- sm_80 and sm_90: every variant of the Haar and coupling kernels, and every variant of the dense block:
-  fp32 features (TF32 on and off) and fp16/bf16 ones. The convs read weights packed into the features'
-  dtype, so fp32 weights (--precision runs the dense blocks under autocast, which keeps the parameters
-  fp32) and half-precision ones (a model cast as a whole) differ in the packing alone.
+- sm_80 and sm_90: every variant of the Haar and coupling kernels, and every kernel, dtype and tile set of
+  the dense block: fp32 features (TF32 on and off) and fp16/bf16 ones. The convs read weights packed into
+  the features' dtype, so fp32 weights (--precision runs the dense blocks under autocast, which keeps the
+  parameters fp32) and half-precision ones (a model cast as a whole) differ in the packing alone. Of the
+  dense variants that differ only in what the JIT specialises for IRN's channel counts, the one specialised
+  most (`python -m profiling.bench registers` compiles every one).
 - sm_60 (P100): the fp32 and fp16 Haar and coupling kernels (bf16 needs sm_80). The dense kernels start
   at compute capability 8.0 (kernels.dense.MIN_CAPABILITY): older GPUs keep cuDNN for the dense blocks.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -33,7 +36,26 @@ def compiled_here(variant, capability):
     """Whether the test compiles this variant (an aot.Variant) for this target (see the module docstring)."""
     from kernels import aot
 
-    return aot.family(variant) in ("haar", "coupling") or capability >= 80
+    return aot.family(variant) in ("haar", "coupling") or variant.name in _most_specialised(capability)
+
+
+@functools.cache
+def _most_specialised(capability):
+    """The names of the dense variants the test compiles for a target (none before sm_80): of those that differ
+    only in what the JIT specialises (channel counts and strides 16-divisible or 1), the one specialised most,
+    whose loads the JIT may widen to 16 bytes."""
+    from kernels import aot
+
+    if capability < 80:
+        return frozenset()
+    chosen = {}
+    for v in aot.variants(capability):
+        if aot.family(v).startswith("dense"):
+            specialised = len(v.attrs) + sum(not arg.isupper() for arg in v.constexprs)
+            key = aot.short_name(v)
+            if key not in chosen or specialised > chosen[key][0]:
+                chosen[key] = (specialised, v.name)
+    return frozenset(name for _, name in chosen.values())
 
 
 def _compile(targets=TARGETS):

@@ -50,8 +50,9 @@ def losses(run_dir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A 2-rank run of 6 steps (3 decoding into /dev/shm, then 3 resumed from the data cache) and a 1-process
-    run of 9 steps, same global batch and seed."""
+    """A 2-rank run of 12 steps (3 decoding into /dev/shm, then 9 resumed from the data cache: the second job
+    has steady steps past its warm-up, for the report) and a 1-process run of 15 steps, same global batch and
+    seed."""
     root = tmp_path_factory.mktemp("ddp")
     import numpy as np
     from PIL import Image
@@ -66,12 +67,12 @@ def runs(tmp_path_factory):
     done = torchrun([*ARGS, "--data", str(folder), "--steps", "3", "--name", "two", "--val", str(folder),
                      "--data-cache", "off"], root)  # fmt: skip
     (root / "two.err").write_text(done.stderr)
-    done = torchrun(["--resume", "runs/two", "--steps", "6", "--data-cache", ""], root)
+    done = torchrun(["--resume", "runs/two", "--steps", "12", "--data-cache", ""], root)
     (root / "resumed.err").write_text(done.stderr)
     old = os.getcwd()
     os.chdir(root)
     try:
-        train.main([*ARGS, "--data", str(folder), "--steps", "9", "--name", "one"])
+        train.main([*ARGS, "--data", str(folder), "--steps", "15", "--name", "one"])
     finally:
         os.chdir(old)
     return root
@@ -79,17 +80,17 @@ def runs(tmp_path_factory):
 
 def test_two_ranks_hold_identical_weights_equal_to_one_process(runs):
     two, one = weights(runs / "runs" / "two"), runs / "runs" / "one"
-    assert two["world_size"] == 2 and two["ranks_agree"] is True and two["step"] == 6
-    # fp32 sums over 2 ranks vs 1 batch run in another order: equal to 1e-4 after 6 Adam steps
-    assert losses(runs / "runs" / "two") == pytest.approx(losses(one)[:6], rel=1e-4)
+    assert two["world_size"] == 2 and two["ranks_agree"] is True and two["step"] == 12
+    # fp32 sums over 2 ranks vs 1 batch run in another order: equal to 1e-4 after 12 Adam steps
+    assert losses(runs / "runs" / "two") == pytest.approx(losses(one)[:12], rel=1e-4)
 
 
 def test_rank_zero_alone_writes_metrics_and_checkpoints(runs):
     folder = runs / "runs" / "two"
-    assert len(read_jsonl(folder / "metrics.jsonl")) == 6
-    saved = ["best.pt", "last.pt", "step_00000003.pt", "step_00000006.pt"]  # --checkpoint-every 3, validated at 6
+    assert len(read_jsonl(folder / "metrics.jsonl")) == 12
+    saved = ["best.pt", "last.pt", "step_00000009.pt", "step_00000012.pt"]  # every 3, 2 kept, validated at 12
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == saved
-    assert len(read_jsonl(folder / "phases.jsonl")) == 6 and len(read_jsonl(folder / "phases.rank1.jsonl")) == 6
+    assert len(read_jsonl(folder / "phases.jsonl")) == 12 and len(read_jsonl(folder / "phases.rank1.jsonl")) == 12
     assert (folder / "gpu.rank1.jsonl").exists() and not list(folder.glob("metrics.rank*"))
     env = read_jsonl(folder / "env.jsonl")[0]
     assert env["world_size"] == 2 and [r["seed"] for r in env["ranks"]] == [10, 11]
@@ -115,7 +116,7 @@ def test_the_node_s_first_rank_fills_the_data_cache_that_both_map(runs):
 def test_both_ranks_share_the_validation(runs):
     """Each rank scores its share of the images; the logged scores equal one process scoring all of them."""
     logged = read_jsonl(runs / "runs" / "two" / "metrics.jsonl")[-1]
-    model = engine.load(runs / "runs" / "two" / "checkpoints" / "step_00000006.pt")
+    model = engine.load(runs / "runs" / "two" / "checkpoints" / "step_00000012.pt")
     images = image_files.read_folder(runs / "hr").images[: read_config(runs / "runs" / "two")["val_max_images"]]
     expected = summarise(score_images(model, images, VALIDATION, "cpu"), VALIDATION)
     assert logged["val_psnr_y"] == pytest.approx(expected["settings"]["T=1"]["psnr_y"], abs=1e-4)
@@ -135,6 +136,6 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(runs, tmp_path, monkeypatc
     """A copy of the two-rank run resumes (the module's run stays as the other tests read it, in any order)."""
     shutil.copytree(runs / "runs" / "two", tmp_path / "runs" / "two")
     monkeypatch.chdir(tmp_path)
-    train.main(["--resume", "runs/two", "--steps", "9"])
+    train.main(["--resume", "runs/two", "--steps", "15"])
     resumed = losses("runs/two")
-    assert len(resumed) == 9 and resumed == pytest.approx(losses(runs / "runs" / "one"), rel=1e-4)
+    assert len(resumed) == 15 and resumed == pytest.approx(losses(runs / "runs" / "one"), rel=1e-4)

@@ -83,7 +83,9 @@ def test_the_joint_loss_through_irn_s_inverse_counts_from_its_step(image_folder,
     cfg, _ = config.resolve([*TINY_CRM, "--data", str(image_folder), "--lambda-joint", "0.5", "--joint-from", "1"])
     images = image_files.read_folder(image_folder, cfg.crop)
     batch = next(iter(crops.loader(crops.training_set(images, cfg.scale), cfg, 0)))
-    guard = ExplosionGuard(tmp_path, cfg.explosion_factor, cfg.explosion_window, cfg.max_bad_steps, images.names)
+    guard = ExplosionGuard(
+        tmp_path, cfg.explosion_factor, cfg.explosion_window, cfg.max_bad_steps, images.names, cfg.grad_clip
+    )
     trainer = RestorationTrainer(replace(cfg, init_from=""), torch.device("cpu"))
     trainer.step(batch, PhaseTimer("cpu"), guard, 0)
     assert set(trainer.drain(guard).losses) == {"restore"}

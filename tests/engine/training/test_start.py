@@ -25,7 +25,7 @@ def test_the_trainer_chooses_the_dense_kernels_per_shape_and_env_jsonl_records_i
     cfg, _ = config.resolve([*TINY, "--fast-kernels"])
     trainer = Trainer(cfg, torch.device("cpu"))
     assert sorted(timed) == sorted({(name, shape) for name, shape in timed}) and len(timed) == 4  # 2 shapes x 2
-    start.write_start_records(trainer, tmp_path, None)
+    start.write_start_records(trainer, tmp_path, None, data=None)
     (env,) = records.read_envs(tmp_path)
     recorded = env["dense_kernels"]
     assert recorded["mode"] == "auto"

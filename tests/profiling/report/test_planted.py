@@ -93,7 +93,8 @@ def test_a_slowed_phase_of_the_step_is_named(phase, unplanted, monkeypatch):
         assert verdict["label"] == "CPU-starved"
         return
     expected = (phase_ms + sleep_ms) / (step_ms + sleep_ms)
-    assert max(shares, key=shares.get) == phase and shares[phase] == pytest.approx(expected, abs=0.10)
+    said = (shares, expected, verdict)  # what a failure shows: a timing test's evidence
+    assert max(shares, key=shares.get) == phase and shares[phase] == pytest.approx(expected, abs=0.10), said
     assert verdict["label"] == label and verdict["phase"] == phase, verdict
     if label == "far from every floor":
         assert f"which of the {phase}'s ops" in verdict["next"]
