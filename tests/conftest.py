@@ -16,8 +16,9 @@ if not torch.cuda.is_available():
 @pytest.fixture(autouse=True, scope="session")
 def interpreter_without_overflow_checks():
     """The interpreter checks every int32 add, subtract and multiply of a kernel for overflow, a large share
-    of its time (compare a kernel test with and without this fixture). The tests' tensors are far too small for an offset to near 2**31; the launchers'
-    int32 guards are tested on meta tensors at the sizes where it would (tests/kernels)."""
+    of its time (compare a kernel test with and without this fixture). The tests' tensors are far too small
+    for an offset to near 2**31; the launchers' int32 guards are tested on meta tensors at the sizes where it
+    would (tests/kernels)."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         yield
         return
