@@ -288,11 +288,25 @@ def forecast(cfg, workers=None, dump_to=None):
     return {"steps": steps, "launches": launches}
 
 
+@dataclass(frozen=True)
+class Forecast:
+    """What `python -m profiling.bench forecast` shows: forecast()'s dict as JSON (to_json, for --json), or as a
+    table with the heaviest launches (show)."""
+
+    found: dict
+    cfg: object
+
+    def to_json(self):
+        return self.found
+
+    def show(self):
+        figures(self.found, self.cfg).show()
+
+
 def bench_forecast(args, device):
-    """The forecast of the config's step (args.config), printed as a table or as JSON (args.json); with
-    args.dump, every compiled variant's TTGIR, PTX and SASS written there; with args.run, of that run's
-    config (one rank's share of its batch), written into its folder as forecast.json, whose issue floors
-    the report then takes."""
+    """The Forecast of the config's step (args.config); with args.dump, every compiled variant's TTGIR, PTX and
+    SASS written there; with args.run, of that run's config (one rank's share of its batch), written into its
+    folder as forecast.json, whose issue floors the report then takes."""
     if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes"):
         raise UserError("the forecast compiles with the real Triton compiler: unset TRITON_INTERPRET")
     if args.run:
@@ -305,9 +319,11 @@ def bench_forecast(args, device):
     found = forecast(cfg, dump_to=args.dump)
     if args.run:
         records.write_json(folder / records.FORECAST, found)
-    if args.json:
-        print(json.dumps(found))
-        return None
+    return Forecast(found, cfg)
+
+
+def figures(found, cfg):
+    """The steps' forecasts as a table, with the heaviest launches of each in its notes."""
     columns = ["GPU", "precision", "issue ms", "compute ms", "DRAM ms", "launch ms", "bound", "16-B loads"]
     title = f"forecast of one fused training step of {cfg.config} (batch {cfg.batch_size}, {cfg.crop}x{cfg.crop})"
     result = Figures(title, columns)
