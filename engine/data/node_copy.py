@@ -1,13 +1,13 @@
 """One decoded copy of the data per node, in shared memory, for every rank on the node.
 
-DIV2K is about 7 GB as uint8, plus its float32 LR references: eight ranks decoding their own copies
-hold eight times that and decode it eight times. Here the node's first rank decodes once and writes
-the arrays into one file under /dev/shm, whose space it reserves first (a full tmpfs would otherwise
-kill the writer with SIGBUS); every rank of the node, the first included, then maps that file; once all
-have, it is unlinked, so the memory lives exactly as long as the ranks and nothing is left behind by a
-crash after the start. Loader workers, forked from their rank, share the same pages. Where /dev/shm
-cannot hold the data (a container's 64 MB default, say), every rank decodes its own copy, as before.
-Training takes this path where the data cache (cache.py) is off or cannot be written.
+Eight ranks decoding their own copies of a data set (DIV2K's 800 images are several GB as uint8, plus their
+float32 LR references) hold eight times its size and decode it eight times. Here the node's first rank decodes
+once and writes the arrays into one file under /dev/shm, whose space it reserves first (a full tmpfs would
+otherwise kill the writer with SIGBUS); every rank of the node, the first included, then maps that file; once
+all have, it is unlinked, so the memory lives exactly as long as the ranks and nothing is left behind by a
+crash after the start. Loader workers, forked from their rank, share the same pages. Where /dev/shm cannot
+hold the data (a container's 64 MB default, say), every rank decodes its own copy, as before. Training takes
+this path where the data cache (cache.py) is off or cannot be written.
 """
 
 import os

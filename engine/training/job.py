@@ -38,20 +38,8 @@ def resumed_config(run, runs_dir=None):
 
 
 def run(cfg, flags, ranks, time_limit):
-    if cfg.crm and not (cfg.init_from or flags.resume):
-        raise UserError("--crm trains on a frozen IRN: give its weights with --init-from (a checkpoint, .pth or run)")
-    device = start.pick_device(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     log = rank_log(ranks)
-    train_set, val_set, decoded_in = start.training_data(cfg, ranks, log)
-    checkpoints.seed_all(cfg.seed + ranks.rank)  # DDP copies rank 0's initial weights to every rank
-    trainer = trainer_for(cfg, device, ranks)
-    if cfg.fast_kernels:
-        fused = trainer.kernel_note or trainer.dense_note or "dense blocks, Haar and coupling run fused"
-        log(f"--fast-kernels: {fused}")
-    for choice in trainer.dense_choices:
-        log(f"--dense-kernels {cfg.dense_kernels}: {choice}")
-    if cfg.init_from and not flags.resume:  # before the run folder exists: a mismatch leaves none behind
-        start.initialise_from(trainer, cfg.init_from, log)
+    trainer, train_set, val_set, decoded_in = build(cfg, flags, ranks, log)
     folder, state = start.open_run(cfg, flags, ranks, log)
     if ranks.main:
         transcript.keep_in(folder / records.LOG)
@@ -60,12 +48,40 @@ def run(cfg, flags, ranks, time_limit):
     start.write_start_records(trainer, folder, state, start.data_record(cfg, train_set, val_set, decoded_in))
     start.describe(cfg, flags, trainer, train_set, val_set, log)
     log(f"run folder: [bold]{folder}[/]  (report: python -m profiling.report {folder})")
-    first = state["step"] if state else 0
     step, stopped, seconds = Loop(trainer, folder, train_set, val_set, time_limit, log).run(state)
     if ranks.main:
-        summary(console, folder, cfg, first, step, seconds, stopped)
-        if stopped:
-            console.print(
-                f"stopped by {stopped} at step {step}; checkpoint saved. "
-                f"Resume with: [bold]python -m engine.train --resume {folder}"
-            )
+        finish(folder, cfg, state["step"] if state else 0, step, seconds, stopped)
+
+
+def build(cfg, flags, ranks, log):
+    """(trainer, train set, validation set, where the data was decoded), before the run folder exists: a
+    mistake found here leaves none behind."""
+    if cfg.crm and not (cfg.init_from or flags.resume):
+        raise UserError("--crm trains on a frozen IRN: give its weights with --init-from (a checkpoint, .pth or run)")
+    device = start.pick_device(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    train_set, val_set, decoded_in = start.training_data(cfg, ranks, log)
+    checkpoints.seed_all(cfg.seed + ranks.rank)  # DDP copies rank 0's initial weights to every rank
+    trainer = trainer_for(cfg, device, ranks)
+    say_kernels(cfg, trainer, log)
+    if cfg.init_from and not flags.resume:
+        start.initialise_from(trainer, cfg.init_from, log)
+    return trainer, train_set, val_set, decoded_in
+
+
+def say_kernels(cfg, trainer, log):
+    """What --fast-kernels runs fused, and each dense-block shape's choice of kernels."""
+    if cfg.fast_kernels:
+        fused = trainer.kernel_note or trainer.dense_note or "dense blocks, Haar and coupling run fused"
+        log(f"--fast-kernels: {fused}")
+    for choice in trainer.dense_choices:
+        log(f"--dense-kernels {cfg.dense_kernels}: {choice}")
+
+
+def finish(folder, cfg, first, step, seconds, stopped):
+    """The run's summary, and how to resume a run that a signal or the time limit stopped."""
+    summary(console, folder, cfg, first, step, seconds, stopped)
+    if stopped:
+        console.print(
+            f"stopped by {stopped} at step {step}; checkpoint saved. "
+            f"Resume with: [bold]python -m engine.train --resume {folder}"
+        )
