@@ -37,7 +37,7 @@ SCHEMA = "irn_x4"  # the config that every other is based on: it holds every key
 # new run), and the optimiser and schedule its state restores (others: a new run from its weights).
 NETWORK_KEYS = ("scale", "blocks_per_stage", "growth", "clamp", "crm", "crm_features", "crm_blocks", "crm_growth")
 OPTIMISER_KEYS = ("lr", "betas", "weight_decay", "lr_milestones", "lr_gamma")
-WINDOWS = ("py_spy", "torch_profile")  # step-window options: a bare flag takes DEFAULT_WINDOW
+WINDOWS = ("py_spy", "torch_profile", "nsys")  # step-window options: a bare flag takes DEFAULT_WINDOW
 DEFAULT_WINDOW = "10:20"
 RUN_FLAGS = {
     "--config": ("NAME", f"a config in configs/ by name, or a .toml path (default: {DEFAULT})"),
@@ -255,6 +255,8 @@ class Config:
     py_spy: str = config_key(str, a_window)
     py_spy_native: bool = config_key(parse_bool, is_bool)
     torch_profile: str = config_key(str, a_window)
+    nsys: str = config_key(str, a_window)
+    nvtx: bool = config_key(parse_bool, is_bool)
     gpu_sample_ms: int = config_key(int, integer(1))
     tensorboard: bool = config_key(parse_bool, is_bool)
     wandb: bool = config_key(parse_bool, is_bool)

@@ -20,10 +20,10 @@ from engine.training.explosion_guard import ExplosionGuard
 from engine.training.progress import TrainingProgress, console
 from engine.training.stopping import StopRequest, ignore_stop_signals
 from profiling import records
-from profiling.runtime.captures import Captures, PySpyCapture, TorchProfileCapture
+from profiling.runtime.captures import Captures, NsysCapture, PySpyCapture, TorchProfileCapture
 from profiling.runtime.gpu_sampler import Sampler
 from profiling.runtime.mirrors import MIRRORS
-from profiling.runtime.timer import PhaseTimer
+from profiling.runtime.timer import PhaseTimer, nvtx_ranges
 
 
 def due(step, every):
@@ -54,24 +54,35 @@ def open_sinks(stack, cfg, folder, device, ranks, first_step, log):
     if mirrors:
         phases = records.Tee(phases.write, *(m.phases for m in mirrors))
         metrics = records.Tee(metrics.write, *(m.metrics for m in mirrors))
-    timer = PhaseTimer(device, sink=phases)
+    timer = PhaseTimer(device, sink=phases, ranges=nvtx_ranges(device, cfg.nvtx))
     stack.callback(timer.flush)
     stack.enter_context(Sampler(samples, cfg.gpu_sample_ms, log=log, devices=device))
     stop = stack.enter_context(StopRequest())
-    captures = Captures(capture_windows(cfg, folder, device, ranks.rank), console.print)
+    captures = Captures(capture_windows(cfg, folder, device, ranks.rank, log), console.print)
     stack.callback(captures.close)
     bar = stack.enter_context(TrainingProgress(cfg.steps, first_step, enabled=ranks.main))
     return Sinks(timer, metrics, mirrors, bar, captures, stop)
 
 
-def capture_windows(cfg, folder, device, rank):
-    """py-spy on rank 0; torch.profiler on every rank, each writing its own trace."""
+def capture_windows(cfg, folder, device, rank, log):
+    """py-spy on rank 0; torch.profiler on every rank, each writing its own trace; on CUDA, every rank's
+    Nsight Systems capture range (a CPU run says in one line that it has none)."""
     windows = []
     if rank == 0 and (window := config.parse_window(cfg.py_spy, "py-spy")):
         windows.append((PySpyCapture(folder, console.print, cfg.py_spy_native), window))
     if window := config.parse_window(cfg.torch_profile, "torch-profile"):
         windows.append((TorchProfileCapture(folder, device, console.print, rank=rank), window))
+    if (window := config.parse_window(cfg.nsys, "nsys")) and (capture := nsys_capture(device, log)):
+        windows.append((capture, window))
     return windows
+
+
+def nsys_capture(device, log):
+    """Nsight Systems' capture range on CUDA; on a CPU, None and one line saying so."""
+    if device.type == "cuda":
+        return NsysCapture(device)
+    log("--nsys: Nsight Systems' capture range is CUDA's; this CPU run brackets no steps")
+    return None
 
 
 def metrics_record(result, step_s, batch_size):
@@ -175,6 +186,7 @@ class Loop:
         cfg, timer, began, step = self.cfg, self.sinks.timer, time.perf_counter(), done + 1
         with timer.phase("capture") if self.sinks.captures.busy(step) else nullcontext():
             captured = self.sinks.captures.at_step(step)
+        timer.begin_step(step)  # after the captures start, so that a capture holds whole steps
         with timer.phase("data"):
             batch = next(batches)
         compiling = cfg.compile != "off" and step == self.first_step + 1

@@ -52,6 +52,7 @@ def step_runner(cfg, device, folder=None):
     state = {"step": 0}
 
     def run(timer):
+        timer.begin_step(state["step"])
         trainer.step(batch, timer, guard, state["step"])
         timer.end_step(state["step"])
         state["step"] += 1

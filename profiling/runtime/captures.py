@@ -1,4 +1,5 @@
-"""Captures over a window of training steps: py-spy on the trainer itself, and torch.profiler.
+"""Captures over a window of training steps: py-spy on the trainer itself, torch.profiler, and Nsight Systems'
+capture range (cudaProfilerStart/Stop).
 
 `Captures.at_step(step)` is called before every step. A window START:STOP records steps START..STOP-1;
 a capture with a lead (torch.profiler's warm-up) starts that many steps before START, so that its own
@@ -121,6 +122,35 @@ class PySpyCapture:
             speedscope, svg = (self.folder / f"{records.PYSPY_PREFIX}.{kind}" for kind in ("speedscope.json", "svg"))
             samples = convert(self.raw, speedscope, svg, self.RATE_HZ)
             self.log(f"py-spy: {samples} samples -> {speedscope.name} (open in speedscope.app), {svg.name}")
+
+
+class NsysCapture:
+    """Nsight Systems' capture range around a window's steps: cudaProfilerStart before its first step and
+    cudaProfilerStop before its STOP step, so that
+
+        nsys profile --capture-range=cudaProfilerApi --capture-range-end=stop python -m engine.train ... --nsys 100:110
+
+    records steps 100..109 and nothing else. The GPU is synchronised at both ends, so that the window holds
+    its own steps' kernels only and all of them. Each rank brackets its own steps (nsys records every process
+    it starts). CUDA only: `cuda` is torch.cuda, or a stand-in in the tests."""
+
+    name = "nsys"
+    lead = 0
+
+    def __init__(self, device, cuda=torch.cuda):
+        self.device, self.cuda = torch.device(device), cuda
+
+    def start(self, step=None, window=None):
+        self.cuda.synchronize(self.device)  # the steps before the window finish outside it
+        self.cuda.profiler.start()
+        return True
+
+    def step(self, step):
+        """The capture range covers every step until stop: nothing to do per step."""
+
+    def stop(self):
+        self.cuda.synchronize(self.device)  # the window's last kernels finish inside it
+        self.cuda.profiler.stop()
 
 
 def rank_name(name, rank):

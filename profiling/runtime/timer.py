@@ -7,6 +7,11 @@ completed already, and which bounds how far the host runs ahead of the GPU to on
 own late values do (engine/training/step.py). Every step yields one record: wall time of the loop
 iteration, each phase in ms, `other` (the rest) and, on CUDA, the step's peak of allocated memory and the
 memory the allocator holds.
+
+On CUDA each step ("step N") and each phase inside it can also be an NVTX range, so that an Nsight Systems
+timeline shows them (`ranges`: torch.cuda.nvtx, from nvtx_ranges()). A range costs a host call at each end
+and nothing on the GPU; `python -m profiling.bench overhead` measures it against the step. A CPU run never
+has ranges: NVTX is CUDA's.
 """
 
 import time
@@ -18,12 +23,23 @@ from profiling.records import PHASES
 
 # codec: the host encodes between a copy off the GPU and one back; events around it time the stream's wait
 DEVICE_PHASES = ("h2d", "forward", "codec", "loss", "backward", "optimizer")
+# Phases without an NVTX range: a capture starts or stops Nsight's capture range inside its phase, which would
+# cut a range around it in two.
+UNMARKED = ("capture",)
+
+
+def nvtx_ranges(device, wanted):
+    """torch.cuda.nvtx where ranges are `wanted` and the device is a CUDA GPU; None elsewhere (no CUDA call)."""
+    return torch.cuda.nvtx if wanted and torch.device(device).type == "cuda" else None
 
 
 class PhaseTimer:
-    def __init__(self, device, sink=None, enabled=True, clock=time.perf_counter):
+    def __init__(self, device, sink=None, enabled=True, clock=time.perf_counter, ranges=None):
+        """`ranges`: what marks each step and phase as an NVTX range (range_push, range_pop), or None."""
         self.cuda = torch.device(device).type == "cuda"
         self.sink, self.enabled, self.clock = sink, enabled, clock
+        self.ranges = ranges if enabled else None
+        self.step_range = False  # a step's range is open (begin_step), for end_step to close
         self.spans, self.open, self.pending, self.notes = [], [], None, {}
         self.step_start = self.clock()
 
@@ -36,13 +52,24 @@ class PhaseTimer:
         device = self.cuda and name in DEVICE_PHASES
         parent = self.open[-1] if self.open else None
         self.open.append(name)
+        marked = self.ranges is not None and name not in UNMARKED
+        if marked:
+            self.ranges.range_push(name)
         begin = _event() if device else self.clock()
         try:
             yield
         finally:
             self.open.pop()
+            if marked:
+                self.ranges.range_pop()
             measure = (begin, _event()) if device else (self.clock() - begin) * 1e3
             self.spans.append((name, parent, measure))
+
+    def begin_step(self, step):
+        """Step `step` begins: its NVTX range opens, for end_step to close."""
+        if self.ranges is not None:
+            self.ranges.range_push(f"step {step}")
+            self.step_range = True
 
     def note(self, name, ms, clock=None):
         """A figure that overlaps the phases (e.g. all-reduce during backward): recorded as NAME_ms, not
@@ -57,6 +84,9 @@ class PhaseTimer:
         previous step's on CUDA), or None."""
         if not self.enabled:
             return None
+        if self.step_range:
+            self.ranges.range_pop()
+            self.step_range = False
         now = self.clock()
         # "clock": the step's end on the clock the sampler stamps its samples with, to match them to steps
         record = {"step": step, "wall_ms": (now - self.step_start) * 1e3, "clock": round(time.monotonic(), 3)}

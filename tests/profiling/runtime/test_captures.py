@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from profiling import records
-from profiling.runtime.captures import Captures, TorchProfileCapture, launches_per_step, rank_name
+from profiling.runtime.captures import Captures, NsysCapture, TorchProfileCapture, launches_per_step, rank_name
 
 X = torch.randn(32, 32)
 
@@ -163,18 +163,95 @@ def test_a_capture_that_fails_is_one_line_and_the_loop_goes_on(at):
     assert not captures.running
 
 
-def test_py_spy_missing_is_one_line_and_the_run_ends_with_its_checkpoint(image_folder, in_tmp, capsys, monkeypatch):
-    """A real Popen of a py-spy that is not there (FileNotFoundError): the run trains on and checkpoints."""
+def test_captures_a_cpu_run_cannot_make_are_one_line_each_and_the_run_ends_with_its_checkpoint(
+    image_folder, in_tmp, capsys, monkeypatch
+):
+    """A real Popen of a py-spy that is not there (FileNotFoundError), and --nsys and NVTX (on by default) on a
+    CPU: one line each, no CUDA call, and the run trains on and checkpoints."""
     from engine import train
     from profiling.runtime import captures
     from tests.conftest import TINY
 
     monkeypatch.setattr(captures, "py_spy_executable", lambda: "/nonexistent/py-spy")
-    train.main([*TINY, "--data", str(image_folder), "--steps", "4", "--name", "nospy", "--py-spy", "2:3"])
+    cuda = CudaStandIn()
+    monkeypatch.setattr(torch.cuda.nvtx, "range_push", cuda.range_push)
+    monkeypatch.setattr(torch.cuda.nvtx, "range_pop", cuda.range_pop)
+    monkeypatch.setattr(torch.cuda.profiler, "start", cuda.profiler.start)
+    monkeypatch.setattr(torch.cuda.profiler, "stop", cuda.profiler.stop)
+    monkeypatch.setattr(torch.cuda, "synchronize", cuda.synchronize)
+    args = ["--steps", "4", "--name", "nospy", "--py-spy", "2:3", "--nsys", "2:4"]
+    train.main([*TINY, "--data", str(image_folder), *args])
     err = capsys.readouterr().err
     assert "py-spy cannot run (No such file or directory: /nonexistent/py-spy); pip install py-spy" in err
-    assert "Traceback" not in err
+    assert "--nsys: Nsight Systems' capture range is CUDA's; this CPU run brackets no steps" in err
+    assert "Traceback" not in err and cuda.calls == []
     assert torch.load("runs/nospy/checkpoints/last.pt", weights_only=True)["step"] == 4
+
+
+class CudaStandIn:
+    """What NVTX ranges and Nsight's capture range call of torch.cuda, recorded in order."""
+
+    def __init__(self):
+        self.calls = []
+        self.profiler = self.Profiler(self.calls)
+
+    class Profiler:
+        def __init__(self, calls):
+            self.calls = calls
+
+        def start(self):
+            self.calls.append("cudaProfilerStart")
+
+        def stop(self):
+            self.calls.append("cudaProfilerStop")
+
+    def synchronize(self, device=None):
+        self.calls.append("synchronize")
+
+    def range_push(self, name):
+        self.calls.append(f"push {name}")
+
+    def range_pop(self):
+        self.calls.append("pop")
+
+
+def test_nsys_starts_before_the_window_s_first_step_and_stops_before_its_stop_step():
+    cuda = CudaStandIn()
+    captures = Captures([(NsysCapture("cuda", cuda=cuda), (4, 7))], lambda m: None)
+    touched = []
+    for step in range(1, 10):
+        cuda.calls.append(f"step {step}")
+        if captures.at_step(step):
+            touched.append(step)
+    captures.close()
+    assert touched == [4, 5, 6, 7]
+    window = cuda.calls[cuda.calls.index("step 4") : cuda.calls.index("step 8")]
+    assert window == ["step 4", "synchronize", "cudaProfilerStart", "step 5", "step 6",
+                      "step 7", "synchronize", "cudaProfilerStop"]  # fmt: skip
+    assert cuda.calls.count("cudaProfilerStart") == cuda.calls.count("cudaProfilerStop") == 1
+
+
+def test_nsys_records_whole_steps_each_an_nvtx_range_with_its_phases(image_folder, in_tmp, monkeypatch):
+    """The real loop on the CPU, with a stand-in for CUDA's calls: the capture range holds steps 3 and 4 whole
+    (no range open at either end), and each step's range holds the step's phases."""
+    from engine import train
+    from engine.training import loop
+    from tests.conftest import TINY
+
+    cuda = CudaStandIn()
+    monkeypatch.setattr(loop, "nvtx_ranges", lambda device, wanted: cuda if wanted else None)
+    monkeypatch.setattr(loop, "nsys_capture", lambda device, log: NsysCapture(device, cuda=cuda))
+    train.main([*TINY, "--data", str(image_folder), "--steps", "6", "--name", "nsys", "--nsys", "3:5"])
+    calls, depth, open_at = cuda.calls, 0, {}
+    for call in calls:
+        depth += 1 if call.startswith("push") else -1 if call == "pop" else 0
+        open_at.setdefault(call, depth)
+    assert depth == 0 and open_at["cudaProfilerStart"] == open_at["cudaProfilerStop"] == 0
+    captured = calls[calls.index("cudaProfilerStart") : calls.index("cudaProfilerStop")]
+    assert [c for c in captured if c.startswith("push step")] == ["push step 3", "push step 4"]
+    step_3 = calls[calls.index("push step 3") : calls.index("push step 4")]
+    phases = {"data", "h2d", "forward", "loss", "backward", "optimizer", "logging"}
+    assert {c.removeprefix("push ") for c in step_3 if c.startswith("push ")} == {"step 3", *phases}
 
 
 def kernel(ts, correlation):

@@ -1,6 +1,6 @@
 import pytest
 
-from profiling.runtime.timer import PhaseTimer
+from profiling.runtime.timer import PhaseTimer, nvtx_ranges
 
 
 class Sink:
@@ -59,3 +59,40 @@ def test_each_step_is_one_record_and_disabled_timer_records_nothing():
     with off.phase("forward"):
         pass
     assert off.end_step(3) is None and len(sink.records) == 3
+
+
+class Ranges:
+    """A stand-in for torch.cuda.nvtx: the ranges pushed and popped, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def range_push(self, name):
+        self.calls.append(f"push {name}")
+
+    def range_pop(self):
+        self.calls.append("pop")
+
+
+def test_each_step_and_each_phase_in_it_is_an_nvtx_range():
+    ranges = Ranges()
+    timer = PhaseTimer("cpu", Sink(), clock=Clock(), ranges=ranges)
+    for step in (1, 2):
+        timer.begin_step(step)
+        with timer.phase("capture"):  # where Nsight's capture range starts and stops: no range around it
+            pass
+        with timer.phase("forward"):
+            with timer.phase("loss"):
+                pass
+        timer.end_step(step)
+    timer.end_step(3)  # a step begun without begin_step closes no range
+    one_step = ["push forward", "push loss", "pop", "pop", "pop"]
+    assert ranges.calls == ["push step 1", *one_step, "push step 2", *one_step]
+
+
+def test_nvtx_ranges_are_cuda_s_alone():
+    import torch
+
+    assert nvtx_ranges("cpu", True) is None and nvtx_ranges("cuda", False) is None
+    assert nvtx_ranges("cuda:1", True) is torch.cuda.nvtx
+    assert PhaseTimer("cpu", enabled=False, ranges=Ranges()).ranges is None  # a disabled timer marks nothing
