@@ -1,19 +1,20 @@
 """The data cache: each image decoded once per data set, not once per job, then memory-mapped by training.
 
-An entry is one file's decoded HR image (uint8, as image_files decodes it; none for a file it cannot
-decode) or that image's LR reference at one scale (float32, as crops.training_pair makes it), in
-array_file.py's layout, under FOLDER/hr/ and FOLDER/lr/. An entry's name is a digest of what makes it:
-for an HR entry, the file's name, size and modification time and the decode rule (the decoder's source
-and Pillow's version); for an LR entry, its HR entry's name, the scale and the resize rule (the resize's
-source and numpy's version). So a changed or added file, a new scale or a changed rule makes new entries
-for what it changed and leaves the rest alone; entries of files that changed are never read again
-(deleting the folder reclaims their space).
+An entry is one file's decoded HR image (uint8, as image_files decodes it; none for a file it cannot decode)
+or that image's LR reference at one scale (float32, as crops.training_pair makes it), in array_file.py's
+layout, under FOLDER/hr/ and FOLDER/lr/. An entry's name is a digest of what makes it: for an HR entry, the
+file's name, size and modification time and the decode rule (the decoder's source, Pillow's version and its
+decompression-bomb limit); for an LR entry, its HR entry's name, the scale and the resize rule (the resize's
+source and numpy's version). So a changed or added file, a new scale or a changed rule makes new entries for
+what it changed and leaves the rest alone; entries of files that changed are never read again (deleting the
+folder reclaims their space).
 
-Missing entries are made in parallel over the cores, each written aside and renamed into place: a build
-killed part way leaves whole entries (kept) and temporary files (removed by the next build). An entry that
-is not whole is made again, said in one line. Training reads crops straight from the mappings: its
-resident memory is what the crops touch, whatever the set's size, and the ranks and loader workers of a
-node, and the jobs that follow, share the pages through the page cache.
+Missing entries are made in parallel over the cores, each written aside and renamed into place: a build killed
+part way leaves whole entries (kept) and temporary files (removed by the next build). An entry that is not
+whole is made again, said in one line. A file that cannot be read now (gone, refused, an I/O error) gets no
+entry: it is skipped for this job and tried again by the next. Training reads crops straight from the
+mappings: its resident memory is what the crops touch, whatever the set's size, and the ranks and loader
+workers of a node, and the jobs that follow, share the pages through the page cache.
 """
 
 import contextlib
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+import PIL.Image
 
 from engine.data import array_file, crops, image_files, imresize
 from engine.data.tensors import cropped_to
@@ -42,7 +44,7 @@ def digest(*parts):
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-DECODE_RULE = rule(image_files.decode, image_files.to_rgb8, PIL.__version__)
+DECODE_RULE = rule(image_files.decode, image_files.to_rgb8, PIL.__version__, str(PIL.Image.MAX_IMAGE_PIXELS))
 RESIZE_RULE = rule(crops.training_pair, imresize, np.__version__)
 
 
@@ -86,13 +88,18 @@ class Cache:
             more = ", ..." if len(damaged) > 1 else ""
             self.log(f"data cache: made again, {len(damaged)} damaged: {damaged[0]}{more}")
         missing = [(path, key) for path, key, entries in zip(paths, keys, opened, strict=True) if entries is None]
+        not_read = {}
         if missing:
-            self.build(missing, min_size, references)
+            not_read = self.build(missing, min_size, references)
             opened, damaged = self.open(keys, min_size, references)
-            if damaged or None in opened:
+            if damaged or any(e is None and p not in not_read for p, e in zip(paths, opened, strict=True)):
                 raise Unwritable(f"entries of the data cache in {self.folder} went missing as they were written")
         found, lrs = image_files.ImageSet([], [], {}), []
-        for path, (fields, image, lr) in zip(paths, opened, strict=True):
+        for path, entries in zip(paths, opened, strict=True):
+            if entries is None:  # not read this time, so not cached: the next job tries it again
+                found.add(Path(path).name, None, not_read[path], min_size)
+                continue
+            fields, image, lr = entries
             if found.add(Path(path).name, image, fields["mode"], min_size) and references:
                 lrs.append(lr)
         return found, lrs
@@ -123,7 +130,8 @@ class Cache:
         return fields, arrays[0] if arrays else None
 
     def build(self, missing, min_size, references):
-        """Make the entries of `missing` [(path, HR key)], a process per core: a progress bar, then a line."""
+        """Make the entries of `missing` [(path, HR key)], a process per core: a progress bar, then a line.
+        Returns {path: why} of the files that could not be read this time (no entry made)."""
         try:
             for kind in ("hr", "lr"):
                 (self.folder / kind).mkdir(parents=True, exist_ok=True)
@@ -133,12 +141,14 @@ class Cache:
         scale = self.scale if references else None
         jobs = [(path, self.folder, key, scale, min_size) for path, key in missing]
         processes = min(len(jobs), len(os.sched_getaffinity(0)))
-        start, written = time.perf_counter(), 0
+        start, written, not_read = time.perf_counter(), 0, {}
         try:
             # Forked before the bar's thread starts; the workers decode with numpy and PIL only.
             with multiprocessing.get_context("fork").Pool(processes) as pool, self.progress(len(jobs)) as made:
-                for size in pool.imap_unordered(make_entries, jobs):
+                for path, size, why in pool.imap_unordered(make_entries, jobs):
                     written += size
+                    if why:
+                        not_read[path] = why
                     made()
         except OSError as err:
             where = err.filename or self.folder
@@ -148,6 +158,7 @@ class Cache:
             f"data cache: {len(jobs)} images cached in {seconds:.1f} s by {processes} processes "
             f"({len(jobs) / seconds:.1f} images/s), {written / 2**30:.2f} GiB written to {self.folder}"
         )
+        return not_read
 
 
 def hr_key(path):
@@ -165,20 +176,24 @@ def lr_key(hr, scale):
 
 def make_entries(job):
     """One image's missing entries: its HR (decoded, unless its entry exists: a new scale) and, when
-    `scale` is given and the image is used, its LR reference. Returns the bytes written."""
+    `scale` is given and the image is used, its LR reference. Returns (path, the bytes written, why the
+    file could not be read this time or None): such a file gets no entry."""
     path, folder, key, scale, min_size = job
     written = 0
     try:
         fields, arrays = array_file.read(folder / "hr" / key)
         hr = arrays[0] if arrays else None
     except (FileNotFoundError, array_file.Damaged):
-        hr, mode = image_files.decode(path)
+        try:
+            hr, mode = image_files.decode(path)
+        except OSError as err:
+            return path, 0, image_files.not_read(err)
         fields = {"source": Path(path).name, "mode": mode, "shape": None if hr is None else hr.shape}
         written += write_entry(folder / "hr" / key, fields, [] if hr is None else [hr])
     if scale and not image_files.unusable(fields["shape"], min_size):
         lr = crops.training_pair(hr, scale)[1]
         written += write_entry(folder / "lr" / lr_key(key, scale), {"hr": key, "scale": scale}, [lr])
-    return written
+    return path, written, None
 
 
 def write_entry(path, fields, arrays):

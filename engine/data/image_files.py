@@ -118,16 +118,29 @@ def why_unreadable(err):
 def read_images(paths, min_size=1):
     found = ImageSet([], [], {})
     for path in paths:
-        found.add(Path(path).name, *decode(path), min_size)
+        try:
+            image, mode = decode(path)
+        except OSError as err:
+            image, mode = None, not_read(err)
+        found.add(Path(path).name, image, mode, min_size)
     return found
 
 
 def decode(path):
-    """(to_rgb8's array, the mode it was converted from), or (None, why it cannot be decoded)."""
+    """(to_rgb8's array, the mode it was converted from), or (None, why it cannot be decoded). A file that
+    cannot be read now (gone, refused, an I/O error: an OSError with an errno) raises instead: unlike a
+    damaged file, it may read another time."""
     try:
         return to_rgb8(path)
     except DECODE_ERRORS as err:
+        if isinstance(err, OSError) and err.errno is not None:
+            raise
         return None, why_unreadable(err)
+
+
+def not_read(err):
+    """Why a file was skipped this time: decode's OSError."""
+    return f"could not be read ({err.strerror or err})"
 
 
 def to_rgb8(path):

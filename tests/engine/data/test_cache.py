@@ -102,6 +102,28 @@ def test_a_changed_or_added_file_or_a_new_scale_remakes_only_what_it_changes(tmp
     assert len(list((entries / "lr").iterdir())) == 9 + 8  # x2 of 7 usable images, img1's new one and new.png; x4
 
 
+def test_a_file_that_cannot_be_read_now_is_skipped_this_time_and_read_the_next(tmp_path, monkeypatch, decodes):
+    """A read refused (as a file with no read permission is, or an I/O error) is not the file's content: it
+    gets no entry, so once the file reads again it is decoded and used, although its name, size and
+    modification time are those it had."""
+    folder, entries = write_images(tmp_path / "hr"), tmp_path / "cache"
+    to_rgb8 = image_files.to_rgb8
+
+    def refused(path):
+        if os.path.basename(path) == "img1.png":
+            raise PermissionError(13, "Permission denied", str(path))
+        return to_rgb8(path)
+
+    monkeypatch.setattr(image_files, "to_rgb8", refused)  # before the build's workers fork: theirs too
+    found = image_files.read_folder(folder, 16, cache.Cache(entries, 2).training)
+    assert found.skipped["could not be read (Permission denied)"] == ["img1.png"] and "img1.png" not in found.names
+    monkeypatch.setattr(image_files, "to_rgb8", to_rgb8)
+    decodes()
+    found = image_files.read_folder(folder, 16, cache.Cache(entries, 2).training)
+    assert decodes() == ["img1.png"]
+    assert equal_sets(found, image_files.read_folder(folder, 16, crops.Decoded(2).training))
+
+
 KILLED_BUILD = """
 import sys, time
 from engine.data import array_file, cache, image_files
