@@ -47,7 +47,8 @@ def test_samples_are_deterministic_per_index_and_augmented():
         which = which_of(dihedral(found.hrs[0][top : top + 8, left : left + 8]), hr)
         assert which == which_of(dihedral(found.lrs[0][top // 2 : top // 2 + 4, left // 2 : left // 2 + 4]), lr)
         seen.add((sample["aug"], which))
-    assert len(seen) == 8 and len({aug for aug, _ in seen}) == 8
+    # 8 codes giving 8 different transforms, one each: a code that repeated another's would leave one unseen
+    assert len(seen) == 8 and len({aug for aug, _ in seen}) == 8 and len({which for _, which in seen}) == 8
 
 
 def test_the_lr_reference_is_the_whole_image_s_official_bicubic_cropped_with_the_hr():
