@@ -164,9 +164,12 @@ def read_checkpoint(path):
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if refused:
             raise UserError(
-                f"{path} holds a {refused[1]}, which torch.load(weights_only=True) refuses to run: it is not a "
-                "checkpoint of this project or of the official IRN release (those hold tensors and plain data)"
+                f"{path} holds an object of type {refused[1]}, which torch.load(weights_only=True) refuses to load "
+                "(unpickling it could run code); this project's and the official release's checkpoints hold only "
+                "tensors and plain data: if you trust the file, save its state dict from a weights_only=False load"
             ) from None
+        raise UserError(f"{path} is not a PyTorch checkpoint (not a file torch.save wrote)") from None
+    except (KeyError, IndexError, ValueError, UnicodeDecodeError):  # the legacy unpickler reading other bytes
         raise UserError(f"{path} is not a PyTorch checkpoint (not a file torch.save wrote)") from None
 
 

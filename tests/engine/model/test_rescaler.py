@@ -210,10 +210,11 @@ def _with_version(src, dst, version):
         (lambda good, bad: bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2]), "is cut short"),
         (lambda good, bad: bad.write_bytes(b""), "is cut short"),
         (lambda good, bad: bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64)), "is not a PyTorch checkpoint"),
-        (lambda good, bad: torch.save({"net": _NotWeights()}, bad), "holds a tests.engine.model.test_rescaler._Not"),
+        (lambda good, bad: bad.write_text("hello\n"), "is not a PyTorch checkpoint"),  # the legacy unpickler's KeyError
+        (lambda good, bad: torch.save({"net": _NotWeights()}, bad), "of type tests.engine.model.test_rescaler._Not"),
         (lambda good, bad: _with_version(good, bad, 99), "was written by a newer torch"),
     ],
-    ids=["truncated", "empty", "png", "refused-object", "newer-torch"],
+    ids=["truncated", "empty", "png", "text", "refused-object", "newer-torch"],
 )
 def test_a_checkpoint_that_cannot_be_loaded_says_why(tmp_path, make, cause):
     good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"

@@ -131,7 +131,7 @@ def test_a_checkpoint_that_is_whole_but_refused_stops_the_resume_with_its_cause(
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--resume", "runs/odd", "--steps", "6"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "holds a fractions.Fraction" in err and "skipped" not in err
+    assert exit_info.value.code == 2 and "of type fractions.Fraction" in err and "skipped" not in err
 
 
 def test_a_full_disk_during_a_checkpoint_stops_with_one_line_and_the_previous_checkpoint(
