@@ -58,17 +58,17 @@ SCHEDULED_PHASES = ("validation", "checkpoint", "capture")
 PHASES = STEP_PHASES + SCHEDULED_PHASES
 
 
-def rank_file(folder, stem, rank):
+def rank_file(folder, stem, rank, suffix=".jsonl"):
     """A per-rank record file: stem.jsonl for rank 0, stem.rankN.jsonl for the others."""
-    return Path(folder) / (f"{stem}.jsonl" if rank == 0 else f"{stem}.rank{rank}.jsonl")
+    return Path(folder) / (f"{stem}{suffix}" if rank == 0 else f"{stem}.rank{rank}{suffix}")
 
 
-def rank_files(folder, stem):
-    """{rank: path} of every rank's stem.jsonl that exists, in rank order."""
+def rank_files(folder, stem, suffix=".jsonl"):
+    """{rank: path} of every rank's stem.jsonl (or another `suffix`) that exists, in rank order."""
     folder = Path(folder)
-    files = {0: folder / f"{stem}.jsonl"} if (folder / f"{stem}.jsonl").exists() else {}
-    for path in folder.glob(f"{stem}.rank*.jsonl"):
-        rank = path.name.removeprefix(f"{stem}.rank").removesuffix(".jsonl")
+    files = {0: folder / f"{stem}{suffix}"} if (folder / f"{stem}{suffix}").exists() else {}
+    for path in folder.glob(f"{stem}.rank*{suffix}"):
+        rank = path.name.removeprefix(f"{stem}.rank").removesuffix(suffix)
         if rank.isdigit():
             files[int(rank)] = path
     return dict(sorted(files.items()))

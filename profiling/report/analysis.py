@@ -16,7 +16,7 @@ from statistics import mean, median
 
 from profiling import records
 from profiling.records import SCHEDULED_PHASES, STEP_PHASES, read_jsonl
-from profiling.report import roofline
+from profiling.report import gpu_trace, roofline
 from profiling.report.verdict import MIN_STEADY, bottleneck
 from profiling.stats import first_last_min, percentile
 
@@ -302,8 +302,17 @@ def analyse(folder):
         "explosions": run.explosions,
         "losses": loss_summary(run.metrics),
         "torch_profile": run.torch_profile,
+        "gpu_trace": trace_breakdowns(run.folder, run.torch_profile),
         "captures": captures_in(run.folder),
     }
+
+
+def trace_breakdowns(folder, torch_profile):
+    """Holistic Trace Analysis's breakdowns of the torch.profiler traces where they hold GPU kernels (a capture on
+    CUDA), else None."""
+    if (torch_profile or {}).get("clock") != "cuda":
+        return None
+    return gpu_trace.breakdowns(records.rank_files(folder, Path(records.TORCH_TRACE).stem, ".json"))
 
 
 def throughput(cfg, step_ms, steady_steps, logged):

@@ -4,7 +4,12 @@ from rich.panel import Panel
 from rich.table import Table
 
 from profiling.records import STEP_PHASES
-from profiling.report import roofline
+from profiling.report import gpu_trace, roofline
+
+
+def counted(n, one, many=None):
+    """'1 step', '3 steps': a count with its noun in the number it takes."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
 def fmt_duration(seconds):
@@ -217,6 +222,38 @@ def profile_table(run):
     return table
 
 
+def gpu_trace_lines(run):
+    """Holistic Trace Analysis's breakdowns of a GPU trace: where each rank's GPU time went, the longest
+    kernels, and how the kernels were launched."""
+    found = run["gpu_trace"]
+    if not found or "note" in found:
+        return [found["note"]] if found else []
+    lines = ["the GPU trace, by Holistic Trace Analysis (the --torch-profile window):"]
+    for t in found["temporal"]:
+        span = t["span_us"] or 1
+        lines.append(
+            f"  rank {t['rank']}: of the {t['span_us'] / 1e3:.2f} ms from its first kernel to its last, the GPU "
+            f"was idle {t['idle_us'] / span:.1%}, computing {t['compute_us'] / span:.1%}, copying, setting memory "
+            f"or communicating {t['non_compute_us'] / span:.1%}"
+        )
+    lines.append(
+        "  kernel time by type: " + ", ".join(f"{k['type'].lower()} {k['share']:.1%}" for k in found["kernel_types"])
+    )
+    for k in found["kernels"]:
+        lines.append(
+            f"  {k['name'][:80]}: {k['total_us'] / 1e3:.2f} ms in all, {k['mean_us']:.1f} us each (rank {k['rank']})"
+        )
+    for rank, n in found["launches"].items():
+        lines.append(
+            f"  rank {rank}, {counted(n['launches'], 'kernel launch', 'kernel launches')}: the call "
+            f"{n['cpu_us_mean']:.1f} us and the kernel {n['gpu_us_mean']:.1f} us on average; kernels shorter than "
+            f"their launch call: {n['shorter_than_launch']:,}; calls over {gpu_trace.SLOW_LAUNCH_US} us: "
+            f"{n['slow_launches']:,}; kernels starting over {gpu_trace.LATE_START_US} us after their call: "
+            f"{n['late_starts']:,} (median delay {n['delay_us_median']:,.0f} us)"
+        )
+    return lines
+
+
 def render(console, run):
     console.print(header(run))
     console.print(throughput_line(run))
@@ -232,6 +269,8 @@ def render(console, run):
         console.print(rank_table(run))
     if run["torch_profile"]:
         console.print(profile_table(run))
+    for line in gpu_trace_lines(run):
+        console.print(line)
     if run["captures"]:
         console.print(f"captures in the run folder: {', '.join(run['captures'])}")
     for line in explosion_lines(run) + loss_lines(run):
