@@ -47,6 +47,10 @@ def read(path):
     with Image.open(path) as im:
         info, gray = dict(im.info), im.mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "1")
     info |= comment_tags(info.get("comment"))
+    if info.get(GRAY_KEY, "0") not in ("0", "1"):
+        raise UserError(
+            f"{path}: its {GRAY_KEY} tag is {str(info[GRAY_KEY])[:40]!r}, not 0 or 1; rewrite it with rescale down"
+        )
     return tensors.image_tensor(img, 1), hr_size(info.get(SIZE_KEY), path), gray or info.get(GRAY_KEY) == "1"
 
 
@@ -85,6 +89,17 @@ def write(x, path, hr_size=None, gray=False, jpeg=None):
         image.save(path, pnginfo=info)
     else:
         image.save(path)
+
+
+def check_hr_size(size, lr, scale, path):
+    """A size tag that an LR of this size cannot come from (down pads the HR to the next multiple of the
+    scale) is one line: another scale's LR, or a tag written by hand."""
+    h, w = lr.shape[-2:]
+    if not ((h - 1) * scale < size[0] <= h * scale and (w - 1) * scale < size[1] <= w * scale):
+        raise UserError(
+            f"{path}: its {SIZE_KEY} tag says {size[0]}x{size[1]}, which an x{scale} LR of {h}x{w} does not come "
+            "from; upscale it with the model that made it, or rewrite it with rescale down"
+        )
 
 
 @torch.no_grad()
@@ -175,6 +190,8 @@ def main(argv=None):
                 print(
                     f"{src} has no {SIZE_KEY} tag (not written by rescale down): upscaling it x{model.scale} to {w}x{h}"
                 )
+            else:
+                check_hr_size(size, x, model.scale, src)
             write(up(model, x, size, args.temperature, generator, restorer), dst, gray=gray)
         print(f"{src} -> {dst}")
 

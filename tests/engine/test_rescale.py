@@ -108,6 +108,8 @@ def test_an_untagged_image_is_upscaled_with_a_notice(haar_only, tmp_path, capsys
         ("jpeg-as-png", "--jpeg writes the LR as JPEG; name it .jpg"),
         ("jpeg-up", "--jpeg is an option of down"),
         ("bad-tag", "its irn-hr-size tag is 'big', not HxW"),
+        ("impossible-tag", "its irn-hr-size tag says 99999x16, which an x2 LR of 8x8 does not come from"),
+        ("gray-tag", "its irn-hr-gray tag is 'maybe', not 0 or 1"),
         ("device", "--device tpu: expected auto, cpu, cuda or cuda:N"),
         ("temperature", "argument --temperature: '-1': expected a finite number >= 0"),
     ],
@@ -118,10 +120,12 @@ def test_what_a_user_gets_wrong_is_one_line_and_writes_nothing(haar_only, tmp_pa
     image = Image.fromarray(np.full((8, 8, 3), 50, np.uint8))
     image.save(photos / "photo.png")
     out = tmp_path / "out"
-    tagged = tmp_path / "tagged.png"
-    info = PngImagePlugin.PngInfo()
-    info.add_text(rescale.SIZE_KEY, "big")
-    image.save(tagged, pnginfo=info)
+    for name, tags in {"tagged": {rescale.SIZE_KEY: "big"}, "impossible": {rescale.SIZE_KEY: "99999x16"},
+                       "gray": {rescale.SIZE_KEY: "16x16", rescale.GRAY_KEY: "maybe"}}.items():  # fmt: skip
+        info = PngImagePlugin.PngInfo()
+        for key, value in tags.items():
+            info.add_text(key, value)
+        image.save(tmp_path / f"{name}.png", pnginfo=info)
     args = {
         "missing": ["down", tmp_path / "none.png", out],
         "not-an-image": ["down", tmp_path / "bad.png", out],
@@ -130,7 +134,9 @@ def test_what_a_user_gets_wrong_is_one_line_and_writes_nothing(haar_only, tmp_pa
         "lr-as-jpeg": ["down", photos / "photo.png", tmp_path / "lr.jpg"],
         "jpeg-as-png": ["down", photos / "photo.png", tmp_path / "lr.png", "--jpeg", "90"],
         "jpeg-up": ["up", photos / "photo.png", out, "--jpeg", "90"],
-        "bad-tag": ["up", tagged, out / "hr.png"],
+        "bad-tag": ["up", tmp_path / "tagged.png", out / "hr.png"],
+        "impossible-tag": ["up", tmp_path / "impossible.png", out / "hr.png"],
+        "gray-tag": ["up", tmp_path / "gray.png", out / "hr.png"],
         "device": ["down", photos / "photo.png", out, "--device", "tpu"],
         "temperature": ["up", photos / "photo.png", out, "--temperature", "-1"],
     }[case]
