@@ -3,9 +3,11 @@
     python -m engine.replay run_42 [--step N] [--checkpoint CKPT]
 
 Loads a batch the trainer saved in explosions/ (by default the event with the largest grad norm) and
-runs every sample alone through the run's network, printing its losses and grad norm. The weights are
-a checkpoint's (the run's last by default), so the figures are those of that step's weights, not
-exactly the logged ones, unless the checkpoint was written just before the event.
+runs every sample alone through the run's network, printing its losses and grad norm, then the whole batch.
+Under DDP the batch is the global one (every rank's share), so its row sets the same figures beside the logged
+ones: the losses averaged over the ranks and the averaged gradient's norm. The weights are a checkpoint's (the
+run's last by default), so the figures are those of that step's weights, not exactly the logged ones, unless
+the checkpoint was written just before the event.
 """
 
 import math
@@ -82,9 +84,11 @@ def main(argv=None):
     event = pick_event(folder, args.step)
     weights = args.checkpoint or folder / records.CHECKPOINTS / checkpoints.LATEST
     console = terminal.console()
+    ranks = event.get("world_size", 1)
+    shares = f", the shares of its {ranks} ranks" if ranks > 1 else ""
     console.print(
-        f"step {event['step']}: {event['kind']}, logged grad norm {event['grad_norm']:.4g}; "
-        f"replayed with the weights of {weights}"
+        f"step {event['step']}: {event['kind']}, logged grad norm {event['grad_norm']:.4g}; its batch of "
+        f"{len(event['images'])}{shares}, replayed with the weights of {weights}"
     )
     table = Table()
     for column in ("sample", "image", "crop box (top, left, h, w)", *event["losses"], "grad norm"):

@@ -75,6 +75,15 @@ def gather(obj, ranks):
     return out
 
 
+def gather_to_main(obj, ranks):
+    """Every rank's `obj`, in rank order, on rank 0; None on the others. A CPU collective every rank joins."""
+    if not ranks.active:
+        return [obj]
+    out = [None] * ranks.world if ranks.main else None
+    dist.gather_object(obj, out, dst=0, group=ranks.control)
+    return out
+
+
 def first_on_each_node(load, ranks):
     """`load()` on each node's first rank, then on its other ranks, which find what it made (the data
     cache's entries); None on every rank unless it gave something on every node's first rank. The ranks

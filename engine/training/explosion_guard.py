@@ -5,6 +5,10 @@ clipping: min(grad norm, --grad-clip)), exceeds --explosion-factor x the running
 --explosion-window steps' (judged once 10 are known); a non-finite loss or gradient is always recorded,
 and its update skipped.
 
+Under DDP every rank judges alike (the losses are averaged over the ranks, the grad norm is the averaged
+gradient's), and a record holds the whole global batch: each rank's share, gathered to rank 0 in rank order,
+which writes it. `engine.replay` then reruns the batch whose mean losses and gradient the step logged.
+
 Why the clipped norm: IRN's losses are sums over pixels, so its raw grad norms run from thousands to a
 hundred thousand while the recipe clips at 10, and in ordinary early training they swing 10-50x from one
 step to the next while the loss falls smoothly; every such step is clipped to the same update. What
@@ -26,6 +30,7 @@ from statistics import median
 import torch
 
 from engine.errors import UserError
+from engine.training import distributed
 from profiling import records
 
 MIN_HISTORY = 10  # steps seen before a running median judges
@@ -38,8 +43,8 @@ class TooManyBadSteps(UserError):
 class ExplosionGuard:
     """Per step: 'ok', 'spike' (recorded, applied) or 'skipped' (non-finite: recorded, not applied)."""
 
-    def __init__(self, folder, factor, window, max_bad, image_names, clip, write=True, keep_batches=100):
-        self.folder, self.write = Path(folder) / "explosions", write
+    def __init__(self, folder, factor, window, max_bad, image_names, clip, ranks=None, keep_batches=100):
+        self.folder, self.ranks = Path(folder) / "explosions", ranks or distributed.Ranks()
         self.factor, self.max_bad, self.image_names, self.clip = factor, max_bad, image_names, clip
         # A long run may spike thousands of times: the first batches are kept, the rest logged only.
         self.keep_batches, self.kept = keep_batches, len(list(self.folder.glob("step_*.pt")))
@@ -84,15 +89,17 @@ class ExplosionGuard:
         return "ok"
 
     def _record(self, step, kind, losses, grad_norm, batch):
-        if not self.write:  # other ranks take the same decisions; rank 0 keeps the record
+        shares = distributed.gather_to_main(batch, self.ranks)  # every rank decides alike, and sends its share
+        if not self.ranks.main:
             return
+        batch = {key: torch.cat([share[key] for share in shares]) for key in batch}
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.log is None:
             self.log = records.JsonLines(self.folder.parent / records.EXPLOSIONS)
         batch_file = None
         if self.kept < self.keep_batches:
             batch_file = self.folder / f"step_{step:08d}.pt"
-            torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in batch.items()}, batch_file)
+            torch.save(batch, batch_file)
             self.kept += 1
         images = [self.image_names[i] for i in batch["image"].tolist()]
         self.log.write(
@@ -103,6 +110,7 @@ class ExplosionGuard:
                 "grad_norm": grad_norm,
                 "images": images,
                 "boxes": batch["box"].tolist(),
+                "world_size": self.ranks.world,  # the ranks whose shares the batch holds, in rank order
                 "batch_file": str(batch_file.relative_to(self.folder.parent)) if batch_file else None,
             }
         )

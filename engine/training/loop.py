@@ -151,10 +151,10 @@ class Loop:
     def __init__(self, trainer, folder, train_set, val_set, time_limit, log):
         self.trainer, self.cfg, self.folder = trainer, trainer.cfg, folder
         self.train_set, self.val_set, self.time_limit, self.log = train_set, val_set, time_limit, log
-        cfg, main = self.cfg, trainer.ranks.main
+        cfg = self.cfg
         self.guard = ExplosionGuard(
             folder, cfg.explosion_factor, cfg.explosion_window, cfg.max_bad_steps, train_set.names, cfg.grad_clip,
-            write=main, keep_batches=cfg.explosion_batches_kept,
+            ranks=trainer.ranks, keep_batches=cfg.explosion_batches_kept,
         )  # fmt: skip
         self.step_seconds = {}  # loop seconds of the steps whose metrics line is still to be written
 

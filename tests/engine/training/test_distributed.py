@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import engine
-from engine import train
+from engine import replay, train
 from engine.data import image_files
 from engine.evaluation.scoring import VALIDATION, score_images, summarise
 from profiling.records import read_config, read_jsonl
@@ -19,7 +19,8 @@ from profiling.report.analysis import analyse
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[3]
-ARGS = [*TINY, "--batch-size", "4", "--checkpoint-every", "3"]
+# every step from the 11th on a spike (0 x its running median), recorded with its batch: what the records hold
+ARGS = [*TINY, "--batch-size", "4", "--checkpoint-every", "3", "--explosion-factor", "0"]
 
 
 def torchrun(args, cwd, nproc=2):
@@ -50,9 +51,9 @@ def losses(run_dir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A 2-rank run of 12 steps (3 decoding into /dev/shm, then 9 resumed from the data cache: the second job
-    has steady steps past its warm-up, for the report) and a 1-process run of 15 steps, same global batch and
-    seed."""
+    """A 2-rank run of 12 steps (3 decoding into /dev/shm, then 9 resumed from the data cache, checkpointing every
+    5: the second job has steady steps past its warm-up, for the report, and a checkpoint after step 10, the
+    weights step 11 ran with) and a 1-process run of 15 steps, same global batch and seed."""
     root = tmp_path_factory.mktemp("ddp")
     import numpy as np
     from PIL import Image
@@ -67,7 +68,7 @@ def runs(tmp_path_factory):
     done = torchrun([*ARGS, "--data", str(folder), "--steps", "3", "--name", "two", "--val", str(folder),
                      "--data-cache", "off"], root)  # fmt: skip
     (root / "two.err").write_text(done.stderr)
-    done = torchrun(["--resume", "runs/two", "--steps", "12", "--data-cache", ""], root)
+    done = torchrun(["--resume", "runs/two", "--steps", "12", "--data-cache", "", "--checkpoint-every", "5"], root)
     (root / "resumed.err").write_text(done.stderr)
     old = os.getcwd()
     os.chdir(root)
@@ -88,13 +89,40 @@ def test_two_ranks_hold_identical_weights_equal_to_one_process(runs):
 def test_rank_zero_alone_writes_metrics_and_checkpoints(runs):
     folder = runs / "runs" / "two"
     assert len(read_jsonl(folder / "metrics.jsonl")) == 12
-    saved = ["best.pt", "last.pt", "step_00000009.pt", "step_00000012.pt"]  # every 3, 2 kept, validated at 12
+    saved = [
+        "best.pt",
+        "last.pt",
+        "step_00000010.pt",
+        "step_00000012.pt",
+    ]  # every 5 from step 3, 2 kept, validated at 12
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == saved
     assert len(read_jsonl(folder / "phases.jsonl")) == 12 and len(read_jsonl(folder / "phases.rank1.jsonl")) == 12
     assert (folder / "gpu.rank1.jsonl").exists() and not list(folder.glob("metrics.rank*"))
     env = read_jsonl(folder / "env.jsonl")[0]
     assert env["world_size"] == 2 and [r["seed"] for r in env["ranks"]] == [10, 11]
     assert "allreduce_ms" in read_jsonl(folder / "phases.rank1.jsonl")[-1]
+
+
+def samples(event):
+    return sorted(zip(event["images"], map(tuple, event["boxes"]), strict=True))
+
+
+def test_a_spike_under_ddp_records_the_global_batch_and_replays_it_like_with_like(runs):
+    """Steps 11 and 12 are recorded with both ranks' shares: the four samples the one-process run records at the
+    same steps, with the same losses. Step 11's batch replayed with the weights it ran with (the checkpoint after
+    step 10) gives back the losses averaged over the ranks and the averaged gradient's norm that it logged."""
+    two, one = runs / "runs" / "two", runs / "runs" / "one"
+    events = {e["step"]: e for e in read_jsonl(two / "explosions.jsonl")}
+    alone = {e["step"]: e for e in read_jsonl(one / "explosions.jsonl")}
+    assert sorted(events) == [11, 12]
+    for step, event in events.items():
+        assert event["world_size"] == 2 and len(event["images"]) == 4 and samples(event) == samples(alone[step])
+        assert event["losses"] == pytest.approx(alone[step]["losses"], rel=1e-4)
+    *each, (_, _, _, losses, norm) = replay.replay(two, events[11], two / "checkpoints" / "step_00000010.pt")
+    assert [row[1] for row in each] == events[11]["images"]
+    assert losses == pytest.approx(events[11]["losses"], rel=1e-4) and norm == pytest.approx(
+        events[11]["grad_norm"], rel=1e-4
+    )
 
 
 def test_the_node_decodes_the_data_once_and_leaves_no_shared_memory_behind(runs):
