@@ -13,7 +13,7 @@ from engine.errors import UserError
 from engine.evaluation import metrics
 from engine.model import execution, rescaler
 from engine.training import checkpoints, config, distributed, run_folder
-from engine.training.progress import console, images_cached
+from engine.training.progress import images_cached
 from engine.training.step_census import census, census_json
 from profiling import records
 from profiling.runtime.probe import probe
@@ -73,9 +73,6 @@ def read_sets(cfg, reader):
         val = image_files.read_folder(cfg.val, metrics.smallest_side(cfg.scale), reader.images)
     else:
         val = image_files.embedded("held_out", read=reader.images) if not cfg.data else image_files.ImageSet([], [], {})
-    for name, found in (("training", train), ("validation", val)):
-        if found.skipped:
-            console.print(f"[yellow]{name} images skipped: {image_files.describe_skipped(found.skipped)}")
     return train, val
 
 
@@ -153,23 +150,43 @@ def write_start_records(trainer, folder, state, data):
             out.write({**envs[0], "world_size": ranks.world, "ranks": envs, "data": data})
 
 
+def network_line(cfg, trainer):
+    """What trains: IRN, or a CRM on a frozen IRN, and its trainable parameters."""
+    trained = sum(p.numel() for p in trainer.trained_network().parameters() if p.requires_grad)
+    irn = f"IRN x{cfg.scale}, {cfg.blocks_per_stage} blocks per stage, growth {cfg.growth}"
+    if cfg.crm:
+        crm = f"CRM of {cfg.crm_blocks} RRDBs, {cfg.crm_features} features, growth {cfg.crm_growth}"
+        return f"{crm}: {trained:,} parameters, trained on a frozen {irn}"
+    return f"{irn}: {trained:,} parameters"
+
+
+def images(n):
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
+def notes(found):
+    """': 1 converted from L: gray.png; 1 skipped, corrupt or unreadable: cut.png' of a set, or ''."""
+    groups = {f"converted from {mode}": names for mode, names in found.converted.items()}
+    groups |= {f"skipped, {why}": names for why, names in found.skipped.items()}
+    return f": {image_files.describe_skipped(groups)}" if groups else ""
+
+
 def describe(cfg, flags, trainer, train_set, val_set, log):
     """The start-up summary, printed and kept in train.log: the config and where its values came from, the
     network, the data, the validation and the device."""
     own = [f"{config.flag(k)} {config.shown(getattr(cfg, k))} ({where})" for k, where in flags.sources.items()
            if where != f"{config.SCHEMA}.toml"]  # fmt: skip
     log(f"config {cfg.config}: {'; '.join(own) or 'as it is'}; every other key: configs/{config.SCHEMA}.toml")
-    parameters = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    shape = f"IRN x{cfg.scale}, {cfg.blocks_per_stage} blocks per stage, growth {cfg.growth}"
-    log(f"network: {shape}: {parameters:,} parameters")
-    converted = "; ".join(f"{len(names)} converted from {mode}" for mode, names in train_set.converted.items())
-    skipped = sum(len(names) for names in train_set.skipped.values())
-    counts = ", ".join(part for part in (converted, f"{skipped} skipped" if skipped else "") if part)
-    log(f"data: {len(train_set.names)} training images ({cfg.data or 'the embedded photographs'})"
-        + (f": {counts}" if counts else ""))  # fmt: skip
-    if val_set.images:
-        when = f"every {cfg.val_every} steps and after the last" if cfg.val_every else "after the last step"
-        log(f"validation: {min(len(val_set.images), cfg.val_max_images)} images {when}")
+    log(f"network: {network_line(cfg, trainer)}")
+    log(
+        f"data: {images(len(train_set.names))} to train on ({cfg.data or 'the embedded photographs'}){notes(train_set)}"
+    )
+    if val_set.names:
+        used, when = min(len(val_set.names), cfg.val_max_images), "after the last step"
+        if cfg.val_every:
+            when = f"every {cfg.val_every} steps and {when}"
+        of = f" of {len(val_set.names)}" if used < len(val_set.names) else ""
+        log(f"validation: {used}{of} {'image' if len(val_set.names) == 1 else 'images'} {when}{notes(val_set)}")
     else:
         log("[yellow]no validation set: no scores, samples/ or best.pt; add --val DIR (held-out HR images) for them")
     device = trainer.device

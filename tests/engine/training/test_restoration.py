@@ -20,8 +20,10 @@ from engine.model.losses import charbonnier
 from engine.training import config
 from engine.training.explosion_guard import ExplosionGuard
 from engine.training.restoration import RestorationTrainer
+from profiling import records
 from profiling.records import read_jsonl
 from profiling.runtime.timer import PhaseTimer
+from tests import official_rrdb
 from tests.conftest import TINY
 
 TINY_CRM = [*TINY, "--config", "irn_crm_x2_q90", "--crm-features", "8", "--crm-blocks", "1", "--crm-growth", "8"]
@@ -48,6 +50,11 @@ def test_a_short_crm_run_on_a_frozen_irn_lowers_its_restoration_loss_and_evaluat
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     irn = torch.load(irn_run / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(state["irn"]["model"][k], v) for k, v in irn.items())  # frozen: as --init-from gave it
+    trained = f"CRM of 1 RRDBs, 8 features, growth 8: {official_rrdb.parameters(nf=8, nb=1, gc=8):,} parameters"
+    assert (
+        f"network: {trained}, trained on a frozen IRN x2, 1 blocks per stage, growth 4"
+        in (run / records.LOG).read_text()
+    )
     last = run / "checkpoints" / "last.pt"
     restorer = engine.load(last)
     assert isinstance(restorer, crm.CRM) and restorer.arch == dict(features=8, blocks=1, growth=8)

@@ -1,12 +1,16 @@
-"""The records a run starts with (engine/training/start.py): the dense kernels' choice per shape, in env.jsonl."""
+"""What a run says and records as it starts (engine/training/start.py): the start-up summary, kept in train.log
+with everything else the console printed, and the dense kernels' choice per shape, in env.jsonl."""
 
+import numpy as np
 import torch
+from PIL import Image
 
+from engine import train
 from engine.model import dense_choice, execution
 from engine.training import config, start
 from engine.training.step import Trainer
 from profiling import records
-from tests.conftest import TINY
+from tests.conftest import TINY, smooth_image
 
 
 def test_the_trainer_chooses_the_dense_kernels_per_shape_and_env_jsonl_records_it(monkeypatch, tmp_path):
@@ -35,3 +39,44 @@ def test_the_trainer_chooses_the_dense_kernels_per_shape_and_env_jsonl_records_i
     ]
     ops = {block.conv1.in_channels: block.fast_op for block in trainer.model.modules() if hasattr(block, "conv5")}
     assert ops == {3: dense_choice.dense_block_op("fused"), 9: dense_choice.dense_block_op("cudnn")}
+
+
+def dense_block_parameters(c_in, c_out, growth):
+    """IRN's dense block counted by hand: five 3x3 convs with biases, conv k seeing c_in + k * growth channels."""
+
+    def conv(inputs, outputs):
+        return inputs * outputs * 9 + outputs
+
+    return sum(conv(c_in + k * growth, growth) for k in range(4)) + conv(c_in + 4 * growth, c_out)
+
+
+def test_the_start_up_summary_says_what_trains_on_what_and_train_log_keeps_all_the_console_said(in_tmp, capsys):
+    folder = in_tmp / "hr"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(smooth_image(rng, 40, 48)).save(folder / f"img{i}.png")
+    Image.fromarray(smooth_image(rng, 40, 48)[..., 0]).save(folder / "gray.png")
+    (folder / "cut.png").write_bytes((folder / "img0.png").read_bytes()[:100])
+    train.main(
+        [*TINY, "--data", str(folder), "--val", str(folder), "--val-max-images", "2", "--steps", "1", "--name", "s"]
+    )
+    said = capsys.readouterr()
+    parameters = dense_block_parameters(9, 3, 4) + 2 * dense_block_parameters(3, 9, 4)  # x2, one block: F, G, H
+    notes = "1 converted from L: gray.png; 1 skipped, corrupt or unreadable: cut.png"
+    summary = [
+        f"network: IRN x2, 1 blocks per stage, growth 4: {parameters:,} parameters",
+        f"data: 4 images to train on ({folder}): {notes}",
+        f"validation: 2 of 4 images every 1000 steps and after the last step: {notes}",
+        f"device: CPU, {torch.get_num_threads()} threads, fp32",
+    ]
+    (run,) = (in_tmp / "runs").iterdir()
+    log = (run / records.LOG).read_text()
+    console = " ".join((said.out + said.err).split())  # as printed: lines wrapped at the console's width
+    assert all(line in log and line in console for line in summary), log
+    assert all(" ".join(line.split()) in console for line in log.splitlines() if line.strip())
+
+
+def test_a_run_without_validation_says_what_it_will_not_have_and_the_flag_to_add(image_folder, in_tmp, capsys):
+    train.main([*TINY, "--data", str(image_folder), "--steps", "1", "--name", "nv"])
+    assert "no validation set: no scores, samples/ or best.pt; add --val DIR" in capsys.readouterr().err
