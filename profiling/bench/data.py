@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from engine.data import cache, crops, image_files
+from engine.errors import UserError
 from profiling.bench.figures import REPO, Figures
 
 SAMPLES_PER_ROUND = 400
@@ -49,14 +50,17 @@ def seconds(fn):
 
 
 def samples_per_second(sets, crop, scale):
-    """{name: samples/s} of CropDataset over each set, rounds alternating between them, median."""
+    """{name: samples/s} of CropDataset over each set: after a round that is not timed (the first touch of
+    each page, which a run pays once), rounds alternating between the sets and in which goes first; median."""
     datasets = {name: crops.CropDataset(s, crop, seed=0, scale=scale) for name, s in sets.items()}
     rates = {name: [] for name in sets}
-    for r in range(ROUNDS):
-        for name, ds in datasets.items():
-            first = r * SAMPLES_PER_ROUND
+    for r in range(-1, ROUNDS):
+        order = list(datasets.items()) if r % 2 else list(datasets.items())[::-1]
+        for name, ds in order:
+            first = (r + 1) * SAMPLES_PER_ROUND
             took, _ = seconds(lambda ds=ds, first=first: [ds[i] for i in range(first, first + SAMPLES_PER_ROUND)])
-            rates[name].append(SAMPLES_PER_ROUND / took)
+            if r >= 0:
+                rates[name].append(SAMPLES_PER_ROUND / took)
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
@@ -92,13 +96,21 @@ def peak_rss_of_run(data, data_cache, steps, workdir):
     return int(run.stdout) * 1024  # KiB on Linux
 
 
+def image_size(text, crop):
+    """--image-size WxH as (w, h); a size that is not WxH, or smaller than the crop, is one line."""
+    w, _, h = text.partition("x")
+    if not (w.isdigit() and h.isdigit() and min(int(w), int(h)) >= crop):
+        raise UserError(f"--image-size {text}: expected WxH, each at least the crop {crop}, like 2040x1356")
+    return int(w), int(h)
+
+
 def faster(before, after):
     return f"{before / after:.2f}x faster" if after <= before else f"{after / before:.2f}x slower"
 
 
 def bench_data(args, device):
     """Decoding at every start vs the data cache, on `args.images` generated images, in one process."""
-    w, h = (int(v) for v in args.image_size.split("x"))
+    w, h = image_size(args.image_size, args.crop)
     processes = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="irnscope-bench-data-") as tmp:
         tmp = Path(tmp)
@@ -137,7 +149,8 @@ def bench_data(args, device):
         f"the set: {on_disk / 2**20:.0f} MiB of PNGs, {cache_bytes / 2**20:.0f} MiB of cache entries (HR and LR "
         f"references); cold: read_folder + training_set in one process vs the cache's build in {processes} "
         "processes; warm: the entries present, best of 3",
-        f"samples/s: CropDataset, median of {ROUNDS} alternating rounds of {SAMPLES_PER_ROUND}; the cache's pages "
+        f"samples/s: CropDataset, median of {ROUNDS} rounds of {SAMPLES_PER_ROUND} after one untimed, alternating "
+        "sets and which goes first; the cache's pages "
         "are in the page cache, as for every job after the first on a node; resident: the decoded arrays, or the "
         "Rss of the cache's mappings (/proc/self/smaps)",
         f"peak RSS: the run's ru_maxrss, python -m engine.train --config demo --data SET --steps {args.run_steps} "
