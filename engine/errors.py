@@ -34,9 +34,13 @@ def parser(prog, doc, **kwargs):
     return OneLineParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
-def cli(main):
+def cli(main=None, *, resumable=False):
     """Run a command-line entry point, turning a UserError, a file-system failure a user fixes (a full disk, a
-    quota, a read-only mount, a permission) or Ctrl-C into one line on stderr: exit code 2 (130 for Ctrl-C)."""
+    quota, a read-only mount, a permission) or Ctrl-C into one line on stderr: exit code 2 (130 for Ctrl-C).
+    `resumable`: the command is training, whose remedy is to resume the run rather than start it again."""
+    if main is None:
+        return functools.partial(cli, resumable=resumable)
+    then = "resume the run with --resume, from its last checkpoint" if resumable else "run the command again"
 
     @functools.wraps(main)
     def run(*args, **kwargs):
@@ -48,17 +52,9 @@ def cli(main):
             if err.errno not in REMEDIES:
                 raise
             where = f"{err.filename}: " if err.filename else ""
-            print(
-                f"error: {where}{err.strerror}; {REMEDIES[err.errno]}, then run the command again "
-                "(a training run: --resume, from its last checkpoint)",
-                file=sys.stderr,
-            )
+            print(f"error: {where}{err.strerror}; {REMEDIES[err.errno]}, then {then}", file=sys.stderr)
         except KeyboardInterrupt:  # before a run's signal handlers are in place, or a second Ctrl-C during its stop
-            print(
-                "error: interrupted (Ctrl-C); what was already written is whole (a training run resumes from its last "
-                "checkpoint with --resume)",
-                file=sys.stderr,
-            )
+            print(f"error: interrupted (Ctrl-C); what was already written is whole: {then}", file=sys.stderr)
             sys.exit(130)
         sys.exit(2)
 

@@ -10,7 +10,7 @@ import sys
 from engine.errors import cli
 
 
-@cli
+@cli(resumable=True)
 def main(argv=None):
     from engine.training.job import train  # torch and the model load here, where Ctrl-C is one line
 

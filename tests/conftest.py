@@ -1,5 +1,6 @@
 import dataclasses
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -99,3 +100,19 @@ def fp32_precision_restored():
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def immutable():
+    """Makes a folder immutable (chattr +i: a real EPERM from the kernel for every write, root's too), and
+    undoes it afterwards; skips where chattr cannot."""
+    made = []
+
+    def make(folder):
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip("chattr +i is not permitted here")
+        made.append(folder)
+
+    yield make
+    for folder in made:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)

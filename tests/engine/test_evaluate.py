@@ -182,6 +182,17 @@ def test_bad_evaluate_input_gives_one_line(args, message, checkpoint, capsys, tm
     assert (tmp_path / "done" / "results.json").read_text() == "{}"  # nothing written over
 
 
+def test_a_folder_that_refuses_the_results_is_one_line_before_any_work(checkpoint, tmp_path, capsys, immutable):
+    """A real EPERM from the kernel: the remedy is to run the command again, there is no run to resume."""
+    (tmp_path / "locked").mkdir()
+    immutable(tmp_path / "locked")
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "locked" / "eval")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Operation not permitted" in err, err
+    assert "then run the command again" in err and "--resume" not in err
+
+
 def test_under_jpeg_div2k_val_gets_sain_s_published_rows_and_our_differences(
     checkpoint, bench_root, tmp_path, monkeypatch, capsys
 ):

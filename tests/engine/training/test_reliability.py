@@ -297,22 +297,6 @@ def test_ctrl_c_while_the_trainer_starts_is_one_line(monkeypatch, capsys):
     assert exit_info.value.code == 130 and err.count("\n") == 1 and "interrupted (Ctrl-C)" in err
 
 
-@pytest.fixture
-def immutable(tmp_path):
-    """Makes a folder immutable (chattr +i: a real EPERM from the kernel for every write, root's too), and
-    undoes it afterwards; skips where chattr cannot."""
-    made = []
-
-    def make(folder):
-        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
-            pytest.skip("chattr +i is not permitted here")
-        made.append(folder)
-
-    yield make
-    for folder in made:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-
-
 def test_a_run_folder_that_refuses_writes_is_one_line_and_keeps_the_checkpoint(image_folder, in_tmp, capsys, immutable):
     train.main([*TINY, "--data", str(image_folder), "--steps", "2", "--name", "locked", "--checkpoint-every", "2"])
     immutable(Path("runs/locked"))
