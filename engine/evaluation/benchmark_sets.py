@@ -56,6 +56,8 @@ def parse_data(specs):
     out = []
     for spec in specs:
         name, _, folder = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        if not folder:  # Path("") would be the current folder
+            raise UserError(f"--data {spec}: no folder after the '='; give NAME=DIR or DIR")
         out.append((name or None, Path(folder)))
     return out
 

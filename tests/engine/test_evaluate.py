@@ -154,6 +154,7 @@ def test_zero_z_is_deterministic_and_seeded_z_repeats(checkpoint, image_folder):
     [
         (["--checkpoint", "/missing.pt"], "no checkpoint at /missing.pt"),
         (["--data", "/missing"], "no folder at /missing"),
+        (["--data", "Set5="], "--data Set5=: no folder after the '='; give NAME=DIR or DIR"),
         (["--scale", "4"], "is an x2 model, not x4"),
         (["--temperature", "hot"], "argument --temperature: 'hot': expected comma-separated temperatures >= 0"),
         (["--temperature", "0,-1"], "expected comma-separated temperatures >= 0"),
