@@ -8,7 +8,7 @@ from PIL import Image
 import engine
 from engine import evaluate
 from engine.data import image_files
-from engine.evaluation import paper
+from engine.evaluation import paper, scoring
 from tests.engine.evaluation.test_benchmark_sets import make_benchmark
 from tests.official_irn import randomize
 
@@ -143,8 +143,8 @@ def run_evaluate(args, monkeypatch, capsys):
 def test_zero_z_is_deterministic_and_seeded_z_repeats(checkpoint, image_folder):
     model = engine.load(checkpoint)
     images = image_files.read_folder(image_folder).images
-    settings = evaluate.z_settings("sample", [0.0, 1.0], 2)
-    first, second = (evaluate.evaluate_set(model, images, settings, "cpu") for _ in range(2))
+    settings = scoring.z_settings("sample", [0.0, 1.0], 2)
+    first, second = (scoring.evaluate_set(model, images, settings, "cpu") for _ in range(2))
     assert first == second
     assert first["settings"]["z=0"]["samples"] == 1 and first["settings"]["T=1"]["psnr_y_std"] > 0
 
