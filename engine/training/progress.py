@@ -102,7 +102,7 @@ class TrainingProgress:
 
     def update(self, step, record):
         loss = f"{record['loss']:.2f}" if "loss" in record else "skipped"
-        rate = f"{1 / record['step_s']:.2f} it/s" if record["step_s"] > 0 else "- it/s"
+        rate = f"{1 / record['step_s']:.2f} it/s (last step)" if record["step_s"] > 0 else "- it/s"
         self.progress.update(self.task, completed=step, loss=loss, lr=f"{record['lr']:.2e}", rate=rate)
 
 
@@ -133,8 +133,12 @@ def summary(console, folder, cfg, start, end, seconds, stopped):
     events = records.read_jsonl(folder / records.EXPLOSIONS)
     table = Table(title=f"run {folder.name}", show_header=False, box=None)
     table.add_row("steps", f"{start} -> {end} of {cfg.steps}" + (f" (stopped: {stopped})" if stopped else ""))
-    rate = (end - start) / max(seconds, 1e-9)
-    table.add_row("time", f"{seconds:.1f} s, {rate:.2f} it/s, {rate * cfg.batch_size:.1f} images/s")
+    rate = (end - start) / max(seconds, 1e-9)  # over the loop's wall time: not the report's steady-step throughput
+    table.add_row(
+        "time",
+        f"{seconds:.1f} s in the loop, {rate:.2f} it/s and {rate * cfg.batch_size:.1f} images/s over it (warm-up, "
+        "validation and checkpoints included; the report's throughput is the steady step's)",
+    )
     if losses:
         k = max(1, min(10, len(losses) // 4))
         moved = first_last_min(losses, k)

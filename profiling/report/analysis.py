@@ -90,20 +90,25 @@ def during_steady_steps(samples, steps):
     """The samples one rank's sampler took during its steady training steps (`steps`, from steady()) that
     ran no scheduled work: what the GPU does in the training step, without compilation, warm-up,
     validation or checkpoint writes. Records without clocks (older runs) keep every sample."""
+    if not all("clock" in s for s in samples) or not any("clock" in r for r in steps):
+        return samples
+    return inside_steps(samples, steps) or samples
+
+
+def inside_steps(samples, steps):
+    """The samples taken during `steps` (records with clocks) that ran no scheduled work."""
     windows = sorted(
         (r["clock"] - r["wall_ms"] / 1e3, r["clock"])
         for r in steps
         if "clock" in r and not any(r.get(name) for name in SCHEDULED_PHASES)
     )
-    if not windows or not all("clock" in s for s in samples):
-        return samples
     starts = [start for start, _ in windows]
 
     def inside(clock):
         i = bisect.bisect_right(starts, clock) - 1
         return i >= 0 and clock <= windows[i][1]
 
-    return [s for s in samples if inside(s["clock"])] or samples
+    return [s for s in samples if "clock" in s and inside(s["clock"])]
 
 
 def training_gpu_stats(samples, steady_steps, step_time_ms, gpus):
@@ -176,6 +181,7 @@ def hardware(cfg, env, census, measured_ms, forecast=None):
     own = own | roofline.utilisation(model, measured_ms, peak)
     return {
         "census": census,
+        "step_ms": measured_ms,
         "own": own | {"peak_tflops": peak, "peak_source": source, "launch_us": launch_us, "cuda_graphs": graphs},
         "vs_floor": measured_ms / own["floor_ms"] if own.get("floor_ms") else None,
         "forecasts": roofline.forecasts(census, precision, tf32, forecast_launch_us, issue),
@@ -280,9 +286,11 @@ def analyse(folder):
     cfg, env, logged = run.config, run.env, run.phases.get(0, [])
     ranks = {rank: steady(steps, run.job_starts) for rank, steps in run.phases.items()}
     steps = ranks.get(0, [])
-    stats = phase_stats(steps if len(steps) >= MIN_STEADY else logged)  # a short run: every step, and no verdict
+    is_steady = len(steps) >= MIN_STEADY
+    stats = phase_stats(steps if is_steady else logged)  # a short run: every step, labelled so, and no verdict
     gpu = training_gpu_stats(run.samples, ranks, stats["step_ms"], gpus=env.get("world_size", 1))
-    hw = hardware(cfg, env, run.census, stats["step_ms"], run.forecast)
+    jobs = judged_jobs(run, steps)
+    hw = next((job["hardware"] for job in reversed(jobs) if job["hardware"]), None)  # the latest judged job's
     scheduled, device_type = scheduled_work(logged), env.get("device", {}).get("type", "cpu")
     rank_rows = rank_table(ranks) if len(ranks) > 1 else []
     return {
@@ -290,13 +298,17 @@ def analyse(folder):
         "config": cfg,
         "env": env,
         "jobs": len(run.envs),
+        "steady": is_steady,
         "progress": progress(cfg, run.metrics, logged, stats["step_ms"] / 1e3),
         "throughput": throughput(cfg, stats["step_ms"], steps, logged),
         "phases": stats,
+        "compile_s": compile_seconds(logged),
         "scheduled": scheduled,
         "gpu": gpu,
+        "census": run.census,
         "hardware": hw,
-        "verdict": bottleneck(stats, len(steps), scheduled, gpu, device_type, hw, cfg, rank_rows),
+        "by_job": jobs,
+        "verdict": bottleneck(stats, len(steps), scheduled, gpu, device_type, hw, cfg, rank_rows, jobs),
         "ranks": rank_rows,
         "world_size": env.get("world_size", 1),
         "explosions": run.explosions,
@@ -313,6 +325,35 @@ def trace_breakdowns(folder, torch_profile):
     if (torch_profile or {}).get("clock") != "cuda":
         return None
     return gpu_trace.breakdowns(records.rank_files(folder, Path(records.TORCH_TRACE).stem, ".json"))
+
+
+def jobs_of(envs, steps):
+    """[(a job's environment, its steps)]: each job's steps follow its start_step, up to the next job's."""
+    envs = envs or [{}]
+    starts = [env.get("start_step", 0) for env in envs] + [float("inf")]
+    return [(env, [r for r in steps if starts[i] < r["step"] <= starts[i + 1]]) for i, env in enumerate(envs)]
+
+
+def judged_jobs(run, steady_steps):
+    """Each job's steady steps (rank 0's) against that job's own probe: per job, its number, first step, steady
+    steps, their mean time, the floors and MFU of that time on its probe (None under MIN_STEADY steps), and the
+    process's CPU use during them (a CPU run's samples; None elsewhere)."""
+    rows = []
+    for n, (env, steps) in enumerate(jobs_of(run.envs, steady_steps), 1):
+        ms = mean(step_ms(r) for r in steps) if steps else None
+        judged = len(steps) >= MIN_STEADY
+        hw = hardware(run.config, env, run.census, ms, run.forecast) if judged else None
+        cpu = gpu_stats(inside_steps(run.samples.get(0, []), steps), ms or 0.0) if judged else {}
+        rows.append({
+            "job": n, "start_step": env.get("start_step", 0), "steady_steps": len(steps), "step_ms": ms,
+            "hardware": hw and hw | {"job": n}, "cpu_percent_mean": cpu.get("cpu_percent_mean"),
+        })  # fmt: skip
+    return rows
+
+
+def compile_seconds(logged):
+    """The seconds torch.compile took to trace and compile each job's first step (phases.jsonl's compile_ms)."""
+    return [r["compile_ms"] / 1e3 for r in logged if "compile_ms" in r]
 
 
 def throughput(cfg, step_ms, steady_steps, logged):

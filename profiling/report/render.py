@@ -5,6 +5,8 @@ from rich.table import Table
 
 from profiling.records import STEP_PHASES
 from profiling.report import gpu_trace, roofline
+from profiling.report.analysis import WARMUP_STEPS
+from profiling.report.verdict import MIN_STEADY
 
 
 def counted(n, one, many=None):
@@ -52,20 +54,39 @@ def dense_kernels_line(found):
 
 
 def throughput_line(run):
+    """Throughput is one thing wherever the report shows it: the steady step's rate (each job's warm-up, the
+    steps under a capture and the scheduled work left out)."""
     t, p = run["throughput"], run["progress"]
-    captured = f" ({t['captured_steps']} steps under a profiler capture left out)" if t.get("captured_steps") else ""
+    captured = f", {counted(t['captured_steps'], 'step')} under a profiler capture" if t.get("captured_steps") else ""
+    if run["steady"]:
+        rate = (
+            f"throughput: {t['it_per_s']:.2f} it/s, {t['images_per_s']:.1f} images/s, the steady step's (over "
+            f"{counted(t['timed_steps'], 'step')}; warm-up{captured} and scheduled work left out)"
+        )
+    else:
+        rate = (
+            f"throughput: not measured, {counted(t['timed_steps'], 'steady step')} of the {MIN_STEADY} it needs "
+            f"(each job's first {WARMUP_STEPS} steps warm up{captured})"
+        )
     if p["finished"]:
-        when = f"finished {p['last_step']} steps in {fmt_duration(p['elapsed_s'])} of training loop"
+        when = f"finished {counted(p['last_step'], 'step')} in {fmt_duration(p['elapsed_s'])} of training loop"
     else:
         when = f"time to step {p['steps']}: {fmt_duration(p['remaining_s'])}"
-    return (
-        f"throughput: {t['it_per_s']:.2f} it/s, {t['images_per_s']:.1f} images/s over {t['timed_steps']} "
-        f"timed steps{captured}; {when}"
-    )
+    return f"{rate}; {when}"
+
+
+def compile_line(run):
+    """What torch.compile cost: each job's first step traces and compiles (never a steady step)."""
+    if not run["compile_s"]:
+        return []
+    each = ", ".join(f"{s:.1f} s" for s in run["compile_s"])
+    whose = "each job's" if len(run["compile_s"]) > 1 else "the"
+    return [f"torch.compile: {each} tracing and compiling {whose} first step (never a steady step)"]
 
 
 def phase_table(run):
-    table = Table(title="the training step, by phase (steady state)")
+    steady = "steady state" if run["steady"] else "every step, warm-up included: too few steady steps"
+    table = Table(title=f"the training step, by phase ({steady})")
     for col in ("phase", "mean ms", "p50 ms", "p95 ms", "share"):
         table.add_column(col, justify="right" if col != "phase" else "left")
     for name in STEP_PHASES:
@@ -82,9 +103,8 @@ def scheduled_lines(run):
     lines = []
     for name, s in run["scheduled"].items():
         hint = f"  -> {s['hint']}" if s["hint"] else ""
-        lines.append(
-            f"{name}: {s['count']} times, {s['total_s']:.1f} s in all, {s['share']:.1%} of the wall time{hint}"
-        )
+        count = counted(s["count"], "time")
+        lines.append(f"{name}: {count}, {s['total_s']:.1f} s in all, {s['share']:.1%} of the wall time{hint}")
     return ["scheduled work (apart from the step): " + ("none" if not lines else "")] + [f"  {x}" for x in lines]
 
 
@@ -113,28 +133,54 @@ def gpu_lines(run):
 
 
 def hardware_lines(run):
-    hw = run["hardware"]
-    if not hw:
+    c, hw = run["census"], run["hardware"]
+    if not c:
         return ["hardware: no census.json in this run (made before the census existed)"]
-    c, own = hw["census"], hw["own"]
     lines = [
         f"one step, counted: {c['flops_per_step'] / 1e12:.3f} TFLOP, {c['bytes_per_step'] / 1e9:.1f} GB moved, "
         f"{c['kernels_per_step']:,} kernels, {c['flops_per_step'] / max(c['bytes_per_step'], 1):.1f} FLOP/byte"
         + (" (eager ops: compilation fuses some, so fewer run)" if c.get("compile", "off") != "off" else "")
     ]
-    if own.get("peak_tflops"):
-        lines.append(
-            f"achieved {own['achieved_tflops'] * 1e3:.1f} GFLOP/s = MFU {own['mfu']:.1%} of {own['peak_tflops']:.3g} "
-            f"TFLOP/s ({own['peak_source']})"
-        )
-    if own.get("floor_ms"):
-        floors = ", ".join(f"{k} {own[f'{k}_ms']:.2f} ms" for k in ("compute", "memory", "launch") if f"{k}_ms" in own)
-        lines.append(f"floors on this device: {floors}; the step is {hw['vs_floor']:.1f}x its {own['bound']} floor")
+    if not hw:
+        lines.append(f"MFU and floors: not judged, no job of the run has {MIN_STEADY} steady steps")
+    else:
+        own = hw["own"]
+        whose = f" (job {hw['job']}'s steady steps, on its own probe)" if run["jobs"] > 1 else ""
+        if own.get("peak_tflops"):
+            lines.append(
+                f"achieved {own['achieved_tflops'] * 1e3:.1f} GFLOP/s = MFU {own['mfu']:.1%} of "
+                f"{own['peak_tflops']:.3g} TFLOP/s ({own['peak_source']}){whose}"
+            )
+        if own.get("floor_ms"):
+            floors = ", ".join(
+                f"{k} {own[f'{k}_ms']:.2f} ms" for k in ("compute", "memory", "launch") if f"{k}_ms" in own
+            )
+            lines.append(
+                f"floors on this device: {floors}; the step is {hw['vs_floor']:.1f}x its {own['bound']} floor{whose}"
+            )
+        lines += job_lines(run)
     captured = (run["torch_profile"] or {}).get("kernels_per_step")
     if captured and captured.get("mean"):
         lines.append(
             f"torch.profiler counted {captured['mean']:,.0f} {captured['unit']} per step; "
             f"the census estimates {c['kernels_per_step']:,} GPU kernels ({c['ops_per_step']:,} aten ops)"
+        )
+    return lines
+
+
+def job_lines(run):
+    """Each job judged against its own probe, where more than one job has steady steps to judge."""
+    judged = [job for job in run["by_job"] if job["hardware"]]
+    if len(judged) < 2:
+        return []
+    lines = []
+    for job in judged:
+        hw = job["hardware"]
+        own = hw["own"]
+        lines.append(
+            f"  job {job['job']} (from step {job['start_step'] + 1}, {counted(job['steady_steps'], 'steady step')}): "
+            f"{job['step_ms']:.1f} ms a step, {hw['vs_floor']:.1f}x its {own['bound']} floor on its own probe "
+            f"(launch {own['launch_us']:.1f} us, {own['peak_tflops']:.3g} TFLOP/s)"
         )
     return lines
 
@@ -257,6 +303,8 @@ def gpu_trace_lines(run):
 def render(console, run):
     console.print(header(run))
     console.print(throughput_line(run))
+    for line in compile_line(run):
+        console.print(line)
     console.print(phase_table(run))
     for line in scheduled_lines(run) + [gpu_lines(run)] + hardware_lines(run):
         console.print(line)
@@ -305,9 +353,9 @@ def comparison_rows(first, second):
 
 
 def comparison_table(first, second):
-    """Two runs side by side; ratio = second / first."""
+    """Two runs side by side; the ratio divides the second run's figure by the first's."""
     table = Table(title=f"{first['run']} vs {second['run']}")
-    for col in ("", first["run"], second["run"], "ratio"):
+    for col in ("", first["run"], second["run"], f"ratio ({second['run']} / {first['run']})"):
         table.add_column(col, justify="right")
     for name, x, y in comparison_rows(first, second):
         table.add_row(name, f"{x:,.3f}", f"{y:,.3f}", f"{y / x:.2f}x" if x else "-")

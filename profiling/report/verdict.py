@@ -6,18 +6,23 @@ The rules, in the order they are tried (the first that holds is the verdict):
    report does not guess.
 2. CPU-starved: on a CPU run, the trainer's threads waited for a core (the kernel's run-queue time,
    /proc/self/task/*/schedstat) at least STARVED x as long as they ran, and a quarter of a core's time or
-   more: another job shares the cores, or the process runs more threads than it has cores. Judged before
-   any floor, since every figure is then the neighbours' as much as the step's.
-3. straggler: under DDP, a rank whose work before the all-reduce is more than 10% over the median rank's; the
-   others wait for it in every step.
+   more: another job shares the cores, or the process runs more threads than it has cores; or the latest
+   job ran on under STARVED x the CPU an earlier job of the run had. Judged before any floor, since every
+   figure is then the neighbours' as much as the step's.
+3. straggler: under DDP, a rank whose work before the all-reduce is more than 10% over the median rank's
+   (with two ranks, their mean); the others wait for it in every step.
 4. scheduled work: validation, checkpoints or captures taking more than SCHEDULED_SHARE of the wall time.
 5. a phase over its usual share of the step (PHASE_LIMITS: data 15%, h2d 10%, loss 20%, optimizer 15%,
    logging 10%, other, the loop's own work between the phases, 15%); the one furthest over its limit is named.
 6. host-bound: on a GPU, utilisation under 80% although no phase is over its share.
 7. X-bound: the step is within NEAR_FLOOR x of its largest floor (compute, memory or launch, on this device;
    profiling/report/roofline.py). Further from every floor, the verdict says so, with the nearest floor, and
-   names the largest phase: the phase table and a capture say where the time goes.
+   names the largest phase: the phase table and a capture say where the time goes. Each job's steps are set
+   against that job's own probe (its launch cost and matrix-product rate); the verdict takes the latest job
+   with steady steps.
 """
+
+from statistics import median
 
 from profiling.report import roofline
 
@@ -50,12 +55,14 @@ def verdict(label, evidence, next_step, rule, phase=None):
     return {"label": label, "evidence": evidence, "next": next_step, "rule": rule, "phase": phase}
 
 
-def bottleneck(stats, steady_steps, scheduled, gpu, device_type, hw, cfg, ranks):
+def bottleneck(stats, steady_steps, scheduled, gpu, device_type, hw, cfg, ranks, jobs=()):
     """The verdict of a run's steady steps: {'label', 'evidence', 'next', 'rule', 'phase'} (the rule's number
     and name, and the phase it points at, if any)."""
-    for judge in (too_short, starved, straggler, scheduled_work, phase_over_its_share, host_bound):
+    judges = (too_short, starved, starved_against_earlier_jobs, straggler, scheduled_work, phase_over_its_share,
+              host_bound)  # fmt: skip
+    for judge in judges:
         found = judge(stats=stats, steady_steps=steady_steps, scheduled=scheduled, gpu=gpu, device_type=device_type,
-                      cfg=cfg, ranks=ranks)  # fmt: skip
+                      cfg=cfg, ranks=ranks, jobs=jobs)  # fmt: skip
         if found:
             return found
     return against_the_floors(stats, hw, cfg, device_type)
@@ -87,11 +94,28 @@ def starved(gpu, **_):
     )
 
 
+def starved_against_earlier_jobs(jobs, **_):
+    """The latest job ran on far less CPU than an earlier one of the same run did."""
+    ran = [job for job in jobs if job.get("cpu_percent_mean") is not None]
+    if len(ran) < 2:
+        return None
+    latest, best = ran[-1], max(ran[:-1], key=lambda job: job["cpu_percent_mean"])
+    if latest["cpu_percent_mean"] >= STARVED * best["cpu_percent_mean"]:
+        return None
+    return verdict(
+        "CPU-starved",
+        f"job {latest['job']} ran on {latest['cpu_percent_mean']:.0f}% of a core (100% = one core) where job "
+        f"{best['job']} of the same run had {best['cpu_percent_mean']:.0f}%: its figures are those of a shared machine",
+        "give the job cores of its own (e.g. SLURM --cpus-per-task), as the earlier job had",
+        "2 CPU-starved",
+    )
+
+
 def straggler(ranks, **_):
     slow = [r for r in ranks if r["straggler"]]
     if not slow:
         return None
-    typical = sorted(r["work_ms"] for r in ranks)[len(ranks) // 2]
+    typical = median(r["work_ms"] for r in ranks)
     worst = max(slow, key=lambda r: r["work_ms"])
     return verdict(
         "straggler",
@@ -146,7 +170,8 @@ def against_the_floors(stats, hw, cfg, device_type):
     if not (own and own.get("bound")):
         return verdict(
             f"{largest}-heavy",
-            f"{largest} holds {share:.0%} of each step; this run has no census to set it against a floor",
+            f"{largest} holds {share:.0%} of each step; no floor to set it against (the run has no census, or no job "
+            f"with {MIN_STEADY} steady steps to set against its own probe)",
             NEXT_FOR_PHASE.get(largest, "capture the step (--torch-profile START:STOP)"),
             "7 no floor",
             largest,
@@ -154,14 +179,14 @@ def against_the_floors(stats, hw, cfg, device_type):
     floor = f"its {own['bound']} floor of {own['floor_ms']:.1f} ms"
     mfu = f", MFU {own['mfu']:.0%}" if own.get("mfu") is not None else ""
     if hw["vs_floor"] <= NEAR_FLOOR:
-        evidence = f"the step takes {stats['step_ms']:.1f} ms, {hw['vs_floor']:.1f}x {floor}{mfu}"
+        evidence = f"the step takes {hw['step_ms']:.1f} ms, {hw['vs_floor']:.1f}x {floor}{mfu}"
         if own["bound"] == "launch":
             evidence += f" (about {hw['census']['kernels_per_step']:,} kernels per step)"
         next_step = roofline.next_steps(own["bound"], cfg) if device_type == "cuda" else "train on a CUDA GPU"
         return verdict(f"{own['bound']}-bound", evidence, next_step, "7 near a floor")
     return verdict(
         "far from every floor",
-        f"the step takes {stats['step_ms']:.1f} ms, {hw['vs_floor']:.1f}x even {floor}{mfu}; {largest} holds "
+        f"the step takes {hw['step_ms']:.1f} ms, {hw['vs_floor']:.1f}x even {floor}{mfu}; {largest} holds "
         f"{share:.0%} of it",
         f"the phase table says where the time goes; {NEXT_FOR_PHASE.get(largest, 'capture the step (--py-spy)')}",
         "7 far from the floors",
