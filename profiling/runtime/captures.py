@@ -112,16 +112,24 @@ class PySpyCapture:
     def stop(self):
         if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGINT)  # py-spy writes its output and exits
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.proc = None
-        if self.raw.is_file():
-            speedscope, svg = (self.folder / f"{records.PYSPY_PREFIX}.{kind}" for kind in ("speedscope.json", "svg"))
-            samples = convert(self.raw, speedscope, svg, self.RATE_HZ)
-            self.log(f"py-spy: {samples} samples -> {speedscope.name} (open in speedscope.app), {svg.name}")
+        proc, self.proc = self.proc, None
+        ended_early = proc.poll() is not None  # py-spy died during the window
+        if not ended_early:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if not self.raw.is_file():
+            why = "it ended before the window did" if ended_early else "it wrote no stacks"
+            said = self.said.read_text(errors="replace").strip().splitlines() if self.said.is_file() else []
+            last = f": {said[-1]}" if said else ""
+            self.log(f"py-spy: nothing recorded ({why}, exit code {proc.returncode}{last}); training goes on")
+            return
+        speedscope, svg = (self.folder / f"{records.PYSPY_PREFIX}.{kind}" for kind in ("speedscope.json", "svg"))
+        samples = convert(self.raw, speedscope, svg, self.RATE_HZ)
+        self.log(f"py-spy: {samples} samples -> {speedscope.name} (open in speedscope.app), {svg.name}")
 
 
 class NsysCapture:

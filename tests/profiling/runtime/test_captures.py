@@ -1,11 +1,24 @@
 import json
+import os
+import shutil
+import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from profiling import records
-from profiling.runtime.captures import Captures, NsysCapture, TorchProfileCapture, launches_per_step, rank_name
+from profiling.runtime import captures
+from profiling.runtime.captures import (
+    PTRACE_FIX,
+    Captures,
+    NsysCapture,
+    PySpyCapture,
+    TorchProfileCapture,
+    launches_per_step,
+    rank_name,
+)
 
 X = torch.randn(32, 32)
 
@@ -169,7 +182,6 @@ def test_captures_a_cpu_run_cannot_make_are_one_line_each_and_the_run_ends_with_
     """A real Popen of a py-spy that is not there (FileNotFoundError), and --nsys and NVTX (on by default) on a
     CPU: one line each, no CUDA call, and the run trains on and checkpoints."""
     from engine import train
-    from profiling.runtime import captures
     from tests.conftest import TINY
 
     monkeypatch.setattr(captures, "py_spy_executable", lambda: "/nonexistent/py-spy")
@@ -186,6 +198,40 @@ def test_captures_a_cpu_run_cannot_make_are_one_line_each_and_the_run_ends_with_
     assert "--nsys: Nsight Systems' capture range is CUDA's; this CPU run brackets no steps" in err
     assert "Traceback" not in err and cuda.calls == []
     assert torch.load("runs/nospy/checkpoints/last.pt", weights_only=True)["step"] == 4
+
+
+def test_py_spy_ending_during_its_window_is_one_line(tmp_path):
+    """Real py-spy, attached, then killed before the window ends: nothing to convert, one line."""
+    said = []
+    capture = PySpyCapture(tmp_path, said.append, native=False)
+    if not capture.start():
+        pytest.skip(f"py-spy cannot attach on this machine: {said[-1]}")
+    capture.proc.kill()
+    capture.proc.wait()
+    capture.stop()
+    (line,) = said  # with py-spy's last words, from pyspy.log
+    assert line.startswith("py-spy: nothing recorded (it ended before the window did, exit code -9")
+    assert line.endswith("); training goes on")
+
+
+def test_py_spy_refused_by_the_kernel_is_the_one_line_fix(tmp_path, monkeypatch):
+    """Real py-spy, run as an unprivileged user (setpriv), whom the kernel does not let read this root process."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv, to run py-spy as another user")
+    reachable = Path(tempfile.mkdtemp())  # where the other user can run a copy of py-spy from
+    try:
+        reachable.chmod(0o755)
+        shutil.copy(shutil.which(captures.py_spy_executable()), reachable / "py-spy")
+        wrapper = reachable / "py-spy-as-nobody"
+        wrapper.write_text(
+            f'#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups {reachable}/py-spy "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        monkeypatch.setattr(captures, "py_spy_executable", lambda: str(wrapper))
+        said = []
+        assert PySpyCapture(tmp_path, said.append).start() is False and said == [PTRACE_FIX]
+    finally:
+        shutil.rmtree(reachable)
 
 
 class CudaStandIn:
