@@ -1,6 +1,6 @@
 """Replay a recorded gradient explosion: which samples of the batch carry the loss and the gradient.
 
-    python -m engine.replay run_42 [--step N] [--checkpoint CKPT]
+    python -m engine.replay run_42 [--step N] [--checkpoint CKPT] [--runs-dir DIR]
 
 Loads a batch the trainer saved in explosions/ (by default the event with the largest grad norm) and
 runs every sample alone through the run's network, printing its losses and grad norm, then the whole batch.
@@ -70,17 +70,22 @@ def replay(folder, event, weights, device="cpu"):
 @cli
 def main(argv=None):
     p = parser("python -m engine.replay", __doc__)
-    p.add_argument("run", help="a run name under runs/ or a path")
+    p.add_argument("run", help="a run name under the runs folder, or a path")
     p.add_argument(
         "--step",
-        type=flag_type(int, config.integer(0)),
-        help="the recorded step to replay (default: the largest grad norm)",
+        type=flag_type(int, config.integer(1)),
+        help="the recorded step to replay, counted from 1 as the trainer does (default: the largest grad norm)",
     )
     p.add_argument("--checkpoint", help="weights to replay with (default: the run's checkpoints/last.pt)")
     p.add_argument("--device", default="auto", help=f"{execution.DEVICE_CHOICES} (default: auto)")
+    p.add_argument(
+        "--runs-dir",
+        metavar="DIR",
+        help=f"where run names are looked up (default: ${records.RUNS_VARIABLE}, else runs/)",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     device = execution.device_for(args.device)
-    folder = records.find(args.run)
+    folder = records.find(args.run, args.runs_dir)
     event = pick_event(folder, args.step)
     weights = args.checkpoint or folder / records.CHECKPOINTS / checkpoints.LATEST
     console = terminal.console()

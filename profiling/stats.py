@@ -1,6 +1,11 @@
-"""Small statistics shared by the trainer's end-of-run summary and the report (standard library only)."""
+"""Small statistics, and counts in words, shared by the trainer's messages and the report (standard library only)."""
 
 from statistics import mean
+
+
+def counted(n, one, many=None):
+    """'1 step', '3 steps': a count with its noun in the number it takes."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
 def percentile(values, q):

@@ -461,13 +461,14 @@ def from_record(record):
     return built(values, name)
 
 
-PATH_KEYS = ("data", "val", "init_from")  # folders and files: absolute, so a run resumes from any folder
+PATH_KEYS = ("data", "val", "init_from", "data_cache")  # folders and files: absolute, so a run resumes from anywhere
+NOT_A_PATH = ("", "off")  # none given, or --data-cache off
 
 
 def built(values, name):
     """The Config of checked values: lists become tuples (the record is frozen all the way down), paths absolute."""
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    values |= {k: str(Path(values[k]).expanduser().absolute()) for k in PATH_KEYS if values[k]}
+    values |= {k: str(Path(values[k]).expanduser().absolute()) for k in PATH_KEYS if values[k] not in NOT_A_PATH}
     return Config(**values, config=name)
 
 

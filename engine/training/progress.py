@@ -6,24 +6,26 @@ import io
 import re
 import sys
 import time
+import warnings
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from engine import terminal
 from profiling import records
-from profiling.stats import first_last_min
+from profiling.stats import counted, first_last_min
 
 
 class Transcript(io.TextIOBase):
     """The trainer's console stream (stderr, looked up at each write, as pytest and redirections change it),
     copied into a log file as plain text once there is one; what was said before it is held and written
-    first, so train.log starts with the start-up's lines."""
+    first, so train.log starts with the start-up's lines. During a job, Python's warnings (torch's among them)
+    come through it too, so the log keeps them beside the trainer's own lines."""
 
     ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
     def __init__(self):
-        self.log, self.held = None, []
+        self.log, self.held, self.showwarning = None, [], None
 
     def write(self, text):
         sys.stderr.write(text)
@@ -41,9 +43,16 @@ class Transcript(io.TextIOBase):
         return sys.stderr.isatty()
 
     def begin(self):
-        """A new job: nothing held from before it."""
+        """A new job: nothing held from before it; warnings come through here until it ends."""
         self.end()
         self.held = []
+        self.showwarning, warnings.showwarning = warnings.showwarning, self.warn
+
+    def warn(self, message, category, filename, lineno, file=None, line=None):
+        """warnings.showwarning for the job: a warning bound for stderr is written, and kept, as the console is."""
+        if file is not None:  # a warning sent elsewhere on purpose
+            return self.showwarning(message, category, filename, lineno, file, line)
+        self.write(warnings.formatwarning(message, category, filename, lineno, line))
 
     def keep_in(self, path):
         """From now on copy into `path` (appended: each job of a run adds its lines), the held lines first."""
@@ -60,6 +69,8 @@ class Transcript(io.TextIOBase):
         if self.log:
             self.log.close()
         self.log = None
+        if self.showwarning is not None:
+            warnings.showwarning, self.showwarning = self.showwarning, None
 
 
 transcript = Transcript()
@@ -142,7 +153,7 @@ def summary(console, folder, cfg, start, end, seconds, stopped):
     if losses:
         k = max(1, min(10, len(losses) // 4))
         moved = first_last_min(losses, k)
-        table.add_row("loss", f"first {moved['first']:.2f} -> last {moved['last']:.2f} (mean of {k} steps)")
+        table.add_row("loss", f"first {moved['first']:.2f} -> last {moved['last']:.2f} (mean of {counted(k, 'step')})")
     if vals:
         v = vals[-1]
         scores = f"PSNR-Y {v['val_psnr_y']:.2f} dB, SSIM-Y {v['val_ssim_y']:.4f}, LR PSNR-Y {v['val_lr_psnr_y']:.2f} dB"

@@ -16,6 +16,7 @@ from profiling.bench.figures import Figures, device_name, shape, timed
 from profiling.bench.step import step_config, step_runner
 from profiling.runtime.gpu_sampler import Sampler
 from profiling.runtime.timer import PhaseTimer, nvtx_ranges
+from profiling.stats import counted
 
 NVTX_BUDGET = 0.01  # of a step: NVTX ranges cost less, or --nvtx is off by default
 
@@ -46,7 +47,8 @@ def bench_overhead(args, device):
     for key, value in ms.items():  # each setting adds to the one before it
         result.rows.append([key, f"{value:.2f}", f"{100 * (value / previous - 1):+.2f}%" if previous else ""])
         previous = value
-    result.notes.append(f"median of {args.rounds} alternating rounds of {args.steps} steps; sampler: {kind}")
+    rounds = f"{counted(args.rounds, 'alternating round')} of {counted(args.steps, 'step')}"
+    result.notes.append(f"median of {rounds}; sampler: {kind}")
     result.notes.append(nvtx_note(ms))
     return result
 

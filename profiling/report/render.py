@@ -7,11 +7,7 @@ from profiling.records import STEP_PHASES
 from profiling.report import gpu_trace, roofline
 from profiling.report.analysis import WARMUP_STEPS
 from profiling.report.verdict import MIN_STEADY
-
-
-def counted(n, one, many=None):
-    """'1 step', '3 steps': a count with its noun in the number it takes."""
-    return f"{n:,} {one if n == 1 else many or one + 's'}"
+from profiling.stats import counted
 
 
 def fmt_duration(seconds):
@@ -247,7 +243,7 @@ def loss_lines(run):
     ls = run["losses"]
     if not ls:
         return ["losses: no trained step yet"]
-    lines = [f"losses (mean of first/last {ls['window']} steps):"]
+    lines = [f"losses (mean of first/last {counted(ls['window'], 'step')}):"]
     for key in ("loss", "forw_fit", "forw_ce", "back_rec", "grad_norm"):
         if ls[key]["first"] is None:  # every step so far an fp16 overflow: no grad norm logged
             continue
@@ -354,8 +350,8 @@ def comparison_rows(first, second):
 
 def comparison_table(first, second):
     """Two runs side by side; the ratio divides the second run's figure by the first's."""
-    table = Table(title=f"{first['run']} vs {second['run']}")
-    for col in ("", first["run"], second["run"], f"ratio ({second['run']} / {first['run']})"):
+    table = Table(title=f"{first['run']} vs {second['run']}", caption=f"ratio = {second['run']} / {first['run']}")
+    for col in ("", first["run"], second["run"], "ratio"):
         table.add_column(col, justify="right")
     for name, x, y in comparison_rows(first, second):
         table.add_row(name, f"{x:,.3f}", f"{y:,.3f}", f"{y / x:.2f}x" if x else "-")

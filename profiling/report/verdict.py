@@ -25,6 +25,7 @@ The rules, in the order they are tried (the first that holds is the verdict):
 from statistics import median
 
 from profiling.report import roofline
+from profiling.stats import counted
 
 MIN_STEADY = 5
 STARVED = 0.5  # run-queue wait over CPU time at which a process is starved of CPU...
@@ -133,7 +134,7 @@ def scheduled_work(scheduled, **_):
     name, s = max(heavy.items(), key=lambda item: item[1]["share"])
     return verdict(
         f"{name}-heavy",
-        f"{name} took {s['share']:.0%} of the wall time ({s['count']} times, {s['total_s']:.1f} s)",
+        f"{name} took {s['share']:.0%} of the wall time ({counted(s['count'], 'time')}, {s['total_s']:.1f} s)",
         s["hint"] or f"do the {name} less often",
         "4 scheduled work",
         name,

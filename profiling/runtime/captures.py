@@ -26,6 +26,7 @@ import torch
 
 from profiling import records
 from profiling.runtime.flamegraph import convert
+from profiling.stats import counted
 
 PTRACE_FIX = (
     "py-spy could not attach to the trainer (ptrace not permitted): run as root, or allow it with "
@@ -129,7 +130,7 @@ class PySpyCapture:
             return
         speedscope, svg = (self.folder / f"{records.PYSPY_PREFIX}.{kind}" for kind in ("speedscope.json", "svg"))
         samples = convert(self.raw, speedscope, svg, self.RATE_HZ)
-        self.log(f"py-spy: {samples} samples -> {speedscope.name} (open in speedscope.app), {svg.name}")
+        self.log(f"py-spy: {counted(samples, 'sample')} -> {speedscope.name} (open in speedscope.app), {svg.name}")
 
 
 class NsysCapture:

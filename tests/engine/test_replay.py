@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from engine import replay, train
-from profiling.records import read_jsonl
+from profiling.records import RUNS_VARIABLE, read_jsonl
 from tests.conftest import TINY
 
 
@@ -37,11 +37,28 @@ def test_replay_defaults_to_the_largest_grad_norm_and_names_bad_steps(spiky_run,
     assert "no saved batch for step 3; steps with one: 11, 12" in capsys.readouterr().err
 
 
+def test_replay_finds_a_run_under_runs_dir_and_keeps_its_table_whole(spiky_run, in_tmp, capsys, monkeypatch):
+    """--runs-dir, or $IRNSCOPE_RUNS, names the runs folder; off a terminal the table is 200 columns wide, so no
+    cell is cut to fit 80 (rich's default)."""
+    elsewhere = in_tmp / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    replay.main(["spiky", "--step", "12", "--runs-dir", str(in_tmp / "runs")])
+    monkeypatch.setenv(RUNS_VARIABLE, str(in_tmp / "runs"))
+    replay.main(["spiky", "--step", "11"])
+    out = capsys.readouterr().out
+    images = {e["step"]: e["images"] for e in read_jsonl(in_tmp / "runs" / "spiky" / "explosions.jsonl")}
+    for step in (12, 11):
+        assert f"step {step}: " in out and all(f" {name} " in out for name in images[step])
+    table = [line for line in out.splitlines() if line.startswith("│")]
+    assert "…" not in out and 80 < max(map(len, table)) <= 200
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["spiky", "--device", "tpu"], "--device tpu: expected auto, cpu, cuda or cuda:N"),
-        (["spiky", "--step", "-2"], "argument --step: '-2': expected an integer >= 0"),
+        (["spiky", "--step", "0"], "argument --step: '0': expected an integer >= 1"),
         (["nowhere"], "no run folder 'nowhere'"),
         (["runs"], "runs is a folder but not a run folder"),
     ],

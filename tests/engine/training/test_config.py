@@ -202,3 +202,15 @@ def test_a_base_that_loops_or_is_not_a_name_is_one_line(tmp_path, base, message)
         (tmp_path / "self.toml").write_text(f'base = "{tmp_path / "other.toml"}"\n')
     with pytest.raises(UserError, match=re.escape(message)):
         config.resolve(["--config", str(tmp_path / "self.toml")])
+
+
+def test_paths_are_kept_absolute_and_the_data_cache_s_words_as_they_are(tmp_path, monkeypatch):
+    """A run resumed from another folder finds its data, validation, weights and data cache where they were."""
+    monkeypatch.chdir(tmp_path)
+    paths = ["--data", "hr", "--val", "../val", "--init-from", "w.pth", "--data-cache", "cache"]
+    cfg, _ = config.resolve(paths)
+    assert (cfg.data, cfg.val, cfg.init_from, cfg.data_cache) == (
+        str(tmp_path / "hr"), str(tmp_path / ".." / "val"), str(tmp_path / "w.pth"), str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert config.resolve(["--data-cache", "off"])[0].data_cache == "off"
+    assert config.resolve([])[0].data_cache == ""  # the default folder, chosen at each start

@@ -9,7 +9,7 @@ from PIL import Image
 
 from engine import train
 from engine.training import config
-from profiling.records import read_jsonl
+from profiling.records import RUNS_VARIABLE, read_jsonl
 from profiling.report import render
 from profiling.report.__main__ import main as report
 from profiling.report.analysis import (
@@ -94,7 +94,7 @@ def test_compare_two_runs_side_by_side(two_runs, capsys):
     it_row = next(line for line in out.splitlines() if " it/s " in line)
     it_first, it_second = rows["it/s"]
     assert f"{it_second / it_first:.2f}x" in it_row and "runs/a vs runs/b" in out
-    assert "ratio (runs/b / runs/a)" in out  # which run the ratio divides by
+    assert "ratio = runs/b / runs/a" in out  # which run the ratio divides by
 
 
 def test_json_for_scripts(two_runs, capsys):
@@ -442,3 +442,116 @@ def test_the_report_shows_what_compiling_cost(in_tmp, capsys):
     (folder / "phases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
     report(["compiled"])
     assert "torch.compile: 12.5 s tracing and compiling the first step" in capsys.readouterr().out
+
+
+def test_the_report_finds_runs_under_runs_dir_and_keeps_its_tables_whole(in_tmp, capsys, monkeypatch):
+    """--runs-dir (or $IRNSCOPE_RUNS) names the runs folder; off a terminal a table is 200 columns wide, so the
+    forecast table (wider than 80) keeps every cell whole."""
+    recorded_gpu_run(in_tmp / "kept" / "h100")
+    report(["h100", "--runs-dir", str(in_tmp / "kept")])
+    monkeypatch.setenv(RUNS_VARIABLE, str(in_tmp / "kept"))
+    report(["h100", "--compare", "h100"])
+    out = capsys.readouterr().out
+    assert out.count(f"run {in_tmp / 'kept' / 'h100'}") == 2 and "ratio = " in out
+    table = [line for line in out.splitlines() if line.startswith("│")]
+    assert any("│ Tesla P100 PCIe 16 GB │" in line for line in table) and "…" not in out
+    assert 80 < max(map(len, table)) <= 200
+
+
+def test_the_explosion_list_says_when_it_shows_only_the_last(in_tmp):
+    events = [
+        {"step": s, "kind": "non-finite" if s == 2 else "loss > 10x running median", "losses": {"loss": 1.0},
+         "grad_norm": 5.0, "images": ["a.png"], "batch_file": f"explosions/step_{s:08d}.pt"}
+        for s in range(1, 9)
+    ]  # fmt: skip
+    lines = render.explosion_lines({"explosions": events, "run": "runs/x"})
+    assert lines[0] == "gradient explosions: 8 recorded (1 non-finite and skipped); the last 5 of them:"
+    assert [line.split(":")[0] for line in lines[1:6]] == [f"  step {s}" for s in range(4, 9)]
+    assert lines[-1] == "  which samples: python -m engine.replay runs/x [--step N]"
+    assert "the last" not in render.explosion_lines({"explosions": events[:5], "run": "runs/x"})[0]
+
+
+def trained_records(folder, steps=30, validated=(10, 20, 30), exploded=(7, 23)):
+    """A recorded run's metrics with a learning rate halved at step 15, grad norms and validations, and explosions."""
+    from profiling import records
+
+    metrics = [
+        {"step": s, "loss": 100.0 - s, "forw_fit": 1.0, "forw_ce": 1.0, "back_rec": 98.0 - s,
+         "lr": 2e-4 if s < 15 else 1e-4, "grad_norm": 1000.0 + s}
+        | ({"val_psnr_y": 20.0 + s / 10} if s in validated else {})
+        for s in range(1, steps + 1)
+    ]  # fmt: skip
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    with records.JsonLines(folder / "explosions.jsonl") as out:
+        for s in exploded:
+            out.write({"step": s, "kind": "spike", "losses": {}, "grad_norm": 1.0, "images": [], "batch_file": None})
+    return metrics
+
+
+def test_the_loss_figure_draws_validation_lr_grad_norm_the_clip_and_the_explosions(in_tmp):
+    import matplotlib.pyplot as plt
+
+    from profiling.report import plots
+
+    folder = recorded_gpu_run(Path("runs/plotted"))
+    metrics = trained_records(folder)
+    fig = plt.figure()
+    assert plots.draw_losses(folder, fig)
+    losses, validation, optimiser, grad = fig.axes
+    scored = [r for r in metrics if "val_psnr_y" in r]
+    (line,) = validation.lines
+    assert list(line.get_xdata()) == [10, 20, 30] and list(line.get_ydata()) == [r["val_psnr_y"] for r in scored]
+    (lr,) = optimiser.lines
+    assert list(lr.get_ydata()) == [r["lr"] for r in metrics] and optimiser.get_ylim()[0] == 0
+    norm, clip, *grad_marks = grad.lines
+    assert list(norm.get_ydata()) == [r["grad_norm"] for r in metrics] and list(clip.get_ydata()) == [10.0, 10.0]
+    for ax, marks in ((losses, losses.lines[len(plots.LOSSES) * 2 :]), (grad, grad_marks)):  # after each loss's two
+        assert [list(line.get_xdata()) for line in marks] == [[7, 7], [23, 23]], ax
+    assert "red: 2 recorded explosions" in losses.get_title()
+    plt.close(fig)
+
+
+def test_the_phase_figure_gives_the_report_s_shares_of_the_steady_steps(in_tmp):
+    """A slow first step (warm-up: 4 s of forward) moves every share if counted; the panels' shares are those of
+    the steady steps, the report's: forward 12 of a 40 ms step."""
+    import matplotlib.pyplot as plt
+
+    from profiling.report import plots
+
+    folder = recorded_gpu_run(Path("runs/warm"))
+    steps = read_jsonl(folder / "phases.jsonl")
+    steps[0] |= {"wall_ms": 4000.0, "forward": 3972.0}
+    (folder / "phases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
+    fig = plt.figure()
+    assert plots.draw_phases(folder, fig)
+    titles = {ax.get_title().split(":")[0]: ax.get_title() for ax in fig.axes}
+    assert titles["forward"] == "forward: 30.0% of the steady step" and titles["backward"].startswith("backward: 55.0%")
+    plt.close(fig)
+
+
+def test_the_utilisation_figure_marks_validations_and_checkpoints_and_memory_from_zero(in_tmp):
+    """Samples 1,000 s behind their clock; step 10 validates for 100 ms then logs for 0.5 ms, step 20 checkpoints for
+    200 ms: each shaded where it ran, in the samples' seconds."""
+    import matplotlib.pyplot as plt
+
+    from profiling import records
+    from profiling.report import plots
+
+    folder = Path("runs/marked")
+    folder.mkdir(parents=True)
+    with records.JsonLines(folder / "phases.jsonl") as phases, records.JsonLines(folder / "gpu.jsonl") as samples:
+        for step in range(1, 31):
+            clock = 1000.0 + step
+            work = {10: {"validation": 100.0, "logging": 0.5}, 20: {"checkpoint": 200.0}}.get(step, {})
+            phases.write({"step": step, "wall_ms": 1000.0, "clock": clock, **work})
+            samples.write({"t": clock - 1000.0 + 0.5, "clock": clock + 0.5, "cpu_percent": 100.0, "rss_mib": 512.0})
+    fig = plt.figure()
+    assert plots.draw_utilisation(folder, fig)
+    busy, memory = fig.axes
+    for ax in (busy, memory):
+        spans = sorted((p.get_x(), p.get_x() + p.get_width(), p.get_label()) for p in ax.patches)
+        expected = [(10 - 0.0005 - 0.1, 10 - 0.0005, "validation"), (20 - 0.2, 20.0, "checkpoint")]
+        assert [label for *_, label in spans] == ["validation", "checkpoint"]
+        assert [s[:2] for s in spans] == [pytest.approx(e[:2]) for e in expected]
+    assert memory.get_ylim()[0] == 0
+    plt.close(fig)
