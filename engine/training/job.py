@@ -22,7 +22,8 @@ def train(argv):
             raise UserError(why)
     time_limit = TimeLimit(config.parse_duration(cfg.time_limit))
     ranks = distributed.init()
-    transcript.begin()
+    if ranks.main:  # the run's train.log is rank 0's
+        transcript.begin()
     try:
         run(cfg, flags, ranks, time_limit)
     except BaseException as err:  # the command prints its one line; the run's log says it too

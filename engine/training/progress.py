@@ -25,14 +25,14 @@ class Transcript(io.TextIOBase):
     ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
     def __init__(self):
-        self.log, self.held, self.showwarning = None, [], None
+        self.log, self.held, self.showwarning = None, None, None  # held: a job's lines before its log, or None
 
     def write(self, text):
         sys.stderr.write(text)
         plain = self.ANSI.sub("", text)
         if self.log:
             self.log.write(plain)
-        else:
+        elif self.held is not None:
             self.held.append(plain)
         return len(text)
 
@@ -68,7 +68,7 @@ class Transcript(io.TextIOBase):
     def end(self):
         if self.log:
             self.log.close()
-        self.log = None
+        self.log, self.held = None, None
         if self.showwarning is not None:
             warnings.showwarning, self.showwarning = self.showwarning, None
 
