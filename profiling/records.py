@@ -168,4 +168,5 @@ def find(name_or_path, root=None):
 
 
 def _natural(name):
-    return [int(t) if t.isdigit() else t for t in name.replace("_", " ").split()]
+    """run_2 before run_10: numbers compared as numbers, each part keyed so that a number and a word compare."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in name.replace("_", " ").split()]

@@ -9,6 +9,7 @@ from PIL import Image
 
 from engine import train
 from engine.training import config
+from profiling import records
 from profiling.records import RUNS_VARIABLE, read_jsonl
 from profiling.report import render
 from profiling.report.__main__ import main as report
@@ -148,6 +149,17 @@ def test_missing_run_lists_the_runs_that_exist(two_runs, capsys):
         report(["run_42"])
     err = capsys.readouterr().err
     assert "no run folder 'run_42'" in err and "a, b" in err and err.count("\n") == 1
+
+
+def test_run_names_that_mix_numbers_and_words_list_in_natural_order(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for name in ("exp_10", "exp_final", "exp_2", "run_1"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / records.CONFIG).write_text("{}")
+    with pytest.raises(SystemExit):
+        report(["typo"])
+    err = capsys.readouterr().err
+    assert "runs under runs/: exp_2, exp_10, exp_final, run_1" in err and err.count("\n") == 1, err
 
 
 def test_py_spy_and_torch_profiler_captures(image_folder, in_tmp, capsys):
