@@ -322,12 +322,7 @@ def load(name_or_path, chain=(), sources=None):
         tables = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path} is not valid TOML ({err})") from None
-    base = tables.pop("base", None)
-    if base is not None and not (isinstance(base, str) and base):
-        raise UserError(f'{path}: base = {base!r}: expected the name or path of a config, like base = "{SCHEMA}"')
-    if base and config_path(base).resolve() in {*chain, path.resolve()}:
-        names = " -> ".join(str(p) for p in (*chain, path.resolve(), config_path(base).resolve()))
-        raise UserError(f"{path}: its base chain comes back to itself ({names}); base it on {SCHEMA}")
+    base = base_of(path, tables.pop("base", None), chain)
     cfg, help_texts = load(base, (*chain, path.resolve()), sources) if base else ({}, {})
     comments = key_comments(path)
     seen = set()
@@ -345,6 +340,17 @@ def load(name_or_path, chain=(), sources=None):
         base_section, base_text = help_texts.get(key, (section, ""))
         help_texts[key] = (base_section, comments.get(key) or base_text)
     return cfg, help_texts
+
+
+def base_of(path, base, chain):
+    """The `base` a config file names (None without one); one that is not a name, or that leads back to a
+    file of `chain` or to the file itself, is one line."""
+    if base is not None and not (isinstance(base, str) and base):
+        raise UserError(f'{path}: base = {base!r}: expected the name or path of a config, like base = "{SCHEMA}"')
+    if base and config_path(base).resolve() in {*chain, path.resolve()}:
+        names = " -> ".join(str(p) for p in (*chain, path.resolve(), config_path(base).resolve()))
+        raise UserError(f"{path}: its base chain comes back to itself ({names}); base it on {SCHEMA}")
+    return base
 
 
 def _entries(tables):

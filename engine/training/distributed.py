@@ -127,11 +127,12 @@ class AllReduceTime:
     """Time of each step's gradient all-reduces: the union of the spans from each bucket's readiness to
     its completion (buckets queue behind each other; summing their spans would count the wait twice).
 
-    With NCCL the clock is the GPU's: a CUDA event on the compute stream when the bucket is handed over,
-    and one recorded in the future's callback, which runs on a stream that waits for the collective; the
-    pairs are read one step late, when they have long completed (no sync). With gloo the clock is the
-    host's: the collective runs on the CPU, and the callback fires when it has finished. Buckets overlap
-    the backward pass: this is time spent communicating, not time added to the step.
+    With NCCL the clock is the GPU's: a CUDA event on the compute stream when the bucket is handed over, and
+    one recorded in the future's callback, which runs on a stream that waits for the collective; the pairs are
+    read one step late, after the host's wait on that step's values (engine/training/step.py), so they have
+    completed and reading them waits for nothing. With gloo the clock is the host's: the collective runs on
+    the CPU, and the callback fires when it has finished. Buckets overlap the backward pass: this is time
+    spent communicating, not time added to the step.
     """
 
     def __init__(self, cuda):

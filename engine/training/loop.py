@@ -207,7 +207,7 @@ class Loop:
             results.append(self.trainer.drain(self.guard))  # this step's own values, before its scheduled work
         self.step_seconds[step] = time.perf_counter() - began
         lines = [metrics_record(r, self.step_seconds.pop(r.step), cfg.batch_size) for r in results if r]
-        best = validating and self.validate_after(step, lines[-1])
+        best = self.validate_after(step, lines[-1]) if validating else False
         self.write_lines(lines)
         if checkpointing or best:
             self.save(step, best)
