@@ -10,9 +10,11 @@ gradient's), and a record holds the whole global batch: each rank's share, gathe
 which writes it. `engine.replay` then reruns the batch whose mean losses and gradient the step logged.
 
 Why the clipped norm: IRN's losses are sums over pixels, so its raw grad norms run from thousands to a
-hundred thousand while the recipe clips at 10, and in ordinary early training they swing 10-50x from one
-step to the next while the loss falls smoothly; every such step is clipped to the same update. What
-derails a run is a loss that jumps, or an update that grows, and both are judged. On CPU runs (the
+hundred thousand while the recipe clips at 10, and in ordinary early training they swing by an order of
+magnitude from one step to the next while the loss falls smoothly (the demo's metrics.jsonl, grad_norm);
+every such step is clipped to the same update. What derails a run is a loss that jumps, or an update that
+grows, and both are judged. While the raw norms stay above the clip, as they do through IRN's early
+training, every update is the clip and only the loss can flag a step. On CPU runs (the
 summary and `python -m profiling.report RUN` count what was recorded):
   - the demo, `python -m engine.train` (x4, crop 32, 200 steps): nothing recorded; judged on the raw grad
     norm, 8 steps between 18 and 106 were, all of them ordinary training;

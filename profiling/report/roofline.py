@@ -13,7 +13,7 @@ it) is the FLOP/s a run achieved over the peak. Peaks are the vendors' dense fig
 
 from dataclasses import dataclass
 
-LAUNCH_US = 5.0  # host cost of one eager PyTorch kernel launch when it is not measured: typically 3-8 us
+LAUNCH_US = 5.0  # host cost of one eager PyTorch kernel launch where the run's probe did not measure it
 # torch.compile modes whose inductor options capture CUDA graphs (triton.cudagraphs): the step's kernels
 # are replayed, not launched one by one, so there is no launch floor.
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
