@@ -105,7 +105,7 @@ def dtype(variant):
 
 def short_name(variant):
     """'haar inv fp16', 'coupling fwd-bwd bf16', 'dense_pack bf16/w32', 'dense_fwd c2-4 fp32 tf32 M64 N32 K16',
-    'dense_bwd c5 fp16 M32 N32 K32 P64 WN16 WC32' (tiles: BLOCK_M, ...)."""
+    'dense_bwd c5>3 fp16 M32 N32 K32 P64 WN32 WC64' (conv 5 of a block into 3 channels; tiles: BLOCK_M, ...)."""
     kind, c = family(variant), variant.constexprs
     if kind == "dense_pack":
         return f"{kind} {dtype(variant)}"
@@ -117,6 +117,7 @@ def short_name(variant):
         tiles = ("M", "N", "K")
     else:
         role = _DENSE_BACKWARD_ROLES.get((c["ACCUMULATE"], c["SLOPE_TAIL"], c["INPUT_GRAD"]), "?")
+        role += f">{c['C_OUT']}"  # its output channels, a constexpr
         tiles = ("M", "N", "K", "P", "WN", "WC")
     precision = f" {c['PRECISION']}" if dtype(variant) == "fp32" else ""  # TF32 or not: fp32 only
     return f"{kind} {role} {dtype(variant)}{precision} " + " ".join(f"{t}{c['BLOCK_' + t]}" for t in tiles)

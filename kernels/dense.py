@@ -14,15 +14,18 @@ The backward keeps one fp32 gradient buffer G with F's shape and strides, and wa
     dW_k[n, c, ky, kx] = sum_p dZ_k[p, n] F[p + o, c]        db_k[n] = sum_p dZ_k[p, n]        dx = dF_0
 Step k adds conv k's input gradient into G's prefix (conv 5 writes G: no zero fill). The last g channels
 of that prefix are F_{k-1}, which only convs k..5 read, so their dF is complete there: step k stores them
-already multiplied by LeakyReLU's slope, as dZ_{k-1}, for step k - 1 to read as plain loads. As s > 0,
-F_k > 0 exactly where Z_k > 0, so the saved post-activation gives the slope and no pre-activation is kept.
+already multiplied by LeakyReLU's slope, as dZ_{k-1}, in the features' dtype (in G's fp32 slots of those
+channels, which no later step touches otherwise), for step k - 1's dots to read as plain loads, rounded once
+(as cuDNN gets its output gradient in that dtype). As s > 0, F_k > 0 exactly where Z_k > 0, so the saved
+post-activation gives the slope and no pre-activation is kept.
 
 The five convs' weights are packed once per call, by one launch, into the dot's dtype as one tensor
 [tap, buffer channel, output of any conv] with zeros where a conv reads no channel (x's padding, later
 outputs) or has no output: conv k reads its columns with no mask, no index remapping and no cast.
 
 Launches per block: forward 6 (the packing, then the convs; conv 1 also copies x into F); backward 6 (the
-packing, then one per step: its input gradient and its weight and bias gradients in one launch), plus one
+packing, then one per step: its weight, bias and input gradients in one launch, the long weight-gradient
+programs first), plus one
 sum of the weight-gradient partials when the pixels are reduced in more than one split, and one cast into
 the weights' dtype when that is not fp32 (LAUNCHES). Every output element is written by one program and
 the splits are summed in a fixed order, so the results are deterministic: no atomics.
@@ -86,12 +89,23 @@ def _to(x, dtype: tl.constexpr):
 
 
 @triton.jit
-def _pixels(start, end, H, W, BLOCK: tl.constexpr):
-    """Batch, row and column of the flat pixels start .. start + BLOCK, and which of them are < end."""
+def _divide(p, magic, shift):
+    """p // d for 0 <= p < 2**31, with d's (magic, shift) from _divisor: a multiply-high, an add and a shift
+    where a division by a run-time integer takes some twenty instructions. umulhi(p, magic) + p is
+    floor(p m / 2**32) for m = magic + 2**32, below 2**32 as p < 2**31 and m < 2**33."""
+    u = p.to(tl.uint32, bitcast=True)
+    q = (tl.umulhi(u, magic.to(tl.uint32, bitcast=True)) + u) >> shift.to(tl.uint32)
+    return q.to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _pixels(start, end, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK: tl.constexpr):
+    """Batch, row and column of the flat pixels start .. start + BLOCK, and which of them are < end; H's and
+    W's magic numbers and shifts (_divisor) divide."""
     p = start + tl.arange(0, BLOCK)
-    w = p % W
-    h = (p // W) % H
-    return p // (W * H), h, w, p < end
+    rows = _divide(p, w_magic, w_shift)  # b H + h
+    b = _divide(rows, h_magic, h_shift)
+    return b, rows - b * H, p - rows * W, p < end
 
 
 @triton.jit
@@ -172,7 +186,7 @@ def _pack_kernel(
 @triton.jit
 def _conv3x3_kernel(
     src, packed, bias, out, copy_dst,
-    n_pixels, pixel_bucket, H, W, C_in, C_out, C_copy,
+    n_pixels, pixel_bucket, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_out, C_copy,
     s_b, s_c, s_h, s_w,  # src: the input x (conv 1) or the feature buffer's channel prefix
     p_t, p_c, p_n,  # packed: the packed weights from this conv's first output column on
     o_b, o_c, o_h, o_w,  # out: the conv's slice of the feature buffer, or the block output (conv 5)
@@ -184,7 +198,7 @@ def _conv3x3_kernel(
     """One (pixels x output channels) tile of a 3x3 conv; its GEMM's K runs over 9 taps x C_in channels."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    b, h, w, valid = _pixels(pid_m * BLOCK_M, n_pixels, H, W, BLOCK_M)
+    b, h, w, valid = _pixels(pid_m * BLOCK_M, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < C_out
     blocks = tl.cdiv(C_in, BLOCK_K)
@@ -211,26 +225,27 @@ def _conv3x3_kernel(
 
 @triton.jit
 def _input_grad_tile(
-    pid, grad, feat, packed, acc_src, dst,
-    n_pixels, H, W, C_in, C_out, tail_start,
-    g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, p_t, p_c, p_n,
+    pid, grad, feat, packed, acc_src, dst, dz_out,
+    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_OUT: tl.constexpr, tail_start,
+    g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, z_b, z_c, z_h, z_w, p_t, p_c, p_n,
     negative_slope,
     ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dst[p, c] = (acc_src[p, c] +) sum_{n, tap} dZ[p - o, n] W[n, c, tap] on one (pixels x input channels)
-    tile, its GEMM's K running over 9 taps x C_out; the channels from tail_start on (the previous conv's
-    output, complete now) leave multiplied by LeakyReLU's slope: as dZ of the previous conv."""
+    tile, its GEMM's K running over 9 taps x C_OUT; the channels from tail_start on (the previous conv's
+    output, complete now) leave multiplied by LeakyReLU's slope into dz_out instead, in its dtype: the
+    previous conv's dZ, rounded once for the dots of its step."""
     tiles_c = tl.cdiv(C_in, BLOCK_N)
     pid_m = pid // tiles_c
     c = (pid - pid_m * tiles_c) * BLOCK_N + tl.arange(0, BLOCK_N)
-    b, h, w, valid = _pixels(pid_m * BLOCK_M, n_pixels, H, W, BLOCK_M)
+    b, h, w, valid = _pixels(pid_m * BLOCK_M, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK_M)
     dtype = feat.dtype.element_ty  # dZ rounded to the features' dtype for the dot, as cuDNN gets it
-    blocks = tl.cdiv(C_out, BLOCK_K)
+    blocks: tl.constexpr = (C_OUT + BLOCK_K - 1) // BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for i in range(9 * blocks):
         ky, kx, n = _tap(i, blocks, BLOCK_K)
-        n_ok = n < C_out
+        n_ok = n < C_OUT
         g_pix, inside = _neighbours(b, h, w, valid, 1 - ky, 1 - kx, H, W, g_b, g_h, g_w)
         dz = tl.load(grad + g_pix[:, None] + n[None, :] * g_c, mask=inside[:, None] & n_ok[None, :], other=0.0)
         wt = tl.load(packed + (3 * ky + kx) * p_t + c[None, :] * p_c + n[:, None] * p_n)  # no mask: see _pack
@@ -242,106 +257,189 @@ def _input_grad_tile(
     if SLOPE_TAIL:  # other=1 keeps the rest; compared in fp32, as the interpreter compares bf16's raw bits
         tail = mask & (c >= tail_start)[None, :]
         y = tl.load(feat + f_pix[:, None] + c[None, :] * f_c, mask=tail, other=1.0).to(tl.float32)
-        acc = tl.where(y > 0, acc, acc * negative_slope)
+        dz = tl.where(y > 0, acc, acc * negative_slope)
+        z = dz_out + _offsets(b, h, w, z_b, z_h, z_w)[:, None] + (c - tail_start)[None, :] * z_c
+        tl.store(z, _to(dz, dz_out.dtype.element_ty), mask=tail)
+        mask = mask & (c < tail_start)[None, :]
     d_pix = _offsets(b, h, w, d_b, d_h, d_w)
     tl.store(dst + d_pix[:, None] + c[None, :] * d_c, _to(acc, dst.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _shifted_grad(grad, b, h, w, valid, dy, dx, n, C_out, H, W, g_b, g_c, g_h, g_w):
-    """dZ at the pixels (h + dy, w + dx), in fp32, zero outside the image."""
+def _transposed_features(feat, f_pix, c, f_c, c_ok, valid):
+    """F^T, (channels x pixels), for the weight gradient's dot, read along the contiguous channels 16 bytes at a
+    time. fp32 is loaded as F^T itself: TF32 dots take their operands K-major, and a (pixels x channels) tile
+    would be read along the pixels, 4 bytes at a time. Half precision is loaded as F and transposed, which the
+    compiler addresses with fewer instructions."""
+    if feat.dtype.element_ty == tl.float32:
+        return tl.load(feat + c[:, None] * f_c + f_pix[None, :], mask=c_ok[:, None] & valid[None, :], other=0.0)
+    return tl.trans(tl.load(feat + f_pix[:, None] + c[None, :] * f_c, mask=valid[:, None] & c_ok[None, :], other=0.0))
+
+
+@triton.jit
+def _split_of(split, split_len, n_pixels):
+    """The first pixel of a pixel split and one past its last."""
+    start = split * split_len
+    return start, tl.minimum(start + split_len, n_pixels)
+
+
+@triton.jit
+def _shifted_grad(grad, b, h, w, valid, dy, dx, n, C_OUT: tl.constexpr, H, W, g_b, g_c, g_h, g_w):
+    """dZ at the pixels (h + dy, w + dx), zero outside the image."""
     pix, inside = _neighbours(b, h, w, valid, dy, dx, H, W, g_b, g_h, g_w)
-    dz = tl.load(grad + pix[:, None] + n[None, :] * g_c, mask=inside[:, None] & (n < C_out)[None, :], other=0.0)
-    return dz.to(tl.float32)
+    return tl.load(grad + pix[:, None] + n[None, :] * g_c, mask=inside[:, None] & (n < C_OUT)[None, :], other=0.0)
 
 
 @triton.jit
-def _store_tap(row, acc, n, wc, mask, C_w, tap):
-    """One tap of a dW^T tile into a row of partials, where dW is (n, c, ky, kx) contiguous (so that its slot
-    views as the weight's shape)."""
-    tl.store(row + n[None, :] * (C_w * 9) + wc[:, None] * 9 + tap, acc, mask=mask)
+def _store_weight_grad(row, acc, c, n, tap, n_ok, C_in, C_x, X_END):
+    """A dW^T tile into a row of partials, where dW is (n, c, ky, kx) contiguous (so that its slot views as the
+    weight's shape); tap: one tap, or each column's."""
+    C_w = C_in - X_END + C_x
+    c_ok, wc = _input_channels(c, C_in, C_x, X_END)
+    tl.store(row + n[None, :] * (C_w * 9) + wc[:, None] * 9 + tap, acc, mask=c_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
-def _weight_grad_tile(
+def _weight_grad_row_tile(
     pid, grad, feat, partials,
-    n_pixels, H, W, C_in, C_x, X_END, C_out, split_len, weight_slot, bias_slot, partial_stride,
-    g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
-    PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr, BLOCK_WC: tl.constexpr,
+    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, split_len, weight_slot,
+    partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
+    C_OUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr,
+    BLOCK_WC: tl.constexpr,
 ):
     """One (input x output channels) tile of dW^T for the three taps of one kernel row, summed over one pixel
-    split into that split's row of partials. As q = p + o runs over the pixels, dW[n, c, tap] = sum_q
-    F[q, c] dZ[q - o, n]: the features are read once for the three taps, unshifted, and the gradient shifted
-    for each. The programs of the middle row's first channel tile sum db as well (its middle tap's dZ is
-    unshifted), element by element in the loop and across the pixels once after it."""
+    split into that split's row of partials. As q runs over the pixels, dW[n, c, tap] = sum_q F[q, c]
+    dZ[q - o, n]: the features are read once for the three taps, unshifted, and the gradient shifted for each
+    (each tile's addresses a pixel's, plus a constant per output)."""
     tiles_c = tl.cdiv(C_in, BLOCK_WC)
-    tiles_n = tl.cdiv(C_out, BLOCK_WN)
+    tiles_n: tl.constexpr = (C_OUT + BLOCK_WN - 1) // BLOCK_WN
     pid_c = pid % tiles_c
     pid_n = (pid // tiles_c) % tiles_n
     ky = (pid // (tiles_c * tiles_n)) % 3
-    split = pid // (tiles_c * tiles_n * 3)
-    n = pid_n * BLOCK_WN + tl.arange(0, BLOCK_WN)
+    start, end = _split_of(pid // (tiles_c * tiles_n * 3), split_len, n_pixels)
     c = pid_c * BLOCK_WC + tl.arange(0, BLOCK_WC)
-    n_ok = n < C_out
-    start = split * split_len
-    end = tl.minimum(start + split_len, n_pixels)
+    n = pid_n * BLOCK_WN + tl.arange(0, BLOCK_WN)
     left = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
     middle = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
     right = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
-    bias_acc = tl.zeros((BLOCK_P, BLOCK_WN), dtype=tl.float32)
     for p0 in range(start, end, BLOCK_P):
-        b, h, w, valid = _pixels(p0, end, H, W, BLOCK_P)
-        f_pix = _offsets(b, h, w, f_b, f_h, f_w)
-        # loaded as F^T, channels first, for the dot: a transposed tile is read along the pixels, 4 bytes
-        # at a time in fp32, where this one is read along its contiguous channels, 16 bytes at a time
-        xt = tl.load(feat + c[:, None] * f_c + f_pix[None, :], mask=(c < C_in)[:, None] & valid[None, :], other=0.0)
-        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 1, n, C_out, H, W, g_b, g_c, g_h, g_w)
+        b, h, w, valid = _pixels(p0, end, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK_P)
+        xt = _transposed_features(feat, _offsets(b, h, w, f_b, f_h, f_w), c, f_c, c < C_in, valid)
+        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 1, n, C_OUT, H, W, g_b, g_c, g_h, g_w)
         left = _mma(xt, _to(dz, xt.dtype), left, PRECISION)
-        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 0, n, C_out, H, W, g_b, g_c, g_h, g_w)
+        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, 0, n, C_OUT, H, W, g_b, g_c, g_h, g_w)
         middle = _mma(xt, _to(dz, xt.dtype), middle, PRECISION)
-        bias_acc += dz  # from the fp32 dZ, before it is rounded for the dot
-        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, -1, n, C_out, H, W, g_b, g_c, g_h, g_w)
+        dz = _shifted_grad(grad, b, h, w, valid, 1 - ky, -1, n, C_OUT, H, W, g_b, g_c, g_h, g_w)
         right = _mma(xt, _to(dz, xt.dtype), right, PRECISION)
+    row = partials + (pid // (tiles_c * tiles_n * 3)).to(tl.int64) * partial_stride + weight_slot
+    _store_weight_grad(row, left, c, n, 3 * ky, n < C_OUT, C_in, C_x, X_END)
+    _store_weight_grad(row, middle, c, n, 3 * ky + 1, n < C_OUT, C_in, C_x, X_END)
+    _store_weight_grad(row, right, c, n, 3 * ky + 2, n < C_OUT, C_in, C_x, X_END)
+
+
+@triton.jit
+def _weight_grad_taps_tile(
+    pid, grad, feat, partials,
+    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, split_len, weight_slot,
+    partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
+    C_OUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr,
+    BLOCK_WC: tl.constexpr,
+):
+    """As _weight_grad_row_tile, for fewer outputs than a dot's N (conv 5's 3 or 9): the tile's columns
+    j = tap C_OUT + n run over the nine taps' outputs, so that they fill it rather than 3 of its 16 columns
+    with one tap; each column's gradient is gathered at its own tap's shift (an address and a mask an
+    element)."""
+    tiles_c = tl.cdiv(C_in, BLOCK_WC)
+    tiles_j: tl.constexpr = (9 * C_OUT + BLOCK_WN - 1) // BLOCK_WN
+    pid_c = pid % tiles_c
+    split = pid // (tiles_c * tiles_j)
+    start, end = _split_of(split, split_len, n_pixels)
+    c = pid_c * BLOCK_WC + tl.arange(0, BLOCK_WC)
+    j = (pid // tiles_c) % tiles_j * BLOCK_WN + tl.arange(0, BLOCK_WN)
+    tap = j // C_OUT
+    n = j - tap * C_OUT
+    dy = tap // 3 - 1
+    dx = tap - 3 * (tap // 3) - 1
+    j_ok = j < 9 * C_OUT
+    shifted = n * g_c - dy * g_h - dx * g_w  # dZ[q - o, n] from q's pixel
+    acc = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
+    for p0 in range(start, end, BLOCK_P):
+        b, h, w, valid = _pixels(p0, end, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK_P)
+        xt = _transposed_features(feat, _offsets(b, h, w, f_b, f_h, f_w), c, f_c, c < C_in, valid)
+        hh = h[:, None] - dy[None, :]
+        ww = w[:, None] - dx[None, :]
+        inside = valid[:, None] & j_ok[None, :] & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        g_pix = _offsets(b, h, w, g_b, g_h, g_w)
+        dz = tl.load(grad + g_pix[:, None] + shifted[None, :], mask=inside, other=0.0)
+        acc = _mma(xt, _to(dz, xt.dtype), acc, PRECISION)
+    row = partials + split.to(tl.int64) * partial_stride + weight_slot
+    _store_weight_grad(row, acc, c, n, tap[None, :], j_ok, C_in, C_x, X_END)
+
+
+@triton.jit
+def _bias_grad_tile(
+    pid, grad, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, split_len, bias_slot, partial_stride,
+    g_b, g_c, g_h, g_w, C_OUT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """db[n] = sum_p dZ[p, n] over one pixel split, for BLOCK_N of the outputs, into that split's row of
+    partials: from dZ as it is, before it is rounded for any dot."""
+    tiles_n: tl.constexpr = (C_OUT + BLOCK_N - 1) // BLOCK_N
+    split = pid // tiles_n
+    n = (pid - split * tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    start, end = _split_of(split, split_len, n_pixels)
+    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    for p0 in range(start, end, BLOCK_P):
+        b, h, w, valid = _pixels(p0, end, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK_P)
+        g_pix = _offsets(b, h, w, g_b, g_h, g_w)
+        acc += tl.load(grad + g_pix[:, None] + n[None, :] * g_c, mask=valid[:, None] & (n < C_OUT)[None, :], other=0.0)
     row = partials + split.to(tl.int64) * partial_stride
-    C_w = C_in - X_END + C_x
-    c_ok, wc = _input_channels(c, C_in, C_x, X_END)  # after the loop: fewer predicates live through it
-    mask = c_ok[:, None] & n_ok[None, :]
-    _store_tap(row + weight_slot, left, n, wc, mask, C_w, 3 * ky)
-    _store_tap(row + weight_slot, middle, n, wc, mask, C_w, 3 * ky + 1)
-    _store_tap(row + weight_slot, right, n, wc, mask, C_w, 3 * ky + 2)
-    if (ky == 1) & (pid_c == 0):
-        tl.store(row + bias_slot + n, tl.sum(bias_acc, axis=0), mask=n_ok)
+    tl.store(row + bias_slot + n, tl.sum(acc, axis=0), mask=n < C_OUT)
 
 
 @triton.jit
 def _conv3x3_backward_kernel(
-    grad, feat, packed, acc_src, dst, partials,
-    n_pixels, pixel_bucket, H, W, C_in, C_x, X_END, C_out, tail_start,
-    split_len, weight_slot, bias_slot, partial_stride,
-    g_b, g_c, g_h, g_w,  # grad: dout (conv 5), or G's slice holding this conv's dZ
+    grad, feat, packed, acc_src, dst, dz_out, partials,
+    n_pixels, pixel_bucket, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, tail_start,
+    split_len, weight_slot, bias_slot, partial_stride, weight_programs, bias_programs,
+    g_b, g_c, g_h, g_w,  # grad: dout (conv 5), or this conv's dZ (_dz_view)
     f_b, f_c, f_h, f_w,  # the feature buffer F; the gradient buffer G (acc_src) has the same strides
     d_b, d_c, d_h, d_w,  # dst: G, or dx for conv 1
+    z_b, z_c, z_h, z_w,  # dz_out: the previous conv's dZ (_dz_view), which this step completes
     p_t, p_c, p_n,  # the packed weights from this conv's first output column on
     negative_slope,
-    ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, INPUT_GRAD: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr, BLOCK_WC: tl.constexpr,
+    C_OUT: tl.constexpr, ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, INPUT_GRAD: tl.constexpr,
+    PRECISION: tl.constexpr, TAP_COLUMNS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr, BLOCK_WC: tl.constexpr,
 ):
-    """A conv's whole backward step in one launch: the first programs compute input-gradient tiles, the
-    others weight-gradient tiles. What one group writes the other never reads (G's prefix vs partials)."""
+    """A conv's whole backward step in one launch: the first programs compute weight-gradient tiles (the long
+    ones, first so that no wave ends on them; with TAP_COLUMNS the nine taps' outputs as columns), the next
+    bias-gradient tiles, the others input-gradient tiles. What one group writes the others never read
+    (partials vs G's prefix)."""
     pid = tl.program_id(0)
-    input_programs = tl.cdiv(n_pixels, BLOCK_M) * tl.cdiv(C_in, BLOCK_N) if INPUT_GRAD else 0
-    if INPUT_GRAD and pid < input_programs:  # a static branch without INPUT_GRAD: no input-gradient code
-        _input_grad_tile(
-            pid, grad, feat, packed, acc_src, dst, n_pixels, H, W, C_in, C_out, tail_start,
-            g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, p_t, p_c, p_n,
-            negative_slope, ACCUMULATE, SLOPE_TAIL, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+    if pid < weight_programs:
+        if TAP_COLUMNS:
+            _weight_grad_taps_tile(
+                pid, grad, feat, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END,
+                split_len, weight_slot, partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
+                C_OUT, PRECISION, BLOCK_P, BLOCK_WN, BLOCK_WC,
+            )
+        else:
+            _weight_grad_row_tile(
+                pid, grad, feat, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END,
+                split_len, weight_slot, partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
+                C_OUT, PRECISION, BLOCK_P, BLOCK_WN, BLOCK_WC,
+            )
+    elif pid < weight_programs + bias_programs:
+        _bias_grad_tile(
+            pid - weight_programs, grad, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, split_len,
+            bias_slot, partial_stride, g_b, g_c, g_h, g_w, C_OUT, BLOCK_P, BLOCK_WN,
         )
-    else:
-        _weight_grad_tile(
-            pid - input_programs, grad, feat, partials,
-            n_pixels, H, W, C_in, C_x, X_END, C_out, split_len, weight_slot, bias_slot, partial_stride,
-            g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, PRECISION, BLOCK_P, BLOCK_WN, BLOCK_WC,
+    elif INPUT_GRAD:  # a static branch without INPUT_GRAD: no input-gradient code
+        _input_grad_tile(
+            pid - weight_programs - bias_programs, grad, feat, packed, acc_src, dst, dz_out, n_pixels, H, W,
+            h_magic, h_shift, w_magic, w_shift, C_in, C_OUT, tail_start, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
+            d_b, d_c, d_h, d_w, z_b, z_c, z_h, z_w, p_t, p_c, p_n, negative_slope, ACCUMULATE, SLOPE_TAIL, PRECISION,
+            BLOCK_M, BLOCK_N, BLOCK_K,
         )
 
 
@@ -364,14 +462,16 @@ _INTERPRETER_TILES = _INTERPRET
 # only, pruned so at launch. With 64 pixels, ptxas 12.9 spills 4 to 48 bytes per thread on sm_80 in some
 # of them. A register cap moves the spills rather than removing them: maxnreg 168 or 255 spills 24 to 72
 # bytes in other 64-pixel steps; 8 warps spill too. With 32 pixels the input-gradient tiles hold half the
-# accumulator, and none spills. Hopper keeps both sizes: none spills there.
+# accumulator, and none spills. Hopper keeps both sizes, but for FMA dots (fp32 without TF32), whose
+# operands live in registers: conv 5 of a 3 -> 24 block spills 8 bytes there with 64 pixels.
 _WIDE_FP32_BACKWARD_FROM = 90  # compute capability (10 * major + minor) from which those may take 64
 
 
-def _backward_configs(configs, dtype, capability, block_n):
+def _backward_configs(configs, dtype, capability, block_n, precision):
     """The backward configs the autotuner may launch for features in `dtype` on a GPU of `capability`, with
-    input-gradient tiles of `block_n` channels."""
-    if (dtype == torch.float32 or block_n > 32) and capability < _WIDE_FP32_BACKWARD_FROM:
+    input-gradient tiles of `block_n` channels and dots of `precision`."""
+    narrow = (dtype == torch.float32 or block_n > 32) and capability < _WIDE_FP32_BACKWARD_FROM
+    if narrow or _fma_dots(dtype, precision):
         return [config for config in configs if config.kwargs["BLOCK_M"] <= 32] or configs
     return configs
 
@@ -381,7 +481,7 @@ def _prune_backward_configs(configs, named_args, **kwargs):
     if feat.device.type != "cuda":
         return configs
     major, minor = torch.cuda.get_device_capability(feat.device)
-    return _backward_configs(configs, feat.dtype, 10 * major + minor, kwargs["BLOCK_N"])
+    return _backward_configs(configs, feat.dtype, 10 * major + minor, kwargs["BLOCK_N"], kwargs["PRECISION"])
 
 
 def _forward_configs(configs, dtype, precision, copy_input):
@@ -399,14 +499,16 @@ def _prune_forward_configs(configs, named_args, **kwargs):
 
 K_TILE = 64  # channels a K-step of fp16/bf16 dots on a GPU (fp32: half); the interpreter's tiles double it
 INPUT_GRAD_N = 64  # input channels an input-gradient tile, at most (FMA dots: half)
-_TUNING_KEY = ["C_in", "C_out", "pixel_bucket"]  # the autotuner adds the tensors' dtypes to the key
+# tuned per shape and flags; the autotuner adds the tensors' dtypes to the key
+_FORWARD_KEY = ["C_in", "C_out", "pixel_bucket", "ACTIVATION", "COPY_INPUT", "PRECISION"]
+_BACKWARD_KEY = ["C_in", "C_OUT", "pixel_bucket", "ACCUMULATE", "SLOPE_TAIL", "INPUT_GRAD", "PRECISION"]
 _conv3x3 = triton.autotune(
-    _FORWARD_CONFIGS, key=_TUNING_KEY, prune_configs_by={"early_config_prune": _prune_forward_configs}
+    _FORWARD_CONFIGS, key=_FORWARD_KEY, prune_configs_by={"early_config_prune": _prune_forward_configs}
 )(_conv3x3_kernel)
 # benchmarking runs a step many times, and the steps that add into G must find the same G each time
 _conv3x3_backward = triton.autotune(
     _BACKWARD_CONFIGS,
-    key=_TUNING_KEY,
+    key=_BACKWARD_KEY,
     restore_value=["dst"],
     prune_configs_by={"early_config_prune": _prune_backward_configs},
 )(_conv3x3_backward_kernel)
@@ -439,6 +541,15 @@ def _pixel_step(dtype, grad, channels, precision):
     narrow = grad.stride(1) != 1 or channels % ALIGN or _fma_dots(dtype, precision)
     step = 32 if dtype == torch.float32 else 64
     return 128 if _INTERPRETER_TILES else step // (2 if narrow else 1)
+
+
+def _divisor(d):
+    """(magic, shift) with which _divide computes p // d for 0 <= p < 2**31 by a multiply-high: shift =
+    ceil(log2 d), magic = ceil(2**(32 + shift) / d) - 2**32, as the int32 of its bits (the round-up method of
+    Granlund and Montgomery: exact as long as p (m d - 2**(32 + shift)) < 2**(32 + shift), true for d <= 2**shift)."""
+    shift = (d - 1).bit_length()
+    magic = -(-(1 << (32 + shift)) // d) - (1 << 32)
+    return magic - (1 << 32) if magic >= 1 << 31 else magic, shift
 
 
 def _pixel_bucket(n_pixels):
@@ -511,6 +622,18 @@ def _gradient_buffer(features):
     return torch.empty_strided(features.shape, features.stride(), dtype=torch.float32, device=features.device)
 
 
+def _dz_view(gbuf, dtype, channel, growth):
+    """dZ of the conv whose output is the buffer channels channel .. channel + growth, in the features' dtype,
+    where G's fp32 slots of those channels lie: the step that completes it stores it rounded once, and the
+    next step's dots read it as it is (the input gradients of that step and the ones after it write G's
+    channels below `channel` only). With fp32 features, the slice of G itself."""
+    ratio = 4 // dtype.itemsize
+    b, _, h, w = gbuf.shape
+    s_b, _, s_h, s_w = gbuf.stride()
+    flat = gbuf.as_strided((b * s_b,), (1,)).view(dtype)
+    return flat.as_strided((b, growth, h, w), (ratio * s_b, 1, ratio * s_h, ratio * s_w), ratio * channel)
+
+
 def _param_slots(weights):
     """Each conv's (weight, bias) offsets in the flat parameter gradient, and the flat size."""
     slots, offset = [], 0
@@ -566,6 +689,31 @@ def _input_grad_tiles(c_in, c_out, dtype, precision=None):
     return {"BLOCK_N": _tile(c_in, 16, n_tile), "BLOCK_K": _tile(c_out, 16, _k_tile(dtype))}
 
 
+def _weight_grad_tiles(c_in, c_out, dtype, grad, precision=None):
+    """{TAP_COLUMNS, BLOCK_P, BLOCK_WN, BLOCK_WC} of a conv's weight gradient: its GEMM's K over pixels, N over
+    its outputs (with fewer than a dot's 16, over the nine taps' outputs: TAP_COLUMNS), M over its input
+    channels: 32, but 64 for half-precision tap columns (their gathered gradient costs more a step than the
+    features: fewer steps; in fp32 the dot would take wgmma on sm_90, which reads the features K-major, 4 bytes
+    at a time), and 16 for FMA dots."""
+    tap_columns = c_out < 16
+    fma = _fma_dots(dtype, precision)
+    channels = 16 if fma else 64 if tap_columns and dtype != torch.float32 else 32
+    return {
+        "TAP_COLUMNS": tap_columns,
+        "BLOCK_P": _pixel_step(dtype, grad, c_in, precision),
+        "BLOCK_WN": _tile(9 * c_out if tap_columns else c_out, 16, 64 if tap_columns and not fma else 32),
+        "BLOCK_WC": _tile(c_in, 16, channels),
+    }
+
+
+def _weight_programs(splits, c_in, c_out, tiles):
+    """Programs of a conv's weight gradient: per pixel split, its channel tiles x its column tiles (x 3 kernel
+    rows without TAP_COLUMNS)."""
+    if tiles["TAP_COLUMNS"]:
+        return splits * triton.cdiv(c_in, tiles["BLOCK_WC"]) * triton.cdiv(9 * c_out, tiles["BLOCK_WN"])
+    return splits * triton.cdiv(c_in, tiles["BLOCK_WC"]) * triton.cdiv(c_out, tiles["BLOCK_WN"]) * 3
+
+
 def _packed_shape(c_in, growth, c_out, dtype):
     """(taps, rows, columns) of the packed weights: the buffer channels and the convs' outputs as far as any
     conv's tiles reach (forward: K over its input channels, N over its outputs; backward: N over the inputs,
@@ -613,7 +761,8 @@ def _conv_launch(src, packed, c_out, bias, out, copy_dst, copy_channels, negativ
     n_pixels = b * h * w
     copy_input = copy_dst is not None
     copy_dst = copy_dst if copy_input else out  # a pointer the kernel ignores when there is nothing to copy
-    args = [src, packed, bias, out, copy_dst, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_out, copy_channels]
+    args = [src, packed, bias, out, copy_dst, n_pixels, _pixel_bucket(n_pixels), h, w, *_divisor(h), *_divisor(w)]
+    args += [c_in, c_out, copy_channels]
     args += [*src.stride(), *packed.stride(), *out.stride(), *copy_dst.stride(), negative_slope]
     constexprs = {"ACTIVATION": activation, "COPY_INPUT": copy_input, "PRECISION": _dot_precision(src.dtype, tf32)}
     constexprs |= _forward_tiles(c_in, c_out, src.dtype)
@@ -665,52 +814,53 @@ def _forward_launches(x, weights, biases, negative_slope, out, features, tf32):
 
 
 def _backward_step_launch(
-    grad, feat, c_x, x_end, tail_start, packed, c_out, gbuf, dst, partials, slot, split_len, slope, tf32
+    grad, feat, c_x, x_end, tail_start, dz_out, packed, c_out, gbuf, dst, partials, slot, split_len, slope, tf32
 ):
-    """One conv's backward step. feat: the buffer channels it read; grad: dout for conv 5, else its dZ in G;
-    packed: the packed weights from its first output column on; dst: G, dx for conv 1, or None for no input
-    gradient; tail_start: where the previous conv's output starts in feat (None for conv 1)."""
+    """One conv's backward step. feat: the buffer channels it read; grad: dout for conv 5, else its dZ
+    (_dz_view); packed: the packed weights from its first output column on; dst: G, dx for conv 1, or None for
+    no input gradient; tail_start: where the previous conv's output starts in feat, and dz_out: its dZ
+    (None, None for conv 1)."""
     b, c_in, h, w = feat.shape
     n_pixels = b * h * w
     input_grad, last = dst is not None, c_in == gbuf.shape[1]  # conv 5 reads every channel
     dst = gbuf if dst is None else dst  # a pointer the kernel ignores without INPUT_GRAD
+    dz_out = dst if dz_out is None else dz_out  # ignored without SLOPE_TAIL
     tail = c_in if tail_start is None else tail_start
-    args = [grad, feat, packed, gbuf, dst, partials, n_pixels, _pixel_bucket(n_pixels), h, w, c_in, c_x, x_end]
-    args += [c_out, tail, split_len, *slot, partials.stride(0), *grad.stride(), *feat.stride(), *dst.stride()]
-    args += [*packed.stride(), slope]
-    constexprs = {"ACCUMULATE": not last, "SLOPE_TAIL": tail_start is not None, "INPUT_GRAD": input_grad}
-    constexprs |= {"PRECISION": _dot_precision(feat.dtype, tf32)}
+    args = [grad, feat, packed, gbuf, dst, dz_out, partials, n_pixels, _pixel_bucket(n_pixels), h, w]
+    args += [*_divisor(h), *_divisor(w)]
+    constexprs = {"C_OUT": c_out, "ACCUMULATE": not last, "SLOPE_TAIL": tail_start is not None}
+    constexprs |= {"INPUT_GRAD": input_grad, "PRECISION": _dot_precision(feat.dtype, tf32)}
     constexprs |= _input_grad_tiles(c_in, c_out, feat.dtype, constexprs["PRECISION"])
-    constexprs |= {
-        "BLOCK_P": _pixel_step(feat.dtype, grad, c_in, constexprs["PRECISION"]),
-        "BLOCK_WN": _tile(c_out, 16, 32),
-        "BLOCK_WC": _tile(c_in, 16, 16 if _fma_dots(feat.dtype, constexprs["PRECISION"]) else 32),
-    }
-    weight_programs = partials.shape[0] * 3 * triton.cdiv(c_out, constexprs["BLOCK_WN"])
-    weight_programs *= triton.cdiv(c_in, constexprs["BLOCK_WC"])
+    c = constexprs | _weight_grad_tiles(c_in, c_out, feat.dtype, grad, constexprs["PRECISION"])
+    weight_programs = _weight_programs(partials.shape[0], c_in, c_out, c)
+    bias_programs = partials.shape[0] * triton.cdiv(c_out, c["BLOCK_WN"])
+    args += [c_in, c_x, x_end, tail, split_len, *slot, partials.stride(0), weight_programs, bias_programs]
+    args += [*grad.stride(), *feat.stride(), *dst.stride(), *dz_out.stride(), *packed.stride(), slope]
 
     def input_programs(meta):
-        return triton.cdiv(n_pixels, meta["BLOCK_M"]) * triton.cdiv(c_in, constexprs["BLOCK_N"]) * input_grad
+        return triton.cdiv(n_pixels, meta["BLOCK_M"]) * triton.cdiv(c_in, c["BLOCK_N"]) * input_grad
 
     def grid(meta):
-        return (input_programs(meta) + weight_programs,)
+        return (weight_programs + bias_programs + input_programs(meta),)
 
     def work(meta):
-        c = constexprs
         input_loop = (9 * triton.cdiv(c_out, c["BLOCK_K"]), meta["BLOCK_M"] * c["BLOCK_N"] * c["BLOCK_K"])
-        weight_loop = (triton.cdiv(split_len, c["BLOCK_P"]), 3 * c["BLOCK_WN"] * c["BLOCK_WC"] * c["BLOCK_P"])
-        return [
-            (input_programs(meta), {"_input_grad_tile": input_loop, "_weight_grad_tile": (0, 0)}),
-            (weight_programs, {"_input_grad_tile": (0, 0), "_weight_grad_tile": weight_loop}),
-        ]
+        pixel_steps = triton.cdiv(split_len, c["BLOCK_P"])
+        macs = c["BLOCK_WN"] * c["BLOCK_WC"] * c["BLOCK_P"] * (1 if c["TAP_COLUMNS"] else 3)
+        weight_tile = "_weight_grad_taps_tile" if c["TAP_COLUMNS"] else "_weight_grad_row_tile"
+        groups = {weight_tile: (pixel_steps, macs), "_bias_grad_tile": (pixel_steps, 0), "_input_grad_tile": input_loop}
+        programs = {weight_tile: weight_programs, "_bias_grad_tile": bias_programs}
+        programs["_input_grad_tile"] = input_programs(meta)
+        return [(programs[f], {g: loop if g == f else (0, 0) for g, loop in groups.items()}) for f in groups]
 
-    return Launch(_conv3x3_backward, grid, args, constexprs, work)
+    return Launch(_conv3x3_backward, grid, args, c, work)
 
 
 def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32):
-    _check_indexing(features, grad, gbuf, *([dx] if input_grad else []))
     c_in, growth = weights[0].shape[1], weights[0].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
+    last_dz = _dz_view(gbuf, features.dtype, x_end + 3 * growth, growth)  # spans the most of a sample
+    _check_indexing(features, grad, gbuf, last_dz, *([dx] if input_grad else []))
     slots, _ = _param_slots(weights)
     _, split_len = _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])
     pack, packed = _pack_launch(weights, features.dtype, channels_inner=False)
@@ -721,11 +871,14 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
         if k == CONVS - 1:  # conv 5 writes every channel of G: no zero fill
             step_grad, dst = grad, gbuf
         else:  # conv 1 writes dx itself, in x's dtype and layout, from what its successors left in G
-            step_grad, dst = gbuf[:, output_at : output_at + growth], gbuf if k else (dx if input_grad else None)
+            step_grad = _dz_view(gbuf, features.dtype, output_at, growth)
+            dst = gbuf if k else (dx if input_grad else None)
         tail_start = output_at - growth if k else None  # conv k's output, whose dZ this step completes
+        dz_out = _dz_view(gbuf, features.dtype, tail_start, growth) if k else None
         launches.append(_backward_step_launch(step_grad, features[:, :reads], c_in, x_end if k else c_in,
-                                              tail_start, packed[:, :, k * growth :], weights[k].shape[0], gbuf,
-                                              dst, partials, slots[k], split_len, negative_slope, tf32))  # fmt: skip
+                                              tail_start, dz_out, packed[:, :, k * growth :], weights[k].shape[0],
+                                              gbuf, dst, partials, slots[k], split_len, negative_slope,
+                                              tf32))  # fmt: skip
     return launches
 
 
@@ -875,10 +1028,11 @@ def _forward_traffic(args):
 
 def _backward_traffic(args):
     """Bytes the backward's kernels read and write once each. Step k (conv 5 down to conv 1) reads its
-    output's gradient (the op's grad, or its fp32 slice of G), its feature prefix (for the weight
+    output's gradient (the op's grad, or its dZ in the features' dtype), its feature prefix (for the weight
     gradient) and its packed weights, writes the weight-gradient partials, and adds its input gradient to
     G's prefix: conv 5 writes G without reading it, convs 4 to 2 read and write it, conv 1 reads G's x part
-    and writes dx (when x needs a gradient). The packing comes first."""
+    and writes dx (when x needs a gradient); steps 5 to 2 write the prefix's last g channels as the previous
+    conv's dZ, in the features' dtype. The packing comes first."""
     grad, features, weights, input_grad = args[0], args[1], args[2], args[5]
     pixels, size = features.shape[0] * features.shape[2] * features.shape[3], features.element_size()
     growth = weights[0].shape[0]
@@ -889,7 +1043,8 @@ def _backward_traffic(args):
         prefix = x_end + k * growth
         g_passes = 1 if k == CONVS - 1 else 2 if k else int(input_grad)  # G's prefix: written, read+written, read
         moved += pixels * prefix * (size + 4 * g_passes) + w.numel() * (size + splits * 4)
-        moved += pixels * w.shape[0] * 4 if k < CONVS - 1 else 0  # conv k+1's output gradient, from G
+        moved -= pixels * growth * (4 - size) if k else 0  # the previous conv's dZ, written in the features' dtype
+        moved += pixels * w.shape[0] * size if k < CONVS - 1 else 0  # conv k+1's output gradient, its dZ
     return moved + (pixels * weights[0].shape[1] * size if input_grad else 0)
 
 
@@ -967,7 +1122,8 @@ def launch_configs(launch, capability=None):
         c = launch.constexprs
         return _forward_configs(configs, launch.args[0].dtype, c["PRECISION"], c["COPY_INPUT"])
     if launch.kernel is _conv3x3_backward and capability is not None:
-        return _backward_configs(configs, launch.args[1].dtype, capability, launch.constexprs["BLOCK_N"])
+        c = launch.constexprs
+        return _backward_configs(configs, launch.args[1].dtype, capability, c["BLOCK_N"], c["PRECISION"])
     return configs
 
 

@@ -194,8 +194,9 @@ def _shape(launch):
     """Pixels, input and output channels of a conv's launch (none for the packing)."""
     from kernels import dense
 
-    named = dict(zip(dense.launch_function(launch).arg_names, launch.args, strict=False))
-    return {key: named[key] for key in ("n_pixels", "C_in", "C_out") if key in named}
+    named = dict(zip(dense.launch_function(launch).arg_names, launch.args, strict=False)) | launch.constexprs
+    named.setdefault("C_out", named.get("C_OUT"))  # a constexpr in the backward
+    return {key: named[key] for key in ("n_pixels", "C_in", "C_out") if key in named and named[key] is not None}
 
 
 def _is_load(ins):

@@ -129,28 +129,31 @@ def test_no_variant_spills(rows):
 
 
 @pytest.mark.parametrize(
-    "capability, dtype, block_n, tiles",
+    "capability, dtype, block_n, precision, tiles",
     [
-        ((8, 0), torch.float32, 32, [32]),  # A100: 64-pixel fp32 backward steps spill with ptxas 12.9
-        ((8, 6), torch.float32, 32, [32]),
-        ((6, 0), torch.float32, 32, [32]),
-        ((9, 0), torch.float32, 32, [32, 64]),  # H100: both, spill-free
-        ((8, 0), torch.bfloat16, 32, [32, 64]),
-        ((8, 0), torch.bfloat16, 64, [32]),  # 64-channel input-gradient tiles: as fp32
-        ((9, 0), torch.bfloat16, 64, [32, 64]),
+        ((8, 0), torch.float32, 32, "tf32", [32]),  # A100: 64-pixel fp32 backward steps spill with ptxas 12.9
+        ((8, 6), torch.float32, 32, "tf32", [32]),
+        ((6, 0), torch.float32, 32, "tf32", [32]),
+        ((9, 0), torch.float32, 32, "tf32", [32, 64]),  # H100: both, spill-free
+        ((9, 0), torch.float32, 32, "ieee", [32]),  # but FMA dots
+        ((8, 0), torch.bfloat16, 32, "ieee", [32, 64]),
+        ((8, 0), torch.bfloat16, 64, "ieee", [32]),  # 64-channel input-gradient tiles: as fp32
+        ((9, 0), torch.bfloat16, 64, "ieee", [32, 64]),
     ],
 )
-def test_wide_backward_steps_take_32_pixel_tiles_before_hopper(monkeypatch, capability, dtype, block_n, tiles):
+def test_wide_backward_steps_take_32_pixel_tiles_before_hopper(
+    monkeypatch, capability, dtype, block_n, precision, tiles
+):
     """The autotuner's pruning at launch, which aot_variants(capability=...) applies to what it compiles."""
     from kernels import dense
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     configs = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (32, 64)]
     feat = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
-    pruned = dense._prune_backward_configs(configs, {"feat": feat}, BLOCK_N=block_n)
+    pruned = dense._prune_backward_configs(configs, {"feat": feat}, BLOCK_N=block_n, PRECISION=precision)
     assert [config.kwargs["BLOCK_M"] for config in pruned] == tiles
     cpu = SimpleNamespace(device=torch.device("cpu"), dtype=dtype)  # the interpreter: no pruning
-    assert dense._prune_backward_configs(configs, {"feat": cpu}, BLOCK_N=block_n) == configs
+    assert dense._prune_backward_configs(configs, {"feat": cpu}, BLOCK_N=block_n, PRECISION=precision) == configs
 
 
 # The global loads of the dense kernels' main loops, by jit function and pointer: the channel stride that
@@ -159,10 +162,12 @@ def test_wide_backward_steps_take_32_pixel_tiles_before_hopper(monkeypatch, capa
 MAIN_LOOP_LOADS = {
     ("_conv3x3_kernel", "src"): ("s_c", "C_in", ("BLOCK_M", "BLOCK_K")),  # features (conv 1: x)
     ("_conv3x3_kernel", "packed"): ("p_n", None, ("BLOCK_K", "BLOCK_N")),
-    ("_input_grad_tile", "grad"): ("g_c", "C_out", ("BLOCK_M", "BLOCK_K")),  # dZ (conv 5: the op's grad)
+    ("_input_grad_tile", "grad"): ("g_c", "C_OUT", ("BLOCK_M", "BLOCK_K")),  # dZ (conv 5: the op's grad)
     ("_input_grad_tile", "packed"): ("p_n", None, ("BLOCK_K", "BLOCK_N")),
-    ("_weight_grad_tile", "feat"): ("f_c", "C_in", ("BLOCK_P", "BLOCK_WC")),
-    ("_weight_grad_tile", "grad"): ("g_c", "C_out", ("BLOCK_P", "BLOCK_WN")),
+    ("_weight_grad_row_tile", "feat"): ("f_c", "C_in", ("BLOCK_P", "BLOCK_WC")),
+    ("_weight_grad_row_tile", "grad"): ("g_c", "C_OUT", ("BLOCK_P", "BLOCK_WN")),
+    ("_weight_grad_taps_tile", "feat"): ("f_c", "C_in", ("BLOCK_P", "BLOCK_WC")),
+    ("_weight_grad_taps_tile", "grad"): ("g_c", "C_OUT", ("BLOCK_P", "BLOCK_WN")),  # gathered: fewer than 16
 }
 BYTES = {"*fp32": 4, "*fp16": 2, "*bf16": 2}
 VECTOR_TILE = 128 * 16  # bytes: 4 warps' threads each loading 16
@@ -178,7 +183,8 @@ def expected_width(row, function, pointer):
     them out (NCHW), or a tile too small (conv 5's 3 outputs padded to 16 in fp32)."""
     stride, count, dims = MAIN_LOOP_LOADS[(function, pointer)]
     c = row["constexprs"]
-    unit = c.get(stride) == 1 and (count is None or count in row["divisible"])
+    even = count is None or count in row["divisible"] or c.get(count, 1) % 16 == 0  # an int the JIT saw, or a constexpr
+    unit = c.get(stride) == 1 and even
     return 16 if unit and c[dims[0]] * c[dims[1]] * BYTES[row["pointers"][pointer]] >= VECTOR_TILE else None
 
 
@@ -198,7 +204,8 @@ def test_main_loops_load_features_dz_and_packed_weights_16_bytes_at_a_time(rows)
 def test_the_dots_run_on_tensor_cores_of_each_generation(rows):
     """sm_90: wgmma for every dot of 64 rows or more (the forward and input-gradient tiles of 64 and 128
     pixels); sm_80: mma.sync; FMA loops only for fp32 without TF32."""
-    rows_of_dot = {"_conv3x3_kernel": "BLOCK_M", "_input_grad_tile": "BLOCK_M", "_weight_grad_tile": "BLOCK_WC"}
+    rows_of_dot = {"_conv3x3_kernel": "BLOCK_M", "_input_grad_tile": "BLOCK_M"}
+    rows_of_dot |= {"_weight_grad_row_tile": "BLOCK_WC", "_weight_grad_taps_tile": "BLOCK_WC"}
     wrong = []
     for r in _dense_convs(rows):
         c = r["constexprs"]

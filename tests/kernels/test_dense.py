@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from torch.utils.flop_counter import FlopCounterMode
 
 import kernels.dense as dense
@@ -187,6 +189,26 @@ def test_every_gpu_tile_config_gives_the_same_results(monkeypatch, fp32_precisio
     assert_close_to_max(out, expected, tol)
     for actual, reference in zip(grads, grads_ref, strict=True):
         assert_close_to_max(actual, reference, tol)
+
+
+@triton.jit
+def _dividing(p, q, magic, shift, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    tl.store(q + offsets, dense._divide(tl.load(p + offsets), magic, shift))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 7, 72, 144, 1000, 2**16 + 1, 2**30 + 3, 2**31 - 1])
+def test_the_pixels_divide_by_a_multiply_high_exactly_up_to_2_31(d):
+    """_divide, with _divisor's magic number, against integer division: next to multiples of d, at 0 and at
+    2**31 - 1, and at random."""
+    near = [k * d + e for k in (1, 2, 3, 1000, (2**31 - 1) // d) for e in (-1, 0, 1)]
+    random = torch.randint(0, 2**31 - 1, (64,), generator=torch.Generator().manual_seed(d)).tolist()
+    p = [0, 1, 2**31 - 1] + near + random
+    p = torch.tensor(sorted({v for v in p if 0 <= v < 2**31}), dtype=torch.int32, device=DEVICE)
+    p = torch.cat([p, p[:1].expand(128 - len(p))])
+    q = torch.empty_like(p)
+    _dividing[(1,)](p, q, *dense._divisor(d), BLOCK=128)
+    assert torch.equal(q, p // d)
 
 
 class CountLaunches:
@@ -371,7 +393,8 @@ def test_aot_variants_cover_every_kernel_dtype_and_flag():
         if fn.__name__ == "_pack_kernel":
             seen.add((fn.__name__, (), signature["packed"], signature["w1"]))
             continue
-        flags = tuple(sorted((k, v) for k, v in constexprs.items() if k.isupper() and not k.startswith("BLOCK")))
+        tiling = ("BLOCK", "C_", "TAP_")  # tiles, and the channel counts they follow
+        flags = tuple(sorted((k, v) for k, v in constexprs.items() if k.isupper() and not k.startswith(tiling)))
         features = signature["src" if "src" in signature else "feat"]
         seen.add((fn.__name__, flags, features, signature["packed"]))
     forward_flags = [(True, True), (True, False), (False, False)]  # (ACTIVATION, COPY_INPUT): conv 1, 2-4, 5
