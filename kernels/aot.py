@@ -46,13 +46,13 @@ class Variant(NamedTuple):
 
 def _entries(capability):
     """aot_variants entries, (name, fn, signature, constexprs[, attrs]), of every kernel; the dense ones
-    with the run-time alignment the JIT specialises on, and the autotune configs `capability` may launch
-    (none before dense.MIN_CAPABILITY, where the engine keeps cuDNN for the dense blocks)."""
+    with the run-time alignment the JIT specialises on and every autotune config (none before
+    dense.MIN_CAPABILITY, where the engine keeps cuDNN for the dense blocks)."""
     from kernels import coupling, dense, haar
 
     entries = [*haar.aot_variants(), *coupling.aot_variants()]
     if capability is None or capability >= dense.MIN_CAPABILITY:
-        entries += dense.aot_variants(attrs=True, capability=capability)
+        entries += dense.aot_variants(attrs=True)
     return entries
 
 

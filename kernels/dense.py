@@ -55,6 +55,7 @@ PIXELS_PER_SPLIT = 2048
 MAX_SPLITS = 32
 # Channel alignment of the feature buffer, in elements (see _buffer_layout).
 ALIGN = 16
+BIAS_TILE = tl.constexpr(2048)  # elements a bias-gradient program sums a step
 
 # Three interpreter quirks are worked around under it only: it keeps bf16 as raw uint16 bits, which its dot
 # multiplies as integers; it truncates fp32 -> bf16 where GPUs round to nearest even; its TF32 dots are
@@ -379,10 +380,11 @@ def _weight_grad_taps_tile(
 @triton.jit
 def _bias_grad_tile(
     pid, grad, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, split_len, bias_slot, partial_stride,
-    g_b, g_c, g_h, g_w, C_OUT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    g_b, g_c, g_h, g_w, C_OUT: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """db[n] = sum_p dZ[p, n] over one pixel split, for BLOCK_N of the outputs, into that split's row of
-    partials: from dZ as it is, before it is rounded for any dot."""
+    partials, in tiles of 2,048 elements (16 a thread: the costs of a step shared by many pixels)."""
+    BLOCK_P: tl.constexpr = BIAS_TILE // BLOCK_N
     tiles_n: tl.constexpr = (C_OUT + BLOCK_N - 1) // BLOCK_N
     split = pid // tiles_n
     n = (pid - split * tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -410,6 +412,7 @@ def _conv3x3_backward_kernel(
     C_OUT: tl.constexpr, ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, INPUT_GRAD: tl.constexpr,
     PRECISION: tl.constexpr, TAP_COLUMNS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr, BLOCK_WC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
 ):
     """A conv's whole backward step in one launch: the first programs compute weight-gradient tiles (the long
     ones, first so that no wave ends on them; with TAP_COLUMNS the nine taps' outputs as columns), the next
@@ -432,7 +435,7 @@ def _conv3x3_backward_kernel(
     elif pid < weight_programs + bias_programs:
         _bias_grad_tile(
             pid - weight_programs, grad, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, split_len,
-            bias_slot, partial_stride, g_b, g_c, g_h, g_w, C_OUT, BLOCK_P, BLOCK_WN,
+            bias_slot, partial_stride, g_b, g_c, g_h, g_w, C_OUT, BLOCK_B,
         )
     elif INPUT_GRAD:  # a static branch without INPUT_GRAD: no input-gradient code
         _input_grad_tile(
@@ -458,30 +461,18 @@ if _INTERPRET:  # one config with large pixel tiles: the interpreter's cost is p
 # and loop steps) rather than a GPU's. A test sets it False, with one of the GPU configs, to run a GPU's.
 _INTERPRETER_TILES = _INTERPRET
 
-# Before Hopper, fp32 backward steps and those with 64-channel input-gradient tiles take 32-pixel tiles
-# only, pruned so at launch. With 64 pixels, ptxas 12.9 spills 4 to 48 bytes per thread on sm_80 in some
-# of them. A register cap moves the spills rather than removing them: maxnreg 168 or 255 spills 24 to 72
-# bytes in other 64-pixel steps; 8 warps spill too. With 32 pixels the input-gradient tiles hold half the
-# accumulator, and none spills. Hopper keeps both sizes, but for FMA dots (fp32 without TF32), whose
-# operands live in registers: conv 5 of a 3 -> 24 block spills 8 bytes there with 64 pixels.
-_WIDE_FP32_BACKWARD_FROM = 90  # compute capability (10 * major + minor) from which those may take 64
 
-
-def _backward_configs(configs, dtype, capability, block_n, precision):
-    """The backward configs the autotuner may launch for features in `dtype` on a GPU of `capability`, with
-    input-gradient tiles of `block_n` channels and dots of `precision`."""
-    narrow = (dtype == torch.float32 or block_n > 32) and capability < _WIDE_FP32_BACKWARD_FROM
-    if narrow or _fma_dots(dtype, precision):
+def _backward_configs(configs, dtype, precision):
+    """The backward configs the autotuner may launch for features in `dtype` with dots of `precision`: 32-pixel
+    tiles only for FMA dots (fp32 without TF32), whose operands live in registers: with 64, conv 5 of a
+    3 -> 24 block spills 8 bytes on sm_90 (ptxas 12.9)."""
+    if _fma_dots(dtype, precision):
         return [config for config in configs if config.kwargs["BLOCK_M"] <= 32] or configs
     return configs
 
 
 def _prune_backward_configs(configs, named_args, **kwargs):
-    feat = named_args["feat"]
-    if feat.device.type != "cuda":
-        return configs
-    major, minor = torch.cuda.get_device_capability(feat.device)
-    return _backward_configs(configs, feat.dtype, 10 * major + minor, kwargs["BLOCK_N"], kwargs["PRECISION"])
+    return _backward_configs(configs, named_args["feat"].dtype, kwargs["PRECISION"])
 
 
 def _forward_configs(configs, dtype, precision, copy_input):
@@ -532,14 +523,15 @@ def _fma_dots(dtype, precision):
     return dtype == torch.float32 and precision == "ieee"
 
 
-def _pixel_step(dtype, grad, channels, precision):
-    """Pixels per step of the weight-gradient reduction (its GEMM's K); the interpreter pays per step. Half
-    as many for a gradient whose channels are not contiguous (conv 5's, the op's own in NCHW: each of its
-    elements takes its own address, and those of the three shifted tiles of a step must fit in registers),
-    for features masked channel by channel (conv 1's x, whose channels are not a multiple of 16: a
+def _pixel_step(dtype, grad, channels, precision, tap_columns):
+    """Pixels per step of the weight-gradient reduction (its GEMM's K), 64 in half precision and 32 in fp32 or
+    with tap columns; the interpreter pays per step. Half
+    as many for a gradient whose channels are not contiguous in row tiles (conv 5's, the op's own in NCHW:
+    each of its elements takes its own address, and those of the three shifted tiles of a step must fit in
+    registers), for features masked channel by channel (conv 1's x, whose channels are not a multiple of 16: a
     predicate an element) and for FMA dots: otherwise ptxas 12.9 spills 8 to 24 bytes in some of them."""
-    narrow = grad.stride(1) != 1 or channels % ALIGN or _fma_dots(dtype, precision)
-    step = 32 if dtype == torch.float32 else 64
+    narrow = (grad.stride(1) != 1 and not tap_columns) or channels % ALIGN or _fma_dots(dtype, precision)
+    step = 32 if dtype == torch.float32 or tap_columns else 64  # tap columns: a gathered tile's own addresses
     return 128 if _INTERPRETER_TILES else step // (2 if narrow else 1)
 
 
@@ -690,19 +682,20 @@ def _input_grad_tiles(c_in, c_out, dtype, precision=None):
 
 
 def _weight_grad_tiles(c_in, c_out, dtype, grad, precision=None):
-    """{TAP_COLUMNS, BLOCK_P, BLOCK_WN, BLOCK_WC} of a conv's weight gradient: its GEMM's K over pixels, N over
-    its outputs (with fewer than a dot's 16, over the nine taps' outputs: TAP_COLUMNS), M over its input
-    channels: 32, but 64 for half-precision tap columns (their gathered gradient costs more a step than the
-    features: fewer steps; in fp32 the dot would take wgmma on sm_90, which reads the features K-major, 4 bytes
-    at a time), and 16 for FMA dots."""
+    """{TAP_COLUMNS, BLOCK_P, BLOCK_WN, BLOCK_WC, BLOCK_B} of a conv's weight gradient: its GEMM's K over
+    pixels, N over its outputs (with fewer than a dot's 16, over the nine taps' outputs: TAP_COLUMNS), M over
+    its input channels: 32, but 64 for half-precision tap columns (their gathered gradient costs more a step
+    than the features: fewer steps; in fp32 the dot would take wgmma on sm_90, which reads the features
+    K-major, 4 bytes at a time), and 16 for FMA dots; and the outputs a bias-gradient program sums."""
     tap_columns = c_out < 16
     fma = _fma_dots(dtype, precision)
     channels = 16 if fma else 64 if tap_columns and dtype != torch.float32 else 32
     return {
         "TAP_COLUMNS": tap_columns,
-        "BLOCK_P": _pixel_step(dtype, grad, c_in, precision),
+        "BLOCK_P": _pixel_step(dtype, grad, c_in, precision, tap_columns),
         "BLOCK_WN": _tile(9 * c_out if tap_columns else c_out, 16, 64 if tap_columns and not fma else 32),
         "BLOCK_WC": _tile(c_in, 16, channels),
+        "BLOCK_B": _tile(c_out, 16, 32),
     }
 
 
@@ -833,7 +826,7 @@ def _backward_step_launch(
     constexprs |= _input_grad_tiles(c_in, c_out, feat.dtype, constexprs["PRECISION"])
     c = constexprs | _weight_grad_tiles(c_in, c_out, feat.dtype, grad, constexprs["PRECISION"])
     weight_programs = _weight_programs(partials.shape[0], c_in, c_out, c)
-    bias_programs = partials.shape[0] * triton.cdiv(c_out, c["BLOCK_WN"])
+    bias_programs = partials.shape[0] * triton.cdiv(c_out, c["BLOCK_B"])
     args += [c_in, c_x, x_end, tail, split_len, *slot, partials.stride(0), weight_programs, bias_programs]
     args += [*grad.stride(), *feat.stride(), *dst.stride(), *dz_out.stride(), *packed.stride(), slope]
 
@@ -848,7 +841,8 @@ def _backward_step_launch(
         pixel_steps = triton.cdiv(split_len, c["BLOCK_P"])
         macs = c["BLOCK_WN"] * c["BLOCK_WC"] * c["BLOCK_P"] * (1 if c["TAP_COLUMNS"] else 3)
         weight_tile = "_weight_grad_taps_tile" if c["TAP_COLUMNS"] else "_weight_grad_row_tile"
-        groups = {weight_tile: (pixel_steps, macs), "_bias_grad_tile": (pixel_steps, 0), "_input_grad_tile": input_loop}
+        bias_loop = (triton.cdiv(split_len, BIAS_TILE.value // c["BLOCK_B"]), 0)
+        groups = {weight_tile: (pixel_steps, macs), "_bias_grad_tile": bias_loop, "_input_grad_tile": input_loop}
         programs = {weight_tile: weight_programs, "_bias_grad_tile": bias_programs}
         programs["_input_grad_tile"] = input_programs(meta)
         return [(programs[f], {g: loop if g == f else (0, 0) for g, loop in groups.items()}) for f in groups]
@@ -1093,12 +1087,10 @@ _AOT_DTYPES = [
 _POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 
 
-def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False, capability=None):
+def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False):
     """Every kernel variant the op launches for these (c_in, c_out) blocks, as (name, jit kernel, signature,
     constexprs) for triton.compiler.ASTSource: both kernels, every dtype, TF32 setting, constexpr variant
     and autotune config. Compile them with default options (4 warps, 3 stages, as every config has).
-    With a compute capability (80 for sm_80), only the configs the autotuner may launch on that GPU;
-    without, those of every GPU.
 
     With attrs=True each entry gains a fifth element, ASTSource's attrs: the 16-divisibility the JIT finds
     at run time in 16-divisible ints and 16-byte aligned pointers (base allocations assumed aligned), so
@@ -1108,22 +1100,21 @@ def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False, capability=None):
         for tf32 in (True, False) if dtype == torch.float32 else (False,):  # the dot precision of fp32 launches
             for c_in, c_out in blocks:
                 for launch in _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32):
-                    for config in launch_configs(launch, capability):
+                    for config in launch_configs(launch):
                         variant = launch_variant(launch, config, aligned=attrs)
                         variants.setdefault(variant[0], variant if attrs else variant[:4])
     return list(variants.values())
 
 
-def launch_configs(launch, capability=None):
-    """The autotune configs a launch may run with on a GPU of `capability` (None: on any GPU); one empty
-    config for a kernel that is not autotuned."""
+def launch_configs(launch):
+    """The autotune configs a launch may run with on a GPU; one empty config for a kernel that is not
+    autotuned."""
     configs = getattr(launch.kernel, "configs", [triton.Config({})])
+    c = launch.constexprs
     if launch.kernel is _conv3x3:
-        c = launch.constexprs
         return _forward_configs(configs, launch.args[0].dtype, c["PRECISION"], c["COPY_INPUT"])
-    if launch.kernel is _conv3x3_backward and capability is not None:
-        c = launch.constexprs
-        return _backward_configs(configs, launch.args[1].dtype, capability, c["BLOCK_N"], c["PRECISION"])
+    if launch.kernel is _conv3x3_backward:
+        return _backward_configs(configs, launch.args[1].dtype, c["PRECISION"])
     return configs
 
 

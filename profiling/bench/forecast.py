@@ -116,12 +116,12 @@ def step_launches(cfg, precision):
     return run_cfg, [launch for op, args in calls for launch in dense.call_launches(op, args, tf32)]
 
 
-def choices(launch, capability):
-    """[(autotune config, kernels.aot.Variant)] of the configs the autotuner may take for a launch on that GPU."""
+def choices(launch):
+    """[(autotune config, kernels.aot.Variant)] of the configs the autotuner may take for a launch."""
     from kernels import aot, dense
 
     found = []
-    for config_ in dense.launch_configs(launch, capability):
+    for config_ in dense.launch_configs(launch):
         variant = aot.Variant(
             *dense.launch_variant(launch, config_)[:1], "", *dense.launch_variant(launch, config_)[1:]
         )
@@ -272,7 +272,7 @@ def forecast(cfg, workers=None, dump_to=None):
         run_cfg, planned = step_launches(cfg, precision)
         census = census_json(run_cfg)
         for capability, chip in CHIPS.items():
-            options = {id(launch): choices(launch, capability) for launch in planned}
+            options = {id(launch): choices(launch) for launch in planned}
             variants = [variant for found in options.values() for _, variant in found]
             code = compiled(variants, capability, workers)
             if dump_to:
