@@ -46,7 +46,7 @@ class Variant(NamedTuple):
 
 def _entries(capability):
     """aot_variants entries, (name, fn, signature, constexprs[, attrs]), of every kernel; the dense ones
-    with the run-time alignment the JIT specialises on and every autotune config (none before
+    with the run-time alignment the JIT specialises on and every tile config (none before
     dense.MIN_CAPABILITY, where the engine keeps cuDNN for the dense blocks)."""
     from kernels import coupling, dense, haar
 
@@ -182,11 +182,13 @@ def compile_variant(variant, capability):
 
 
 def _line_true_cache(fn):
-    """A Triton cache folder named by the content of the kernel's whole source file. Triton keys a compile
-    by the jit functions' own source, so a cubin cached before lines above a kernel moved would carry the
-    old line numbers, and kernels/sass.py reads line numbers against today's file."""
-    with open(fn.fn.__code__.co_filename, "rb") as f:
-        digest = hashlib.sha1(f.read()).hexdigest()[:16]
+    """A Triton cache folder named by the kernel's source file, its path and its whole content. Triton keys
+    a compile by the jit functions' own source, but a cubin's line table names the file it was compiled
+    from, by absolute path and line: one cached from another checkout, or before lines above a kernel
+    moved, would point kernels/sass.py at lines that are not today's."""
+    path = os.path.abspath(fn.fn.__code__.co_filename)
+    with open(path, "rb") as f:
+        digest = hashlib.sha1(path.encode() + b"\0" + f.read()).hexdigest()[:16]
     return os.path.join(knobs.cache.dir, f"irnscope-lines-{digest}")
 
 
