@@ -31,6 +31,7 @@ the weights' dtype when that is not fp32 (LAUNCHES). Every output element is wri
 the splits are summed in a fixed order, so the results are deterministic: no atomics.
 """
 
+import functools
 import math
 import os
 from typing import NamedTuple
@@ -447,23 +448,28 @@ def _conv3x3_backward_kernel(
 
 
 # fmt: on
-# --- autotuning: pixels per tile are tuned; channel tiles follow the channel counts --------------
+# --- tile configs: pixels per tile, chosen once per shape; channel tiles follow the channel counts -----
 
 # Every config has 4 warps and 3 stages, Triton's default compile options, so an ahead-of-time compile
-# with default options builds exactly what the autotuner may launch. The interpreter gets one config.
+# with default options builds exactly what a launch may take. The interpreter gets one config.
 _GPU_FORWARD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (64, 128)]
 _GPU_BACKWARD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (32, 64)]
 _FORWARD_CONFIGS, _BACKWARD_CONFIGS = _GPU_FORWARD_CONFIGS, _GPU_BACKWARD_CONFIGS
 if _INTERPRET:  # one config with large pixel tiles: the interpreter's cost is per program and loop step
-    _FORWARD_CONFIGS = [triton.Config({"BLOCK_M": 128})]
-    _BACKWARD_CONFIGS = [triton.Config({"BLOCK_M": 128})]
+    _FORWARD_CONFIGS = [triton.Config({"BLOCK_M": 128}, num_warps=4, num_stages=3)]
+    _BACKWARD_CONFIGS = [triton.Config({"BLOCK_M": 128}, num_warps=4, num_stages=3)]
 # Whether the channel tiles, K steps and pixel steps below are the interpreter's (larger: fewer programs
 # and loop steps) rather than a GPU's. A test sets it False, with one of the GPU configs, to run a GPU's.
 _INTERPRETER_TILES = _INTERPRET
+# The config each launch takes, by Launch.key, as tune() chose it (engine/model/dense_choice.py tunes each
+# dense-block shape once at start-up, on scratch buffers, and every rank takes rank 0's choices); a launch
+# whose key has none takes its first candidate. The op itself never times anything: it runs the same in a
+# CUDA-graph capture, and gives the same bits in every process that took the same choices.
+_CHOSEN = {}
 
 
 def _backward_configs(configs, dtype, precision):
-    """The backward configs the autotuner may launch for features in `dtype` with dots of `precision`: 32-pixel
+    """The backward configs a launch may take for features in `dtype` with dots of `precision`: 32-pixel
     tiles only for FMA dots (fp32 without TF32), whose operands live in registers: with 64, conv 5 of a
     3 -> 24 block spills 8 bytes on sm_90 (ptxas 12.9)."""
     if _fma_dots(dtype, precision):
@@ -471,38 +477,51 @@ def _backward_configs(configs, dtype, precision):
     return configs
 
 
-def _prune_backward_configs(configs, named_args, **kwargs):
-    return _backward_configs(configs, named_args["feat"].dtype, kwargs["PRECISION"])
-
-
 def _forward_configs(configs, dtype, precision, copy_input):
-    """The forward configs the autotuner may launch: 64-pixel tiles only for FMA dots (with 128, conv 5's
-    store of the block output spills 32 bytes on sm_90, ptxas 12.9) and for conv 1 in fp32 (which copies
-    x as well: 8 bytes on sm_80)."""
+    """The forward configs a launch may take: 64-pixel tiles only for FMA dots (with 128, conv 5's store of
+    the block output spills 32 bytes on sm_90, ptxas 12.9) and for conv 1 in fp32 (which copies x as well:
+    8 bytes on sm_80)."""
     if _fma_dots(dtype, precision) or (dtype == torch.float32 and copy_input):
         return [config for config in configs if config.kwargs["BLOCK_M"] <= 64] or configs
     return configs
 
 
-def _prune_forward_configs(configs, named_args, **kwargs):
-    return _forward_configs(configs, named_args["src"].dtype, kwargs["PRECISION"], kwargs["COPY_INPUT"])
+def launch_config(launch):
+    """The config a launch runs with: the one chosen for its key, else its first candidate."""
+    candidates = launch_configs(launch)
+    return next((c for c in candidates if c.kwargs == _CHOSEN.get(launch.key)), candidates[0])
+
+
+def tune(launches, time):
+    """Choose the config of each launch that has several and whose key has none yet: the fastest by time(run),
+    the milliseconds of run() on the GPU, run on the launches' own buffers (scratch: what they compute is
+    not read). Nothing inside a CUDA-graph capture (the launches keep their first configs). Returns
+    {key: the chosen config's kwargs} of the keys chosen now."""
+    chosen = {}
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return chosen
+    for launch in launches:
+        candidates = launch_configs(launch)
+        if len(candidates) > 1 and launch.key not in _CHOSEN:
+            times = [time(functools.partial(_launch, launch, config)) for config in candidates]
+            _CHOSEN[launch.key] = chosen[launch.key] = candidates[times.index(min(times))].kwargs
+    return chosen
+
+
+def chosen_configs():
+    """{Launch.key: the config's kwargs} of every choice made so far (for other processes to adopt)."""
+    return dict(_CHOSEN)
+
+
+def adopt_configs(chosen):
+    """Take these choices ({Launch.key: the config's kwargs}) in place of this process's own."""
+    _CHOSEN.clear()
+    _CHOSEN.update(chosen)
 
 
 K_TILE = 64  # channels a K-step of fp16/bf16 dots on a GPU (fp32: half); the interpreter's tiles double it
 INPUT_GRAD_N = 64  # input channels an input-gradient tile, at most (FMA dots: half)
-# tuned per shape and flags; the autotuner adds the tensors' dtypes to the key
-_FORWARD_KEY = ["C_in", "C_out", "pixel_bucket", "ACTIVATION", "COPY_INPUT", "PRECISION"]
-_BACKWARD_KEY = ["C_in", "C_OUT", "pixel_bucket", "ACCUMULATE", "SLOPE_TAIL", "INPUT_GRAD", "PRECISION"]
-_conv3x3 = triton.autotune(
-    _FORWARD_CONFIGS, key=_FORWARD_KEY, prune_configs_by={"early_config_prune": _prune_forward_configs}
-)(_conv3x3_kernel)
-# benchmarking runs a step many times, and the steps that add into G must find the same G each time
-_conv3x3_backward = triton.autotune(
-    _BACKWARD_CONFIGS,
-    key=_BACKWARD_KEY,
-    restore_value=["dst"],
-    prune_configs_by={"early_config_prune": _prune_backward_configs},
-)(_conv3x3_backward_kernel)
+_conv3x3, _conv3x3_backward = _conv3x3_kernel, _conv3x3_backward_kernel
 
 
 def _tile(channels, smallest, largest):
@@ -656,16 +675,18 @@ def _pixel_splits(n_pixels):
 
 
 class Launch(NamedTuple):
-    """One kernel launch, kernel[grid](*args, **constexprs). work(meta) says what its programs execute under an
-    autotune config's meta-parameters, as the forecast (profiling/bench/forecast.py) counts it: a list of
-    (programs, {jit function holding a loop: (trips, multiply-accumulates per trip)}), 0 trips for a
-    function those programs never enter."""
+    """One kernel launch, kernel[grid](*args, **constexprs, **a config's kwargs). work(meta) says what its
+    programs execute under a config's meta-parameters, as the forecast (profiling/bench/forecast.py) counts
+    it: a list of (programs, {jit function holding a loop: (trips, multiply-accumulates per trip)}), 0 trips
+    for a function those programs never enter. key: what its config is chosen for (_CHOSEN): its kernel,
+    dtypes, channel counts, pixel count's power of two and constexprs; None for a launch with one config."""
 
     kernel: object
     grid: object
     args: list
     constexprs: dict
     work: object
+    key: tuple = None
 
 
 def _forward_tiles(c_in, c_out, dtype):
@@ -770,7 +791,8 @@ def _conv_launch(src, packed, c_out, bias, out, copy_dst, copy_channels, negativ
         copying = (triton.cdiv(copy_channels, k) if copy_input else 0, 0)  # in the first column of tiles
         return [(tiles_m, conv | {"_copy_tile": copying}), (tiles_m * (tiles_n - 1), conv | {"_copy_tile": (0, 0)})]
 
-    return Launch(_conv3x3, grid, args, constexprs, work)
+    key = ("forward", src.dtype, packed.dtype, c_in, c_out, _pixel_bucket(n_pixels), *sorted(constexprs.items()))
+    return Launch(_conv3x3, grid, args, constexprs, work, key)
 
 
 def _sample_span(t):
@@ -847,7 +869,8 @@ def _backward_step_launch(
         programs["_input_grad_tile"] = input_programs(meta)
         return [(programs[f], {g: loop if g == f else (0, 0) for g, loop in groups.items()}) for f in groups]
 
-    return Launch(_conv3x3_backward, grid, args, c, work)
+    key = ("backward", feat.dtype, grad.dtype, c_in, _pixel_bucket(n_pixels), *sorted(c.items()))
+    return Launch(_conv3x3_backward, grid, args, c, work, key)
 
 
 def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32):
@@ -884,6 +907,23 @@ def _partials(flat, splits):
     return torch.empty(splits, flat.numel(), dtype=torch.float32, device=flat.device)
 
 
+def block_launches(x, weights, biases, tf32):
+    """(forward, backward, backward without dx): the launches of a dense block's calls on x, each on buffers of
+    its own (scratch, on x's device: what tune() times)."""
+    out, features = _forward_outputs(x, weights, biases)
+    forward = call_launches("irn::dense_block", (x, weights, biases, NEGATIVE_SLOPE), tf32)
+    backward = [
+        call_launches("irn::dense_block_backward", (out, features, weights, NEGATIVE_SLOPE, False, dx), tf32)
+        for dx in (True, False)
+    ]
+    return forward, *backward
+
+
+def tile_sizes(launches):
+    """The pixels a tile of each launch that has a choice, under the config it takes."""
+    return [launch_config(launch).kwargs["BLOCK_M"] for launch in launches if launch.key is not None]
+
+
 def call_launches(op, args, tf32):
     """The launches of one call of `op` ("irn::dense_block" or "irn::dense_block_backward") on these arguments,
     as the op makes them; meta tensors will do (nothing is allocated on a device)."""
@@ -898,9 +938,14 @@ def call_launches(op, args, tf32):
     return _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32)
 
 
+def _launch(launch, config):
+    meta = launch.constexprs | config.kwargs
+    launch.kernel[launch.grid](*launch.args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
 def _run(launches):
     for launch in launches:
-        launch.kernel[launch.grid](*launch.args, **launch.constexprs)
+        _launch(launch, launch_config(launch))
 
 
 # --- custom ops: opaque to torch.compile (no graph break), with autograd --------------------------
@@ -1090,7 +1135,7 @@ _POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16
 def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False):
     """Every kernel variant the op launches for these (c_in, c_out) blocks, as (name, jit kernel, signature,
     constexprs) for triton.compiler.ASTSource: both kernels, every dtype, TF32 setting, constexpr variant
-    and autotune config. Compile them with default options (4 warps, 3 stages, as every config has).
+    and tile config. Compile them with default options (4 warps, 3 stages, as every config has).
 
     With attrs=True each entry gains a fifth element, ASTSource's attrs: the 16-divisibility the JIT finds
     at run time in 16-divisible ints and 16-byte aligned pointers (base allocations assumed aligned), so
@@ -1107,28 +1152,21 @@ def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False):
 
 
 def launch_configs(launch):
-    """The autotune configs a launch may run with on a GPU; one empty config for a kernel that is not
-    autotuned."""
-    configs = getattr(launch.kernel, "configs", [triton.Config({})])
+    """The configs a launch may take on a GPU, the first its default; one config for a kernel with no choice."""
     c = launch.constexprs
     if launch.kernel is _conv3x3:
-        return _forward_configs(configs, launch.args[0].dtype, c["PRECISION"], c["COPY_INPUT"])
+        return _forward_configs(_FORWARD_CONFIGS, launch.args[0].dtype, c["PRECISION"], c["COPY_INPUT"])
     if launch.kernel is _conv3x3_backward:
-        return _backward_configs(configs, launch.args[1].dtype, c["PRECISION"])
-    return configs
-
-
-def launch_function(launch):
-    """The @triton.jit function a launch runs (under its autotuner, if any)."""
-    return launch.kernel.fn if isinstance(launch.kernel, triton.runtime.Autotuner) else launch.kernel
+        return _backward_configs(_BACKWARD_CONFIGS, launch.args[1].dtype, c["PRECISION"])
+    return [triton.Config({}, num_warps=4, num_stages=3)]
 
 
 def launch_variant(launch, config, aligned=True):
-    """(name, jit function, signature, constexprs, attrs) of a launch under an autotune config, as
+    """(name, jit function, signature, constexprs, attrs) of a launch under a tile config, as
     triton.compiler.ASTSource takes them, the name spelling out every specialisation. attrs: with `aligned`,
     the 16-divisibility the JIT finds in ints and pointers (base allocations assumed aligned), so that the
     compile is the one the GPU runs; without, none (a compile that assumes no alignment at all)."""
-    fn = launch_function(launch)
+    fn = launch.kernel
     signature, constants, divisible = _signature(fn, launch.args, launch.constexprs | config.kwargs)
     divisible = divisible if aligned else []
     attrs = {(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in divisible}
@@ -1141,12 +1179,8 @@ def _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32, batch=2, size=
     shapes = [(growth if k < CONVS - 1 else c_out, c_in + k * growth, 3, 3) for k in range(CONVS)]
     weights = [torch.empty(shape, dtype=param_dtype, device="meta") for shape in shapes]
     biases = [torch.empty(shape[0], dtype=param_dtype, device="meta") for shape in shapes]
-    out, features = _forward_outputs(x, weights, biases)
-    launches = call_launches("irn::dense_block", (x, weights, biases, NEGATIVE_SLOPE), tf32)
-    for input_grad in (True, False):
-        args = (out, features, weights, NEGATIVE_SLOPE, False, input_grad)
-        launches += call_launches("irn::dense_block_backward", args, tf32)
-    return launches
+    forward, backward, no_dx = block_launches(x, weights, biases, tf32)
+    return forward + backward + no_dx
 
 
 def _signature(fn, args, constexprs):

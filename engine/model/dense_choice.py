@@ -3,19 +3,24 @@
 With `--dense-kernels auto` (the default), each dense-block shape the training step meets is timed once at
 start-up both ways, forward and backward after a warm-up, the median of a few repetitions: the fused
 kernels (kernels/dense.py) and the five convolutions on cuDNN in channels-last layout. Every block of that
-shape then runs the faster. `fused` and `cudnn` force one. The times and choices go to env.jsonl.
+shape then runs the faster. `fused` and `cudnn` force one. Unless cuDNN is forced, the fused kernels' tile
+configs are chosen first for the shape, each candidate of each launch timed on scratch buffers
+(kernels.dense.tune): the ops never time anything while training. Under torch.distributed every rank then
+takes rank 0's choices, kernels and tiles, so that every rank computes the same bits. The times, tiles and
+choices go to env.jsonl.
 """
 
 import statistics
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from engine.model.irn import DenseBlock
 
 DENSE_KERNELS = ("auto", "fused", "cudnn")
-WARMUP, REPEATS = 3, 5  # timed calls per candidate: after the warm-up (the fused kernels' autotuning), the median
+WARMUP, REPEATS = 3, 5  # timed calls per candidate: after the warm-up (compiles), the median
 
 
 def cudnn_dense_block(x, weights, biases, negative_slope=0.2):
@@ -31,7 +36,8 @@ def cudnn_dense_block(x, weights, biases, negative_slope=0.2):
 
 @dataclass(frozen=True)
 class Choice:
-    """One dense-block shape: its input, growth and output, the two times (None: not timed) and the choice."""
+    """One dense-block shape: its input, growth and output, the two times (None: not timed), the choice, and
+    the fused kernels' tiles (tune_block's; None: not tuned)."""
 
     shape: tuple  # the input's (batch, channels, height, width)
     growth: int
@@ -40,6 +46,7 @@ class Choice:
     fused_ms: float | None
     cudnn_ms: float | None
     chosen: str  # "fused" or "cudnn"
+    tiles: dict | None = None
 
     def to_json(self):
         return asdict(self) | {"shape": list(self.shape)}
@@ -67,22 +74,73 @@ def block_inputs(model, batch):
     return seen
 
 
-def choose(model, batch, mode, timer):
+def choose(model, batch, mode, timer, tune=None):
     """Set each dense block of `model` to the fused kernels or to cuDNN per `mode` (auto, fused, cudnn) and
     return the Choice of each shape met in a forward pass on `batch`. `timer(name, block, x)` gives the
     milliseconds of a forward and backward of the op `name` ("fused" or "cudnn") on x with the weights of
-    `block` (time_block on a GPU; tests pass a stand-in)."""
-    choices = {}
+    `block` (time_block on a GPU; tests pass a stand-in); `tune(block, x)` chooses the fused kernels' tiles for
+    x's shape (tune_block, the default). Under torch.distributed, rank 0's choices on every rank."""
+    tune = tune or tune_block
+    shapes = {}
     for block, (shape, dtype) in block_inputs(model, batch).items():
-        key = (shape, block.conv1.out_channels, block.conv5.out_channels, dtype)
-        if key not in choices:
-            x = torch.randn(shape, device=batch.device)
-            times = {name: timer(name, block, x) for name in ("fused", "cudnn")} if mode == "auto" else {}
-            chosen = min(times, key=times.get) if times else mode
-            choices[key] = Choice(shape, key[1], key[2], str(dtype).removeprefix("torch."), times.get("fused"),
-                                  times.get("cudnn"), chosen)  # fmt: skip
-        block.fast_op = dense_block_op(choices[key].chosen)
+        shapes.setdefault((shape, block.conv1.out_channels, block.conv5.out_channels, dtype), []).append(block)
+    choices = {}
+    for key, blocks in shapes.items():
+        x = torch.randn(key[0], device=batch.device)
+        tiles = tune(blocks[0], x) if mode != "cudnn" else None
+        times = {name: timer(name, blocks[0], x) for name in ("fused", "cudnn")} if mode == "auto" else {}
+        chosen = min(times, key=times.get) if times else mode
+        choices[key] = Choice(key[0], key[1], key[2], str(key[3]).removeprefix("torch."), times.get("fused"),
+                              times.get("cudnn"), chosen, tiles)  # fmt: skip
+    from kernels import dense
+
+    choices, configs = rank_zeros((choices, dense.chosen_configs()))
+    dense.adopt_configs(configs)
+    for key, blocks in shapes.items():
+        for block in blocks:
+            block.fast_op = dense_block_op(choices[key].chosen)
     return list(choices.values())
+
+
+def rank_zeros(obj):
+    """Rank 0's `obj` on every rank of torch.distributed's default group; `obj` itself without one."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def tune_block(block, x):
+    """The fused kernels' tile configs for x's shape, as `block` runs it (its compute dtype, its weights'
+    dtype): each launch's candidates timed on scratch buffers (kernels.dense.tune), then {"forward": pixels a
+    tile of convs 1..5, "backward": of steps 5..1, "backward_no_dx": of those when x needs no gradient}.
+    None off a GPU (the interpreter has one config)."""
+    from kernels import dense
+    from kernels.precision import tf32_convolutions
+
+    if x.device.type != "cuda":
+        return None
+    x = x.to(block.compute_dtype or x.dtype)
+    weights, biases = [c.weight.detach() for c in block.convs()], [c.bias.detach() for c in block.convs()]
+    launches = dense.block_launches(x, weights, biases, tf32_convolutions())
+    dense.tune([launch for group in launches for launch in group], _gpu_ms)
+    return dict(zip(("forward", "backward", "backward_no_dx"), map(dense.tile_sizes, launches), strict=True))
+
+
+def _gpu_ms(run):
+    """Milliseconds of run() on the GPU, on CUDA events: the median of REPEATS after WARMUP runs."""
+    for _ in range(WARMUP):
+        run()
+    times = []
+    for _ in range(REPEATS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
 
 
 def dense_block_op(name):
@@ -106,14 +164,4 @@ def time_block(name, block, x):
             out = op(x, weights, biases)
         out.float().sum().backward()
 
-    for _ in range(WARMUP):
-        step()
-    times = []
-    for _ in range(REPEATS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return _gpu_ms(step)

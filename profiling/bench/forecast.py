@@ -5,8 +5,8 @@ compiled code: no GPU needed.
 
 Every launch the dense-block ops make in one training step of the config (the op calls of the step's census
 on fake tensors, engine/training/step_census.py), in TF32 and in bf16, is compiled ahead of time for sm_80
-and sm_90 as the JIT compiles it (kernels/aot.py: dtypes, alignment, unit strides, each autotune config that
-GPU may take), and its SASS is read (kernels/sass.py). The model, per launch:
+and sm_90 as the JIT compiles it (kernels/aot.py: dtypes, alignment, unit strides, each tile config the
+launch may take), and its SASS is read (kernels/sass.py). The model, per launch:
 
     instructions = sum over programs of warps x (straight-line instructions + sum over loops of trips x loop)
     issue_us     = max(instructions / (4 schedulers x SMs x clock), the longest program's per warp / clock)
@@ -16,8 +16,8 @@ than this whatever its latencies: the issue time is a lower bound. A loop's trip
 (kernels/dense.py Launch.work), divided by the source trips one SASS trip does (the multiply-accumulates of
 a SASS trip over those of a source trip: 1 unless the compiler unrolled the loop); straight-line code counts
 once per program, less the functions its programs never enter. Each launch takes the config the model finds
-fastest (the autotuner measures, and may choose otherwise). The model leaves out latencies (memory, tensor
-cores, barriers: a waiting warp issues nothing), cache misses, shared-memory bank conflicts, partial waves
+fastest (the start-up tuning measures, and may choose otherwise). The model leaves out latencies (memory,
+tensor cores, barriers: a waiting warp issues nothing), cache misses, shared-memory bank conflicts, partial waves
 and tails, launch costs, and every kernel besides the dense blocks' (Haar, coupling, optimiser, losses: the
 DRAM floor counts their bytes). Beside it, per step, the compute, DRAM and launch floors of the whole step's
 census (profiling/report/roofline.py); a step is no faster than the largest of the four.
@@ -117,7 +117,7 @@ def step_launches(cfg, precision):
 
 
 def choices(launch):
-    """[(autotune config, kernels.aot.Variant)] of the configs the autotuner may take for a launch."""
+    """[(tile config, kernels.aot.Variant)] of the configs a launch may take (kernels.dense.launch_configs)."""
     from kernels import aot, dense
 
     found = []
@@ -192,9 +192,8 @@ def _under(launch, config_, variant, code, chip):
 
 def _shape(launch):
     """Pixels, input and output channels of a conv's launch (none for the packing)."""
-    from kernels import dense
 
-    named = dict(zip(dense.launch_function(launch).arg_names, launch.args, strict=False)) | launch.constexprs
+    named = dict(zip(launch.kernel.arg_names, launch.args, strict=False)) | launch.constexprs
     named.setdefault("C_out", named.get("C_OUT"))  # a constexpr in the backward
     return {key: named[key] for key in ("n_pixels", "C_in", "C_out") if key in named and named[key] is not None}
 

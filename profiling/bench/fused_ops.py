@@ -35,6 +35,7 @@ def coupling_inputs(scale, crop):
 
 def kernel_cases(batch, crop, scale, device):
     """(name, fused fn, the same op in torch, inputs, bytes the fused op moves) at a training step's shapes."""
+    from engine.model.dense_choice import tune_block
     from kernels.coupling import coupling
     from kernels.dense import TRAFFIC, dense_block
     from kernels.haar import haar
@@ -54,6 +55,7 @@ def kernel_cases(batch, crop, scale, device):
             convs = block.convs()
             weights, biases = [c.weight for c in convs], [c.bias for c in convs]
             x = torch.randn(batch, c_in, side, side, device=device)
+            tune_block(block, x)  # the tiles the trainer takes for this shape (a GPU's)
             moved = TRAFFIC["irn::dense_block"]((x, weights, biases, 0.2))
             fused = partial(dense_block, weights=weights, biases=biases)
             cases.append((f"dense block {c_in}->{c_out} at {side}x{side}", fused, block.reference, (x,), moved))

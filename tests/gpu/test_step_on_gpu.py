@@ -39,7 +39,7 @@ def test_a_training_step_makes_no_host_sync_after_warm_up(tmp_path, overrides):
     finished (an event wait, which the sync debug mode rightly does not count)."""
     trainer, batch, guard = trainer_and_batch(tmp_path, **overrides)
     timer = PhaseTimer("cuda", sink=None)
-    for step in range(3):  # allocation, cuDNN autotuning, Triton autotuning
+    for step in range(3):  # allocation, cuDNN autotuning, Triton compiles
         trainer.step(batch, timer, guard, step)
         timer.end_step(step)
     torch.cuda.synchronize()

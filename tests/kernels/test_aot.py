@@ -20,7 +20,6 @@ import os
 import pathlib
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -133,13 +132,12 @@ def test_no_variant_spills(rows):
     [(torch.float32, "tf32", [32, 64]), (torch.float32, "ieee", [32]), (torch.bfloat16, "ieee", [32, 64])],
 )
 def test_fma_backward_steps_take_32_pixel_tiles(dtype, precision, tiles):
-    """The autotuner's pruning at launch, which aot_variants applies to what it compiles: FMA dots (fp32
-    without TF32) only take 32-pixel backward tiles."""
+    """The configs a backward launch may take (launch_configs, which aot_variants compiles): FMA dots (fp32
+    without TF32) only take 32-pixel tiles."""
     from kernels import dense
 
     configs = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (32, 64)]
-    feat = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
-    pruned = dense._prune_backward_configs(configs, {"feat": feat}, BLOCK_N=64, PRECISION=precision)
+    pruned = dense._backward_configs(configs, dtype, precision)
     assert [config.kwargs["BLOCK_M"] for config in pruned] == tiles
 
 

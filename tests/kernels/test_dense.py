@@ -175,8 +175,8 @@ def test_every_gpu_tile_config_gives_the_same_results(monkeypatch, fp32_precisio
     ragged ends; the results are the reference's all the same: to fp32's rounding, to bf16's, and in
     TF32 (emulated in the interpreter's dots) to TF32's, about 2**-10 of the largest value."""
     monkeypatch.setattr(dense, "_INTERPRETER_TILES", False)
-    monkeypatch.setattr(dense._conv3x3, "configs", dense._GPU_FORWARD_CONFIGS[config : config + 1])
-    monkeypatch.setattr(dense._conv3x3_backward, "configs", dense._GPU_BACKWARD_CONFIGS[config : config + 1])
+    monkeypatch.setattr(dense, "_FORWARD_CONFIGS", dense._GPU_FORWARD_CONFIGS[config : config + 1])
+    monkeypatch.setattr(dense, "_BACKWARD_CONFIGS", dense._GPU_BACKWARD_CONFIGS[config : config + 1])
     set_fp32_precision(torch.backends.cudnn.conv, "tf32" if tf32 else "ieee")
     assert dense._k_tile(dtype) == (32 if dtype == torch.float32 else 64)
     torch.manual_seed(5)
@@ -209,6 +209,43 @@ def test_the_pixels_divide_by_a_multiply_high_exactly_up_to_2_31(d):
     q = torch.empty_like(p)
     _dividing[(1,)](p, q, *dense._divisor(d), BLOCK=128)
     assert torch.equal(q, p // d)
+
+
+def test_tuning_takes_the_fastest_tiles_once_per_key_and_never_in_a_capture(monkeypatch):
+    """tune() with a stand-in timer (64-pixel tiles the fastest): each launch with a choice timed once per
+    candidate, the op's launches then take the choice; a second shape of the same keys times nothing; inside
+    a CUDA-graph capture nothing is timed; adopt_configs replaces the choices (another rank's)."""
+    monkeypatch.setattr(dense, "_CHOSEN", {})
+    monkeypatch.setattr(dense, "_FORWARD_CONFIGS", dense._GPU_FORWARD_CONFIGS)
+    monkeypatch.setattr(dense, "_BACKWARD_CONFIGS", dense._GPU_BACKWARD_CONFIGS)
+    timed = []
+
+    def stand_in(run):
+        launch, config = run.args
+        timed.append((launch.key, config.kwargs["BLOCK_M"]))
+        return 1.0 if config.kwargs["BLOCK_M"] == 64 else 2.0
+
+    block = reference_block(3, 9, 4, torch.bfloat16)
+    weights, biases = fast_params(block, torch.bfloat16)
+    x = torch.randn(2, 3, 5, 7, device=DEVICE, dtype=torch.bfloat16)
+    forward, backward, no_dx = dense.block_launches(x, weights, biases, False)
+    # 11 keys: without dx, steps 5 to 2 are the same launches; 2 configs each
+    assert len(dense.tune(forward + backward + no_dx, stand_in)) == 11 and len(timed) == 22
+    assert dense.tile_sizes(forward) == dense.tile_sizes(backward) == dense.tile_sizes(no_dx) == [64] * 5
+    ran = []
+    monkeypatch.setattr(dense, "_launch", lambda launch, config: ran.append(config.kwargs.get("BLOCK_M")))
+    dense._run(forward)
+    assert ran == [None] + [64] * 5  # the packing has no choice
+    other = torch.randn(2, 3, 5, 8, device=DEVICE, dtype=torch.bfloat16)  # 80 pixels: the same bucket as 70
+    same_keys = dense.block_launches(other, weights, biases, False)
+    assert dense.tune([launch for group in same_keys for launch in group], stand_in) == {} and len(timed) == 22
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    wider = dense.block_launches(torch.randn(2, 3, 9, 9, device=DEVICE, dtype=torch.bfloat16), weights, biases, False)
+    assert dense.tune(wider[0], stand_in) == {} and len(timed) == 22
+    rank_zeros = {forward[1].key: {"BLOCK_M": 128}}  # the others: their first candidates, 64 pixels in bf16
+    dense.adopt_configs(rank_zeros)
+    assert dense.tile_sizes(forward) == [128, 64, 64, 64, 64] and dense.chosen_configs() == rank_zeros
 
 
 class CountLaunches:

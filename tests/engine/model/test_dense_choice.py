@@ -1,5 +1,8 @@
-"""Fused or cuDNN per dense-block shape (engine/model/dense_choice.py), chosen on a CPU with a stand-in timer:
-the shapes a step meets, each timed once per candidate, each block set to the faster, the choices recorded."""
+"""Fused or cuDNN per dense-block shape (engine/model/dense_choice.py), chosen on a CPU with a stand-in timer and
+tuner: the shapes a step meets, each tuned and timed once per candidate, each block set to the faster, the
+choices and tiles recorded, rank 0's taken on every rank."""
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,6 +11,7 @@ import engine
 from engine.model import dense_choice, execution
 from engine.model.dense_choice import cudnn_dense_block
 from engine.model.irn import DenseBlock
+from kernels import dense
 from kernels.dense import dense_block
 
 
@@ -28,10 +32,20 @@ class StandInTimer:
         return {"cudnn": 2.0, "fused": 1.0 if block.conv1.in_channels == 3 else 3.0}[name]
 
 
+def stand_in_tuner(asked):
+    def tune(block, x):
+        asked.append(tuple(x.shape))
+        return {"forward": [64] * 5, "backward": [32] * 5, "backward_no_dx": [32] * 5}
+
+    return tune
+
+
 def test_auto_times_each_shape_once_and_runs_every_block_on_the_faster():
-    model, timer = tiny_model(), StandInTimer()
+    model, timer, tuned = tiny_model(), StandInTimer(), []
     hr = torch.zeros(2, 3, 8, 8)
-    choices = dense_choice.choose(model, hr, "auto", timer)
+    choices = dense_choice.choose(model, hr, "auto", timer, stand_in_tuner(tuned))
+    assert sorted(tuned) == sorted(c.shape for c in choices)  # each shape tuned once, before it is timed
+    assert all(c.to_json()["tiles"]["forward"] == [64] * 5 for c in choices)
     # x2 with one block: F maps 9 -> 3, G and H 3 -> 9, all on the 2 x 4 x 4 Haar bands
     assert sorted((c.shape, c.c_out, c.chosen) for c in choices) == [
         ((2, 3, 4, 4), 9, "fused"),
@@ -46,15 +60,40 @@ def test_auto_times_each_shape_once_and_runs_every_block_on_the_faster():
 
 
 @pytest.mark.parametrize("mode, op", [("fused", dense_block), ("cudnn", cudnn_dense_block)])
-def test_a_forced_choice_times_nothing(mode, op):
-    model = tiny_model()
+def test_a_forced_choice_times_nothing_and_only_the_fused_kernels_are_tuned(mode, op):
+    model, tuned = tiny_model(), []
 
     def no_timer(*args):
         raise AssertionError("a forced choice times nothing")
 
-    choices = dense_choice.choose(model, torch.zeros(1, 3, 8, 8), mode, no_timer)
+    choices = dense_choice.choose(model, torch.zeros(1, 3, 8, 8), mode, no_timer, stand_in_tuner(tuned))
     assert {c.chosen for c in choices} == {mode} and all(c.fused_ms is None for c in choices)
     assert all(m.fast_op is op for m in model.modules() if isinstance(m, DenseBlock))
+    assert len(tuned) == (len(choices) if mode == "fused" else 0)
+    assert all((c.tiles is None) == (mode == "cudnn") for c in choices)
+
+
+def test_every_rank_takes_rank_zeros_kernels_and_tiles(monkeypatch):
+    """Under torch.distributed (two ranks, stood in for): this rank's timer prefers cuDNN everywhere, rank 0's
+    choices (fused everywhere) and tile configs are what it runs."""
+    model = tiny_model()
+    rank_zero = ([], {("a launch key",): {"BLOCK_M": 128}})
+
+    def from_rank_zero(box, src):
+        choices, _ = box[0]
+        rank_zero[0].extend(choices.items())
+        box[0] = ({key: replace(c, chosen="fused") for key, c in choices.items()}, rank_zero[1])
+
+    monkeypatch.setattr(dense, "_CHOSEN", {})
+    monkeypatch.setattr(dense_choice.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dense_choice.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dense_choice.dist, "broadcast_object_list", from_rank_zero)
+    choices = dense_choice.choose(
+        model, torch.zeros(1, 3, 8, 8), "auto", lambda name, *_: {"fused": 2.0, "cudnn": 1.0}[name]
+    )
+    assert {c.chosen for _, c in rank_zero[0]} == {"cudnn"}  # this rank's own
+    assert {c.chosen for c in choices} == {"fused"} and dense.chosen_configs() == rank_zero[1]
+    assert all(m.fast_op is dense_block for m in model.modules() if isinstance(m, DenseBlock))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
