@@ -43,6 +43,11 @@ def test_the_step_bench_sets_mfu_and_the_census_beside_the_time():
         (["step", "--crop", "30"], "--crop 30: expected a multiple of the scale 4"),
         (["gpu", "--json"], "`bench gpu` writes its figures into --out"),
         (["step", "--variants", "fastest"], "unknown variant 'fastest'"),
+        (["data", "--image-size", "big"], "--image-size big: expected WxH, each at least the crop"),
+        (
+            ["data", "--image-size", "2040x8", "--crop", "32"],
+            "--image-size 2040x8: expected WxH, each at least the crop 32",
+        ),
     ],
 )
 def test_bad_bench_flags_are_one_line(args, message, capsys):
