@@ -2,8 +2,8 @@
 
 The rule. A step is a spike when its loss, or the norm of the update it applies (the grad norm after
 clipping: min(grad norm, --grad-clip)), exceeds --explosion-factor x the running median of the last
---explosion-window steps' (judged once 10 are known); a non-finite loss or gradient is always recorded,
-and its update skipped.
+--explosion-window steps' (judged once 10 are known, or the whole window if it is shorter); a non-finite
+loss or gradient is always recorded, and its update skipped.
 
 Under DDP every rank judges alike (the losses are averaged over the ranks, the grad norm is the averaged
 gradient's), and a record holds the whole global batch: each rank's share, gathered to rank 0 in rank order,
@@ -15,13 +15,13 @@ magnitude from one step to the next while the loss falls smoothly (the demo's me
 every such step is clipped to the same update. What derails a run is a loss that jumps, or an update that
 grows, and both are judged. While the raw norms stay above the clip, as they do through IRN's early
 training, every update is the clip and only the loss can flag a step. On CPU runs (the
-summary and `python -m profiling.report RUN` count what was recorded):
-  - the demo, `python -m engine.train` (x4, crop 32, 200 steps): nothing recorded; judged on the raw grad
-    norm, 8 steps between 18 and 106 were, all of them ordinary training;
+summary and `python -m profiling.report RUN` count what was recorded; a run's metrics.jsonl holds the raw
+grad norms to judge any other rule against):
+  - the demo, `python -m engine.train` (x4, crop 32, 200 steps): nothing recorded, where the same factor on
+    the raw grad norm flags ordinary steps of its first hundred;
   - `python -m engine.train --crop 16 --steps 1000 --val-every 0 --checkpoint-every 0`: 12 steps recorded,
     from step 734 on, each a loss 11 to 1,800x its running median (raw grad norms 8e3 to 2e8), the
-    instability IRN is known for; judged on the raw grad norm, 17 more were, 13 of them ordinary steps
-    between 23 and 105.
+    instability IRN is known for.
 """
 
 import math
@@ -62,7 +62,8 @@ class ExplosionGuard:
         history = state["history"]
         self.history["loss"].extend(history["loss"])
         # checkpoints of earlier releases kept the raw grad norms: their updates are those clipped
-        self.history["update"].extend(history.get("update") or [min(n, self.clip) for n in history["grad_norm"]])
+        updates = history["update"] if "update" in history else [min(n, self.clip) for n in history["grad_norm"]]
+        self.history["update"].extend(updates)
         self.bad_in_row = state["bad_in_row"]
 
     def check(self, step, losses, grad_norm, batch):
@@ -81,7 +82,8 @@ class ExplosionGuard:
         spiking = [
             k
             for k, v in values.items()
-            if len(self.history[k]) >= MIN_HISTORY and v > self.factor * median(self.history[k])
+            if len(self.history[k]) >= min(MIN_HISTORY, self.history[k].maxlen)
+            and v > self.factor * median(self.history[k])
         ]
         for k, v in values.items():
             self.history[k].append(v)

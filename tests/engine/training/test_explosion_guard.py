@@ -63,6 +63,22 @@ def test_a_non_finite_step_is_skipped_and_three_in_a_row_stop_the_run(tmp_path):
         g.check(14, {"loss": float("inf")}, 1e4, batch())
 
 
+def test_a_window_shorter_than_the_history_it_needs_still_judges(tmp_path):
+    """--explosion-window 5: the median of the last 5 losses judges from the 6th step on."""
+    losses = [100.0] * 6 + [5000.0]
+    assert judge(guard(tmp_path, window=5), losses, [1e4] * len(losses))[-1] == "spike"
+
+
+def test_a_run_whose_every_step_so_far_was_non_finite_resumes(tmp_path):
+    """A checkpoint after only skipped steps holds an empty history; it loads as one, not as an old format."""
+    g = guard(tmp_path)
+    g.check(0, {"loss": float("nan")}, 1e4, batch())
+    resumed = guard(tmp_path)
+    resumed.load_state_dict(g.state_dict())
+    assert {k: list(v) for k, v in resumed.history.items()} == {"loss": [], "update": []}
+    assert resumed.bad_in_row == 1
+
+
 def test_a_corrupt_sample_planted_in_a_run_is_the_one_step_recorded(image_folder, in_tmp, monkeypatch):
     """Sample 21 (the 11th step's second, batch 2) gets a corrupt LR reference; every other step trains as usual."""
     real = crops.CropDataset.__getitem__
