@@ -215,7 +215,7 @@ class Config:
     batch_size: int = config_key(int, a_batch)
     workers: int = config_key(int, integer(0))
     val_every: int = config_key(int, integer(0))
-    val_max_images: int = config_key(int, integer(0))
+    val_max_images: int = config_key(int, integer(1))
     steps: int = config_key(int, integer(1))
     lr: float = config_key(float, number(0, strict=True))
     betas: tuple[float, float] = config_key(NUMBERS, two_betas)

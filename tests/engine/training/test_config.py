@@ -71,6 +71,7 @@ def test_unknown_key_names_close_matches():
         (["--workers", "-3"], "--workers -3: expected an integer >= 0"),
         (["--val-every", "-1"], "--val-every -1: expected an integer >= 0"),
         (["--checkpoint-every", "-5"], "--checkpoint-every -5: expected an integer >= 0"),
+        (["--val-max-images", "0"], "--val-max-images 0: expected an integer >= 1"),
         (["--device", "tpu"], "--device tpu: expected auto, cpu, cuda or cuda:N"),
         (["--precision", "fp8"], "--precision fp8: expected fp32, bf16 or fp16"),
         (["--compile", "fast"], "--compile fast: expected off, default"),
