@@ -40,9 +40,11 @@ def resumed_config(run, runs_dir=None):
 
 def run(cfg, flags, ranks, time_limit):
     log = rank_log(ranks)
+    if ranks.main and flags.resume:  # the run's log exists: a job that fails before its folder opens says so there
+        transcript.keep_in(records.find(flags.resume, flags.runs_dir) / records.LOG)
     trainer, train_set, val_set, decoded_in = build(cfg, flags, ranks, log)
     folder, state = start.open_run(cfg, flags, ranks, log)
-    if ranks.main:
+    if ranks.main and not flags.resume:
         transcript.keep_in(folder / records.LOG)
     if state is not None:
         trainer.load_state(state)

@@ -2,6 +2,7 @@
 with everything else the console printed, and the dense kernels' choice per shape, in env.jsonl."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -80,3 +81,16 @@ def test_the_start_up_summary_says_what_trains_on_what_and_train_log_keeps_all_t
 def test_a_run_without_validation_says_what_it_will_not_have_and_the_flag_to_add(image_folder, in_tmp, capsys):
     train.main([*TINY, "--data", str(image_folder), "--steps", "1", "--name", "nv"])
     assert "no validation set: no scores, samples/ or best.pt; add --val DIR" in capsys.readouterr().err
+
+
+def test_a_resumed_job_that_fails_at_start_up_says_so_in_train_log(image_folder, in_tmp, capsys):
+    """The data moved away between two jobs: the second fails before its run folder opens, in one line, and the
+    run's train.log ends with that job's lines and why it stopped, after the first job's."""
+    train.main([*TINY, "--data", str(image_folder), "--steps", "1", "--name", "r"])
+    image_folder.rename(in_tmp / "moved")
+    with pytest.raises(SystemExit):
+        train.main(["--resume", "runs/r", "--steps", "2"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    log = (in_tmp / "runs" / "r" / records.LOG).read_text().splitlines()
+    assert log[-1] == f"stopped: {error.removeprefix('error: ')}"
+    assert str(image_folder) in log[-1] and sum(line.startswith("network:") for line in log) == 1
