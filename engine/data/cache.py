@@ -3,10 +3,12 @@
 An entry is one file's decoded HR image (uint8, as image_files decodes it; none for a file it cannot decode)
 or that image's LR reference at one scale (float32, as crops.training_pair makes it), in array_file.py's
 layout, under FOLDER/hr/ and FOLDER/lr/. An entry's name is a digest of what makes it: for an HR entry, the
-file's name, size and modification time and the decode rule (the decoder's source, Pillow's version and its
+file's path within the set's folder (the deepest holding all its files; where the set is mounted does not
+count), size and modification time and the decode rule (the decoder's source, Pillow's version and its
 decompression-bomb limit); for an LR entry, its HR entry's name, the scale and the resize rule (the resize's
 source and numpy's version). So a changed or added file, a new scale or a changed rule makes new entries for
-what it changed and leaves the rest alone; entries of files that changed are never read again (deleting the
+what it changed and leaves the rest alone (a file added above every other one of the set moves its folder
+up, and the set is made again); entries of files that changed are never read again (deleting the
 folder reclaims their space).
 
 Missing entries are made in parallel over the cores, each written aside and renamed into place: a build killed
@@ -82,7 +84,8 @@ class Cache:
 
     def read(self, paths, min_size, references):
         """(ImageSet, the LR references of its images, or [] without `references`)."""
-        keys = [hr_key(path) for path in paths]
+        root = set_folder(paths)
+        keys = [hr_key(path, root) for path in paths]
         opened, damaged = self.open(keys, min_size, references)
         if damaged:
             more = ", ..." if len(damaged) > 1 else ""
@@ -161,13 +164,22 @@ class Cache:
         return not_read
 
 
-def hr_key(path):
-    """The HR entry's name of an image file: its name, size and modification time, and the decode rule."""
+def set_folder(paths):
+    """The folder the keys are taken within: the deepest that holds every one of `paths` (read_folder's set,
+    searched recursively), so that seq1/frame.png and seq2/frame.png are two entries, and a set mounted at
+    another path (another node) finds the same ones."""
+    return os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in paths]) if paths else ""
+
+
+def hr_key(path, root):
+    """The HR entry's name of an image file: its path within `root`, size and modification time, and the
+    decode rule."""
+    within = Path(os.path.relpath(os.path.abspath(path), root)).as_posix()
     try:
         stat = os.stat(path)
     except OSError:  # gone since it was listed: made as an entry that holds no image, and skipped
-        return digest(Path(path).name, "unreadable", DECODE_RULE)
-    return digest(Path(path).name, stat.st_size, stat.st_mtime_ns, DECODE_RULE)
+        return digest(within, "unreadable", DECODE_RULE)
+    return digest(within, stat.st_size, stat.st_mtime_ns, DECODE_RULE)
 
 
 def lr_key(hr, scale):

@@ -182,3 +182,34 @@ def test_a_cache_that_cannot_be_written_is_one_line_and_leaves_nothing_behind(tm
     with pytest.raises(cache.Unwritable, match=r"^cannot write the data cache in .*/hr \(no space left for"):
         image_files.read_folder(folder, 16, cache.Cache(tmp_path / "cache", 2).training)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_same_named_files_in_two_subfolders_are_two_entries(tmp_path):
+    """As tar and unzip leave a set of sequences: seq1/frame.png and seq2/frame.png, other images of the same
+    size and modification time. Each is served as decoded, not the one cached first for both."""
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "hr"
+    for sequence in ("seq1", "seq2"):
+        (folder / sequence).mkdir(parents=True)
+        Image.fromarray(smooth_image(rng, 40, 44)).save(folder / sequence / "frame.png", compress_level=0)
+    first, second = folder / "seq1" / "frame.png", folder / "seq2" / "frame.png"
+    assert first.stat().st_size == second.stat().st_size  # raw-stored PNGs of one shape: the same size
+    os.utime(second, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns))
+    decoded = image_files.read_folder(folder, 16, crops.Decoded(2).training)
+    assert not np.array_equal(decoded.hrs[0], decoded.hrs[1])
+    for build in ("cold", "warm"):
+        cached = image_files.read_folder(folder, 16, cache.Cache(tmp_path / "cache", 2).training)
+        assert equal_sets(cached, decoded), build
+
+
+def test_entries_are_found_again_wherever_the_set_is_mounted(tmp_path, decodes):
+    """Nodes that mount a set at different paths share its entries: the key is the path within the set."""
+    write_images(tmp_path / "here" / "set")
+    image_files.read_folder(tmp_path / "here" / "set", 16, cache.Cache(tmp_path / "cache", 2).training)
+    decodes()
+    shutil.copytree(tmp_path / "here", tmp_path / "there" / "mount", copy_function=shutil.copy2)  # mtimes kept
+    found = image_files.read_folder(
+        tmp_path / "there" / "mount" / "set", 16, cache.Cache(tmp_path / "cache", 2).training
+    )
+    assert decodes() == []
+    assert equal_sets(found, image_files.read_folder(tmp_path / "here" / "set", 16, crops.Decoded(2).training))
