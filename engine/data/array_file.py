@@ -18,7 +18,7 @@ import torch
 
 class Damaged(ValueError):
     """A file that is not whole: cut short (a build killed before its rename, a disk that lost it), or
-    with an index that does not parse."""
+    with an index that does not parse or a length of it past the file's end."""
 
 
 def write(path, fields, arrays, mode=0o600):
@@ -69,6 +69,8 @@ def read(path):
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         length = int.from_bytes(f.read(8), "little")
+        if 8 + length > size:  # a garbled length: reading it would ask for up to 2**64 bytes
+            raise Damaged(f"{path}: {size} bytes, its first 8 say an index of {length} bytes")
         try:
             index = json.loads(f.read(length))
             arrays = [(a["offset"], tuple(a["shape"]), np.dtype(a["dtype"])) for a in index.pop("arrays")]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data import cache, crops, image_files
+from engine.data import array_file, cache, crops, image_files
 from tests.conftest import smooth_image
 
 
@@ -213,3 +213,18 @@ def test_entries_are_found_again_wherever_the_set_is_mounted(tmp_path, decodes):
     )
     assert decodes() == []
     assert equal_sets(found, image_files.read_folder(tmp_path / "here" / "set", 16, crops.Decoded(2).training))
+
+
+def test_an_entry_with_a_garbage_header_length_is_made_again(tmp_path):
+    """The first 8 bytes say how long the index is; 0xff... (2**64 - 1) is past the file's end: damaged."""
+    folder, entries = write_images(tmp_path / "hr", count=1), tmp_path / "cache"
+    image_files.read_folder(folder, 16, cache.Cache(entries, 2).training)
+    garbled = sorted((entries / "hr").iterdir())[0]
+    with open(garbled, "r+b") as f:
+        f.write(b"\xff" * 8)
+    with pytest.raises(array_file.Damaged, match="index of 18446744073709551615 bytes"):
+        array_file.read(garbled)
+    lines = []
+    found = image_files.read_folder(folder, 16, cache.Cache(entries, 2, log=lines.append).training)
+    assert lines[0] == f"data cache: made again, 1 damaged: {garbled}"
+    assert equal_sets(found, image_files.read_folder(folder, 16, crops.Decoded(2).training))
