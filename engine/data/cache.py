@@ -59,6 +59,11 @@ class Unwritable(Exception):
     """The cache folder cannot take the entries a build makes: read-only, full, over a quota."""
 
 
+class Unreadable(Unwritable):
+    """An entry the cache holds cannot be read (refused: another user's cache; an I/O error). Not damage, so
+    not made again; caught where Unwritable is: the job decodes into memory."""
+
+
 def nothing_shown(total):
     """The default progress: a context giving a callback, called once per image made."""
     return contextlib.nullcontext(lambda: None)
@@ -127,9 +132,11 @@ class Cache:
             fields, arrays = array_file.read(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except (OSError, array_file.Damaged):  # cut short, or unreadable: made again where it can be
+        except array_file.Damaged:  # cut short, or a garbled index: made again
             damaged.append(path)
             return None
+        except OSError as err:  # refused, an I/O error: remaking it would not help
+            raise Unreadable(cannot_read(path, err)) from None
         return fields, arrays[0] if arrays else None
 
     def build(self, missing, min_size, references):
@@ -169,6 +176,11 @@ def set_folder(paths):
     searched recursively), so that seq1/frame.png and seq2/frame.png are two entries, and a set mounted at
     another path (another node) finds the same ones."""
     return os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in paths]) if paths else ""
+
+
+def cannot_read(path, err):
+    """The one line for an entry that cannot be read (`err`, an OSError)."""
+    return f"cannot read the data cache's entry {path} ({err.strerror})"
 
 
 def hr_key(path, root):

@@ -228,3 +228,38 @@ def test_an_entry_with_a_garbage_header_length_is_made_again(tmp_path):
     found = image_files.read_folder(folder, 16, cache.Cache(entries, 2, log=lines.append).training)
     assert lines[0] == f"data cache: made again, 1 damaged: {garbled}"
     assert equal_sets(found, image_files.read_folder(folder, 16, crops.Decoded(2).training))
+
+
+def cached_sets_said(folder, entries):
+    """What the trainer's start-up logs and returns for the set in `folder` read through the cache."""
+    from engine.training import config, start
+
+    cfg = config.resolve(["--data", str(folder), "--crop", "16", "--scale", "2"])[0]
+    lines = []
+    sets = start.cached_sets(cfg, cache.Cache(entries, 2, log=lines.append), lines.append)
+    return sets, lines
+
+
+def test_an_entry_refused_on_reading_is_one_line_and_the_job_decodes_into_memory(tmp_path, monkeypatch):
+    """A cache another user built under umask 077 refuses its entries (tests run as root, for whom a mode
+    refuses nothing: the refusal is made here). Not damage: one line naming the entry, nothing rewritten."""
+    folder, entries = write_images(tmp_path / "hr", count=1), tmp_path / "cache"
+    image_files.read_folder(folder, 16, cache.Cache(entries, 2).training)
+    files = {p: p.stat().st_ino for p in entries.rglob("*")}
+    real_open = open
+
+    def refused(path, *args, **kwargs):
+        if str(path).startswith(str(entries)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(array_file, "open", refused, raising=False)
+    sets, lines = cached_sets_said(folder, entries)
+    assert sets is None and len(lines) == 1
+    first = [p for p in files if p.parent.name == "hr"]  # the entry read first: one of the HR entries
+    assert any(
+        lines[0] == f"[yellow]cannot read the data cache's entry {p} (Permission denied): the images are decoded "
+        "into memory for this job"
+        for p in first
+    ), lines
+    assert {p: p.stat().st_ino for p in entries.rglob("*")} == files
