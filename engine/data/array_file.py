@@ -10,6 +10,7 @@ maps the thousands of entries of a large data set without meeting its limit on o
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -65,7 +66,7 @@ def reserve(path, size, mode):
 
 def read(path):
     """(the writer's fields, the arrays as read-only views of one mapping) of a file that `write` made.
-    Raises Damaged when the file is not whole, OSError when it cannot be read."""
+    Raises Damaged when the file is not whole, OSError when it cannot be read or mapped."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         length = int.from_bytes(f.read(8), "little")
@@ -81,8 +82,21 @@ def read(path):
     if size != end:
         raise Damaged(f"{path}: {size} bytes, its index describes {end}")
     # A private mapping: the pages are the page cache's, shared by every process that maps the file.
-    data = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8).numpy()
+    data = mapped(path, size).numpy()
     views = [np.ndarray(shape, dtype=dtype, buffer=data, offset=start + o) for o, shape, dtype in arrays]
     for view in views:
         view.flags.writeable = False
     return index, views
+
+
+def mapped(path, size):
+    """The file as a uint8 tensor over a private mapping. A mapping refused (ENOMEM once the process holds
+    vm.max_map_count of them) raises the OSError it is, not the RuntimeError torch makes of it."""
+    try:
+        return torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
+    except RuntimeError as err:
+        refused = re.search(r"unable to mmap .*\((\d+)\)", str(err))
+        if not refused:
+            raise
+        code = int(refused[1])
+        raise OSError(code, os.strerror(code), str(path)) from None

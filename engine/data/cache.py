@@ -20,6 +20,7 @@ workers of a node, and the jobs that follow, share the pages through the page ca
 """
 
 import contextlib
+import errno
 import hashlib
 import inspect
 import multiprocessing
@@ -60,8 +61,9 @@ class Unwritable(Exception):
 
 
 class Unreadable(Unwritable):
-    """An entry the cache holds cannot be read (refused: another user's cache; an I/O error). Not damage, so
-    not made again; caught where Unwritable is: the job decodes into memory."""
+    """An entry the cache holds cannot be read (refused: another user's cache; an I/O error) or mapped (the
+    process's limit on mappings). Not damage, so not made again; caught where Unwritable is: the job decodes
+    into memory."""
 
 
 def nothing_shown(total):
@@ -98,6 +100,9 @@ class Cache:
         missing = [(path, key) for path, key, entries in zip(paths, keys, opened, strict=True) if entries is None]
         not_read = {}
         if missing:
+            # Dropped before the build forks and the entries are mapped again: a mapping held twice would
+            # halve the set that fits in the process's limit on mappings (vm.max_map_count).
+            opened = None
             not_read = self.build(missing, min_size, references)
             opened, damaged = self.open(keys, min_size, references)
             if damaged or any(e is None and p not in not_read for p, e in zip(paths, opened, strict=True)):
@@ -135,7 +140,7 @@ class Cache:
         except array_file.Damaged:  # cut short, or a garbled index: made again
             damaged.append(path)
             return None
-        except OSError as err:  # refused, an I/O error: remaking it would not help
+        except OSError as err:  # refused, an I/O error, no mapping left: remaking it would not help
             raise Unreadable(cannot_read(path, err)) from None
         return fields, arrays[0] if arrays else None
 
@@ -162,6 +167,8 @@ class Cache:
                     made()
         except OSError as err:
             where = err.filename or self.folder
+            if err.errno == errno.ENOMEM:  # a worker's mapping, on top of those it inherited
+                raise Unreadable(cannot_read(where, err)) from None
             raise Unwritable(f"cannot write the data cache in {where} ({err.strerror})") from None
         seconds = time.perf_counter() - start
         self.log(
@@ -179,8 +186,23 @@ def set_folder(paths):
 
 
 def cannot_read(path, err):
-    """The one line for an entry that cannot be read (`err`, an OSError)."""
+    """The one line for an entry that cannot be read or mapped (`err`, an OSError)."""
+    if err.errno == errno.ENOMEM:
+        return (
+            f"cannot map the data cache's entry {path} (Cannot allocate memory): a process may hold "
+            f"vm.max_map_count{max_map_count()} mappings and each entry is one; raise it (sysctl -w "
+            "vm.max_map_count=N) or use --data-cache off"
+        )
     return f"cannot read the data cache's entry {path} ({err.strerror})"
+
+
+def max_map_count():
+    """The kernel's limit on a process's mappings as " = N", or "" where /proc does not say."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return f" = {f.read().strip()}"
+    except OSError:
+        return ""
 
 
 def hr_key(path, root):

@@ -263,3 +263,28 @@ def test_an_entry_refused_on_reading_is_one_line_and_the_job_decodes_into_memory
         for p in first
     ), lines
     assert {p: p.stat().st_ino for p in entries.rglob("*")} == files
+
+
+def test_a_mapping_refused_for_want_of_vm_max_map_count_is_one_line_and_the_job_decodes_into_memory(
+    tmp_path, monkeypatch
+):
+    """Past vm.max_map_count mappings a process maps no more: torch.from_file raises "unable to mmap ...:
+    Cannot allocate memory (12)". One line that names the limit and --data-cache off; nothing is remade."""
+    folder, entries = write_images(tmp_path / "hr", count=1), tmp_path / "cache"
+    image_files.read_folder(folder, 16, cache.Cache(entries, 2).training)
+    files = {p: p.stat().st_ino for p in entries.rglob("*")}
+
+    def no_mapping_left(filename, shared, size, dtype):
+        raise RuntimeError(f"unable to mmap {size} bytes from file <{filename}>: Cannot allocate memory (12)")
+
+    monkeypatch.setattr(torch, "from_file", no_mapping_left)
+    with open("/proc/sys/vm/max_map_count") as f:
+        limit = f.read().strip()
+    sets, lines = cached_sets_said(folder, entries)
+    assert sets is None and len(lines) == 1
+    assert lines[0].startswith("[yellow]cannot map the data cache's entry ") and lines[0].endswith(
+        f" (Cannot allocate memory): a process may hold vm.max_map_count = {limit} mappings and each entry is one; "
+        "raise it (sysctl -w vm.max_map_count=N) or use --data-cache off: the images are decoded into memory for "
+        "this job"
+    ), lines
+    assert {p: p.stat().st_ino for p in entries.rglob("*")} == files
