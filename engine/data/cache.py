@@ -27,6 +27,8 @@ import multiprocessing
 import os
 import socket
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ import PIL.Image
 
 from engine.data import array_file, crops, image_files, imresize
 from engine.data.tensors import cropped_to
+from engine.errors import UserError
 
 
 def rule(*parts):
@@ -146,7 +149,8 @@ class Cache:
 
     def build(self, missing, min_size, references):
         """Make the entries of `missing` [(path, HR key)], a process per core: a progress bar, then a line.
-        Returns {path: why} of the files that could not be read this time (no entry made)."""
+        Returns {path: why} of the files that could not be read this time (no entry made). A process that
+        dies is a UserError: decoding into memory instead would need more of what it likely lacked."""
         try:
             for kind in ("hr", "lr"):
                 (self.folder / kind).mkdir(parents=True, exist_ok=True)
@@ -157,19 +161,31 @@ class Cache:
         jobs = [(path, self.folder, key, scale, min_size) for path, key in missing]
         processes = min(len(jobs), len(os.sched_getaffinity(0)))
         start, written, not_read = time.perf_counter(), 0, {}
+        # An executor, not multiprocessing.Pool: a worker that dies (the out-of-memory killer, a SIGBUS) breaks
+        # it, where a Pool waits forever for that worker's image.
+        pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"))
         try:
-            # Forked before the bar's thread starts; the workers decode with numpy and PIL only.
-            with multiprocessing.get_context("fork").Pool(processes) as pool, self.progress(len(jobs)) as made:
-                for path, size, why in pool.imap_unordered(make_entries, jobs):
+            # Every worker forked at the first submit, before the bar's thread starts; they use numpy and PIL only.
+            futures = [pool.submit(make_entries, job) for job in jobs]
+            with self.progress(len(jobs)) as made:
+                for future in as_completed(futures):
+                    path, size, why = future.result()
                     written += size
                     if why:
                         not_read[path] = why
                     made()
+        except BrokenProcessPool:
+            raise UserError(
+                f"a process building the data cache in {self.folder} died (killed, most likely for want of memory: "
+                "see dmesg); the entries made so far are kept: free memory on this machine, then start the job again"
+            ) from None
         except OSError as err:
             where = err.filename or self.folder
             if err.errno == errno.ENOMEM:  # a worker's mapping, on top of those it inherited
                 raise Unreadable(cannot_read(where, err)) from None
             raise Unwritable(f"cannot write the data cache in {where} ({err.strerror})") from None
+        finally:  # after a failure, the images not begun are not made
+            pool.shutdown(cancel_futures=True)
         seconds = time.perf_counter() - start
         self.log(
             f"data cache: {len(jobs)} images cached in {seconds:.1f} s by {processes} processes "

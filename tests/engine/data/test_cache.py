@@ -288,3 +288,41 @@ def test_a_mapping_refused_for_want_of_vm_max_map_count_is_one_line_and_the_job_
         "this job"
     ), lines
     assert {p: p.stat().st_ino for p in entries.rglob("*")} == files
+
+
+DYING_WORKER = """
+import os, signal, sys
+from engine.data import cache, image_files
+from engine.errors import UserError
+
+decode = image_files.decode
+
+def dying(path):  # as the out-of-memory killer ends a worker
+    if os.path.basename(path) == "img1.png":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return decode(path)
+
+image_files.decode = dying
+try:
+    image_files.read_folder(sys.argv[1], 16, cache.Cache(sys.argv[2], 2, log=lambda line: None).training)
+except UserError as err:
+    print(err)
+"""
+
+
+def test_a_build_process_killed_is_one_line_not_a_build_that_waits_forever(tmp_path):
+    folder, entries = write_images(tmp_path / "hr"), tmp_path / "cache"
+    build = subprocess.Popen(
+        [sys.executable, "-c", DYING_WORKER, str(folder), str(entries)], stdout=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, _ = build.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(build.pid, signal.SIGKILL)
+        build.wait()
+        pytest.fail("the build still waited 60 s after one of its processes was killed")
+    assert out.splitlines() == [
+        f"a process building the data cache in {entries} died (killed, most likely for want of memory: see "
+        "dmesg); the entries made so far are kept: free memory on this machine, then start the job again"
+    ]
