@@ -14,9 +14,10 @@ The backward keeps one fp32 gradient buffer G with F's shape and strides, and wa
     dW_k[n, c, ky, kx] = sum_p dZ_k[p, n] F[p + o, c]        db_k[n] = sum_p dZ_k[p, n]        dx = dF_0
 Step k adds conv k's input gradient into G's prefix (conv 5 writes G: no zero fill). The last g channels
 of that prefix are F_{k-1}, which only convs k..5 read, so their dF is complete there: step k stores them
-already multiplied by LeakyReLU's slope, as dZ_{k-1}, in the features' dtype (in G's fp32 slots of those
-channels, which no later step touches otherwise), for step k - 1's dots to read as plain loads, rounded once
-(as cuDNN gets its output gradient in that dtype). As s > 0, F_k > 0 exactly where Z_k > 0, so the saved
+already multiplied by LeakyReLU's slope, as dZ_{k-1}, in the features' dtype (fp32: in G's slots of those
+channels, which no later step touches otherwise; half precision: in one of two small buffers taken in
+turn), for step k - 1's dots to read as plain loads, rounded once (as cuDNN gets its output gradient in
+that dtype). As s > 0, F_k > 0 exactly where Z_k > 0, so the saved
 post-activation gives the slope and no pre-activation is kept.
 
 The five convs' weights are packed once per call, by one launch, into the dot's dtype as one tensor
@@ -404,10 +405,10 @@ def _conv3x3_backward_kernel(
     grad, feat, packed, acc_src, dst, dz_out, partials,
     n_pixels, pixel_bucket, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, tail_start,
     split_len, weight_slot, bias_slot, partial_stride, weight_programs, bias_programs,
-    g_b, g_c, g_h, g_w,  # grad: dout (conv 5), or this conv's dZ (_dz_view)
+    g_b, g_c, g_h, g_w,  # grad: dout (conv 5), or this conv's dZ (_dz_buffers)
     f_b, f_c, f_h, f_w,  # the feature buffer F; the gradient buffer G (acc_src) has the same strides
     d_b, d_c, d_h, d_w,  # dst: G, or dx for conv 1
-    z_b, z_c, z_h, z_w,  # dz_out: the previous conv's dZ (_dz_view), which this step completes
+    z_b, z_c, z_h, z_w,  # dz_out: the previous conv's dZ (_dz_buffers), which this step completes
     p_t, p_c, p_n,  # the packed weights from this conv's first output column on
     negative_slope,
     C_OUT: tl.constexpr, ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, INPUT_GRAD: tl.constexpr,
@@ -494,9 +495,10 @@ def launch_config(launch):
 
 def tune(launches, time):
     """Choose the config of each launch that has several and whose key has none yet: the fastest by time(run),
-    the milliseconds of run() on the GPU, run on the launches' own buffers (scratch: what they compute is
-    not read). Nothing inside a CUDA-graph capture (the launches keep their first configs). Returns
-    {key: the chosen config's kwargs} of the keys chosen now."""
+        the milliseconds of run() on the GPU, run on the launches' own buffers (scratch: what they compute is
+        not read). Nothing inside a CUDA-graph capture (its launches take what was chosen before it, else their
+    first configs). Returns
+        {key: the chosen config's kwargs} of the keys chosen now."""
     chosen = {}
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return chosen
@@ -633,16 +635,23 @@ def _gradient_buffer(features):
     return torch.empty_strided(features.shape, features.stride(), dtype=torch.float32, device=features.device)
 
 
-def _dz_view(gbuf, dtype, channel, growth):
-    """dZ of the conv whose output is the buffer channels channel .. channel + growth, in the features' dtype,
-    where G's fp32 slots of those channels lie: the step that completes it stores it rounded once, and the
-    next step's dots read it as it is (the input gradients of that step and the ones after it write G's
-    channels below `channel` only). With fp32 features, the slice of G itself."""
-    ratio = 4 // dtype.itemsize
-    b, _, h, w = gbuf.shape
-    s_b, _, s_h, s_w = gbuf.stride()
-    flat = gbuf.as_strided((b * s_b,), (1,)).view(dtype)
-    return flat.as_strided((b, growth, h, w), (ratio * s_b, 1, ratio * s_h, ratio * s_w), ratio * channel)
+def _dz_buffers(gbuf, features, x_end, growth):
+    """dZ of convs 1..4, in the features' dtype: the step that completes one stores it rounded once, and the
+    next step's dots read it as it is. fp32: G's own slice of that conv's output channels, which no later
+    step touches otherwise. Half precision: two NHWC buffers taken in turn (a step reads one and writes the
+    other), not G's slots: 16-bit values packed into G's fp32 slots from the output's first channel on
+    would land, for a channel tile that starts inside the output, in the slots of the tile before it, which
+    that tile's program of the same launch may still be reading."""
+    if features.dtype == torch.float32:
+        return [gbuf[:, x_end + k * growth : x_end + (k + 1) * growth] for k in range(CONVS - 1)]
+    b, _, h, w = features.shape
+    pair = [
+        torch.empty_strided(
+            (b, growth, h, w), (h * w * growth, 1, w * growth, growth), dtype=features.dtype, device=features.device
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    return [pair[k % 2] for k in range(CONVS - 1)]
 
 
 def _param_slots(weights):
@@ -832,7 +841,7 @@ def _backward_step_launch(
     grad, feat, c_x, x_end, tail_start, dz_out, packed, c_out, gbuf, dst, partials, slot, split_len, slope, tf32
 ):
     """One conv's backward step. feat: the buffer channels it read; grad: dout for conv 5, else its dZ
-    (_dz_view); packed: the packed weights from its first output column on; dst: G, dx for conv 1, or None for
+    (_dz_buffers); packed: the packed weights from its first output column on; dst: G, dx for conv 1, or None for
     no input gradient; tail_start: where the previous conv's output starts in feat, and dz_out: its dZ
     (None, None for conv 1)."""
     b, c_in, h, w = feat.shape
@@ -876,8 +885,8 @@ def _backward_step_launch(
 def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32):
     c_in, growth = weights[0].shape[1], weights[0].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
-    last_dz = _dz_view(gbuf, features.dtype, x_end + 3 * growth, growth)  # spans the most of a sample
-    _check_indexing(features, grad, gbuf, last_dz, *([dx] if input_grad else []))
+    dz = _dz_buffers(gbuf, features, x_end, growth)
+    _check_indexing(features, grad, gbuf, *dz[-2:], *([dx] if input_grad else []))
     slots, _ = _param_slots(weights)
     _, split_len = _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])
     pack, packed = _pack_launch(weights, features.dtype, channels_inner=False)
@@ -888,10 +897,10 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
         if k == CONVS - 1:  # conv 5 writes every channel of G: no zero fill
             step_grad, dst = grad, gbuf
         else:  # conv 1 writes dx itself, in x's dtype and layout, from what its successors left in G
-            step_grad = _dz_view(gbuf, features.dtype, output_at, growth)
+            step_grad = dz[k]
             dst = gbuf if k else (dx if input_grad else None)
         tail_start = output_at - growth if k else None  # conv k's output, whose dZ this step completes
-        dz_out = _dz_view(gbuf, features.dtype, tail_start, growth) if k else None
+        dz_out = dz[k - 1] if k else None
         launches.append(_backward_step_launch(step_grad, features[:, :reads], c_in, x_end if k else c_in,
                                               tail_start, dz_out, packed[:, :, k * growth :], weights[k].shape[0],
                                               gbuf, dst, partials, slots[k], split_len, negative_slope,

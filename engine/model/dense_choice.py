@@ -6,8 +6,9 @@ kernels (kernels/dense.py) and the five convolutions on cuDNN in channels-last l
 shape then runs the faster. `fused` and `cudnn` force one. Unless cuDNN is forced, the fused kernels' tile
 configs are chosen first for the shape, each candidate of each launch timed on scratch buffers
 (kernels.dense.tune): the ops never time anything while training. Under torch.distributed every rank then
-takes rank 0's choices, kernels and tiles, so that every rank computes the same bits. The times, tiles and
-choices go to env.jsonl.
+takes rank 0's choices, kernels and tiles, so that the fused blocks compute the same bits on every rank
+(blocks on cuDNN only without cudnn_benchmark, under which each rank times its own algorithms). The times,
+tiles and choices go to env.jsonl.
 """
 
 import statistics

@@ -14,7 +14,7 @@ import kernels.dense as dense
 from engine.model.irn import DenseBlock
 from kernels.dense import dense_block, dense_block_backward, dense_block_forward
 from profiling.runtime.probe import set_fp32_precision
-from tests.kernels.conftest import DEVICE, TOLERANCE
+from tests.kernels.conftest import DEVICE, TOLERANCE, program_order
 
 # (c_in, c_out, growth, batch, (H, W), input layout): IRN's F maps C - 3 -> 3 and G, H map 3 -> C - 3
 # for C = 12, 48, 192. Growth 4 or 8 keeps the interpreter fast on the wide blocks; one block has the
@@ -195,6 +195,30 @@ def test_every_gpu_tile_config_gives_the_same_results(monkeypatch, fp32_precisio
 def _dividing(p, q, magic, shift, BLOCK: tl.constexpr):
     offsets = tl.arange(0, BLOCK)
     tl.store(q + offsets, dense._divide(tl.load(p + offsets), magic, shift))
+
+
+@pytest.mark.parametrize(
+    "c_in, c_out, dtype, gpu_tiles",
+    [(3, 9, torch.bfloat16, True), (45, 3, torch.float16, True), (45, 3, torch.bfloat16, False)],
+)
+def test_a_half_precision_backward_at_growth_32_needs_no_program_order(monkeypatch, c_in, c_out, dtype, gpu_tiles):
+    """At IRN's growth of 32 the previous conv's output straddles an input-gradient channel tile (x padded to
+    16 channels: conv 2's output at 48..80 against tiles of 64): the step that completes its dZ in 16-bit
+    must give the same bits with its programs run in reverse, as a GPU may run them side by side in any
+    order (each of these cases failed so when its 16-bit dZ was packed into G's fp32 slots)."""
+    if gpu_tiles:
+        monkeypatch.setattr(dense, "_INTERPRETER_TILES", False)
+        monkeypatch.setattr(dense, "_FORWARD_CONFIGS", dense._GPU_FORWARD_CONFIGS[:1])
+        monkeypatch.setattr(dense, "_BACKWARD_CONFIGS", dense._GPU_BACKWARD_CONFIGS[:1])
+    weights, biases = fast_params(reference_block(c_in, c_out, 32, dtype), dtype)
+    x = torch.randn(1, c_in, 4, 5, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out, features = dense_block_forward(x, weights, biases, 0.2)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    in_grid_order = dense_block_backward(grad, features, weights, 0.2, False, True)
+    with program_order("reversed"):
+        reordered = dense_block_backward(grad, features, weights, 0.2, False, True)
+    for a, e in zip(reordered, in_grid_order, strict=True):
+        assert torch.equal(a, e)
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 7, 72, 144, 1000, 2**16 + 1, 2**30 + 3, 2**31 - 1])
