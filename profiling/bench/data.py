@@ -86,10 +86,11 @@ STARTER = (
 )
 
 
-def peak_rss_of_run(data, data_cache, steps, workdir):
-    """Peak resident memory (bytes) of `python -m engine.train --config demo` on `data`."""
+def peak_rss_of_run(data, data_cache, steps, workdir, scale):
+    """Peak resident memory (bytes) of `python -m engine.train --config demo` on `data` at `scale` (the
+    bench's: at the demo's own, the run would build and map other entries than those measured)."""
     cmd = [sys.executable, "-m", "engine.train", "--config", "demo", "--data", str(data), "--steps", str(steps)]
-    cmd += ["--data-cache", data_cache, "--checkpoint-every", "0"]
+    cmd += ["--scale", str(scale), "--data-cache", data_cache, "--checkpoint-every", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = subprocess.run([sys.executable, "-c", STARTER, *cmd], cwd=workdir, env=env, capture_output=True, text=True)
     if run.returncode:
@@ -130,11 +131,11 @@ def bench_data(args, device):
         again = samples_per_second({"memory": decoded, "cache": cached}, args.crop, args.scale)
         resident = {"memory": sum(a.nbytes for a in [*decoded.hrs, *decoded.lrs]), "cache": mapped_rss(tmp / "cache")}
         del decoded, cached
-        rss_today = peak_rss_of_run(tmp / "hr", "off", args.run_steps, tmp)
-        rss_cache = peak_rss_of_run(tmp / "hr", str(tmp / "cache"), args.run_steps, tmp)
+        rss_today = peak_rss_of_run(tmp / "hr", "off", args.run_steps, tmp, args.scale)
+        rss_cache = peak_rss_of_run(tmp / "hr", str(tmp / "cache"), args.run_steps, tmp, args.scale)
         (tmp / "one").mkdir()
         os.link(tmp / "hr" / "0000.png", tmp / "one" / "0000.png")  # the same file: its entries are found
-        rss_floor = peak_rss_of_run(tmp / "one", str(tmp / "cache"), args.run_steps, tmp)
+        rss_floor = peak_rss_of_run(tmp / "one", str(tmp / "cache"), args.run_steps, tmp, args.scale)
         cache_bytes = sum(p.stat().st_size for p in (tmp / "cache").rglob("*") if p.is_file())
     columns = ["", "decoded at every start", "data cache", "cache vs decoding"]
     result = Figures(f"data: {args.images} generated {w}x{h} PNGs at x{args.scale}, {processes} cores", columns)
@@ -158,8 +159,9 @@ def bench_data(args, device):
         "sets and which goes first; the cache's pages are in the page cache, as for every job after the first on "
         "a node, but each page a crop touches first is mapped into the process then; again: the same samples, "
         "their pages mapped; resident: the decoded arrays, or the Rss of the cache's mappings (/proc/self/smaps)",
-        f"peak RSS: the run's ru_maxrss, python -m engine.train --config demo --data SET --steps {args.run_steps} "
-        "--data-cache off (decoded in memory) or CACHE (the entries built above); the same run on one of the "
+        f"peak RSS: the run's ru_maxrss, python -m engine.train --config demo --data SET --scale {args.scale} "
+        f"--steps {args.run_steps} --data-cache off (decoded in memory) or CACHE (the entries built above); the "
+        "same run on one of the "
         f"images, from the cache: {rss_floor / 2**20:.0f} MiB, the run's floor without data",
     ]
     return result
