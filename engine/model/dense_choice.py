@@ -22,6 +22,7 @@ from engine.model.irn import DenseBlock
 
 DENSE_KERNELS = ("auto", "fused", "cudnn")
 WARMUP, REPEATS = 3, 5  # timed calls per candidate: after the warm-up (compiles), the median
+LAUNCHES_TIMED = 20  # back-to-back launches in one timed call of a tile candidate
 
 
 def cudnn_dense_block(x, weights, biases, negative_slope=0.2):
@@ -125,8 +126,14 @@ def tune_block(block, x):
     x = x.to(block.compute_dtype or x.dtype)
     weights, biases = [c.weight.detach() for c in block.convs()], [c.bias.detach() for c in block.convs()]
     launches = dense.block_launches(x, weights, biases, tf32_convolutions())
-    dense.tune([launch for group in launches for launch in group], _gpu_ms)
+    dense.tune([launch for group in launches for launch in group], _launch_ms)
     return dict(zip(("forward", "backward", "backward_no_dx"), map(dense.tile_sizes, launches), strict=True))
+
+
+def _launch_ms(run, back_to_back=LAUNCHES_TIMED):
+    """Milliseconds of one launch, run(), timed as `back_to_back` of them: between two events a single launch
+    of a small stage would be timed with the host's cost of launching it, the same for every tile."""
+    return _gpu_ms(lambda: [run() for _ in range(back_to_back)]) / back_to_back
 
 
 def _gpu_ms(run):

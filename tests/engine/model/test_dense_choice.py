@@ -108,3 +108,12 @@ def test_the_cudnn_block_is_the_reference_block_in_the_inputs_layout(channels_la
     out, expected = cudnn_dense_block(x, weights, biases), block.reference(x.contiguous())
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * expected.abs().max().item())  # fp32 sums' order
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_a_tile_candidate_is_timed_per_launch_over_launches_back_to_back(monkeypatch):
+    """The events bracket LAUNCHES_TIMED launches (stood in for: a timed call of 40 ms), and one launch is their
+    mean."""
+    launches = []
+    monkeypatch.setattr(dense_choice, "_gpu_ms", lambda run: (run(), 40.0)[1])
+    assert dense_choice._launch_ms(lambda: launches.append(1)) == 40.0 / dense_choice.LAUNCHES_TIMED
+    assert len(launches) == dense_choice.LAUNCHES_TIMED > 1
