@@ -86,16 +86,30 @@ def gather_to_main(obj, ranks):
 
 def first_on_each_node(load, ranks):
     """`load()` on each node's first rank, then on its other ranks, which find what it made (the data
-    cache's entries); None on every rank unless it gave something on every node's first rank. The ranks
-    wait on the CPU group: for as long as the first builds."""
+    cache's entries); None on every rank unless it gave something on every rank, so that the ranks fall
+    back to another way together. The ranks wait on the CPU group: for as long as the first builds."""
     if not ranks.active:
         return load()
     made = load() if ranks.local_rank == 0 else None
-    worked = [None] * ranks.world
-    dist.all_gather_object(worked, ranks.local_rank != 0 or made is not None, group=ranks.control)
-    if not all(worked):
+    if any_rank(ranks.local_rank == 0 and made is None, ranks):
         return None
-    return made if ranks.local_rank == 0 else load()
+    if ranks.local_rank != 0:
+        made = load()
+    return None if any_rank(made is None, ranks) else made
+
+
+def same_on_every_rank(value, ranks, what):
+    """Raise a UserError on every rank unless `value` is rank 0's on every rank; `what` names the value (a
+    data set's files): ranks that read different data would train on different samples for one index."""
+    if not ranks.active:
+        return
+    values = [None] * ranks.world
+    dist.all_gather_object(values, value, group=ranks.control)
+    if differing := [rank for rank, v in enumerate(values) if v != values[0]]:
+        raise UserError(
+            f"rank {differing[0]} found {what} than rank 0 (files that changed while the job started, or "
+            "that one node cannot read): make every node see the same files, then start the job again"
+        )
 
 
 def any_rank(flag, ranks):

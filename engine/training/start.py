@@ -49,8 +49,15 @@ def training_data(cfg, ranks, log):
         reader = cache.Cache(folder, cfg.scale, log, images_cached if ranks.main else cache.nothing_shown)
         sets = distributed.first_on_each_node(lambda: cached_sets(cfg, reader, log), ranks)
         if sets:
-            return *sets, str(folder)
-    return *load_once_per_node(lambda: read_sets(cfg, crops.Decoded(cfg.scale)), ranks, log), "memory"
+            return *agreed(sets, ranks), str(folder)
+    return *agreed(load_once_per_node(lambda: read_sets(cfg, crops.Decoded(cfg.scale)), ranks, log), ranks), "memory"
+
+
+def agreed(sets, ranks):
+    """The (train, validation) sets, once every rank is found to hold the same files in the same order."""
+    names = [list(s.names) for s in sets]
+    distributed.same_on_every_rank(names, ranks, "a different list of training or validation images")
+    return sets
 
 
 def cached_sets(cfg, reader, log):

@@ -167,3 +167,33 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(runs, tmp_path, monkeypatc
     train.main(["--resume", "runs/two", "--steps", "15"])
     resumed = losses("runs/two")
     assert len(resumed) == 15 and resumed == pytest.approx(losses(runs / "runs" / "one"), rel=1e-4)
+
+
+def _agreement(rank, store_file, results):
+    """On two gloo ranks of one node: rank 1 cannot take what rank 0 made (a cache it cannot read, say), and
+    the ranks then hold different lists of files."""
+    from engine.errors import UserError
+    from engine.training import distributed
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
+    ranks = distributed.Ranks(rank, 2, local_rank=rank)
+    loaded = distributed.first_on_each_node(lambda: "sets" if rank == 0 else None, ranks)
+    try:
+        distributed.same_on_every_rank(["a.png", "b.png"][: 2 - rank], ranks, "a different list of images")
+        said = None
+    except UserError as err:
+        said = str(err)
+    results[rank] = (loaded, said)
+    torch.distributed.destroy_process_group()
+
+
+def test_ranks_fall_back_together_and_refuse_to_train_on_different_files(tmp_path):
+    """Both ranks get None when one of them could not load (neither waits in a collective the other left),
+    and both stop with one line when their files differ."""
+    with torch.multiprocessing.Manager() as manager:
+        results = manager.dict()
+        torch.multiprocessing.spawn(_agreement, args=(str(tmp_path / "store"), results), nprocs=2)
+        results = dict(results)
+    said = "rank 1 found a different list of images than rank 0 (files that changed"
+    assert results[0][0] is None and results[1][0] is None
+    assert results[0][1] == results[1][1] and results[0][1].startswith(said)
