@@ -23,13 +23,14 @@ class Transcript(io.TextIOBase):
     come through it too, so the log keeps them beside the trainer's own lines."""
 
     ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+    PADDING = re.compile(r"[ \t]+(?=\n)")  # a table's cells padded out to the width of a console that is not a terminal
 
     def __init__(self):
         self.log, self.held, self.showwarning = None, None, None  # held: a job's lines before its log, or None
 
     def write(self, text):
         sys.stderr.write(text)
-        plain = self.ANSI.sub("", text)
+        plain = self.PADDING.sub("", self.ANSI.sub("", text))
         if self.log:
             self.log.write(plain)
         elif self.held is not None:
