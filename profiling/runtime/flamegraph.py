@@ -8,6 +8,8 @@ import html
 import json
 import zlib
 
+from profiling.stats import counted
+
 
 def read_collapsed(text):
     """[(frames outermost first, count)] from collapsed-stack lines."""
@@ -91,13 +93,13 @@ def to_svg(stacks, title="irnscope trainer", width=1200, row=16):
         f'<svg version="1.1" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" '
         'font-family="monospace" font-size="11">',
         f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15">'
-        f"{html.escape(title)} ({total} samples)</text>",
+        f"{html.escape(title)} ({counted(total, 'sample')})</text>",
     ]
     for x, depth, w, name, count in rects:
         y = height - (depth + 1) * row
         label = html.escape(name[: int(w / 7)]) if w > 21 else ""
         parts.append(
-            f"<g><title>{html.escape(name)} ({count} samples, {count / total:.1%})</title>"
+            f"<g><title>{html.escape(name)} ({counted(count, 'sample')}, {count / total:.1%})</title>"
             f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 1}" fill="{_colour(name)}"/>'
             f'<text x="{x + 3:.1f}" y="{y + row - 4}">{label}</text></g>'
         )

@@ -24,7 +24,7 @@ def test_flame_graph_widths_follow_sample_shares():
     svg = to_svg(read_collapsed(RAW), width=1000)
     widths = {
         m[0]: float(m[1])
-        for m in re.findall(r"<title>([^<]+?) \(\d+ samples[^<]*</title><rect [^>]*width=\"([\d.]+)\"", svg)
+        for m in re.findall(r"<title>([^<]+?) \(\d+ samples?[^<]*</title><rect [^>]*width=\"([\d.]+)\"", svg)
     }
     assert widths["all"] == 1000.0 and widths["main (t.py:1)"] == 1000.0
     assert (
@@ -32,3 +32,8 @@ def test_flame_graph_widths_follow_sample_shares():
         and widths["forward (m.py:3)"] == 300.0
         and widths["train (t.py:5)"] == 900.0
     )
+
+
+def test_a_single_sample_is_counted_in_the_singular():
+    svg = to_svg(read_collapsed("main (t.py:1) 1\n"), title="py-spy")
+    assert "py-spy (1 sample)</text>" in svg and "<title>main (t.py:1) (1 sample, 100.0%)</title>" in svg
