@@ -23,7 +23,12 @@ NVTX_BUDGET = 0.01  # of a step: NVTX ranges cost less, or --nvtx is off by defa
 
 def bench_overhead(args, device):
     """Milliseconds per step of each profiler setting, the median of alternating rounds, and what each adds."""
-    cfg, folder = step_config(args, {}), tempfile.mkdtemp()
+    with tempfile.TemporaryDirectory(prefix="irnscope-bench-overhead-") as folder:  # the records it writes
+        return overhead_in(folder, args, device)
+
+
+def overhead_in(folder, args, device):
+    cfg = step_config(args, {})
     phases = records.JsonLines(records.rank_file(folder, records.PHASES_STEM, 0))
     samples = records.JsonLines(records.rank_file(folder, records.SAMPLES_STEM, 0))
     run = step_runner(cfg, device, folder)
