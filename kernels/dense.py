@@ -464,8 +464,9 @@ if _INTERPRET:  # one config with large pixel tiles: the interpreter's cost is p
 _INTERPRETER_TILES = _INTERPRET
 # The config each launch takes, by Launch.key, as tune() chose it (engine/model/dense_choice.py tunes each
 # dense-block shape once at start-up, on scratch buffers, and every rank takes rank 0's choices); a launch
-# whose key has none takes its first candidate. The op itself never times anything: it runs the same in a
-# CUDA-graph capture, and gives the same bits in every process that took the same choices.
+# whose key has none takes the choice of the nearest pixel count, else its first candidate. The op itself
+# never times anything: it runs the same in a CUDA-graph capture, and gives the same bits in every process
+# that took the same choices.
 _CHOSEN = {}
 
 
@@ -488,9 +489,21 @@ def _forward_configs(configs, dtype, precision, copy_input):
 
 
 def launch_config(launch):
-    """The config a launch runs with: the one chosen for its key, else its first candidate."""
+    """The config a launch runs with: the one chosen for its key, else the one chosen for the same launch at
+    the nearest pixel count, else its first candidate."""
     candidates = launch_configs(launch)
-    return next((c for c in candidates if c.kwargs == _CHOSEN.get(launch.key)), candidates[0])
+    chosen = _CHOSEN.get(launch.key) or _nearest_choice(launch.key)
+    return next((c for c in candidates if c.kwargs == chosen), candidates[0])
+
+
+def _nearest_choice(key):
+    """The choice made for the same launch at the pixel count nearest to key's (in powers of two), or None:
+    start-up tunes the training crops' shapes, and a validation image then takes their choice."""
+    if key is None:
+        return None
+    launch, bucket = key
+    near = [(abs(math.log2(b / bucket)), kwargs) for (other, b), kwargs in _CHOSEN.items() if other == launch]
+    return min(near, key=lambda found: found[0])[1] if near else None
 
 
 def tune(launches, time):
@@ -687,8 +700,8 @@ class Launch(NamedTuple):
     """One kernel launch, kernel[grid](*args, **constexprs, **a config's kwargs). work(meta) says what its
     programs execute under a config's meta-parameters, as the forecast (profiling/bench/forecast.py) counts
     it: a list of (programs, {jit function holding a loop: (trips, multiply-accumulates per trip)}), 0 trips
-    for a function those programs never enter. key: what its config is chosen for (_CHOSEN): its kernel,
-    dtypes, channel counts, pixel count's power of two and constexprs; None for a launch with one config."""
+    for a function those programs never enter. key: what its config is chosen for (_CHOSEN): (its kernel,
+    dtypes, channel counts and constexprs; its pixel count's power of two); None for a launch with one config."""
 
     kernel: object
     grid: object
@@ -800,7 +813,7 @@ def _conv_launch(src, packed, c_out, bias, out, copy_dst, copy_channels, negativ
         copying = (triton.cdiv(copy_channels, k) if copy_input else 0, 0)  # in the first column of tiles
         return [(tiles_m, conv | {"_copy_tile": copying}), (tiles_m * (tiles_n - 1), conv | {"_copy_tile": (0, 0)})]
 
-    key = ("forward", src.dtype, packed.dtype, c_in, c_out, _pixel_bucket(n_pixels), *sorted(constexprs.items()))
+    key = (("forward", src.dtype, packed.dtype, c_in, c_out, *sorted(constexprs.items())), _pixel_bucket(n_pixels))
     return Launch(_conv3x3, grid, args, constexprs, work, key)
 
 
@@ -878,7 +891,7 @@ def _backward_step_launch(
         programs["_input_grad_tile"] = input_programs(meta)
         return [(programs[f], {g: loop if g == f else (0, 0) for g, loop in groups.items()}) for f in groups]
 
-    key = ("backward", feat.dtype, grad.dtype, c_in, _pixel_bucket(n_pixels), *sorted(c.items()))
+    key = (("backward", feat.dtype, grad.dtype, c_in, *sorted(c.items())), _pixel_bucket(n_pixels))
     return Launch(_conv3x3_backward, grid, args, c, work, key)
 
 

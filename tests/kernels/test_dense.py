@@ -267,6 +267,8 @@ def test_tuning_takes_the_fastest_tiles_once_per_key_and_never_in_a_capture(monk
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     wider = dense.block_launches(torch.randn(2, 3, 9, 9, device=DEVICE, dtype=torch.bfloat16), weights, biases, False)
     assert dense.tune(wider[0], stand_in) == {} and len(timed) == 22
+    # 162 pixels, a bucket never tuned: the choices of 70 pixels, not the backward's first candidate (32)
+    assert dense.tile_sizes(wider[1]) == [64] * 5 and dense.launch_configs(wider[1][1])[0].kwargs["BLOCK_M"] == 32
     rank_zeros = {forward[1].key: {"BLOCK_M": 128}}  # the others: their first candidates, 64 pixels in bf16
     dense.adopt_configs(rank_zeros)
     assert dense.tile_sizes(forward) == [128, 64, 64, 64, 64] and dense.chosen_configs() == rank_zeros
