@@ -189,7 +189,7 @@ def _pack_kernel(
 @triton.jit
 def _conv3x3_kernel(
     src, packed, bias, out, copy_dst,
-    n_pixels, pixel_bucket, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_out, C_copy,
+    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_out, C_copy,
     s_b, s_c, s_h, s_w,  # src: the input x (conv 1) or the feature buffer's channel prefix
     p_t, p_c, p_n,  # packed: the packed weights from this conv's first output column on
     o_b, o_c, o_h, o_w,  # out: the conv's slice of the feature buffer, or the block output (conv 5)
@@ -403,7 +403,7 @@ def _bias_grad_tile(
 @triton.jit
 def _conv3x3_backward_kernel(
     grad, feat, packed, acc_src, dst, dz_out, partials,
-    n_pixels, pixel_bucket, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, tail_start,
+    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, tail_start,
     split_len, weight_slot, bias_slot, partial_stride, weight_programs, bias_programs,
     g_b, g_c, g_h, g_w,  # grad: dout (conv 5), or this conv's dZ (_dz_buffers)
     f_b, f_c, f_h, f_w,  # the feature buffer F; the gradient buffer G (acc_src) has the same strides
@@ -579,7 +579,7 @@ def _divisor(d):
 
 
 def _pixel_bucket(n_pixels):
-    """Tuned once per power of two of the pixel count, not once per image size."""
+    """Tiles are chosen once per power of two of the pixel count, not once per image size."""
     return triton.next_power_of_2(n_pixels)
 
 
@@ -797,7 +797,7 @@ def _conv_launch(src, packed, c_out, bias, out, copy_dst, copy_channels, negativ
     n_pixels = b * h * w
     copy_input = copy_dst is not None
     copy_dst = copy_dst if copy_input else out  # a pointer the kernel ignores when there is nothing to copy
-    args = [src, packed, bias, out, copy_dst, n_pixels, _pixel_bucket(n_pixels), h, w, *_divisor(h), *_divisor(w)]
+    args = [src, packed, bias, out, copy_dst, n_pixels, h, w, *_divisor(h), *_divisor(w)]
     args += [c_in, c_out, copy_channels]
     args += [*src.stride(), *packed.stride(), *out.stride(), *copy_dst.stride(), negative_slope]
     constexprs = {"ACTIVATION": activation, "COPY_INPUT": copy_input, "PRECISION": _dot_precision(src.dtype, tf32)}
@@ -863,7 +863,7 @@ def _backward_step_launch(
     dst = gbuf if dst is None else dst  # a pointer the kernel ignores without INPUT_GRAD
     dz_out = dst if dz_out is None else dz_out  # ignored without SLOPE_TAIL
     tail = c_in if tail_start is None else tail_start
-    args = [grad, feat, packed, gbuf, dst, dz_out, partials, n_pixels, _pixel_bucket(n_pixels), h, w]
+    args = [grad, feat, packed, gbuf, dst, dz_out, partials, n_pixels, h, w]
     args += [*_divisor(h), *_divisor(w)]
     constexprs = {"C_OUT": c_out, "ACCUMULATE": not last, "SLOPE_TAIL": tail_start is not None}
     constexprs |= {"INPUT_GRAD": input_grad, "PRECISION": _dot_precision(feat.dtype, tf32)}
