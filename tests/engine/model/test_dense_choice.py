@@ -117,3 +117,45 @@ def test_a_tile_candidate_is_timed_per_launch_over_launches_back_to_back(monkeyp
     monkeypatch.setattr(dense_choice, "_gpu_ms", lambda run: (run(), 40.0)[1])
     assert dense_choice._launch_ms(lambda: launches.append(1)) == 40.0 / dense_choice.LAUNCHES_TIMED
     assert len(launches) == dense_choice.LAUNCHES_TIMED > 1
+
+
+def _choose_on_a_rank(rank, store_file, results):
+    """One of two real gloo ranks: each prefers other kernels and other tiles (rank 0: fused, 128-pixel forward
+    tiles; rank 1: cuDNN, 64), then runs what choose() leaves it with, on launches of its own making."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
+    dense._FORWARD_CONFIGS, dense._BACKWARD_CONFIGS = dense._GPU_FORWARD_CONFIGS, dense._GPU_BACKWARD_CONFIGS
+    favourite = 128 if rank == 0 else 64
+
+    def tune(block, x):
+        weights, biases = [c.weight.detach() for c in block.convs()], [c.bias.detach() for c in block.convs()]
+        launches = [launch for group in dense.block_launches(x, weights, biases, True) for launch in group]
+        dense.tune(launches, lambda run: 1.0 if run.args[1].kwargs["BLOCK_M"] == favourite else 2.0)
+
+    def timer(name, block, x):
+        return {"fused": 1.0, "cudnn": 2.0}[name] if rank == 0 else {"fused": 2.0, "cudnn": 1.0}[name]
+
+    model = tiny_model()
+    choices = dense_choice.choose(model, torch.zeros(1, 3, 8, 8), "auto", timer, tune)
+    tiles = []
+    for c in choices:
+        block = DenseBlock(c.shape[1], c.c_out, c.growth)
+        weights, biases = (
+            [conv.weight.detach() for conv in block.convs()],
+            [conv.bias.detach() for conv in block.convs()],
+        )
+        forward = dense.block_launches(torch.zeros(c.shape), weights, biases, True)[0]  # TF32: tiles to choose
+        tiles.append(dense.tile_sizes(forward))
+    results[rank] = ([c.chosen for c in choices], tiles)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_real_ranks_run_rank_zeros_kernels_and_tiles(tmp_path):
+    """The choices and the tile keys cross a real gloo broadcast: rank 1 runs fused blocks with 128-pixel forward
+    tiles, rank 0's preferences, on launches it made itself (so the keys match across processes)."""
+    with torch.multiprocessing.Manager() as manager:
+        results = manager.dict()
+        torch.multiprocessing.spawn(_choose_on_a_rank, args=(str(tmp_path / "store"), results), nprocs=2)
+        results = dict(results)
+    assert results[1] == results[0]
+    chosen, tiles = results[1]
+    assert set(chosen) == {"fused"} and tiles and all(128 in t for t in tiles)  # rank 1 alone never takes 128
