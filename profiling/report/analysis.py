@@ -62,6 +62,7 @@ def phase_stats(steps):
             "p50_ms": percentile(values, 0.5),
             "p95_ms": percentile(values, 0.95),
             "share": (mean(values) / total) if total else 0.0,
+            "ran": any(name in r for r in steps),  # the codec phase, say, only where a codec runs
         }
     peaks = [r["mem_peak_mib"] for r in steps if "mem_peak_mib" in r]
     return {

@@ -87,6 +87,8 @@ def phase_table(run):
         table.add_column(col, justify="right" if col != "phase" else "left")
     for name in STEP_PHASES:
         row = run["phases"]["phases"][name]
+        if not row["ran"]:
+            continue
         table.add_row(
             name, f"{row['mean_ms']:.2f}", f"{row['p50_ms']:.2f}", f"{row['p95_ms']:.2f}", f"{row['share']:.1%}"
         )
@@ -331,6 +333,7 @@ def comparison_rows(first, second):
     rows += [
         (f"{p} ms", first["phases"]["phases"][p]["mean_ms"], second["phases"]["phases"][p]["mean_ms"])
         for p in STEP_PHASES
+        if first["phases"]["phases"][p]["ran"] or second["phases"]["phases"][p]["ran"]
     ]
     if first["gpu"]["kind"] == second["gpu"]["kind"] == "gpu":
         rows.append(("GPU util %", first["gpu"]["util_mean"], second["gpu"]["util_mean"]))

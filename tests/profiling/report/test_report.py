@@ -68,6 +68,7 @@ def test_report_renders_a_real_run(two_runs, capsys):
     ):
         assert text in out
     assert f"{verdict['label']}:" in " ".join(out.split())  # the analysis's verdict, as the panel shows it
+    assert "│ h2d " in out and "│ codec " not in out  # a phase the run never ran has no row
 
 
 def test_a_cpu_run_is_judged_against_its_own_floors(in_tmp):
