@@ -19,6 +19,7 @@ from profiling.runtime.captures import (
     launches_per_step,
     rank_name,
 )
+from tests.profiling.runtime.test_timer import Ranges
 
 X = torch.randn(32, 32)
 
@@ -234,11 +235,11 @@ def test_py_spy_refused_by_the_kernel_is_the_one_line_fix(tmp_path, monkeypatch)
         shutil.rmtree(reachable)
 
 
-class CudaStandIn:
+class CudaStandIn(Ranges):
     """What NVTX ranges and Nsight's capture range call of torch.cuda, recorded in order."""
 
     def __init__(self):
-        self.calls = []
+        super().__init__()
         self.profiler = self.Profiler(self.calls)
 
     class Profiler:
@@ -253,12 +254,6 @@ class CudaStandIn:
 
     def synchronize(self, device=None):
         self.calls.append("synchronize")
-
-    def range_push(self, name):
-        self.calls.append(f"push {name}")
-
-    def range_pop(self):
-        self.calls.append("pop")
 
 
 def test_nsys_starts_before_the_window_s_first_step_and_stops_before_its_stop_step():
