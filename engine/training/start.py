@@ -17,6 +17,7 @@ from engine.training.progress import images_cached
 from engine.training.step_census import census, census_json
 from profiling import records
 from profiling.runtime.probe import probe
+from profiling.stats import counted
 
 
 def pick_device(cfg, ranks_here=1):
@@ -167,10 +168,6 @@ def network_line(cfg, trainer):
     return f"{irn}: {trained:,} parameters"
 
 
-def images(n):
-    return f"{n} image" if n == 1 else f"{n} images"
-
-
 def notes(found):
     """': 1 converted from L: gray.png; 1 skipped, corrupt or unreadable: cut.png' of a set, or ''."""
     groups = {f"converted from {mode}": names for mode, names in found.converted.items()}
@@ -186,14 +183,15 @@ def describe(cfg, flags, trainer, train_set, val_set, log):
     log(f"config {cfg.config}: {'; '.join(own) or 'as it is'}; every other key: configs/{config.SCHEMA}.toml")
     log(f"network: {network_line(cfg, trainer)}")
     log(
-        f"data: {images(len(train_set.names))} to train on ({cfg.data or 'the embedded photographs'}){notes(train_set)}"
+        f"data: {counted(len(train_set.names), 'image')} to train on ({cfg.data or 'the embedded photographs'})"
+        f"{notes(train_set)}"
     )
     if val_set.names:
         used, when = min(len(val_set.names), cfg.val_max_images), "after the last step"
         if cfg.val_every:
             when = f"every {cfg.val_every} steps and {when}"
-        of = f" of {len(val_set.names)}" if used < len(val_set.names) else ""
-        log(f"validation: {used}{of} {'image' if len(val_set.names) == 1 else 'images'} {when}{notes(val_set)}")
+        found = counted(len(val_set.names), "image")
+        log(f"validation: {f'{used} of {found}' if used < len(val_set.names) else found} {when}{notes(val_set)}")
     else:
         log("[yellow]no validation set: no scores, samples/ or best.pt; add --val DIR (held-out HR images) for them")
     device = trainer.device
