@@ -227,7 +227,7 @@ def hr_key(path, root):
     within = Path(os.path.relpath(os.path.abspath(path), root)).as_posix()
     try:
         stat = os.stat(path)
-    except OSError:  # gone since it was listed: made as an entry that holds no image, and skipped
+    except OSError:  # gone since it was listed: its build cannot read it, makes no entry and skips it this job
         return digest(within, "unreadable", DECODE_RULE)
     return digest(within, stat.st_size, stat.st_mtime_ns, DECODE_RULE)
 
