@@ -930,10 +930,10 @@ def _partials(flat, splits):
 
 
 def block_launches(x, weights, biases, tf32):
-    """(forward, backward, backward without dx): the launches of a dense block's calls on x, each on buffers of
-    its own (scratch, on x's device: what tune() times)."""
+    """(forward, backward, backward without dx): the launches of a dense block's calls on x, on scratch buffers
+    on x's device (what tune() times); the backwards read the output and features the forward writes."""
     out, features = _forward_outputs(x, weights, biases)
-    forward = call_launches("irn::dense_block", (x, weights, biases, NEGATIVE_SLOPE), tf32)
+    forward = _forward_launches(x, weights, biases, NEGATIVE_SLOPE, out, features, tf32)
     backward = [
         call_launches("irn::dense_block_backward", (out, features, weights, NEGATIVE_SLOPE, False, dx), tf32)
         for dx in (True, False)
