@@ -161,7 +161,6 @@ def bench_data(args, device):
         "their pages mapped; resident: the decoded arrays, or the Rss of the cache's mappings (/proc/self/smaps)",
         f"peak RSS: the run's ru_maxrss, python -m engine.train --config demo --data SET --scale {args.scale} "
         f"--steps {args.run_steps} --data-cache off (decoded in memory) or CACHE (the entries built above); the "
-        "same run on one of the "
-        f"images, from the cache: {rss_floor / 2**20:.0f} MiB, the run's floor without data",
+        f"same run on one of the images, from the cache: {rss_floor / 2**20:.0f} MiB, the run's floor without data",
     ]
     return result

@@ -122,9 +122,8 @@ def choices(launch):
 
     found = []
     for config_ in dense.launch_configs(launch):
-        variant = aot.Variant(
-            *dense.launch_variant(launch, config_)[:1], "", *dense.launch_variant(launch, config_)[1:]
-        )
+        name, *compile_args = dense.launch_variant(launch, config_)
+        variant = aot.Variant(name, "", *compile_args)
         found.append((config_, variant._replace(short=aot.short_name(variant))))
     return found
 
@@ -270,9 +269,9 @@ def forecast(cfg, workers=None, dump_to=None):
     for precision in PRECISIONS:
         run_cfg, planned = step_launches(cfg, precision)
         census = census_json(run_cfg)
+        options = {id(launch): choices(launch) for launch in planned}  # the same configs on every GPU
+        variants = [variant for found in options.values() for _, variant in found]
         for capability, chip in CHIPS.items():
-            options = {id(launch): choices(launch) for launch in planned}
-            variants = [variant for found in options.values() for _, variant in found]
             code = compiled(variants, capability, workers)
             if dump_to:
                 dump(code, variants, capability, dump_to)
