@@ -14,7 +14,6 @@ Every figure of one command comes from one process on one machine, so ratios com
 """
 
 import json
-import signal
 import sys
 
 import torch
@@ -71,16 +70,11 @@ def main(argv=None):
         raise UserError("`bench gpu` writes its figures into --out (docs/PERFORMANCE.md); drop --json")
     step_config(args, {})  # one line for a bad --scale/--batch/--crop before any work
     device = torch.device("cuda" if cuda else "cpu")
-    signal.signal(signal.SIGTERM, stop)  # a bench's temporary folders are removed on the way out
     result = benches[args.what](args, device)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     elif result is not None:
         result.show()
-
-
-def stop(signum, frame):
-    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":
