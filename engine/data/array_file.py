@@ -8,6 +8,7 @@ can map it. Here files are mapped with torch.from_file, which keeps no file desc
 maps the thousands of entries of a large data set without meeting its limit on open files.
 """
 
+import errno
 import json
 import os
 import re
@@ -23,22 +24,31 @@ class Damaged(ValueError):
 
 
 def write(path, fields, arrays, mode=0o600):
-    """`arrays` with the index `fields` into a new file at `path`, created with `mode` (less the umask).
-    Returns the file's size, or 0 when its space cannot be reserved (nothing is left behind then)."""
+    """`arrays` with the index `fields` into a new file at `path`, created with `mode` (less the umask), and
+    synced to the disk. Returns the file's size, or 0 when the space is lacking (nothing is left behind
+    then). Written with write(2), not through a mapping: a full disk or tmpfs is an ENOSPC here, where a
+    mapping's writer dies of SIGBUS, and no page of the file is faulted in only to be overwritten."""
+    arrays = [np.ascontiguousarray(a) for a in arrays]
     ends = np.cumsum([a.nbytes for a in arrays], dtype=np.int64).tolist()
     offsets = [end - a.nbytes for end, a in zip(ends, arrays, strict=True)]
     described = [{"offset": o, "shape": a.shape, "dtype": a.dtype.str} for o, a in zip(offsets, arrays, strict=True)]
     header = json.dumps({**fields, "arrays": described}).encode()
     start = arrays_start(len(header))
     size = start + (ends[-1] if ends else 0)
-    if not reserve(path, size, mode):
+    if shutil.disk_usage(path.parent).free < size:  # refused before a byte is written
         return 0
-    data = np.memmap(path, dtype=np.uint8, mode="r+", shape=(size,))
-    data[:8] = np.frombuffer(len(header).to_bytes(8, "little"), dtype=np.uint8)
-    data[8 : 8 + len(header)] = np.frombuffer(header, dtype=np.uint8)
-    for o, a in zip(offsets, arrays, strict=True):
-        np.ndarray(a.shape, dtype=a.dtype, buffer=data, offset=start + o)[...] = a
-    data.flush()
+    try:
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
+            f.write(len(header).to_bytes(8, "little") + header + bytes(start - 8 - len(header)))
+            for a in arrays:
+                f.write(memoryview(a).cast("B"))
+            f.flush()
+            os.fdatasync(f.fileno())  # whole on the disk before the caller renames it into place
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        path.unlink()
+        return 0
     return size
 
 
@@ -46,22 +56,6 @@ def arrays_start(header_length):
     """Where the arrays begin: after the 8-byte length and the header, aligned to 64 bytes."""
     start = 8 + header_length
     return start + -start % 64
-
-
-def reserve(path, size, mode):
-    """Allocate the file's blocks up front: a tmpfs or disk that is too small says ENOSPC here, where
-    writing through a mapping would die of SIGBUS."""
-    if shutil.disk_usage(path.parent).free < size:
-        return False
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError:
-        path.unlink()
-        return False
-    finally:
-        os.close(fd)
-    return True
 
 
 def read(path):

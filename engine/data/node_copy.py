@@ -2,8 +2,8 @@
 
 Eight ranks decoding their own copies of a data set (DIV2K's 800 images are several GB as uint8, plus their
 float32 LR references) hold eight times its size and decode it eight times. Here the node's first rank decodes
-once and writes the arrays into one file under /dev/shm, whose space it reserves first (a full tmpfs would
-otherwise kill the writer with SIGBUS); every rank of the node, the first included, then maps that file; once
+once and writes the arrays into one file under /dev/shm (a tmpfs too small for them is found before a byte is
+written, or by the write's ENOSPC); every rank of the node, the first included, then maps that file; once
 all have, it is unlinked, so the memory lives exactly as long as the ranks and nothing is left behind by a
 crash after the start. Loader workers, forked from their rank, share the same pages. Where /dev/shm cannot
 hold the data (a container's 64 MB default, say), every rank decodes its own copy, as before. Training takes
@@ -67,7 +67,7 @@ def data_bytes(train, val):
 
 def write(path, train, val):
     """All arrays of both sets into one file (array_file.py's layout). Returns the file's size, or 0 when
-    its space cannot be reserved (nothing is left behind then)."""
+    the space is lacking (nothing is left behind then)."""
     fields = {
         "train": {"names": train.names, "skipped": train.skipped, "converted": train.converted},
         "val": {"names": val.names, "skipped": val.skipped, "converted": val.converted},

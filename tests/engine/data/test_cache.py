@@ -125,17 +125,16 @@ def test_a_file_that_cannot_be_read_now_is_skipped_this_time_and_read_the_next(t
 
 
 KILLED_BUILD = """
-import sys, time
-from engine.data import array_file, cache, image_files
+import os, sys, time
+from engine.data import cache, image_files
 
-reserve = array_file.reserve
+fdatasync = os.fdatasync
 
-def slowly(path, size, mode):  # mid-write: its space reserved, its bytes not yet written
-    done = reserve(path, size, mode)
+def slowly(fd):  # an entry written aside, not yet renamed into place
     time.sleep(0.4)
-    return done
+    fdatasync(fd)
 
-array_file.reserve = slowly
+os.fdatasync = slowly
 image_files.read_folder(sys.argv[1], 16, cache.Cache(sys.argv[2], 2).training)
 """
 
