@@ -79,23 +79,35 @@ def mapped_rss(folder):
 
 
 # A small process between the bench and the run: a child's peak RSS starts from its parent's at fork (Linux
-# keeps the parent's high-water mark across exec), so the run is started from this, not from the bench.
-STARTER = (
-    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-)
+# keeps the parent's high-water mark across exec), so the run is started from this, not from the bench. It
+# prints the run's peak RSS and its peak anonymous memory (RssAnon + RssShmem, sampled every 10 ms: memory
+# the kernel cannot drop, where the cache's mapped pages are clean page cache it reclaims under pressure).
+STARTER = """
+import resource, subprocess, sys, time
+run, anonymous = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL), 0
+while run.poll() is None:
+    try:
+        with open(f"/proc/{run.pid}/status") as f:
+            kib = [int(line.split()[1]) for line in f if line.startswith(("RssAnon:", "RssShmem:"))]
+        anonymous = max(anonymous, sum(kib))
+    except OSError:  # ended between the poll and the read
+        pass
+    time.sleep(0.01)
+sys.exit(run.returncode) if run.returncode else print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, anonymous)
+"""
 
 
 def peak_rss_of_run(data, data_cache, steps, workdir, scale):
-    """Peak resident memory (bytes) of `python -m engine.train --config demo` on `data` at `scale` (the
-    bench's: at the demo's own, the run would build and map other entries than those measured)."""
+    """(peak resident memory, peak anonymous memory), in bytes, of `python -m engine.train --config demo` on
+    `data` at `scale` (the bench's: at the demo's own, the run would build and map other entries than those
+    measured)."""
     cmd = [sys.executable, "-m", "engine.train", "--config", "demo", "--data", str(data), "--steps", str(steps)]
     cmd += ["--scale", str(scale), "--data-cache", data_cache, "--checkpoint-every", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = subprocess.run([sys.executable, "-c", STARTER, *cmd], cwd=workdir, env=env, capture_output=True, text=True)
     if run.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed: {run.stderr[-2000:]}")
-    return int(run.stdout) * 1024  # KiB on Linux
+    return tuple(int(kib) * 1024 for kib in run.stdout.split())  # KiB on Linux
 
 
 def image_size(text, crop):
@@ -131,11 +143,11 @@ def bench_data(args, device):
         again = samples_per_second({"memory": decoded, "cache": cached}, args.crop, args.scale)
         resident = {"memory": sum(a.nbytes for a in [*decoded.hrs, *decoded.lrs]), "cache": mapped_rss(tmp / "cache")}
         del decoded, cached
-        rss_today = peak_rss_of_run(tmp / "hr", "off", args.run_steps, tmp, args.scale)
-        rss_cache = peak_rss_of_run(tmp / "hr", str(tmp / "cache"), args.run_steps, tmp, args.scale)
+        rss_today, anon_today = peak_rss_of_run(tmp / "hr", "off", args.run_steps, tmp, args.scale)
+        rss_cache, anon_cache = peak_rss_of_run(tmp / "hr", str(tmp / "cache"), args.run_steps, tmp, args.scale)
         (tmp / "one").mkdir()
         os.link(tmp / "hr" / "0000.png", tmp / "one" / "0000.png")  # the same file: its entries are found
-        rss_floor = peak_rss_of_run(tmp / "one", str(tmp / "cache"), args.run_steps, tmp, args.scale)
+        rss_floor, _ = peak_rss_of_run(tmp / "one", str(tmp / "cache"), args.run_steps, tmp, args.scale)
         cache_bytes = sum(p.stat().st_size for p in (tmp / "cache").rglob("*") if p.is_file())
     columns = ["", "decoded at every start", "data cache", "cache vs decoding"]
     result = Figures(f"data: {args.images} generated {w}x{h} PNGs at x{args.scale}, {processes} cores", columns)
@@ -150,6 +162,8 @@ def bench_data(args, device):
          f"{resident['cache'] / 2**20:.0f}", f"{resident['cache'] / resident['memory']:.1%}"],
         [f"peak RSS of a {args.run_steps}-step demo run (MiB)", f"{rss_today / 2**20:.0f}", f"{rss_cache / 2**20:.0f}",
          f"{rss_cache / rss_today:.1%}"],
+        ["  of which anonymous, at its peak (MiB)", f"{anon_today / 2**20:.0f}", f"{anon_cache / 2**20:.0f}",
+         f"{anon_cache / anon_today:.1%}"],
     ]  # fmt: skip
     result.notes += [
         f"the set: {on_disk / 2**20:.0f} MiB of PNGs, {cache_bytes / 2**20:.0f} MiB of cache entries (HR and LR "
@@ -161,6 +175,8 @@ def bench_data(args, device):
         "their pages mapped; resident: the decoded arrays, or the Rss of the cache's mappings (/proc/self/smaps)",
         f"peak RSS: the run's ru_maxrss, python -m engine.train --config demo --data SET --scale {args.scale} "
         f"--steps {args.run_steps} --data-cache off (decoded in memory) or CACHE (the entries built above); the "
-        f"same run on one of the images, from the cache: {rss_floor / 2**20:.0f} MiB, the run's floor without data",
+        f"same run on one of the images, from the cache: {rss_floor / 2**20:.0f} MiB, the run's floor without data; "
+        "anonymous: RssAnon + RssShmem of the run's "
+        "process, sampled every 10 ms, the memory the kernel cannot reclaim (the cache's pages are clean page cache)",
     ]
     return result
