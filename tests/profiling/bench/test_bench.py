@@ -59,12 +59,19 @@ def test_bad_bench_flags_are_one_line(args, message, capsys):
 
 def test_the_data_bench_sets_the_cache_beside_decoding_at_every_start(monkeypatch):
     runs = []
-    monkeypatch.setattr(data, "peak_rss_of_run", lambda *args: runs.append(args[1]) or 2**30 / len(runs))
+
+    def peak(*args):  # the runs' (peak, anonymous peak): 1 GiB and 512 MiB, then halves
+        runs.append(args[1])
+        return 2**30 / len(runs), 2**29 / len(runs)
+
+    monkeypatch.setattr(data, "peak_rss_of_run", peak)
     args = argparse.Namespace(**{**TINY, "crop": 32, "scale": 4}, images=3, image_size="96x72", run_steps=1)
     result = data.bench_data(args, torch.device("cpu"))
     assert [row[0] for row in result.rows] == [
         "start, cold (s)", "start, warm (s)", "samples/s (32x32 crops)", "samples/s, the same samples again",
         "data resident after 2000 samples (MiB)", "peak RSS of a 1-step demo run (MiB)",
+        "  of which anonymous, at its peak (MiB)",
     ]  # fmt: skip
     assert all(float(v) >= 0 for row in result.rows for v in row[1:3])
-    assert runs[0] == "off" and runs[1].endswith("cache") and result.rows[-1][1:] == ["1024", "512", "50.0%"]
+    assert runs[0] == "off" and runs[1].endswith("cache") and result.rows[-2][1:] == ["1024", "512", "50.0%"]
+    assert result.rows[-1][1:] == ["512", "256", "50.0%"]
