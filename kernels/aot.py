@@ -75,7 +75,7 @@ def supported(variant, capability):
 # --- names: kernel family, role, dtypes and tiles -------------------------------------------------
 
 # the dense kernels' flags, by the convs of the block that launch them
-_DENSE_FORWARD_ROLES = {(True, True): "c1", (True, False): "c2-4", (False, False): "c5"}  # ACTIVATION, COPY_INPUT
+_DENSE_FORWARD_ROLES = {True: "c1-4", False: "c5"}  # ACTIVATION
 _DENSE_BACKWARD_ROLES = {  # ACCUMULATE, SLOPE_TAIL, INPUT_GRAD; c1-nodx: conv 1 when x needs no gradient
     (False, True, True): "c5",
     (True, True, True): "c2-4",
@@ -104,16 +104,16 @@ def dtype(variant):
 
 
 def short_name(variant):
-    """'haar inv fp16', 'coupling fwd-bwd bf16', 'dense_pack bf16/w32', 'dense_fwd c2-4 fp32 tf32 M64 N32 K16',
+    """'haar inv fp16', 'coupling fwd-bwd bf16', 'dense_pack+copy bf16/w32', 'dense_fwd c1-4 fp32 tf32 M64 N32 K16',
     'dense_bwd c5>3 fp16 M32 N32 K32 P64 WN32 WC64' (conv 5 of a block into 3 channels; tiles: BLOCK_M, ...)."""
     kind, c = family(variant), variant.constexprs
-    if kind == "dense_pack":
-        return f"{kind} {dtype(variant)}"
+    if kind == "dense_pack":  # the forward's also copies x into the feature buffer
+        return f"{kind}{'+copy' if c['COPY_PIXELS'] else ''} {dtype(variant)}"
     if kind in ("haar", "coupling"):
         backward = "-bwd" if "backward" in variant.fn.__name__ else ""
         return f"{kind} {'inv' if c['INVERSE'] else 'fwd'}{backward} {dtype(variant)}"
     if kind == "dense_fwd":
-        role = _DENSE_FORWARD_ROLES.get((c["ACTIVATION"], c["COPY_INPUT"]), "?")
+        role = _DENSE_FORWARD_ROLES[c["ACTIVATION"]]
         tiles = ("M", "N", "K")
     else:
         role = _DENSE_BACKWARD_ROLES.get((c["ACCUMULATE"], c["SLOPE_TAIL"], c["INPUT_GRAD"]), "?")

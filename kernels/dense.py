@@ -24,7 +24,7 @@ The five convs' weights are packed once per call, by one launch, into the dot's 
 [tap, buffer channel, output of any conv] with zeros where a conv reads no channel (x's padding, later
 outputs) or has no output: conv k reads its columns with no mask, no index remapping and no cast.
 
-Launches per block: forward 6 (the packing, then the convs; conv 1 also copies x into F); backward 6 (the
+Launches per block: forward 6 (the packing, whose programs also copy x into F, then the convs); backward 6 (the
 packing, then one per step: its weight, bias and input gradients in one launch, the long weight-gradient
 programs first), plus one
 sum of the weight-gradient partials when the pixels are reduced in more than one split, and one cast into
@@ -58,6 +58,7 @@ MAX_SPLITS = 32
 # Channel alignment of the feature buffer, in elements (see _buffer_layout).
 ALIGN = 16
 BIAS_TILE = tl.constexpr(2048)  # elements a bias-gradient program sums a step
+COPY_PIXELS = 128  # pixels a program copies x's channels of, into the feature buffer (16 channels a step)
 
 # Three interpreter quirks are worked around under it only: it keeps bf16 as raw uint16 bits, which its dot
 # multiplies as integers; it truncates fp32 -> bf16 where GPUs round to nearest even; its TF32 dots are
@@ -155,16 +156,14 @@ def _copy_tile(src, dst, b, h, w, valid, C, C_dst, s_b, s_c, s_h, s_w, d_b, d_c,
 
 
 @triton.jit
-def _pack_kernel(
-    w1, w2, w3, w4, w5, packed, C_x, X_END, GROWTH, C_OUT, C_PACKED, N_PACKED, p_t, p_c, p_n,
+def _pack_tile(
+    k, tap, pid_c, w1, w2, w3, w4, w5, packed, C_x, X_END, GROWTH, C_OUT, C_PACKED, N_PACKED, p_t, p_c, p_n,
     BLOCK_C: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):
     """packed[tap, c, k g + n] = W_k[n, c', tap] in packed's dtype, for conv k's output n and the buffer
     channel c that holds its input channel c' (conv 5's outputs from 4 g on); 0 where conv k reads no such
-    channel (x's padding, the outputs of conv k and later) and has no such output. One program: a block of
+    channel (x's padding, the outputs of conv k and later) and has no such output. One tile: a block of
     buffer channels of one tap of one conv (contiguous OIHW weights)."""
-    k = tl.program_id(0)
-    tap = tl.program_id(1)
     w = w1
     if k == 1:
         w = w2
@@ -174,7 +173,7 @@ def _pack_kernel(
         w = w4
     if k == 4:
         w = w5
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     n = tl.arange(0, BLOCK_COLS)
     c_ok, wc = _input_channels(c, X_END + k * GROWTH, C_x, X_END)
     outputs = tl.where(k < 4, GROWTH, C_OUT)
@@ -187,15 +186,38 @@ def _pack_kernel(
 
 
 @triton.jit
+def _pack_kernel(
+    w1, w2, w3, w4, w5, packed, x, features,
+    C_x, X_END, GROWTH, C_OUT, C_PACKED, N_PACKED, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift,
+    p_t, p_c, p_n,
+    s_b, s_c, s_h, s_w,  # x
+    d_b, d_c, d_h, d_w,  # the feature buffer
+    BLOCK_C: tl.constexpr, BLOCK_COLS: tl.constexpr, COPY_PIXELS: tl.constexpr,
+):
+    """The five convs' weights packed (_pack_tile), by the first 5 x 9 x channel-tiles programs; with
+    COPY_PIXELS (the forward), x copied into the feature buffer's first X_END channels, padded with zeros,
+    COPY_PIXELS pixels a program, by the others. Conv 1 then reads that aligned copy 16 bytes at a time,
+    where x's own pixels, C_x elements apart, take a load an element."""
+    pid = tl.program_id(0)
+    tiles_c = tl.cdiv(C_PACKED, BLOCK_C)
+    if pid < 45 * tiles_c:  # 5 convs x 9 taps x channel tiles
+        _pack_tile(pid // (9 * tiles_c), pid // tiles_c % 9, pid % tiles_c, w1, w2, w3, w4, w5, packed, C_x, X_END,
+                   GROWTH, C_OUT, C_PACKED, N_PACKED, p_t, p_c, p_n, BLOCK_C, BLOCK_COLS)
+    elif COPY_PIXELS > 0:  # a static branch: the backward's packing has no copying code
+        start = (pid - 45 * tiles_c) * COPY_PIXELS
+        b, h, w, valid = _pixels(start, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, COPY_PIXELS)
+        _copy_tile(x, features, b, h, w, valid, C_x, X_END, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, 16)
+
+
+@triton.jit
 def _conv3x3_kernel(
-    src, packed, bias, out, copy_dst,
-    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_out, C_copy,
-    s_b, s_c, s_h, s_w,  # src: the input x (conv 1) or the feature buffer's channel prefix
+    src, packed, bias, out,
+    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_out,
+    s_b, s_c, s_h, s_w,  # src: the feature buffer's channel prefix
     p_t, p_c, p_n,  # packed: the packed weights from this conv's first output column on
     o_b, o_c, o_h, o_w,  # out: the conv's slice of the feature buffer, or the block output (conv 5)
-    d_b, d_c, d_h, d_w,  # copy_dst: the feature buffer, where conv 1 copies its input
     negative_slope,
-    ACTIVATION: tl.constexpr, COPY_INPUT: tl.constexpr, PRECISION: tl.constexpr,
+    ACTIVATION: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One (pixels x output channels) tile of a 3x3 conv; its GEMM's K runs over 9 taps x C_in channels."""
@@ -221,9 +243,6 @@ def _conv3x3_kernel(
     o_pix = _offsets(b, h, w, o_b, o_h, o_w)
     mask = valid[:, None] & n_ok[None, :]
     tl.store(out + o_pix[:, None] + n[None, :] * o_c, _to(acc, out.dtype.element_ty), mask=mask)
-    if COPY_INPUT:
-        if pid_n == 0:  # conv 1 reads x itself, so no program waits on this copy
-            _copy_tile(src, copy_dst, b, h, w, valid, C_in, C_copy, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, BLOCK_K)
 
 
 @triton.jit
@@ -479,11 +498,10 @@ def _backward_configs(configs, dtype, precision):
     return configs
 
 
-def _forward_configs(configs, dtype, precision, copy_input):
+def _forward_configs(configs, dtype, precision):
     """The forward configs a launch may take: 64-pixel tiles only for FMA dots (with 128, conv 5's store of
-    the block output spills 32 bytes on sm_90, ptxas 12.9) and for conv 1 in fp32 (which copies x as well:
-    8 bytes on sm_80)."""
-    if _fma_dots(dtype, precision) or (dtype == torch.float32 and copy_input):
+    the block output spills 32 bytes on sm_90, ptxas 12.9)."""
+    if _fma_dots(dtype, precision):
         return [config for config in configs if config.kwargs["BLOCK_M"] <= 64] or configs
     return configs
 
@@ -757,19 +775,21 @@ def _packed_shape(c_in, growth, c_out, dtype):
     x_end, _, _ = _buffer_layout(c_in, growth)
     rows = columns = 0
     for k in range(CONVS):
-        inputs, outputs = x_end + k * growth if k else c_in, growth if k < CONVS - 1 else c_out
-        forward, backward = _forward_tiles(inputs, outputs, dtype), _input_grad_tiles(inputs, outputs, dtype)
-        rows = max(rows, _round_up(inputs, forward["BLOCK_K"]), _round_up(inputs, backward["BLOCK_N"]))
+        reads, outputs = x_end + k * growth, growth if k < CONVS - 1 else c_out  # the forward's conv 1 reads x_end
+        inputs = reads if k else c_in  # the backward's conv 1 computes dx's c_in channels
+        forward, backward = _forward_tiles(reads, outputs, dtype), _input_grad_tiles(inputs, outputs, dtype)
+        rows = max(rows, _round_up(reads, forward["BLOCK_K"]), _round_up(inputs, backward["BLOCK_N"]))
         reach = max(_round_up(outputs, forward["BLOCK_N"]), _round_up(outputs, backward["BLOCK_K"]))
         columns = max(columns, k * growth + reach)
     return 9, rows, columns
 
 
-def _pack_launch(weights, dtype, channels_inner):
+def _pack_launch(weights, dtype, channels_inner, x=None, features=None):
     """(the launch that packs the five convs' weights, the packed tensor it fills): [tap, buffer channel,
     output of any conv] in `dtype`, the dot's (_packed_shape), with the channels or the outputs innermost in
     memory. Each dot takes it as its B operand with its K (the forward's channels, the backward's outputs)
-    innermost: the layout TF32 wgmma reads (half-precision ones read either), 16 bytes at a time."""
+    innermost: the layout TF32 wgmma reads (half-precision ones read either), 16 bytes at a time. With x
+    (the forward), its programs also copy x into the feature buffer's first channels."""
     growth, c_in, c_out = weights[0].shape[0], weights[0].shape[1], weights[-1].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
     shape = _packed_shape(c_in, growth, c_out, dtype)
@@ -778,40 +798,43 @@ def _pack_launch(weights, dtype, channels_inner):
     else:
         packed = torch.empty(shape, dtype=dtype, device=weights[0].device)
     columns = triton.next_power_of_2(max(growth, shape[2] - 4 * growth))
-    args = [*(w.contiguous() for w in weights), packed, c_in, x_end, growth, c_out, *shape[1:], *packed.stride()]
+    rows = max(1, 4096 // columns)  # a tile of 4,096 elements: 32 a thread, clear of spills
+    pack_programs = CONVS * 9 * triton.cdiv(shape[1], rows)
+    copying = x is not None
+    b, _, h, w = x.shape if copying else (0, 0, 1, 1)
+    x, features = (x, features) if copying else (packed, packed)  # pointers the kernel ignores without copying
+    args = [*(w.contiguous() for w in weights), packed, x, features, c_in, x_end, growth, c_out, *shape[1:]]
+    args += [b * h * w, h, w, *_divisor(h), *_divisor(w), *packed.stride()]
+    args += [*(x.stride() if copying else (0,) * 4), *(features.stride() if copying else (0,) * 4)]
+    copy_programs = triton.cdiv(b * h * w, COPY_PIXELS)
 
     def grid(meta):
-        return CONVS, 9, triton.cdiv(shape[1], meta["BLOCK_C"])
+        return (pack_programs + copy_programs,)
 
     def work(meta):
-        return [(math.prod(grid(meta)), {})]
+        copy = {"_pack_tile": (0, 0), "_copy_tile": (x_end // ALIGN, 0)}  # 16 channels a step
+        return [(pack_programs, {"_copy_tile": (0, 0)}), (copy_programs, copy)]
 
-    rows = max(1, 4096 // columns)  # a tile of 4,096 elements: 32 a thread, clear of spills
-    return Launch(_pack_kernel, grid, args, {"BLOCK_C": rows, "BLOCK_COLS": columns}, work), packed
+    constexprs = {"BLOCK_C": rows, "BLOCK_COLS": columns, "COPY_PIXELS": COPY_PIXELS if copying else 0}
+    return Launch(_pack_kernel, grid, args, constexprs, work), packed
 
 
-def _conv_launch(src, packed, c_out, bias, out, copy_dst, copy_channels, negative_slope, activation, tf32):
-    """Conv of src's channels into out, with the packed weights from its first output column on; copy_dst
-    gets src's channels, padded with zeros to copy_channels."""
+def _conv_launch(src, packed, c_out, bias, out, negative_slope, activation, tf32):
+    """Conv of src's channels into out, with the packed weights from its first output column on."""
     b, c_in, h, w = src.shape
     n_pixels = b * h * w
-    copy_input = copy_dst is not None
-    copy_dst = copy_dst if copy_input else out  # a pointer the kernel ignores when there is nothing to copy
-    args = [src, packed, bias, out, copy_dst, n_pixels, h, w, *_divisor(h), *_divisor(w)]
-    args += [c_in, c_out, copy_channels]
-    args += [*src.stride(), *packed.stride(), *out.stride(), *copy_dst.stride(), negative_slope]
-    constexprs = {"ACTIVATION": activation, "COPY_INPUT": copy_input, "PRECISION": _dot_precision(src.dtype, tf32)}
+    args = [src, packed, bias, out, n_pixels, h, w, *_divisor(h), *_divisor(w), c_in, c_out]
+    args += [*src.stride(), *packed.stride(), *out.stride(), negative_slope]
+    constexprs = {"ACTIVATION": activation, "PRECISION": _dot_precision(src.dtype, tf32)}
     constexprs |= _forward_tiles(c_in, c_out, src.dtype)
 
     def grid(meta):
         return triton.cdiv(n_pixels, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"])
 
     def work(meta):
-        tiles_m, tiles_n = grid(meta)
         k = constexprs["BLOCK_K"]
         conv = {"_conv3x3_kernel": (9 * triton.cdiv(c_in, k), meta["BLOCK_M"] * constexprs["BLOCK_N"] * k)}
-        copying = (triton.cdiv(copy_channels, k) if copy_input else 0, 0)  # in the first column of tiles
-        return [(tiles_m, conv | {"_copy_tile": copying}), (tiles_m * (tiles_n - 1), conv | {"_copy_tile": (0, 0)})]
+        return [(math.prod(grid(meta)), conv)]
 
     key = (("forward", src.dtype, packed.dtype, c_in, c_out, *sorted(constexprs.items())), _pixel_bucket(n_pixels))
     return Launch(_conv3x3, grid, args, constexprs, work, key)
@@ -836,17 +859,13 @@ def _forward_launches(x, weights, biases, negative_slope, out, features, tf32):
     _check_indexing(x, out, features)
     c_in, growth = x.shape[1], weights[0].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
-    pack, packed = _pack_launch(weights, x.dtype, channels_inner=True)
+    pack, packed = _pack_launch(weights, x.dtype, channels_inner=True, x=x, features=features)
     launches = [pack]
     for k in range(CONVS):
-        reads = x_end + k * growth  # conv k + 1 reads the buffer's channels up to here, and writes after
+        reads = x_end + k * growth  # conv k + 1 reads the buffer's channels up to here (x's padding too)
         dst = features[:, reads : reads + growth] if k < CONVS - 1 else out
-        if k == 0:  # conv 1 reads x where it lies (its channels are the buffer's first), and copies it there
-            src, copy_dst, copy_channels = x, features, x_end
-        else:
-            src, copy_dst, copy_channels = features[:, :reads], None, 0
-        launches.append(_conv_launch(src, packed[:, :, k * growth :], weights[k].shape[0], biases[k], dst, copy_dst,
-                                     copy_channels, negative_slope, k < CONVS - 1, tf32))  # fmt: skip
+        launches.append(_conv_launch(features[:, :reads], packed[:, :, k * growth :], weights[k].shape[0], biases[k],
+                                     dst, negative_slope, k < CONVS - 1, tf32))  # fmt: skip
     return launches
 
 
@@ -1177,7 +1196,7 @@ def launch_configs(launch):
     """The configs a launch may take on a GPU, the first its default; one config for a kernel with no choice."""
     c = launch.constexprs
     if launch.kernel is _conv3x3:
-        return _forward_configs(_FORWARD_CONFIGS, launch.args[0].dtype, c["PRECISION"], c["COPY_INPUT"])
+        return _forward_configs(_FORWARD_CONFIGS, launch.args[0].dtype, c["PRECISION"])
     if launch.kernel is _conv3x3_backward:
         return _backward_configs(_BACKWARD_CONFIGS, launch.args[1].dtype, c["PRECISION"])
     return [triton.Config({}, num_warps=4, num_stages=3)]

@@ -454,19 +454,20 @@ def test_aot_variants_cover_every_kernel_dtype_and_flag():
         assert set(signature) == set(fn.arg_names)
         assert all(signature[k] == "constexpr" for k in constexprs)
         if fn.__name__ == "_pack_kernel":
-            seen.add((fn.__name__, (), signature["packed"], signature["w1"]))
+            seen.add((fn.__name__, constexprs["COPY_PIXELS"] > 0, signature["packed"], signature["w1"]))
             continue
         tiling = ("BLOCK", "C_", "TAP_")  # tiles, and the channel counts they follow
         flags = tuple(sorted((k, v) for k, v in constexprs.items() if k.isupper() and not k.startswith(tiling)))
         features = signature["src" if "src" in signature else "feat"]
         seen.add((fn.__name__, flags, features, signature["packed"]))
-    forward_flags = [(True, True), (True, False), (False, False)]  # (ACTIVATION, COPY_INPUT): conv 1, 2-4, 5
+    forward_flags = [True, False]  # ACTIVATION: convs 1-4, 5
     backward_flags = [(False, True, True), (True, True, True), (True, False, True), (True, False, False)]
     for features, weight in [(t, t) for t in ("*fp32", "*fp16", "*bf16")] + [("*fp16", "*fp32"), ("*bf16", "*fp32")]:
-        assert ("_pack_kernel", (), features, weight) in seen  # packed into the features' dtype
+        for copying in (True, False):  # the forward's packing copies x, the backward's does not
+            assert ("_pack_kernel", copying, features, weight) in seen  # packed into the features' dtype
         for precision in ("ieee", "tf32") if features == "*fp32" else ("ieee",):
-            for a, c in forward_flags:
-                flags = tuple(sorted([("ACTIVATION", a), ("COPY_INPUT", c), ("PRECISION", precision)]))
+            for a in forward_flags:
+                flags = tuple(sorted([("ACTIVATION", a), ("PRECISION", precision)]))
                 assert ("_conv3x3_kernel", flags, features, features) in seen
             for acc, tail, dx in backward_flags:  # (ACCUMULATE, SLOPE_TAIL, INPUT_GRAD): conv 5, 2-4, 1, 1 no dx
                 flags = [("ACCUMULATE", acc), ("INPUT_GRAD", dx), ("PRECISION", precision), ("SLOPE_TAIL", tail)]
