@@ -248,7 +248,7 @@ def _conv3x3_kernel(
 @triton.jit
 def _input_grad_tile(
     pid, grad, feat, packed, acc_src, dst, dz_out,
-    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_OUT: tl.constexpr, tail_start,
+    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, C_OUT: tl.constexpr, tail_start,
     g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, z_b, z_c, z_h, z_w, p_t, p_c, p_n,
     negative_slope,
     ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, PRECISION: tl.constexpr,
@@ -283,6 +283,8 @@ def _input_grad_tile(
         z = dz_out + _offsets(b, h, w, z_b, z_h, z_w)[:, None] + (c - tail_start)[None, :] * z_c
         tl.store(z, _to(dz, dz_out.dtype.element_ty), mask=tail)
         mask = mask & (c < tail_start)[None, :]
+    else:  # conv 1: dx holds x's C_x channels, not the buffer's padding after them
+        mask = mask & (c < C_x)[None, :]
     d_pix = _offsets(b, h, w, d_b, d_h, d_w)
     tl.store(dst + d_pix[:, None] + c[None, :] * d_c, _to(acc, dst.dtype.element_ty), mask=mask)
 
@@ -461,7 +463,7 @@ def _conv3x3_backward_kernel(
     elif INPUT_GRAD:  # a static branch without INPUT_GRAD: no input-gradient code
         _input_grad_tile(
             pid - weight_programs - bias_programs, grad, feat, packed, acc_src, dst, dz_out, n_pixels, H, W,
-            h_magic, h_shift, w_magic, w_shift, C_in, C_OUT, tail_start, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
+            h_magic, h_shift, w_magic, w_shift, C_in, C_x, C_OUT, tail_start, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
             d_b, d_c, d_h, d_w, z_b, z_c, z_h, z_w, p_t, p_c, p_n, negative_slope, ACCUMULATE, SLOPE_TAIL, PRECISION,
             BLOCK_M, BLOCK_N, BLOCK_K,
         )
@@ -575,14 +577,13 @@ def _fma_dots(dtype, precision):
     return dtype == torch.float32 and precision == "ieee"
 
 
-def _pixel_step(dtype, grad, channels, precision, tap_columns):
+def _pixel_step(dtype, grad, precision, tap_columns):
     """Pixels per step of the weight-gradient reduction (its GEMM's K), 64 in half precision and 32 in fp32 or
     with tap columns; the interpreter pays per step. Half
     as many for a gradient whose channels are not contiguous in row tiles (conv 5's, the op's own in NCHW:
     each of its elements takes its own address, and those of the three shifted tiles of a step must fit in
-    registers), for features masked channel by channel (conv 1's x, whose channels are not a multiple of 16: a
-    predicate an element) and for FMA dots: otherwise ptxas 12.9 spills 8 to 24 bytes in some of them."""
-    narrow = (grad.stride(1) != 1 and not tap_columns) or channels % ALIGN or _fma_dots(dtype, precision)
+    registers) and for FMA dots: otherwise ptxas 12.9 spills 8 to 24 bytes in some of them."""
+    narrow = (grad.stride(1) != 1 and not tap_columns) or _fma_dots(dtype, precision)
     step = 32 if dtype == torch.float32 or tap_columns else 64  # tap columns: a gathered tile's own addresses
     return 128 if _INTERPRETER_TILES else step // (2 if narrow else 1)
 
@@ -753,7 +754,7 @@ def _weight_grad_tiles(c_in, c_out, dtype, grad, precision=None):
     channels = 16 if fma else 64 if tap_columns and dtype != torch.float32 else 32
     return {
         "TAP_COLUMNS": tap_columns,
-        "BLOCK_P": _pixel_step(dtype, grad, c_in, precision, tap_columns),
+        "BLOCK_P": _pixel_step(dtype, grad, precision, tap_columns),
         "BLOCK_WN": _tile(9 * c_out if tap_columns else c_out, 16, 64 if tap_columns and not fma else 32),
         "BLOCK_WC": _tile(c_in, 16, channels),
         "BLOCK_B": _tile(c_out, 16, 32),
@@ -775,10 +776,9 @@ def _packed_shape(c_in, growth, c_out, dtype):
     x_end, _, _ = _buffer_layout(c_in, growth)
     rows = columns = 0
     for k in range(CONVS):
-        reads, outputs = x_end + k * growth, growth if k < CONVS - 1 else c_out  # the forward's conv 1 reads x_end
-        inputs = reads if k else c_in  # the backward's conv 1 computes dx's c_in channels
-        forward, backward = _forward_tiles(reads, outputs, dtype), _input_grad_tiles(inputs, outputs, dtype)
-        rows = max(rows, _round_up(reads, forward["BLOCK_K"]), _round_up(inputs, backward["BLOCK_N"]))
+        inputs, outputs = x_end + k * growth, growth if k < CONVS - 1 else c_out  # conv 1 reads x's padding too
+        forward, backward = _forward_tiles(inputs, outputs, dtype), _input_grad_tiles(inputs, outputs, dtype)
+        rows = max(rows, _round_up(inputs, forward["BLOCK_K"]), _round_up(inputs, backward["BLOCK_N"]))
         reach = max(_round_up(outputs, forward["BLOCK_N"]), _round_up(outputs, backward["BLOCK_K"]))
         columns = max(columns, k * growth + reach)
     return 9, rows, columns
@@ -925,7 +925,7 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
     launches = [pack]
     for k in reversed(range(CONVS)):
         output_at = x_end + k * growth  # where conv k + 1's output sits in the buffer
-        reads = output_at if k else c_in  # the buffer channels it read
+        reads = output_at  # the buffer channels it reads (conv 1: x and its zero padding, 16-aligned)
         if k == CONVS - 1:  # conv 5 writes every channel of G: no zero fill
             step_grad, dst = grad, gbuf
         else:  # conv 1 writes dx itself, in x's dtype and layout, from what its successors left in G
@@ -933,7 +933,7 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
             dst = gbuf if k else (dx if input_grad else None)
         tail_start = output_at - growth if k else None  # conv k's output, whose dZ this step completes
         dz_out = dz[k - 1] if k else None
-        launches.append(_backward_step_launch(step_grad, features[:, :reads], c_in, x_end if k else c_in,
+        launches.append(_backward_step_launch(step_grad, features[:, :reads], c_in, x_end,
                                               tail_start, dz_out, packed[:, :, k * growth :], weights[k].shape[0],
                                               gbuf, dst, partials, slots[k], split_len, negative_slope,
                                               tf32))  # fmt: skip
