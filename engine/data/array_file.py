@@ -23,12 +23,15 @@ class Damaged(ValueError):
     with an index that does not parse or a length of it past the file's end."""
 
 
+SPACE_LACKING = (errno.ENOSPC, errno.EDQUOT)  # a full disk or tmpfs, or a quota met
+
+
 def write(path, fields, arrays, mode=0o600):
     """`arrays` with the index `fields` into a new file at `path`, created with `mode` (less the umask), and
     synced to the disk. Returns the file's size, or 0 when the space is lacking (nothing is left behind
     then). Written with write(2), not through a mapping: a full disk or tmpfs is an ENOSPC here, where a
     mapping's writer dies of SIGBUS, and no page of the file is faulted in only to be overwritten."""
-    arrays = [np.ascontiguousarray(a) for a in arrays]
+    arrays = [np.asarray(a, order="C") for a in arrays]
     ends = np.cumsum([a.nbytes for a in arrays], dtype=np.int64).tolist()
     offsets = [end - a.nbytes for end, a in zip(ends, arrays, strict=True)]
     described = [{"offset": o, "shape": a.shape, "dtype": a.dtype.str} for o, a in zip(offsets, arrays, strict=True)]
@@ -38,17 +41,23 @@ def write(path, fields, arrays, mode=0o600):
     if shutil.disk_usage(path.parent).free < size:  # refused before a byte is written
         return 0
     try:
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as err:
+        if err.errno in SPACE_LACKING:  # no inode left
+            return 0
+        raise
+    try:
+        with open(fd, "wb") as f:
             f.write(len(header).to_bytes(8, "little") + header + bytes(start - 8 - len(header)))
             for a in arrays:
-                f.write(memoryview(a).cast("B"))
+                f.write(a.reshape(-1).view(np.uint8))  # its bytes, as they lie (none for an empty array)
             f.flush()
             os.fdatasync(f.fileno())  # whole on the disk before the caller renames it into place
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
+    except BaseException as err:  # nothing left behind, whatever stopped the write
         path.unlink()
-        return 0
+        if isinstance(err, OSError) and err.errno in SPACE_LACKING:
+            return 0
+        raise
     return size
 
 

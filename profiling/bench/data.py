@@ -80,25 +80,22 @@ def mapped_rss(folder):
 
 # A small process between the bench and the run: a child's peak RSS starts from its parent's at fork (Linux
 # keeps the parent's high-water mark across exec), so the run is started from this, not from the bench. It
-# prints the run's peak RSS and its peak anonymous memory (RssAnon + RssShmem, sampled every 10 ms: memory
+# prints the run's peak RSS and its peak anonymous and shared memory (RssAnon + RssShmem, sampled every 10 ms: memory
 # the kernel cannot drop, where the cache's mapped pages are clean page cache it reclaims under pressure).
 STARTER = """
 import resource, subprocess, sys, time
 run, anonymous = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL), 0
-while run.poll() is None:
-    try:
-        with open(f"/proc/{run.pid}/status") as f:
-            kib = [int(line.split()[1]) for line in f if line.startswith(("RssAnon:", "RssShmem:"))]
-        anonymous = max(anonymous, sum(kib))
-    except OSError:  # ended between the poll and the read
-        pass
+while run.poll() is None:  # until this reaps it, an ended run is a zombie whose status still reads
+    with open(f"/proc/{run.pid}/status") as f:
+        kib = [int(line.split()[1]) for line in f if line.startswith(("RssAnon:", "RssShmem:"))]
+    anonymous = max(anonymous, sum(kib))
     time.sleep(0.01)
 sys.exit(run.returncode) if run.returncode else print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, anonymous)
 """
 
 
 def peak_rss_of_run(data, data_cache, steps, workdir, scale):
-    """(peak resident memory, peak anonymous memory), in bytes, of `python -m engine.train --config demo` on
+    """(peak resident memory, peak anonymous and shared memory), in bytes, of `python -m engine.train --config demo` on
     `data` at `scale` (the bench's: at the demo's own, the run would build and map other entries than those
     measured)."""
     cmd = [sys.executable, "-m", "engine.train", "--config", "demo", "--data", str(data), "--steps", str(steps)]
@@ -162,7 +159,7 @@ def bench_data(args, device):
          f"{resident['cache'] / 2**20:.0f}", f"{resident['cache'] / resident['memory']:.1%}"],
         [f"peak RSS of a {args.run_steps}-step demo run (MiB)", f"{rss_today / 2**20:.0f}", f"{rss_cache / 2**20:.0f}",
          f"{rss_cache / rss_today:.1%}"],
-        ["  of which anonymous, at its peak (MiB)", f"{anon_today / 2**20:.0f}", f"{anon_cache / 2**20:.0f}",
+        ["peak anonymous + shared memory of that run (MiB)", f"{anon_today / 2**20:.0f}", f"{anon_cache / 2**20:.0f}",
          f"{anon_cache / anon_today:.1%}"],
     ]  # fmt: skip
     result.notes += [
@@ -176,7 +173,8 @@ def bench_data(args, device):
         f"peak RSS: the run's ru_maxrss, python -m engine.train --config demo --data SET --scale {args.scale} "
         f"--steps {args.run_steps} --data-cache off (decoded in memory) or CACHE (the entries built above); the "
         f"same run on one of the images, from the cache: {rss_floor / 2**20:.0f} MiB, the run's floor without data; "
-        "anonymous: RssAnon + RssShmem of the run's "
-        "process, sampled every 10 ms, the memory the kernel cannot reclaim (the cache's pages are clean page cache)",
+        "anonymous + shared: RssAnon + RssShmem of the run's "
+        "process, sampled every 10 ms, the memory the kernel cannot reclaim (the cache's pages are clean page cache "
+        "on a disk; on a tmpfs they would count here)",
     ]
     return result

@@ -70,7 +70,7 @@ def test_the_data_bench_sets_the_cache_beside_decoding_at_every_start(monkeypatc
     assert [row[0] for row in result.rows] == [
         "start, cold (s)", "start, warm (s)", "samples/s (32x32 crops)", "samples/s, the same samples again",
         "data resident after 2000 samples (MiB)", "peak RSS of a 1-step demo run (MiB)",
-        "  of which anonymous, at its peak (MiB)",
+        "peak anonymous + shared memory of that run (MiB)",
     ]  # fmt: skip
     assert all(float(v) >= 0 for row in result.rows for v in row[1:3])
     assert runs[0] == "off" and runs[1].endswith("cache") and result.rows[-2][1:] == ["1024", "512", "50.0%"]
