@@ -58,7 +58,8 @@ MAX_SPLITS = 32
 # Channel alignment of the feature buffer, in elements (see _buffer_layout).
 ALIGN = 16
 BIAS_TILE = tl.constexpr(2048)  # elements a bias-gradient program sums a step
-COPY_PIXELS = 128  # pixels a program copies x's channels of, into the feature buffer (16 channels a step)
+COPY_PIXELS = 128  # pixels a program copies x's channels of, into the feature buffer,
+COPY_CHANNELS = tl.constexpr(ALIGN)  # this many channels a step
 
 # Three interpreter quirks are worked around under it only: it keeps bf16 as raw uint16 bits, which its dot
 # multiplies as integers; it truncates fp32 -> bf16 where GPUs round to nearest even; its TF32 dots are
@@ -145,7 +146,8 @@ def _input_channels(c, C_in, C_x, X_END):
 @triton.jit
 def _copy_tile(src, dst, b, h, w, valid, C, C_dst, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, BLOCK_K: tl.constexpr):
     """dst[pixels, :C_dst] = src[pixels, :C], then zeros: the block's input and its padding into the first
-    channels of the feature buffer (never read as inputs, but the buffer is an output: no garbage)."""
+    channels of the feature buffer. The convs read the padding with x (zero weights there), so it must hold
+    zeros: garbage could be NaN, and NaN x 0 is NaN."""
     s_pix = _offsets(b, h, w, s_b, s_h, s_w)
     d_pix = _offsets(b, h, w, d_b, d_h, d_w)
     for c0 in range(0, C_dst, BLOCK_K):
@@ -206,7 +208,7 @@ def _pack_kernel(
     elif COPY_PIXELS > 0:  # a static branch: the backward's packing has no copying code
         start = (pid - 45 * tiles_c) * COPY_PIXELS
         b, h, w, valid = _pixels(start, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, COPY_PIXELS)
-        _copy_tile(x, features, b, h, w, valid, C_x, X_END, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, 16)
+        _copy_tile(x, features, b, h, w, valid, C_x, X_END, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, COPY_CHANNELS)
 
 
 @triton.jit
@@ -577,13 +579,15 @@ def _fma_dots(dtype, precision):
     return dtype == torch.float32 and precision == "ieee"
 
 
-def _pixel_step(dtype, grad, precision, tap_columns):
+def _pixel_step(dtype, grad, channels, precision, tap_columns):
     """Pixels per step of the weight-gradient reduction (its GEMM's K), 64 in half precision and 32 in fp32 or
     with tap columns; the interpreter pays per step. Half
     as many for a gradient whose channels are not contiguous in row tiles (conv 5's, the op's own in NCHW:
     each of its elements takes its own address, and those of the three shifted tiles of a step must fit in
-    registers) and for FMA dots: otherwise ptxas 12.9 spills 8 to 24 bytes in some of them."""
-    narrow = (grad.stride(1) != 1 and not tap_columns) or _fma_dots(dtype, precision)
+    registers), for features masked channel by channel (a prefix of the buffer that is not a multiple of 16
+    channels: a growth that is not, as IRN's 32 is; a predicate an element) and for FMA dots: otherwise ptxas
+    12.9 spills 8 to 24 bytes in some of them."""
+    narrow = (grad.stride(1) != 1 and not tap_columns) or channels % ALIGN or _fma_dots(dtype, precision)
     step = 32 if dtype == torch.float32 or tap_columns else 64  # tap columns: a gathered tile's own addresses
     return 128 if _INTERPRETER_TILES else step // (2 if narrow else 1)
 
@@ -754,7 +758,7 @@ def _weight_grad_tiles(c_in, c_out, dtype, grad, precision=None):
     channels = 16 if fma else 64 if tap_columns and dtype != torch.float32 else 32
     return {
         "TAP_COLUMNS": tap_columns,
-        "BLOCK_P": _pixel_step(dtype, grad, precision, tap_columns),
+        "BLOCK_P": _pixel_step(dtype, grad, c_in, precision, tap_columns),
         "BLOCK_WN": _tile(9 * c_out if tap_columns else c_out, 16, 64 if tap_columns and not fma else 32),
         "BLOCK_WC": _tile(c_in, 16, channels),
         "BLOCK_B": _tile(c_out, 16, 32),
@@ -803,7 +807,7 @@ def _pack_launch(weights, dtype, channels_inner, x=None, features=None):
     copying = x is not None
     b, _, h, w = x.shape if copying else (0, 0, 1, 1)
     x, features = (x, features) if copying else (packed, packed)  # pointers the kernel ignores without copying
-    args = [*(w.contiguous() for w in weights), packed, x, features, c_in, x_end, growth, c_out, *shape[1:]]
+    args = [*(weight.contiguous() for weight in weights), packed, x, features, c_in, x_end, growth, c_out, *shape[1:]]
     args += [b * h * w, h, w, *_divisor(h), *_divisor(w), *packed.stride()]
     args += [*(x.stride() if copying else (0,) * 4), *(features.stride() if copying else (0,) * 4)]
     copy_programs = triton.cdiv(b * h * w, COPY_PIXELS)
@@ -812,8 +816,8 @@ def _pack_launch(weights, dtype, channels_inner, x=None, features=None):
         return (pack_programs + copy_programs,)
 
     def work(meta):
-        copy = {"_pack_tile": (0, 0), "_copy_tile": (x_end // ALIGN, 0)}  # 16 channels a step
-        return [(pack_programs, {"_copy_tile": (0, 0)}), (copy_programs, copy)]
+        copy = {"_pack_tile": (0, 0), "_copy_tile": (triton.cdiv(x_end, COPY_CHANNELS.value), 0)}
+        return [(pack_programs, {"_pixels": (0, 0), "_copy_tile": (0, 0)}), (copy_programs, copy)]
 
     constexprs = {"BLOCK_C": rows, "BLOCK_COLS": columns, "COPY_PIXELS": COPY_PIXELS if copying else 0}
     return Launch(_pack_kernel, grid, args, constexprs, work), packed
@@ -1107,12 +1111,12 @@ def _forward_traffic(args):
 
 
 def _backward_traffic(args):
-    """Bytes the backward's kernels read and write once each. Step k (conv 5 down to conv 1) reads its
-    output's gradient (the op's grad, or its dZ in the features' dtype), its feature prefix (for the weight
-    gradient) and its packed weights, writes the weight-gradient partials, and adds its input gradient to
-    G's prefix: conv 5 writes G without reading it, convs 4 to 2 read and write it, conv 1 reads G's x part
-    and writes dx (when x needs a gradient); steps 5 to 2 write the prefix's last g channels as the previous
-    conv's dZ, in the features' dtype. The packing comes first."""
+    """Bytes the backward's kernels read and write once each. Step k (conv 5 down to conv 1) reads its output's
+    gradient (the op's grad, or its dZ in the features' dtype), its feature prefix (for the weight gradient) and
+    its packed weights, writes the weight-gradient partials, and adds its input gradient to G's prefix: conv 5
+    writes G without reading it, convs 4 to 2 read and write it, conv 1 reads G's x part (x_end channels, its
+    padding too) and writes dx (when x needs a gradient); steps 5 to 2 write the prefix's last g channels as the
+    previous conv's dZ, in the features' dtype. The packing comes first."""
     grad, features, weights, input_grad = args[0], args[1], args[2], args[5]
     pixels, size = features.shape[0] * features.shape[2] * features.shape[3], features.element_size()
     growth = weights[0].shape[0]

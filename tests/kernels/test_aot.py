@@ -145,7 +145,7 @@ def test_fma_backward_steps_take_32_pixel_tiles(dtype, precision, tiles):
 # makes them contiguous when it is 1, the channel count that masks them (16-divisible: a mask constant
 # over 16 channels), and the tile's two dimensions.
 MAIN_LOOP_LOADS = {
-    ("_conv3x3_kernel", "src"): ("s_c", "C_in", ("BLOCK_M", "BLOCK_K")),  # features (conv 1: x)
+    ("_conv3x3_kernel", "src"): ("s_c", "C_in", ("BLOCK_M", "BLOCK_K")),  # the features' prefix
     ("_conv3x3_kernel", "packed"): ("p_n", None, ("BLOCK_K", "BLOCK_N")),
     ("_input_grad_tile", "grad"): ("g_c", "C_OUT", ("BLOCK_M", "BLOCK_K")),  # dZ (conv 5: the op's grad)
     ("_input_grad_tile", "packed"): ("p_n", None, ("BLOCK_K", "BLOCK_N")),
@@ -164,8 +164,8 @@ def _dense_convs(rows):
 
 def expected_width(row, function, pointer):
     """16 where the JIT can prove a load contiguous, aligned and evenly masked over 16 bytes a thread and the
-    tile gives every thread that much; None (any width) elsewhere: x and the op's grad as the caller lays
-    them out (NCHW), or a tile too small (conv 5's 3 outputs padded to 16 in fp32)."""
+    tile gives every thread that much; None (any width) elsewhere: the op's grad as the caller lays it out
+    (NCHW), or a tile too small (conv 5's 3 outputs padded to 16 in fp32)."""
     stride, count, dims = MAIN_LOOP_LOADS[(function, pointer)]
     c = row["constexprs"]
     even = count is None or count in row["divisible"] or c.get(count, 1) % 16 == 0  # an int the JIT saw, or a constexpr

@@ -169,11 +169,11 @@ def test_autocast_runs_the_block_in_the_autocast_dtype_with_fp32_weights():
 def test_every_gpu_tile_config_gives_the_same_results(monkeypatch, fp32_precision_restored, config, dtype, tf32):
     """The interpreter normally runs larger tiles than a GPU does. With each of a GPU's configs (64 or 128
     pixels a forward tile, 32 or 64 a backward one) and its channel tiles (32-channel K steps in fp32, 64 in
-    bf16; a pixel step of 32 in fp32 and 64 in bf16, or half that where the gradient's channels are strided,
-    the features masked channel by channel or the dots FMA loops), the channel loops of a 45-channel input
-    and its block's 48- to 80-channel prefixes, and the pixel loops of 70 pixels, take several steps with
-    ragged ends; the results are the reference's all the same: to fp32's rounding, to bf16's, and in
-    TF32 (emulated in the interpreter's dots) to TF32's, about 2**-10 of the largest value."""
+    bf16; a pixel step of 32 in fp32 and 64 in bf16, or half that where the gradient's channels are strided, the
+    features masked channel by channel (a growth not a multiple of 16) or the dots FMA loops), the channel loops
+    of a 45-channel input and its block's 48- to 80-channel prefixes, and the pixel loops of 70 pixels, take
+    several steps with ragged ends; the results are the reference's all the same: to fp32's rounding, to bf16's,
+    and in TF32 (emulated in the interpreter's dots) to TF32's, about 2**-10 of the largest value."""
     monkeypatch.setattr(dense, "_INTERPRETER_TILES", False)
     monkeypatch.setattr(dense, "_FORWARD_CONFIGS", dense._GPU_FORWARD_CONFIGS[config : config + 1])
     monkeypatch.setattr(dense, "_BACKWARD_CONFIGS", dense._GPU_BACKWARD_CONFIGS[config : config + 1])
@@ -316,7 +316,7 @@ def torch_ops(profile):
 # weights in fp32 (their gradient summed into place) or bf16 (cast into place)
 @pytest.mark.parametrize("splits, dtype", [(1, torch.float32), (4, torch.float32), (1, torch.bfloat16)])
 def test_launch_counts_per_block_and_gradients_over_pixel_splits(monkeypatch, splits, dtype):
-    """Forward: 6 launches (the weights' packing, then the convs; conv 1 copies x into the buffer). Backward:
+    """Forward: 6 launches (the weights' packing, which copies x into the buffer, then the convs). Backward:
     6 (the packing, then the steps), plus one sum of the partials
     when the weight gradients are reduced in more than one pixel split (here 70 pixels in 1 or 4), and one
     cast when the weights are not fp32; no other torch op that would launch a kernel. LAUNCHES counts
