@@ -58,7 +58,7 @@ MAX_SPLITS = 32
 # Channel alignment of the feature buffer, in elements (see _buffer_layout).
 ALIGN = 16
 BIAS_TILE = tl.constexpr(2048)  # elements a bias-gradient program sums a step
-COPY_PIXELS = 128  # pixels a program copies x's channels of, into the feature buffer,
+COPY_PIXELS = 128  # pixels whose channels of x a copying program moves into the feature buffer,
 COPY_CHANNELS = tl.constexpr(ALIGN)  # this many channels a step
 
 # Three interpreter quirks are worked around under it only: it keeps bf16 as raw uint16 bits, which its dot
@@ -530,10 +530,9 @@ def _nearest_choice(key):
 
 def tune(launches, time):
     """Choose the config of each launch that has several and whose key has none yet: the fastest by time(run),
-        the milliseconds of run() on the GPU, run on the launches' own buffers (scratch: what they compute is
-        not read). Nothing inside a CUDA-graph capture (its launches take what was chosen before it, else their
-    first configs). Returns
-        {key: the chosen config's kwargs} of the keys chosen now."""
+    the milliseconds of run() on the GPU, run on the launches' own buffers (scratch: what they compute is not
+    read). Nothing inside a CUDA-graph capture (its launches take what was chosen before it, else their first
+    configs). Returns {key: the chosen config's kwargs} of the keys chosen now."""
     chosen = {}
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return chosen
@@ -558,7 +557,6 @@ def adopt_configs(chosen):
 
 K_TILE = 64  # channels a K-step of fp16/bf16 dots on a GPU (fp32: half); the interpreter's tiles double it
 INPUT_GRAD_N = 64  # input channels an input-gradient tile, at most (FMA dots: half)
-_conv3x3, _conv3x3_backward = _conv3x3_kernel, _conv3x3_backward_kernel
 
 
 def _tile(channels, smallest, largest):
@@ -805,11 +803,14 @@ def _pack_launch(weights, dtype, channels_inner, x=None, features=None):
     rows = max(1, 4096 // columns)  # a tile of 4,096 elements: 32 a thread, clear of spills
     pack_programs = CONVS * 9 * triton.cdiv(shape[1], rows)
     copying = x is not None
-    b, _, h, w = x.shape if copying else (0, 0, 1, 1)
-    x, features = (x, features) if copying else (packed, packed)  # pointers the kernel ignores without copying
+    if copying:
+        b, _, h, w = x.shape
+        strides = [*x.stride(), *features.stride()]
+    else:  # no pixels to copy: pointers and sizes the kernel ignores
+        x = features = packed
+        b, h, w, strides = 0, 1, 1, [0] * 8
     args = [*(weight.contiguous() for weight in weights), packed, x, features, c_in, x_end, growth, c_out, *shape[1:]]
-    args += [b * h * w, h, w, *_divisor(h), *_divisor(w), *packed.stride()]
-    args += [*(x.stride() if copying else (0,) * 4), *(features.stride() if copying else (0,) * 4)]
+    args += [b * h * w, h, w, *_divisor(h), *_divisor(w), *packed.stride(), *strides]
     copy_programs = triton.cdiv(b * h * w, COPY_PIXELS)
 
     def grid(meta):
@@ -841,7 +842,7 @@ def _conv_launch(src, packed, c_out, bias, out, negative_slope, activation, tf32
         return [(math.prod(grid(meta)), conv)]
 
     key = (("forward", src.dtype, packed.dtype, c_in, c_out, *sorted(constexprs.items())), _pixel_bucket(n_pixels))
-    return Launch(_conv3x3, grid, args, constexprs, work, key)
+    return Launch(_conv3x3_kernel, grid, args, constexprs, work, key)
 
 
 def _sample_span(t):
@@ -915,7 +916,7 @@ def _backward_step_launch(
         return [(programs[f], {g: loop if g == f else (0, 0) for g, loop in groups.items()}) for f in groups]
 
     key = (("backward", feat.dtype, grad.dtype, c_in, *sorted(c.items())), _pixel_bucket(n_pixels))
-    return Launch(_conv3x3_backward, grid, args, c, work, key)
+    return Launch(_conv3x3_backward_kernel, grid, args, c, work, key)
 
 
 def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32):
@@ -928,8 +929,7 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
     pack, packed = _pack_launch(weights, features.dtype, channels_inner=False)
     launches = [pack]
     for k in reversed(range(CONVS)):
-        output_at = x_end + k * growth  # where conv k + 1's output sits in the buffer
-        reads = output_at  # the buffer channels it reads (conv 1: x and its zero padding, 16-aligned)
+        output_at = x_end + k * growth  # where conv k + 1's output sits: it reads the channels before (x's padding too)
         if k == CONVS - 1:  # conv 5 writes every channel of G: no zero fill
             step_grad, dst = grad, gbuf
         else:  # conv 1 writes dx itself, in x's dtype and layout, from what its successors left in G
@@ -937,7 +937,7 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
             dst = gbuf if k else (dx if input_grad else None)
         tail_start = output_at - growth if k else None  # conv k's output, whose dZ this step completes
         dz_out = dz[k - 1] if k else None
-        launches.append(_backward_step_launch(step_grad, features[:, :reads], c_in, x_end,
+        launches.append(_backward_step_launch(step_grad, features[:, :output_at], c_in, x_end,
                                               tail_start, dz_out, packed[:, :, k * growth :], weights[k].shape[0],
                                               gbuf, dst, partials, slots[k], split_len, negative_slope,
                                               tf32))  # fmt: skip
@@ -1199,9 +1199,9 @@ def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False):
 def launch_configs(launch):
     """The configs a launch may take on a GPU, the first its default; one config for a kernel with no choice."""
     c = launch.constexprs
-    if launch.kernel is _conv3x3:
+    if launch.kernel is _conv3x3_kernel:
         return _forward_configs(_FORWARD_CONFIGS, launch.args[0].dtype, c["PRECISION"])
-    if launch.kernel is _conv3x3_backward:
+    if launch.kernel is _conv3x3_backward_kernel:
         return _backward_configs(_BACKWARD_CONFIGS, launch.args[1].dtype, c["PRECISION"])
     return [triton.Config({}, num_warps=4, num_stages=3)]
 

@@ -279,7 +279,7 @@ class CountLaunches:
 
     def __init__(self, monkeypatch):
         self.launches = []
-        for kernel in (dense._pack_kernel, dense._conv3x3, dense._conv3x3_backward):
+        for kernel in (dense._pack_kernel, dense._conv3x3_kernel, dense._conv3x3_backward_kernel):
             monkeypatch.setattr(kernel, "run", self.counting(kernel.run, kernel.fn.__name__))
 
     def counting(self, run, name):
