@@ -124,8 +124,7 @@ def tune_block(block, x):
     if x.device.type != "cuda":
         return None
     x = x.to(block.compute_dtype or x.dtype)
-    weights, biases = [c.weight.detach() for c in block.convs()], [c.bias.detach() for c in block.convs()]
-    launches = dense.block_launches(x, weights, biases, tf32_convolutions())
+    launches = dense.block_launches(x, *block.weights_and_biases(), tf32_convolutions())
     dense.tune([launch for group in launches for launch in group], _launch_ms)
     return dict(zip(("forward", "backward", "backward_no_dx"), map(dense.tile_sizes, launches), strict=True))
 

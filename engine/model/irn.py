@@ -49,12 +49,16 @@ class DenseBlock(nn.Module):
     def convs(self):
         return (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5)
 
+    def weights_and_biases(self):
+        """([the five convs' weights], [their biases]), as the dense-block ops take them."""
+        return [c.weight for c in self.convs()], [c.bias for c in self.convs()]
+
     def forward(self, x):
         """F(x) computed in `compute_dtype` (None: x's own), returned in x's dtype."""
         low = self.compute_dtype is not None
         with torch.autocast(x.device.type, dtype=self.compute_dtype, enabled=low):
             if self.fast_op is not None:  # casts x itself under autocast
-                out = self.fast_op(x, [c.weight for c in self.convs()], [c.bias for c in self.convs()])
+                out = self.fast_op(x, *self.weights_and_biases())
             else:
                 out = self.reference(x.to(self.compute_dtype) if low else x)  # one cast: every concatenation is low
         return out.to(x.dtype)

@@ -52,8 +52,7 @@ def kernel_cases(batch, crop, scale, device):
         )
         for c_in, c_out in ((channels - 3, 3), (3, channels - 3)):
             block = DenseBlock(c_in, c_out).to(device)
-            convs = block.convs()
-            weights, biases = [c.weight for c in convs], [c.bias for c in convs]
+            weights, biases = block.weights_and_biases()
             x = torch.randn(batch, c_in, side, side, device=device)
             tune_block(block, x)  # the tiles the trainer takes for this shape (a GPU's)
             moved = TRAFFIC["irn::dense_block"]((x, weights, biases, 0.2))

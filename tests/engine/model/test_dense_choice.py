@@ -104,7 +104,7 @@ def test_the_cudnn_block_is_the_reference_block_in_the_inputs_layout(channels_la
         torch.nn.init.normal_(conv.weight, std=0.3)
     x = torch.randn(2, 5, 6, 4)
     x = x.to(memory_format=torch.channels_last) if channels_last else x
-    weights, biases = [c.weight for c in block.convs()], [c.bias for c in block.convs()]
+    weights, biases = block.weights_and_biases()
     out, expected = cudnn_dense_block(x, weights, biases), block.reference(x.contiguous())
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * expected.abs().max().item())  # fp32 sums' order
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -127,8 +127,7 @@ def _choose_on_a_rank(rank, store_file, results):
     favourite = 128 if rank == 0 else 64
 
     def tune(block, x):
-        weights, biases = [c.weight.detach() for c in block.convs()], [c.bias.detach() for c in block.convs()]
-        launches = [launch for group in dense.block_launches(x, weights, biases, True) for launch in group]
+        launches = [launch for group in dense.block_launches(x, *block.weights_and_biases(), True) for launch in group]
         dense.tune(launches, lambda run: 1.0 if run.args[1].kwargs["BLOCK_M"] == favourite else 2.0)
 
     def timer(name, block, x):
@@ -139,11 +138,7 @@ def _choose_on_a_rank(rank, store_file, results):
     tiles = []
     for c in choices:
         block = DenseBlock(c.shape[1], c.c_out, c.growth)
-        weights, biases = (
-            [conv.weight.detach() for conv in block.convs()],
-            [conv.bias.detach() for conv in block.convs()],
-        )
-        forward = dense.block_launches(torch.zeros(c.shape), weights, biases, True)[0]  # TF32: tiles to choose
+        forward = dense.block_launches(torch.zeros(c.shape), *block.weights_and_biases(), True)[0]  # TF32: tiles
         tiles.append(dense.tile_sizes(forward))
     results[rank] = ([c.chosen for c in choices], tiles)
     torch.distributed.destroy_process_group()
