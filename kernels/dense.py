@@ -26,10 +26,16 @@ outputs) or has no output: conv k reads its columns with no mask, no index remap
 
 Launches per block: forward 6 (the packing, whose programs also copy x into F, then the convs); backward 6 (the
 packing, then one per step: its weight, bias and input gradients in one launch, the long weight-gradient
-programs first), plus one
-sum of the weight-gradient partials when the pixels are reduced in more than one split, and one cast into
-the weights' dtype when that is not fp32 (LAUNCHES). Every output element is written by one program and
-the splits are summed in a fixed order, so the results are deterministic: no atomics.
+programs first), plus one sum of the weight-gradient partials when the pixels are reduced in more than one
+split, and one cast into the weights' dtype when that is not fp32 (LAUNCHES). Every output element is written
+by one program and the splits are summed in a fixed order, so the results are deterministic: no atomics.
+
+Two blocks that read the same x with the same shapes (a coupling's H and G: dense_blocks) run in the launches
+of one, each launch with both blocks' programs (a grid axis): twice the programs to fill a GPU with, a third
+fewer launches than the three blocks of a coupling take one by one. F, the outputs and G hold the second
+block's samples after the first's, the packed weights and the partials its weights after the first's; dx is
+each block's, summed by one add (LAUNCHES counts it). Each block's results are those of its own call, bit
+for bit.
 """
 
 import functools
@@ -144,12 +150,15 @@ def _input_channels(c, C_in, C_x, X_END):
 
 
 @triton.jit
-def _copy_tile(src, dst, b, h, w, valid, C, C_dst, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, BLOCK_K: tl.constexpr):
+def _copy_tile(
+    src, dst, b, dst_b, h, w, valid, C, C_dst, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, BLOCK_K: tl.constexpr,
+):
     """dst[pixels, :C_dst] = src[pixels, :C], then zeros: the block's input and its padding into the first
-    channels of the feature buffer. The convs read the padding with x (zero weights there), so it must hold
-    zeros: garbage could be NaN, and NaN x 0 is NaN."""
+    channels of the feature buffer, the pixels of samples b there those of samples dst_b (a subnet's copy). The
+    convs read the padding with x (zero weights there), so it must hold zeros: garbage could be NaN, and NaN x 0
+    is NaN."""
     s_pix = _offsets(b, h, w, s_b, s_h, s_w)
-    d_pix = _offsets(b, h, w, d_b, d_h, d_w)
+    d_pix = _offsets(dst_b, h, w, d_b, d_h, d_w)
     for c0 in range(0, C_dst, BLOCK_K):
         c = c0 + tl.arange(0, BLOCK_K)
         tile = tl.load(src + s_pix[:, None] + c[None, :] * s_c, mask=valid[:, None] & (c < C)[None, :], other=0.0)
@@ -159,13 +168,18 @@ def _copy_tile(src, dst, b, h, w, valid, C, C_dst, s_b, s_c, s_h, s_w, d_b, d_c,
 
 @triton.jit
 def _pack_tile(
-    k, tap, pid_c, w1, w2, w3, w4, w5, packed, C_x, X_END, GROWTH, C_OUT, C_PACKED, N_PACKED, p_t, p_c, p_n,
+    pid, w1, w2, w3, w4, w5, packed, C_x, X_END, GROWTH, C_OUT, C_PACKED, N_PACKED, p_t, p_c, p_n,
     BLOCK_C: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):
     """packed[tap, c, k g + n] = W_k[n, c', tap] in packed's dtype, for conv k's output n and the buffer
     channel c that holds its input channel c' (conv 5's outputs from 4 g on); 0 where conv k reads no such
-    channel (x's padding, the outputs of conv k and later) and has no such output. One tile: a block of
-    buffer channels of one tap of one conv (contiguous OIHW weights)."""
+    channel (x's padding, the outputs of conv k and later) and has no such output. Tile pid of a subnet's
+    5 convs x 9 taps x channel tiles: a block of buffer channels of one tap of one conv (contiguous OIHW
+    weights)."""
+    tiles_c = tl.cdiv(C_PACKED, BLOCK_C)
+    k = pid // (9 * tiles_c)
+    tap = pid // tiles_c % 9
+    pid_c = pid % tiles_c
     w = w1
     if k == 1:
         w = w2
@@ -189,43 +203,60 @@ def _pack_tile(
 
 @triton.jit
 def _pack_kernel(
-    w1, w2, w3, w4, w5, packed, x, features,
-    C_x, X_END, GROWTH, C_OUT, C_PACKED, N_PACKED, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift,
-    p_t, p_c, p_n,
+    w1, w2, w3, w4, w5, v1, v2, v3, v4, v5, packed, x, features,
+    C_x, X_END, GROWTH, C_OUT, C_PACKED, N_PACKED, batch, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift,
+    p_s, p_t, p_c, p_n,
     s_b, s_c, s_h, s_w,  # x
     d_b, d_c, d_h, d_w,  # the feature buffer
     BLOCK_C: tl.constexpr, BLOCK_COLS: tl.constexpr, COPY_PIXELS: tl.constexpr,
 ):
-    """The five convs' weights packed (_pack_tile), by the first 5 x 9 x channel-tiles programs; with
-    COPY_PIXELS (the forward), x copied into the feature buffer's first X_END channels, padded with zeros,
+    """For subnet program_id(1) (0: weights w, 1: v): its five convs' weights packed into packed[subnet]
+    (_pack_tile) by the first 5 x 9 x channel-tiles programs; with COPY_PIXELS (the forward), x copied into
+    its samples of the feature buffer (from subnet x batch on), their first X_END channels, padded with zeros,
     COPY_PIXELS pixels a program, by the others. Conv 1 then reads that aligned copy 16 bytes at a time,
     where x's own pixels, C_x elements apart, take a load an element."""
     pid = tl.program_id(0)
-    tiles_c = tl.cdiv(C_PACKED, BLOCK_C)
-    if pid < 45 * tiles_c:  # 5 convs x 9 taps x channel tiles
-        _pack_tile(pid // (9 * tiles_c), pid // tiles_c % 9, pid % tiles_c, w1, w2, w3, w4, w5, packed, C_x, X_END,
-                   GROWTH, C_OUT, C_PACKED, N_PACKED, p_t, p_c, p_n, BLOCK_C, BLOCK_COLS)
+    subnet = tl.program_id(1)
+    if subnet == 1:
+        w1 = v1
+        w2 = v2
+        w3 = v3
+        w4 = v4
+        w5 = v5
+    tiles = 45 * tl.cdiv(C_PACKED, BLOCK_C)  # 5 convs x 9 taps x channel tiles
+    if pid < tiles:
+        _pack_tile(pid, w1, w2, w3, w4, w5, packed + subnet * p_s, C_x, X_END, GROWTH, C_OUT, C_PACKED, N_PACKED,
+                   p_t, p_c, p_n, BLOCK_C, BLOCK_COLS)
     elif COPY_PIXELS > 0:  # a static branch: the backward's packing has no copying code
-        start = (pid - 45 * tiles_c) * COPY_PIXELS
+        start = (pid - tiles) * COPY_PIXELS
         b, h, w, valid = _pixels(start, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, COPY_PIXELS)
-        _copy_tile(x, features, b, h, w, valid, C_x, X_END, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, COPY_CHANNELS)
+        _copy_tile(x, features, b, b + subnet * batch, h, w, valid, C_x, X_END, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w,
+                   COPY_CHANNELS)
 
 
 @triton.jit
 def _conv3x3_kernel(
-    src, packed, bias, out,
+    src, packed, bias, bias_1, out,
     n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_out,
     s_b, s_c, s_h, s_w,  # src: the feature buffer's channel prefix
-    p_t, p_c, p_n,  # packed: the packed weights from this conv's first output column on
+    p_s, p_t, p_c, p_n,  # packed: the packed weights from this conv's first output column on
     o_b, o_c, o_h, o_w,  # out: the conv's slice of the feature buffer, or the block output (conv 5)
     negative_slope,
     ACTIVATION: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One (pixels x output channels) tile of a 3x3 conv; its GEMM's K runs over 9 taps x C_in channels."""
+    """One (pixels x output channels) tile of a 3x3 conv of subnet program_id(2) (its n_pixels pixels follow
+    the earlier subnet's in src and out; its weights are packed[subnet], its bias bias or bias_1); its GEMM's
+    K runs over 9 taps x C_in channels."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    b, h, w, valid = _pixels(pid_m * BLOCK_M, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK_M)
+    subnet = tl.program_id(2)
+    if subnet == 1:
+        bias = bias_1
+    packed += subnet * p_s
+    first = subnet * n_pixels
+    b, h, w, valid = _pixels(first + pid_m * BLOCK_M, first + n_pixels, H, W, h_magic, h_shift, w_magic, w_shift,
+                             BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < C_out
     blocks = tl.cdiv(C_in, BLOCK_K)
@@ -250,7 +281,7 @@ def _conv3x3_kernel(
 @triton.jit
 def _input_grad_tile(
     pid, grad, feat, packed, acc_src, dst, dz_out,
-    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, C_OUT: tl.constexpr, tail_start,
+    first, last, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, C_OUT: tl.constexpr, tail_start,
     g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, z_b, z_c, z_h, z_w, p_t, p_c, p_n,
     negative_slope,
     ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, PRECISION: tl.constexpr,
@@ -263,7 +294,7 @@ def _input_grad_tile(
     tiles_c = tl.cdiv(C_in, BLOCK_N)
     pid_m = pid // tiles_c
     c = (pid - pid_m * tiles_c) * BLOCK_N + tl.arange(0, BLOCK_N)
-    b, h, w, valid = _pixels(pid_m * BLOCK_M, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK_M)
+    b, h, w, valid = _pixels(first + pid_m * BLOCK_M, last, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK_M)
     dtype = feat.dtype.element_ty  # dZ rounded to the features' dtype for the dot, as cuDNN gets it
     blocks: tl.constexpr = (C_OUT + BLOCK_K - 1) // BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -303,10 +334,10 @@ def _transposed_features(feat, f_pix, c, f_c, c_ok, valid):
 
 
 @triton.jit
-def _split_of(split, split_len, n_pixels):
-    """The first pixel of a pixel split and one past its last."""
-    start = split * split_len
-    return start, tl.minimum(start + split_len, n_pixels)
+def _split_of(split, split_len, first, last):
+    """The first pixel of a pixel split of the pixels first .. last - 1, and one past its last."""
+    start = first + split * split_len
+    return start, tl.minimum(start + split_len, last)
 
 
 @triton.jit
@@ -328,7 +359,7 @@ def _store_weight_grad(row, acc, c, n, tap, n_ok, C_in, C_x, X_END):
 @triton.jit
 def _weight_grad_row_tile(
     pid, grad, feat, partials,
-    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, split_len, weight_slot,
+    first, last, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, split_len, weight_slot,
     partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
     C_OUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr,
     BLOCK_WC: tl.constexpr,
@@ -342,7 +373,7 @@ def _weight_grad_row_tile(
     pid_c = pid % tiles_c
     pid_n = (pid // tiles_c) % tiles_n
     ky = (pid // (tiles_c * tiles_n)) % 3
-    start, end = _split_of(pid // (tiles_c * tiles_n * 3), split_len, n_pixels)
+    start, end = _split_of(pid // (tiles_c * tiles_n * 3), split_len, first, last)
     c = pid_c * BLOCK_WC + tl.arange(0, BLOCK_WC)
     n = pid_n * BLOCK_WN + tl.arange(0, BLOCK_WN)
     left = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
@@ -366,7 +397,7 @@ def _weight_grad_row_tile(
 @triton.jit
 def _weight_grad_taps_tile(
     pid, grad, feat, partials,
-    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, split_len, weight_slot,
+    first, last, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, split_len, weight_slot,
     partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
     C_OUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr,
     BLOCK_WC: tl.constexpr,
@@ -379,7 +410,7 @@ def _weight_grad_taps_tile(
     tiles_j: tl.constexpr = (9 * C_OUT + BLOCK_WN - 1) // BLOCK_WN
     pid_c = pid % tiles_c
     split = pid // (tiles_c * tiles_j)
-    start, end = _split_of(split, split_len, n_pixels)
+    start, end = _split_of(split, split_len, first, last)
     c = pid_c * BLOCK_WC + tl.arange(0, BLOCK_WC)
     j = (pid // tiles_c) % tiles_j * BLOCK_WN + tl.arange(0, BLOCK_WN)
     tap = j // C_OUT
@@ -404,7 +435,7 @@ def _weight_grad_taps_tile(
 
 @triton.jit
 def _bias_grad_tile(
-    pid, grad, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, split_len, bias_slot, partial_stride,
+    pid, grad, partials, first, last, H, W, h_magic, h_shift, w_magic, w_shift, split_len, bias_slot, partial_stride,
     g_b, g_c, g_h, g_w, C_OUT: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """db[n] = sum_p dZ[p, n] over one pixel split, for BLOCK_N of the outputs, into that split's row of
@@ -413,7 +444,7 @@ def _bias_grad_tile(
     tiles_n: tl.constexpr = (C_OUT + BLOCK_N - 1) // BLOCK_N
     split = pid // tiles_n
     n = (pid - split * tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-    start, end = _split_of(split, split_len, n_pixels)
+    start, end = _split_of(split, split_len, first, last)
     acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     for p0 in range(start, end, BLOCK_P):
         b, h, w, valid = _pixels(p0, end, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK_P)
@@ -427,12 +458,12 @@ def _bias_grad_tile(
 def _conv3x3_backward_kernel(
     grad, feat, packed, acc_src, dst, dz_out, partials,
     n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, tail_start,
-    split_len, weight_slot, bias_slot, partial_stride, weight_programs, bias_programs,
+    split_len, weight_slot, bias_slot, subnet_params, partial_stride, weight_programs, bias_programs,
     g_b, g_c, g_h, g_w,  # grad: dout (conv 5), or this conv's dZ (_dz_buffers)
     f_b, f_c, f_h, f_w,  # the feature buffer F; the gradient buffer G (acc_src) has the same strides
     d_b, d_c, d_h, d_w,  # dst: G, or dx for conv 1
     z_b, z_c, z_h, z_w,  # dz_out: the previous conv's dZ (_dz_buffers), which this step completes
-    p_t, p_c, p_n,  # the packed weights from this conv's first output column on
+    p_s, p_t, p_c, p_n,  # the packed weights from this conv's first output column on
     negative_slope,
     C_OUT: tl.constexpr, ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, INPUT_GRAD: tl.constexpr,
     PRECISION: tl.constexpr, TAP_COLUMNS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -442,29 +473,35 @@ def _conv3x3_backward_kernel(
     """A conv's whole backward step in one launch: the first programs compute weight-gradient tiles (the long
     ones, first so that no wave ends on them; with TAP_COLUMNS the nine taps' outputs as columns), the next
     bias-gradient tiles, the others input-gradient tiles. What one group writes the others never read
-    (partials vs G's prefix)."""
+    (partials vs G's prefix). Of subnet program_id(1): its n_pixels pixels follow the earlier subnet's in every
+    buffer, its weights are packed[subnet], and its gradients lie subnet_params further in each row of partials."""
     pid = tl.program_id(0)
+    subnet = tl.program_id(1)
+    first = subnet * n_pixels
+    last = first + n_pixels
+    packed += subnet * p_s
+    partials += subnet * subnet_params
     if pid < weight_programs:
         if TAP_COLUMNS:
             _weight_grad_taps_tile(
-                pid, grad, feat, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END,
+                pid, grad, feat, partials, first, last, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END,
                 split_len, weight_slot, partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
                 C_OUT, PRECISION, BLOCK_P, BLOCK_WN, BLOCK_WC,
             )
         else:
             _weight_grad_row_tile(
-                pid, grad, feat, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END,
+                pid, grad, feat, partials, first, last, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END,
                 split_len, weight_slot, partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
                 C_OUT, PRECISION, BLOCK_P, BLOCK_WN, BLOCK_WC,
             )
     elif pid < weight_programs + bias_programs:
         _bias_grad_tile(
-            pid - weight_programs, grad, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, split_len,
+            pid - weight_programs, grad, partials, first, last, H, W, h_magic, h_shift, w_magic, w_shift, split_len,
             bias_slot, partial_stride, g_b, g_c, g_h, g_w, C_OUT, BLOCK_B,
         )
     elif INPUT_GRAD:  # a static branch without INPUT_GRAD: no input-gradient code
         _input_grad_tile(
-            pid - weight_programs - bias_programs, grad, feat, packed, acc_src, dst, dz_out, n_pixels, H, W,
+            pid - weight_programs - bias_programs, grad, feat, packed, acc_src, dst, dz_out, first, last, H, W,
             h_magic, h_shift, w_magic, w_shift, C_in, C_x, C_OUT, tail_start, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
             d_b, d_c, d_h, d_w, z_b, z_c, z_h, z_w, p_t, p_c, p_n, negative_slope, ACCUMULATE, SLOPE_TAIL, PRECISION,
             BLOCK_M, BLOCK_N, BLOCK_K,
@@ -637,27 +674,38 @@ def _buffer_layout(c_in, growth):
     return x_end, channels, _round_up(channels, ALIGN)
 
 
+def _subnets(weights):
+    """How many dense blocks (subnets) the op runs: one, or two on the same input (five weights each)."""
+    return len(weights) // CONVS
+
+
 def _shapes(x, weights, biases):
-    """(c_in, growth, c_out), after checking that the weights and biases are a dense block's for x."""
+    """(c_in, growth, c_out), after checking that the weights and biases are those of one dense block for x,
+    or of two with the same shapes."""
     if x.dim() != 4:
         raise ValueError(f"dense_block input must be (B, C, H, W), got shape {tuple(x.shape)}")
-    if len(weights) != CONVS or len(biases) != CONVS:
-        raise ValueError(f"dense_block needs {CONVS} weights and {CONVS} biases, got {len(weights)} and {len(biases)}")
-    c_in, growth, c_out = x.shape[1], weights[0].shape[0], weights[-1].shape[0]
-    for k in range(CONVS):
-        expected = (c_out if k == CONVS - 1 else growth, c_in + k * growth, 3, 3)
+    if len(weights) not in (CONVS, 2 * CONVS) or len(biases) != len(weights):
+        raise ValueError(
+            f"dense_block needs {CONVS} weights and {CONVS} biases a block, for one or two blocks, "
+            f"got {len(weights)} and {len(biases)}"
+        )
+    c_in, growth, c_out = x.shape[1], weights[0].shape[0], weights[CONVS - 1].shape[0]
+    for k in range(len(weights)):
+        expected = (c_out if k % CONVS == CONVS - 1 else growth, c_in + k % CONVS * growth, 3, 3)
         if tuple(weights[k].shape) != expected or tuple(biases[k].shape) != expected[:1]:
             raise ValueError(
-                f"conv {k + 1} of a dense block on {c_in} channels needs a weight {expected} and a bias "
+                f"conv {k % CONVS + 1} of a dense block on {c_in} channels needs a weight {expected} and a bias "
                 f"{expected[:1]}, got {tuple(weights[k].shape)} and {tuple(biases[k].shape)}"
             )
     return c_in, growth, c_out
 
 
 def _forward_outputs(x, weights, biases):
-    """The block output (x's dtype and memory format) and the NHWC feature buffer, in x's dtype."""
+    """The block output (x's dtype and memory format) and the NHWC feature buffer, in x's dtype; for two
+    blocks, the second's samples after the first's in both."""
     c_in, growth, c_out = _shapes(x, weights, biases)
     b, _, h, w = x.shape
+    b *= _subnets(weights)
     out = _block_tensor(b, c_out, h, w, x.dtype, x.device, _is_channels_last(x))
     _, channels, stride = _buffer_layout(c_in, growth)
     strides = (h * w * stride, 1, w * stride, stride)
@@ -689,7 +737,8 @@ def _dz_buffers(gbuf, features, x_end, growth):
 
 
 def _param_slots(weights):
-    """Each conv's (weight, bias) offsets in the flat parameter gradient, and the flat size."""
+    """Each conv's (weight, bias) offsets in the flat parameter gradient, and the flat size (the second block's
+    after the first's)."""
     slots, offset = [], 0
     for weight in weights:
         slots.append((offset, offset + weight.numel()))
@@ -697,14 +746,29 @@ def _param_slots(weights):
     return slots, offset
 
 
+def _block_pixels(features, weights):
+    """The pixels of one block's samples of the feature buffer."""
+    return features.shape[0] // _subnets(weights) * features.shape[2] * features.shape[3]
+
+
 def _backward_outputs(features, weights, channels_last, input_grad):
     """dx (x's dtype and memory format; empty when x needs no gradient) and the flat parameter gradient."""
     b, _, h, w = features.shape
     if input_grad:
+        b //= _subnets(weights)
         dx = _block_tensor(b, weights[0].shape[1], h, w, features.dtype, features.device, channels_last)
     else:
         dx = features.new_empty(0)
     return dx, weights[0].new_empty(_param_slots(weights)[1])
+
+
+def _subnet_input_grads(dx, subnets, channels_last):
+    """Where conv 1's steps write their input gradients: dx itself for one block; for two, a buffer with both
+    blocks' samples, which one add sums into dx (no two programs of a launch may write one element)."""
+    if subnets == 1 or not dx.numel():
+        return dx
+    b, c, h, w = dx.shape
+    return _block_tensor(subnets * b, c, h, w, dx.dtype, dx.device, channels_last)
 
 
 def _pixel_splits(n_pixels):
@@ -722,7 +786,8 @@ class Launch(NamedTuple):
     programs execute under a config's meta-parameters, as the forecast (profiling/bench/forecast.py) counts
     it: a list of (programs, {jit function holding a loop: (trips, multiply-accumulates per trip)}), 0 trips
     for a function those programs never enter. key: what its config is chosen for (_CHOSEN): (its kernel,
-    dtypes, channel counts and constexprs; its pixel count's power of two); None for a launch with one config."""
+    dtypes, channel counts and constexprs; the power of two of its pixel count, all its blocks'); None for a launch
+    with one config."""
 
     kernel: object
     grid: object
@@ -787,21 +852,22 @@ def _packed_shape(c_in, growth, c_out, dtype):
 
 
 def _pack_launch(weights, dtype, channels_inner, x=None, features=None):
-    """(the launch that packs the five convs' weights, the packed tensor it fills): [tap, buffer channel,
-    output of any conv] in `dtype`, the dot's (_packed_shape), with the channels or the outputs innermost in
-    memory. Each dot takes it as its B operand with its K (the forward's channels, the backward's outputs)
-    innermost: the layout TF32 wgmma reads (half-precision ones read either), 16 bytes at a time. With x
-    (the forward), its programs also copy x into the feature buffer's first channels."""
-    growth, c_in, c_out = weights[0].shape[0], weights[0].shape[1], weights[-1].shape[0]
+    """(the launch that packs the five convs' weights of each block, the packed tensor it fills): [block, tap,
+    buffer channel, output of any conv] in `dtype`, the dot's (_packed_shape), with the channels or the outputs
+    innermost in memory. Each dot takes it as its B operand with its K (the forward's channels, the backward's
+    outputs) innermost: the layout TF32 wgmma reads (half-precision ones read either), 16 bytes at a time. With
+    x (the forward), its programs also copy x into each block's first channels of the feature buffer."""
+    subnets = _subnets(weights)
+    growth, c_in, c_out = weights[0].shape[0], weights[0].shape[1], weights[CONVS - 1].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
-    shape = _packed_shape(c_in, growth, c_out, dtype)
+    taps, rows, columns = _packed_shape(c_in, growth, c_out, dtype)
     if channels_inner:
-        packed = torch.empty(shape[0], shape[2], shape[1], dtype=dtype, device=weights[0].device).transpose(1, 2)
+        packed = torch.empty(subnets, taps, columns, rows, dtype=dtype, device=weights[0].device).transpose(2, 3)
     else:
-        packed = torch.empty(shape, dtype=dtype, device=weights[0].device)
-    columns = triton.next_power_of_2(max(growth, shape[2] - 4 * growth))
-    rows = max(1, 4096 // columns)  # a tile of 4,096 elements: 32 a thread, clear of spills
-    pack_programs = CONVS * 9 * triton.cdiv(shape[1], rows)
+        packed = torch.empty(subnets, taps, rows, columns, dtype=dtype, device=weights[0].device)
+    tile_columns = triton.next_power_of_2(max(growth, columns - 4 * growth))
+    tile_rows = max(1, 4096 // tile_columns)  # a tile of 4,096 elements: 32 a thread, clear of spills
+    pack_programs = CONVS * 9 * triton.cdiv(rows, tile_rows)  # a block's
     copying = x is not None
     if copying:
         b, _, h, w = x.shape
@@ -809,39 +875,43 @@ def _pack_launch(weights, dtype, channels_inner, x=None, features=None):
     else:  # no pixels to copy: pointers and sizes the kernel ignores
         x = features = packed
         b, h, w, strides = 0, 1, 1, [0] * 8
-    args = [*(weight.contiguous() for weight in weights), packed, x, features, c_in, x_end, growth, c_out, *shape[1:]]
-    args += [b * h * w, h, w, *_divisor(h), *_divisor(w), *packed.stride(), *strides]
-    copy_programs = triton.cdiv(b * h * w, COPY_PIXELS)
+    args = [*(weight.contiguous() for weight in (*weights[:CONVS], *weights[-CONVS:])), packed, x, features]
+    args += [c_in, x_end, growth, c_out, rows, columns, b, b * h * w, h, w, *_divisor(h), *_divisor(w)]
+    args += [*packed.stride(), *strides]
+    copy_programs = triton.cdiv(b * h * w, COPY_PIXELS)  # a block's
 
     def grid(meta):
-        return (pack_programs + copy_programs,)
+        return pack_programs + copy_programs, subnets
 
     def work(meta):
         copy = {"_pack_tile": (0, 0), "_copy_tile": (triton.cdiv(x_end, COPY_CHANNELS.value), 0)}
-        return [(pack_programs, {"_pixels": (0, 0), "_copy_tile": (0, 0)}), (copy_programs, copy)]
+        return [(subnets * pack_programs, {"_pixels": (0, 0), "_copy_tile": (0, 0)}), (subnets * copy_programs, copy)]
 
-    constexprs = {"BLOCK_C": rows, "BLOCK_COLS": columns, "COPY_PIXELS": COPY_PIXELS if copying else 0}
+    constexprs = {"BLOCK_C": tile_rows, "BLOCK_COLS": tile_columns, "COPY_PIXELS": COPY_PIXELS if copying else 0}
     return Launch(_pack_kernel, grid, args, constexprs, work), packed
 
 
-def _conv_launch(src, packed, c_out, bias, out, negative_slope, activation, tf32):
-    """Conv of src's channels into out, with the packed weights from its first output column on."""
+def _conv_launch(src, packed, c_out, biases, out, negative_slope, activation, tf32):
+    """Conv of src's channels into out, with each block's packed weights from its first output column on and
+    its bias (biases: one a block)."""
+    subnets = len(biases)
     b, c_in, h, w = src.shape
-    n_pixels = b * h * w
-    args = [src, packed, bias, out, n_pixels, h, w, *_divisor(h), *_divisor(w), c_in, c_out]
+    n_pixels = b // subnets * h * w  # a block's
+    args = [src, packed, biases[0], biases[-1], out, n_pixels, h, w, *_divisor(h), *_divisor(w), c_in, c_out]
     args += [*src.stride(), *packed.stride(), *out.stride(), negative_slope]
     constexprs = {"ACTIVATION": activation, "PRECISION": _dot_precision(src.dtype, tf32)}
     constexprs |= _forward_tiles(c_in, c_out, src.dtype)
 
     def grid(meta):
-        return triton.cdiv(n_pixels, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"])
+        return triton.cdiv(n_pixels, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]), subnets
 
     def work(meta):
         k = constexprs["BLOCK_K"]
         conv = {"_conv3x3_kernel": (9 * triton.cdiv(c_in, k), meta["BLOCK_M"] * constexprs["BLOCK_N"] * k)}
         return [(math.prod(grid(meta)), conv)]
 
-    key = (("forward", src.dtype, packed.dtype, c_in, c_out, *sorted(constexprs.items())), _pixel_bucket(n_pixels))
+    # chosen by the pixels of all its blocks: two blocks make a grid as one block on twice the pixels does
+    key = (("forward", src.dtype, packed.dtype, c_in, c_out, *sorted(constexprs.items())), _pixel_bucket(b * h * w))
     return Launch(_conv3x3_kernel, grid, args, constexprs, work, key)
 
 
@@ -861,7 +931,7 @@ def _check_indexing(*tensors):
 
 
 def _forward_launches(x, weights, biases, negative_slope, out, features, tf32):
-    _check_indexing(x, out, features)
+    _check_indexing(features, x, out)
     c_in, growth = x.shape[1], weights[0].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
     pack, packed = _pack_launch(weights, x.dtype, channels_inner=True, x=x, features=features)
@@ -869,20 +939,23 @@ def _forward_launches(x, weights, biases, negative_slope, out, features, tf32):
     for k in range(CONVS):
         reads = x_end + k * growth  # conv k + 1 reads the buffer's channels up to here (x's padding too)
         dst = features[:, reads : reads + growth] if k < CONVS - 1 else out
-        launches.append(_conv_launch(features[:, :reads], packed[:, :, k * growth :], weights[k].shape[0], biases[k],
-                                     dst, negative_slope, k < CONVS - 1, tf32))  # fmt: skip
+        launches.append(_conv_launch(features[:, :reads], packed[..., k * growth :], weights[k].shape[0],
+                                     biases[k::CONVS], dst, negative_slope, k < CONVS - 1, tf32))  # fmt: skip
     return launches
 
 
 def _backward_step_launch(
-    grad, feat, c_x, x_end, tail_start, dz_out, packed, c_out, gbuf, dst, partials, slot, split_len, slope, tf32
-):
+    grad, feat, c_x, x_end, tail_start, dz_out, packed, c_out, gbuf, dst, partials, slot, subnet_params, split_len,
+    slope, tf32,
+):  # fmt: skip
     """One conv's backward step. feat: the buffer channels it read; grad: dout for conv 5, else its dZ
-    (_dz_buffers); packed: the packed weights from its first output column on; dst: G, dx for conv 1, or None for
-    no input gradient; tail_start: where the previous conv's output starts in feat, and dz_out: its dZ
-    (None, None for conv 1)."""
+    (_dz_buffers); packed: each block's packed weights from its first output column on; dst: G, dx for conv 1,
+    or None for no input gradient; tail_start: where the previous conv's output starts in feat, and dz_out: its
+    dZ (None, None for conv 1); slot: the conv's (weight, bias) in a row of partials, the second block's
+    subnet_params further on."""
+    subnets = packed.shape[0]
     b, c_in, h, w = feat.shape
-    n_pixels = b * h * w
+    n_pixels = b // subnets * h * w  # a block's
     input_grad, last = dst is not None, c_in == gbuf.shape[1]  # conv 5 reads every channel
     dst = gbuf if dst is None else dst  # a pointer the kernel ignores without INPUT_GRAD
     dz_out = dst if dz_out is None else dz_out  # ignored without SLOPE_TAIL
@@ -895,14 +968,15 @@ def _backward_step_launch(
     c = constexprs | _weight_grad_tiles(c_in, c_out, feat.dtype, grad, constexprs["PRECISION"])
     weight_programs = _weight_programs(partials.shape[0], c_in, c_out, c)
     bias_programs = partials.shape[0] * triton.cdiv(c_out, c["BLOCK_B"])
-    args += [c_in, c_x, x_end, tail, split_len, *slot, partials.stride(0), weight_programs, bias_programs]
+    args += [c_in, c_x, x_end, tail, split_len, *slot, subnet_params, partials.stride(0)]
+    args += [weight_programs, bias_programs]
     args += [*grad.stride(), *feat.stride(), *dst.stride(), *dz_out.stride(), *packed.stride(), slope]
 
     def input_programs(meta):
         return triton.cdiv(n_pixels, meta["BLOCK_M"]) * triton.cdiv(c_in, c["BLOCK_N"]) * input_grad
 
     def grid(meta):
-        return (weight_programs + bias_programs + input_programs(meta),)
+        return weight_programs + bias_programs + input_programs(meta), subnets
 
     def work(meta):
         input_loop = (9 * triton.cdiv(c_out, c["BLOCK_K"]), meta["BLOCK_M"] * c["BLOCK_N"] * c["BLOCK_K"])
@@ -913,9 +987,9 @@ def _backward_step_launch(
         groups = {weight_tile: (pixel_steps, macs), "_bias_grad_tile": bias_loop, "_input_grad_tile": input_loop}
         programs = {weight_tile: weight_programs, "_bias_grad_tile": bias_programs}
         programs["_input_grad_tile"] = input_programs(meta)
-        return [(programs[f], {g: loop if g == f else (0, 0) for g, loop in groups.items()}) for f in groups]
+        return [(subnets * programs[f], {g: loop if g == f else (0, 0) for g, loop in groups.items()}) for f in groups]
 
-    key = (("backward", feat.dtype, grad.dtype, c_in, *sorted(c.items())), _pixel_bucket(n_pixels))
+    key = (("backward", feat.dtype, grad.dtype, c_in, *sorted(c.items())), _pixel_bucket(b * h * w))
     return Launch(_conv3x3_backward_kernel, grid, args, c, work, key)
 
 
@@ -924,8 +998,8 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
     x_end, _, _ = _buffer_layout(c_in, growth)
     dz = _dz_buffers(gbuf, features, x_end, growth)
     _check_indexing(features, grad, gbuf, *dz[-2:], *([dx] if input_grad else []))
-    slots, _ = _param_slots(weights)
-    _, split_len = _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])
+    slots, subnet_params = _param_slots(weights[:CONVS])
+    _, split_len = _pixel_splits(_block_pixels(features, weights))
     pack, packed = _pack_launch(weights, features.dtype, channels_inner=False)
     launches = [pack]
     for k in reversed(range(CONVS)):
@@ -938,9 +1012,9 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
         tail_start = output_at - growth if k else None  # conv k's output, whose dZ this step completes
         dz_out = dz[k - 1] if k else None
         launches.append(_backward_step_launch(step_grad, features[:, :output_at], c_in, x_end,
-                                              tail_start, dz_out, packed[:, :, k * growth :], weights[k].shape[0],
-                                              gbuf, dst, partials, slots[k], split_len, negative_slope,
-                                              tf32))  # fmt: skip
+                                              tail_start, dz_out, packed[..., k * growth :], weights[k].shape[0],
+                                              gbuf, dst, partials, slots[k], subnet_params, split_len,
+                                              negative_slope, tf32))  # fmt: skip
     return launches
 
 
@@ -953,7 +1027,8 @@ def _partials(flat, splits):
 
 
 def block_launches(x, weights, biases, tf32):
-    """(forward, backward, backward without dx): the launches of a dense block's calls on x, on scratch buffers
+    """(forward, backward, backward without dx): the launches of a dense block's calls on x (or of two blocks': five
+    weights and biases each), on scratch buffers
     on x's device (what tune() times); the backwards read the output and features the forward writes."""
     out, features = _forward_outputs(x, weights, biases)
     forward = _forward_launches(x, weights, biases, NEGATIVE_SLOPE, out, features, tf32)
@@ -978,9 +1053,16 @@ def call_launches(op, args, tf32):
         return _forward_launches(x, weights, biases, negative_slope, out, features, tf32)
     grad, features, weights, negative_slope, channels_last, input_grad = args
     dx, flat = _backward_outputs(features, weights, channels_last, input_grad)
-    partials = _partials(flat, _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])[0])
-    gbuf = _gradient_buffer(features)
-    return _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32)
+    subnet_dx, partials, gbuf = _backward_buffers(features, weights, dx, flat, channels_last)
+    return _backward_launches(grad, features, weights, negative_slope, gbuf, subnet_dx, partials, input_grad, tf32)
+
+
+def _backward_buffers(features, weights, dx, flat, channels_last):
+    """What the backward's launches write: the blocks' input gradients (_subnet_input_grads), the rows of
+    weight-gradient partials, one a pixel split (_partials), and G."""
+    splits, _ = _pixel_splits(_block_pixels(features, weights))
+    subnet_dx = _subnet_input_grads(dx, _subnets(weights), channels_last)
+    return subnet_dx, _partials(flat, splits), _gradient_buffer(features)
 
 
 def _launch(launch, config):
@@ -1000,7 +1082,8 @@ def _run(launches):
 def dense_block_forward(
     x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor], negative_slope: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The block output, and the feature buffer [x, F_1..F_4] that the backward reads."""
+    """The block output, and the feature buffer [x, F_1..F_4] that the backward reads; for two blocks (ten
+    weights and biases), the second's samples after the first's in both."""
     out, features = _forward_outputs(x, weights, biases)
     if out.numel():
         _run(_forward_launches(x, weights, biases, negative_slope, out, features, tf32_convolutions()))
@@ -1016,20 +1099,21 @@ def dense_block_backward(
     channels_last: bool,
     input_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """dx (empty unless input_grad), and the weight and bias gradients flat in _param_slots order."""
+    """dx (empty unless input_grad; for two blocks, the sum of both blocks'), and the weight and bias gradients
+    flat in _param_slots order."""
     dx, flat = _backward_outputs(features, weights, channels_last, input_grad)
-    n_pixels = features.shape[0] * features.shape[2] * features.shape[3]
-    if n_pixels == 0:
+    if features.numel() == 0:
         return dx, flat.zero_()
-    splits, _ = _pixel_splits(n_pixels)
-    partials, gbuf = _partials(flat, splits), _gradient_buffer(features)
+    subnet_dx, partials, gbuf = _backward_buffers(features, weights, dx, flat, channels_last)
     tf32 = tf32_convolutions()
-    _run(_backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32))
+    _run(_backward_launches(grad, features, weights, negative_slope, gbuf, subnet_dx, partials, input_grad, tf32))
+    if subnet_dx is not dx:  # one launch more, the sum of the two blocks' input gradients
+        torch.add(*subnet_dx.chunk(2), out=dx)
     if partials.data_ptr() != flat.data_ptr():  # the splits summed in a fixed order: deterministic
         if flat.dtype == torch.float32:
             torch.sum(partials, 0, out=flat)
         else:  # one launch more, the cast: of the sum, or of the single split as it is
-            flat.copy_(partials.sum(0) if splits > 1 else partials[0])
+            flat.copy_(partials.sum(0) if partials.shape[0] > 1 else partials[0])
     return dx, flat
 
 
@@ -1073,39 +1157,52 @@ def dense_block(x, weights, biases, negative_slope=NEGATIVE_SLOPE):
     """IRN's dense block on x, with the weights and biases of its five convs (engine.model.irn.DenseBlock's
     conv1..conv5). Under autocast it runs in the autocast dtype, as those convs would: x is cast once
     here and the weights inside the kernels; the weight gradients come back in the weights' dtype."""
+    return dense_blocks(x, [weights], [biases], negative_slope)[0]
+
+
+def dense_blocks(x, weights, biases, negative_slope=NEGATIVE_SLOPE):
+    """The outputs of one or two dense blocks of the same shapes on the same x (a coupling's H and G), each
+    block's five weights and biases a list in `weights` and `biases`, as dense_block computes them bit for bit:
+    two blocks take the launches of one, each with both blocks' programs (twice the programs to fill a GPU
+    with), and their input gradients are summed by one add."""
     if torch.is_autocast_enabled(x.device.type):
         x = x.to(torch.get_autocast_dtype(x.device.type))
-    return dense_block_forward(x, list(weights), list(biases), negative_slope)[0]
+    flat_weights, flat_biases = [w for block in weights for w in block], [b for block in biases for b in block]
+    out = dense_block_forward(x, flat_weights, flat_biases, negative_slope)[0]
+    return out.chunk(len(weights)) if len(weights) > 1 else (out,)
 
 
 def _backward_launches_count(args):
-    features, weights = args[1], args[2]
-    splits, _ = _pixel_splits(features.shape[0] * features.shape[2] * features.shape[3])
-    return 1 + CONVS + (splits > 1) + (weights[0].dtype != torch.float32)  # + the partials' sum, + a cast
+    features, weights, input_grad = args[1], args[2], args[5]
+    splits, _ = _pixel_splits(_block_pixels(features, weights))
+    summed_dx = _subnets(weights) > 1 and input_grad
+    return 1 + CONVS + summed_dx + (splits > 1) + (weights[0].dtype != torch.float32)  # + add, sum, cast
 
 
 # Kernels per call, for a census of a step: the weights' packing, then one per conv forward; the packing,
-# one per conv backward step, then the sum of the weight gradients' pixel splits when there are several,
-# and a cast to non-fp32 weights (dense_block_backward's torch ops after its Triton launches: sum, copy_).
+# one per conv backward step, then for two blocks the add of their input gradients, the sum of the weight
+# gradients' pixel splits when there are several, and a cast to non-fp32 weights (dense_block_backward's
+# torch ops after its Triton launches: add, sum, copy_).
 LAUNCHES = {"irn::dense_block": lambda args: 1 + CONVS, "irn::dense_block_backward": _backward_launches_count}
 
 
 def _packing_traffic(weights, dtype):
-    """Bytes the packing moves: every weight read, the packed weights (in `dtype`) written."""
+    """Bytes the packing moves: every weight read, each block's packed weights (in `dtype`) written."""
     growth, c_in, c_out = weights[0].shape[0], weights[0].shape[1], weights[-1].shape[0]
-    packed = math.prod(_packed_shape(c_in, growth, c_out, dtype))
+    packed = _subnets(weights) * math.prod(_packed_shape(c_in, growth, c_out, dtype))
     return sum(w.numel() * w.element_size() for w in weights) + packed * dtype.itemsize
 
 
 def _forward_traffic(args):
-    """Bytes the forward's kernels read and write once each: the packing, x, then per conv its channel
-    prefix of the buffer and its packed weights, and its output slice (conv 5: the block output)."""
+    """Bytes the forward's kernels read and write once each: the packing, x and its copy (once a block), then
+    per conv of each block its channel prefix of the buffer and its packed weights, and its output slice (conv 5:
+    the block output)."""
     x, weights = args[0], args[1]
     pixels, size = x.shape[0] * x.shape[2] * x.shape[3], x.element_size()
     x_end, channels, _ = _buffer_layout(x.shape[1], weights[0].shape[0])
-    moved = _packing_traffic(weights, x.dtype) + pixels * x.shape[1] * size + pixels * x_end * size  # x, its copy
+    moved = _packing_traffic(weights, x.dtype) + _subnets(weights) * pixels * (x.shape[1] + x_end) * size
     for k, w in enumerate(weights):
-        prefix = x_end + k * weights[0].shape[0]
+        prefix = x_end + k % CONVS * weights[0].shape[0]
         moved += pixels * (prefix + w.shape[0]) * size + w.numel() * size
     return moved
 
@@ -1116,20 +1213,23 @@ def _backward_traffic(args):
     its packed weights, writes the weight-gradient partials, and adds its input gradient to G's prefix: conv 5
     writes G without reading it, convs 4 to 2 read and write it, conv 1 reads G's x part (x_end channels, its
     padding too) and writes dx (when x needs a gradient); steps 5 to 2 write the prefix's last g channels as the
-    previous conv's dZ, in the features' dtype. The packing comes first."""
+    previous conv's dZ, in the features' dtype. The packing comes first. Each block takes these steps; two
+    blocks' input gradients are then read and summed into dx."""
     grad, features, weights, input_grad = args[0], args[1], args[2], args[5]
-    pixels, size = features.shape[0] * features.shape[2] * features.shape[3], features.element_size()
+    pixels, size = _block_pixels(features, weights), features.element_size()
     growth = weights[0].shape[0]
     x_end, _, _ = _buffer_layout(weights[0].shape[1], growth)
     splits, _ = _pixel_splits(pixels)
     moved = _packing_traffic(weights, features.dtype) + grad.numel() * grad.element_size()
-    for k, w in enumerate(weights):
+    for i, w in enumerate(weights):
+        k = i % CONVS
         prefix = x_end + k * growth
         g_passes = 1 if k == CONVS - 1 else 2 if k else int(input_grad)  # G's prefix: written, read+written, read
         moved += pixels * prefix * (size + 4 * g_passes) + w.numel() * (size + splits * 4)
         moved -= pixels * growth * (4 - size) if k else 0  # the previous conv's dZ, written in the features' dtype
         moved += pixels * w.shape[0] * size if k < CONVS - 1 else 0  # conv k+1's output gradient, its dZ
-    return moved + (pixels * weights[0].shape[1] * size if input_grad else 0)
+    dx_passes = 1 if _subnets(weights) == 1 else 2 + 3  # written; two written, then read twice and written once
+    return moved + (dx_passes * pixels * weights[0].shape[1] * size if input_grad else 0)
 
 
 TRAFFIC = {"irn::dense_block": _forward_traffic, "irn::dense_block_backward": _backward_traffic}
@@ -1153,11 +1253,13 @@ def _dense_block_flops(x_shape, weight_shapes, bias_shapes, negative_slope, out_
 def _dense_block_backward_flops(
     grad_shape, features_shape, weight_shapes, negative_slope, channels_last, input_grad, out_shape=None, **kwargs
 ):
-    # each conv's weight gradient, and its input gradient too, but conv 1's only when x needs one
+    # each conv's weight gradient, and its input gradient too, but conv 1's only when x needs one; for two
+    # blocks, the features hold both blocks' samples
     b, _, h, w = features_shape
+    b //= _subnets(weight_shapes)
     weight_flops = sum(_conv_flops(b, h, w, shape) for shape in weight_shapes)
-    input_flops = sum(_conv_flops(b, h, w, shape) for shape in weight_shapes[0 if input_grad else 1 :])
-    return weight_flops + input_flops
+    input_shapes = [shape for k, shape in enumerate(weight_shapes) if input_grad or k % CONVS]
+    return weight_flops + sum(_conv_flops(b, h, w, shape) for shape in input_shapes)
 
 
 # --- ahead-of-time compilation ----------------------------------------------------------------------
@@ -1219,13 +1321,17 @@ def launch_variant(launch, config, aligned=True):
 
 
 def _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32, batch=2, size=36):
-    """The launches of one forward and of the backward with and without dx, on meta tensors."""
+    """The launches of one forward and of the backward with and without dx, on meta tensors, for one block and
+    for two (whose sizes may specialise otherwise)."""
     x = torch.empty(batch, c_in, size, size, dtype=dtype, device="meta")
     shapes = [(growth if k < CONVS - 1 else c_out, c_in + k * growth, 3, 3) for k in range(CONVS)]
     weights = [torch.empty(shape, dtype=param_dtype, device="meta") for shape in shapes]
     biases = [torch.empty(shape[0], dtype=param_dtype, device="meta") for shape in shapes]
-    forward, backward, no_dx = block_launches(x, weights, biases, tf32)
-    return forward + backward + no_dx
+    launches = []
+    for subnets in (1, 2):
+        forward, backward, no_dx = block_launches(x, weights * subnets, biases * subnets, tf32)
+        launches += forward + backward + no_dx
+    return launches
 
 
 def _signature(fn, args, constexprs):

@@ -35,7 +35,8 @@ def device_for(want):
 
 def use_fast_kernels(model, enabled=True, dense=True):
     """Route every Haar, coupling and (with `dense`) dense-block module of `model` to the Triton kernels,
-    or back to the reference. Dense blocks of every kind (IRN's, the CRM's residual ones) run the same kernel."""
+    or back to the reference. Dense blocks of every kind (IRN's, the CRM's residual ones) run the same kernel,
+    a coupling's H and G in one call (pair_subnets)."""
     from kernels.coupling import coupling
     from kernels.dense import dense_block
     from kernels.haar import haar
@@ -47,7 +48,26 @@ def use_fast_kernels(model, enabled=True, dense=True):
         for kind, kernel in kernels.items():
             if isinstance(module, kind):
                 module.fast_op = kernel if enabled else None
+    return pair_subnets(model)
+
+
+def pair_subnets(model, enabled=True):
+    """Run each coupling's H and G in one call of the fused op (kernels.dense.dense_blocks: the launches of one
+    block, each with both blocks' programs) where both blocks run the fused kernels; else (or not `enabled`)
+    one block after the other."""
+    for module in model.modules():
+        if isinstance(module, IRNCoupling):
+            module.fast_subnets = _paired_op(module.H.fast_op, module.G.fast_op) if enabled else None
     return model
+
+
+def _paired_op(h_op, g_op):
+    """dense_blocks where both blocks run the fused dense_block, else None."""
+    if h_op is None or h_op is not g_op:
+        return None
+    from kernels import dense
+
+    return dense.dense_blocks if h_op is dense.dense_block else None
 
 
 def dense_kernels_unavailable(device):

@@ -55,19 +55,28 @@ class DenseBlock(nn.Module):
 
     def forward(self, x):
         """F(x) computed in `compute_dtype` (None: x's own), returned in x's dtype."""
-        low = self.compute_dtype is not None
-        with torch.autocast(x.device.type, dtype=self.compute_dtype, enabled=low):
-            if self.fast_op is not None:  # casts x itself under autocast
-                out = self.fast_op(x, *self.weights_and_biases())
-            else:
-                out = self.reference(x.to(self.compute_dtype) if low else x)  # one cast: every concatenation is low
-        return out.to(x.dtype)
+        (out,) = in_compute_dtype(self.compute_dtype, x, lambda x: (self.computed(x),))
+        return out
+
+    def computed(self, x):
+        """F(x) under forward's autocast: the fused op casts x itself, the reference casts it once (every
+        concatenation is then in the compute dtype)."""
+        if self.fast_op is not None:
+            return self.fast_op(x, *self.weights_and_biases())
+        return self.reference(x if self.compute_dtype is None else x.to(self.compute_dtype))
 
     def reference(self, x):
         features = [x]
         for conv in self.convs()[:4]:
             features.append(self.lrelu(conv(torch.cat(features, 1))))
         return self.conv5(torch.cat(features, 1))
+
+
+def in_compute_dtype(dtype, x, run):
+    """run(x)'s outputs, computed under autocast to `dtype` (None: in x's own dtype), returned in x's dtype."""
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        outs = run(x)
+    return [out.to(x.dtype) for out in outs]
 
 
 def coupling_scale(h, clamp):
@@ -89,7 +98,9 @@ class IRNCoupling(InvertibleModule):
         self.F = DenseBlock(channels - split, split, growth)
         self.G = DenseBlock(split, channels - split, growth)
         self.H = DenseBlock(split, channels - split, growth)
-        self.fast_op = None
+        # fast_subnets: None, or an op that runs H and G in one call (kernels.dense.dense_blocks), set where
+        # both run the fused kernels (engine/model/execution.py)
+        self.fast_op, self.fast_subnets = None, None
 
     def affine(self, x2, h, g, rev):
         if self.fast_op is not None:
@@ -97,15 +108,23 @@ class IRNCoupling(InvertibleModule):
         s = coupling_scale(h, self.clamp)
         return (x2 - g) * torch.exp(-s) if rev else x2 * torch.exp(s) + g
 
+    def scale_and_shift(self, y1):
+        """H(y1) and G(y1): both blocks in one call of fast_subnets where it is set (they read the same input
+        with the same shapes, and share a compute dtype), else one block after the other."""
+        if self.fast_subnets is None:
+            return self.H(y1), self.G(y1)
+        weights, biases = zip(self.H.weights_and_biases(), self.G.weights_and_biases(), strict=True)
+        return in_compute_dtype(self.H.compute_dtype, y1, lambda y1: self.fast_subnets(y1, weights, biases))
+
     def forward(self, x, c=None, rev=False, jac=True):
         a1, a2 = x[0][:, : self.split], x[0][:, self.split :]
         if not rev:
             y1 = a1 + self.F(a2)
-            h = self.H(y1)
-            out = (torch.cat((y1, self.affine(a2, h, self.G(y1), rev)), 1),)
+            h, g = self.scale_and_shift(y1)
+            out = (torch.cat((y1, self.affine(a2, h, g, rev)), 1),)
         else:
-            h = self.H(a1)
-            x2 = self.affine(a2, h, self.G(a1), rev)
+            h, g = self.scale_and_shift(a1)
+            x2 = self.affine(a2, h, g, rev)
             out = (torch.cat((a1 - self.F(x2), x2), 1),)
         if not jac:
             return out, 0.0

@@ -190,12 +190,14 @@ def _under(launch, config_, variant, code, chip):
 
 
 def _shape(launch):
-    """Pixels, input and output channels of a conv's launch (none for the packing)."""
+    """Pixels (a block's), input and output channels of a conv's launch, and its blocks (2: a coupling's H and G
+    in one launch); none for the packing."""
     if launch.kernel.__name__ == "_pack_kernel":
         return {}
     named = dict(zip(launch.kernel.arg_names, launch.args, strict=False)) | launch.constexprs
     named.setdefault("C_out", named.get("C_OUT"))  # a constexpr in the backward
-    return {key: named[key] for key in ("n_pixels", "C_in", "C_out") if key in named and named[key] is not None}
+    shape = {key: named[key] for key in ("n_pixels", "C_in", "C_out") if key in named and named[key] is not None}
+    return shape | {"blocks": named["packed"].shape[0]}
 
 
 def _is_load(ins):
@@ -350,7 +352,8 @@ def _launch_note(row):
         for loop in row["loops"]
     )
     shape = row["shape"]
-    where = f" [{shape['n_pixels']} px, {shape['C_in']} -> {shape['C_out']}]" if shape else ""
+    blocks = f" x {shape['blocks']} blocks" if shape.get("blocks", 1) > 1 else ""
+    where = f" [{shape['n_pixels']} px{blocks}, {shape['C_in']} -> {shape['C_out']}]" if shape else ""
     return (
         f"{row['target']} {row['precision']} {row['kernel']}{where}: {row['calls']} x {row['issue_us']:.0f} us; "
         f"{row['programs']} programs, {row['ctas_per_sm']} per SM, {row['waves']} waves; loops: {loops}"

@@ -41,10 +41,16 @@ def header(run):
 
 
 def dense_kernels_line(found):
-    """How the dense blocks ran (--dense-kernels): per input shape, the choice and the times it was made on."""
+    """How the dense blocks ran (--dense-kernels): per input shape, the choice and the times it was made on (of a
+    coupling's H and G together, where they run in one call)."""
     shapes = []
     for c in found["choices"]:
-        timed = f" (fused {c['fused_ms']:.2f} ms, cuDNN {c['cudnn_ms']:.2f} ms)" if c["fused_ms"] is not None else ""
+        together = "H and G: " if c.get("subnets", 1) == 2 else ""
+        timed = (
+            f" ({together}fused {c['fused_ms']:.2f} ms, cuDNN {c['cudnn_ms']:.2f} ms)"
+            if c["fused_ms"] is not None
+            else ""
+        )
         shapes.append(f"{'x'.join(map(str, c['shape']))} {c['dtype']}: {c['chosen']}{timed}")
     return f"dense blocks ({found['mode']}): " + "; ".join(shapes)
 

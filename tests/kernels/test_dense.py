@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import kernels.dense as dense
 from engine.model.irn import DenseBlock
-from kernels.dense import dense_block, dense_block_backward, dense_block_forward
+from kernels.dense import dense_block, dense_block_backward, dense_block_forward, dense_blocks
 from profiling.runtime.probe import set_fp32_precision
 from tests.kernels.conftest import DEVICE, TOLERANCE, program_order
 
@@ -294,7 +294,7 @@ class CountLaunches:
 LAUNCH = "triton launch"
 # torch ops that allocate or make views, and launch nothing on a GPU
 NO_LAUNCH = {"empty", "empty_strided", "new_empty", "slice", "view", "as_strided", "alias", "detach", "select"}
-NO_LAUNCH |= {"transpose"}
+NO_LAUNCH |= {"transpose", "chunk"}
 
 
 def torch_ops(profile):
@@ -353,6 +353,74 @@ def test_launch_counts_per_block_and_gradients_over_pixel_splits(monkeypatch, sp
         assert_close_to_max(bias.grad, conv.bias.grad, tol)
 
 
+def pair_and_singles(dtype, x, grads):
+    """(what dense_blocks gives on two blocks of a coupling's H and G shapes, what dense_block gives on each):
+    the two outputs, then x's gradient and every weight's and bias's, after a backward of both outputs."""
+    results = []
+    for together in (True, False):
+        x_fast = x.clone().requires_grad_()
+        params = [fast_params(reference_block(3, 9, 8, dtype, seed=seed), dtype) for seed in (1, 2)]
+        weights, biases = [w for w, _ in params], [b for _, b in params]
+        outs = dense_blocks(x_fast, weights, biases) if together else [dense_block(x_fast, *p) for p in params]
+        torch.autograd.backward(outs, grads)
+        results.append([*outs, x_fast.grad, *(p.grad for p in sum(weights + biases, []))])
+    return results
+
+
+@pytest.mark.parametrize("dtype, gpu_tiles", [(torch.float32, False), (torch.bfloat16, True)])
+def test_two_blocks_in_one_call_give_each_block_s_own_results_bit_for_bit(
+    monkeypatch, nan_allocations, dtype, gpu_tiles
+):
+    """dense_blocks on two blocks that read the same x (a coupling's H and G): the launches of one block (6
+    forward, 6 backward), each running both blocks' programs, in shuffled order on NaN-filled buffers, and one
+    add of the two blocks' input gradients; each output and gradient is what the block's own dense_block call
+    gives (x's: the sum of both, as autograd adds them), bit for bit, with a GPU's tiles too."""
+    if gpu_tiles:
+        monkeypatch.setattr(dense, "_INTERPRETER_TILES", False)
+        monkeypatch.setattr(dense, "_FORWARD_CONFIGS", dense._GPU_FORWARD_CONFIGS[:1])
+        monkeypatch.setattr(dense, "_BACKWARD_CONFIGS", dense._GPU_BACKWARD_CONFIGS[:1])
+    x = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
+    grads = [torch.randn(2, 9, 5, 7, generator=torch.Generator().manual_seed(s)).to(DEVICE, dtype) for s in (4, 5)]
+    counter = CountLaunches(monkeypatch)
+    with program_order("shuffled"), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as ops:
+        together, apart = pair_and_singles(dtype, x, grads)
+    for a, e in zip(together, apart, strict=True):
+        assert a.shape == e.shape and torch.equal(a, e)
+    forward, backward = ["_pack_kernel", *["_conv3x3_kernel"] * 5], ["_pack_kernel", *["_conv3x3_backward_kernel"] * 5]
+    assert counter.launches == forward + backward + forward * 2 + backward * 2  # the pair's, then the singles
+    cast = dtype != torch.float32  # bf16 weights: their gradients cast into place, one launch a call
+    launching = [op for op in torch_ops(ops)[0] if op != "aten::fill_"]  # nan_allocations' own
+    assert launching == ["aten::add"] + ["aten::copy_"] * (3 * cast)  # the pair's add, then the casts
+
+
+def test_two_blocks_in_one_call_count_two_blocks_flops_and_bytes_and_one_block_s_launches_and_an_add():
+    """On meta tensors, two blocks in one call against one: LAUNCHES the same but for the add of the two input
+    gradients; FLOPs twice; bytes twice, and the add's (it reads both input gradients and writes their sum)."""
+    x, weights, biases = meta_block((2, 3, 36, 36), growth=8, c_out=9)
+    counts = []
+    for blocks in (1, 2):
+        out, features = dense._forward_outputs(x, weights * blocks, biases * blocks)
+        forward = (x, weights * blocks, biases * blocks, 0.2)
+        backward = (out, features, weights * blocks, 0.2, False, True)
+        with FlopCounterMode(display=False) as counter:
+            torch.ops.irn.dense_block(*forward)
+            torch.ops.irn.dense_block_backward(*backward)
+        launches = [
+            dense.LAUNCHES[op](args)
+            for op, args in (("irn::dense_block", forward), ("irn::dense_block_backward", backward))
+        ]
+        moved = [
+            dense.TRAFFIC[op](args)
+            for op, args in (("irn::dense_block", forward), ("irn::dense_block_backward", backward))
+        ]
+        counts.append((launches, counter.get_total_flops(), moved))
+    (launches_1, flops_1, moved_1), (launches_2, flops_2, moved_2) = counts
+    assert launches_2 == [launches_1[0], launches_1[1] + 1]
+    assert flops_2 == 2 * flops_1 > 0
+    dx_bytes = x.numel() * x.element_size()
+    assert moved_2 == [2 * moved_1[0], 2 * moved_1[1] + 3 * dx_bytes]
+
+
 # opcheck's tests but its static-shape AOTAutograd one, which the dynamic-shape one covers at half the time
 OPCHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
@@ -374,15 +442,17 @@ def test_forward_op_is_registered_correctly():
     torch.library.opcheck(dense_block_forward, (x, weights, biases, 0.2), test_utils=OPCHECKS)
     _, x, weights, biases = small_inputs(channels_last=True)
     torch.library.opcheck(dense_block_forward, (x, weights, biases, 0.2), test_utils="test_faketensor")
+    torch.library.opcheck(dense_block_forward, (x, weights * 2, biases * 2, 0.2), test_utils="test_faketensor")
 
 
-@pytest.mark.parametrize("channels_last, input_grad", [(False, True), (True, True), (False, False)])
-def test_backward_op_is_registered_correctly(channels_last, input_grad):
+@pytest.mark.parametrize("channels_last, input_grad, blocks", [(False, True, 1), (True, True, 1), (False, False, 1),
+                                                               (True, True, 2)])  # fmt: skip
+def test_backward_op_is_registered_correctly(channels_last, input_grad, blocks):
     _, x, weights, biases = small_inputs(x_requires_grad=False, channels_last=channels_last)
-    weights = [w.detach() for w in weights]
-    out, features = dense_block_forward(x, weights, [b.detach() for b in biases], 0.2)
+    weights = [w.detach() for w in weights] * blocks
+    out, features = dense_block_forward(x, weights, [b.detach() for b in biases] * blocks, 0.2)
     args = (torch.randn_like(out), features, weights, 0.2, channels_last, input_grad)
-    full = not channels_last and input_grad  # the fake's layouts are all the other cases need
+    full = not channels_last and input_grad and blocks == 1  # the fake's layouts are all the others need
     torch.library.opcheck(dense_block_backward, args, test_utils=OPCHECKS if full else "test_faketensor")
 
 
@@ -436,6 +506,8 @@ def test_wrong_weights_are_refused():
         dense_block(x, weights[:2] + [weights[2][:, :10]] + weights[3:], biases)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         dense_block(x[0], weights, biases)
+    with pytest.raises(ValueError, match=r"conv 5 .* needs a weight \(9, 19, 3, 3\)"):  # two blocks: the same shapes
+        dense_blocks(x, [weights, weights[:4] + [weights[4][:8]]], [biases, biases])
 
 
 def test_aot_variants_cover_every_kernel_dtype_and_flag():
@@ -474,9 +546,11 @@ def test_aot_variants_cover_every_kernel_dtype_and_flag():
                 assert ("_conv3x3_backward_kernel", tuple(sorted(flags)), features, features) in seen
 
 
-def test_each_launch_declares_the_work_its_programs_do(monkeypatch):
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_each_launch_declares_the_work_its_programs_do(monkeypatch, blocks):
     """Launch.work, which the forecast (profiling/bench/forecast.py) multiplies out, against the interpreter: the
-    multiply-accumulates of every tl.dot the launch's programs run, counted as they run, forward and backward."""
+    multiply-accumulates of every tl.dot the launch's programs run, counted as they run, forward and backward,
+    for one block and for two in one call."""
     counted = []
 
     def counting_mma(a, b, acc, precision):
@@ -488,7 +562,7 @@ def test_each_launch_declares_the_work_its_programs_do(monkeypatch):
     block = reference_block(45, 3, 8)
     x = torch.randn(2, 45, 5, 7, device=DEVICE)
     weights, biases = fast_params(block)
-    weights, biases = [w.detach() for w in weights], [b.detach() for b in biases]
+    weights, biases = [w.detach() for w in weights] * blocks, [b.detach() for b in biases] * blocks
     out, features = dense_block_forward(x, weights, biases, 0.2)
     backward = (torch.randn_like(out), features, weights, 0.2, False, True)
     launches = dense.call_launches("irn::dense_block", (x, weights, biases, 0.2), False)

@@ -10,6 +10,7 @@ from engine.model.execution import (
     compile_model,
     dense_kernels_unavailable,
     fast_kernels_unavailable,
+    pair_subnets,
     set_subnet_precision,
     use_fast_kernels,
 )
@@ -59,6 +60,25 @@ def test_fast_path_equals_the_freia_graph_both_ways_with_gradients(scale):
     for a, b in zip(outs_fast, outs_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert_grads_close(grads_fast, grads_ref, 1e-4)
+
+
+def test_a_fused_coupling_runs_its_h_and_g_in_one_call_both_ways():
+    """The fused dense-block op is called twice a coupling and pass, for F and for H and G together, downscaling
+    and upscaling alike; three times with H and G one after the other (pair_subnets off), to the same bits."""
+    _, fast = pair(2)  # one coupling
+    hr, noise = inputs(2)
+
+    def dense_calls():
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as ops:
+            outs = network_passes(fast, hr, noise)
+        return sum(event.name == "irn::dense_block" for event in ops.events()), outs
+
+    together, outs = dense_calls()
+    pair_subnets(fast, enabled=False)
+    apart, outs_apart = dense_calls()
+    assert (together, apart) == (2 * 2, 2 * 3)  # two passes
+    for a, b in zip(outs, outs_apart, strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.skipif(CUDA, reason="the interpreter's allocations and program order")

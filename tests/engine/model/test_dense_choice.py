@@ -10,9 +10,9 @@ import torch
 import engine
 from engine.model import dense_choice, execution
 from engine.model.dense_choice import cudnn_dense_block
-from engine.model.irn import DenseBlock
+from engine.model.irn import DenseBlock, IRNCoupling
 from kernels import dense
-from kernels.dense import dense_block
+from kernels.dense import dense_block, dense_blocks
 
 
 def tiny_model():
@@ -22,18 +22,18 @@ def tiny_model():
 
 class StandInTimer:
     """Times nothing: the fused kernels are 1 ms on blocks with 3 input channels (G and H) and 3 ms on the
-    others, cuDNN 2 ms on all. Records what it was asked."""
+    others, cuDNN 2 ms on all. Records what it was asked: the op, the shape, how many blocks in one call."""
 
     def __init__(self):
         self.asked = []
 
-    def __call__(self, name, block, x):
-        self.asked.append((name, tuple(x.shape)))
-        return {"cudnn": 2.0, "fused": 1.0 if block.conv1.in_channels == 3 else 3.0}[name]
+    def __call__(self, name, blocks, x):
+        self.asked.append((name, tuple(x.shape), len(blocks)))
+        return {"cudnn": 2.0, "fused": 1.0 if blocks[0].conv1.in_channels == 3 else 3.0}[name]
 
 
 def stand_in_tuner(asked):
-    def tune(block, x):
+    def tune(blocks, x):
         asked.append(tuple(x.shape))
         return {"forward": [64] * 5, "backward": [32] * 5, "backward_no_dx": [32] * 5}
 
@@ -51,12 +51,15 @@ def test_auto_times_each_shape_once_and_runs_every_block_on_the_faster():
         ((2, 3, 4, 4), 9, "fused"),
         ((2, 9, 4, 4), 3, "cudnn"),
     ]
-    assert sorted(timer.asked) == sorted((name, c.shape) for c in choices for name in ("fused", "cudnn"))
+    # G and H are timed (and tuned) together, as they run; F alone
+    assert sorted(timer.asked) == sorted((name, c.shape, c.subnets) for c in choices for name in ("fused", "cudnn"))
+    assert sorted((c.c_out, c.subnets) for c in choices) == [(3, 1), (9, 2)]
     for c in choices:
         assert (c.fused_ms, c.cudnn_ms) == ((1.0, 2.0) if c.chosen == "fused" else (3.0, 2.0))
         assert c.to_json()["shape"] == list(c.shape) and c.dtype == "float32"
     blocks = [m for m in model.modules() if isinstance(m, DenseBlock)]
     assert {m.conv1.in_channels: m.fast_op for m in blocks} == {3: dense_block, 9: cudnn_dense_block}
+    assert all(m.fast_subnets is dense_blocks for m in model.modules() if isinstance(m, IRNCoupling))
 
 
 @pytest.mark.parametrize("mode, op", [("fused", dense_block), ("cudnn", cudnn_dense_block)])
@@ -71,6 +74,9 @@ def test_a_forced_choice_times_nothing_and_only_the_fused_kernels_are_tuned(mode
     assert all(m.fast_op is op for m in model.modules() if isinstance(m, DenseBlock))
     assert len(tuned) == (len(choices) if mode == "fused" else 0)
     assert all((c.tiles is None) == (mode == "cudnn") for c in choices)
+    # each coupling's H and G in one call where both are fused
+    fast_subnets = dense_blocks if mode == "fused" else None
+    assert all(m.fast_subnets is fast_subnets for m in model.modules() if isinstance(m, IRNCoupling))
 
 
 def test_every_rank_takes_rank_zeros_kernels_and_tiles(monkeypatch):
@@ -126,11 +132,13 @@ def _choose_on_a_rank(rank, store_file, results):
     dense._FORWARD_CONFIGS, dense._BACKWARD_CONFIGS = dense._GPU_FORWARD_CONFIGS, dense._GPU_BACKWARD_CONFIGS
     favourite = 128 if rank == 0 else 64
 
-    def tune(block, x):
-        launches = [launch for group in dense.block_launches(x, *block.weights_and_biases(), True) for launch in group]
+    def tune(blocks, x):
+        weights, biases = zip(*(block.weights_and_biases() for block in blocks), strict=True)
+        flat = [sum(weights, []), sum(biases, [])]
+        launches = [launch for group in dense.block_launches(x, *flat, True) for launch in group]
         dense.tune(launches, lambda run: 1.0 if run.args[1].kwargs["BLOCK_M"] == favourite else 2.0)
 
-    def timer(name, block, x):
+    def timer(name, blocks, x):
         return {"fused": 1.0, "cudnn": 2.0}[name] if rank == 0 else {"fused": 2.0, "cudnn": 1.0}[name]
 
     model = tiny_model()

@@ -341,17 +341,25 @@ def test_only_the_reasons_that_slow_the_gpu_count_as_throttling():
 
 
 def test_the_header_says_how_the_dense_blocks_ran(in_tmp):
-    """env.jsonl's dense-kernel choices (engine/model/dense_choice.py), per shape with their times."""
+    """env.jsonl's dense-kernel choices (engine/model/dense_choice.py), per shape with their times, those of a
+    coupling's H and G together said so."""
     folder = recorded_gpu_run(Path("runs/chosen"))
     (env,) = read_jsonl(folder / "env.jsonl")
     choices = [
-        {"shape": [16, 3, 72, 72], "dtype": "bfloat16", "fused_ms": 1.5, "cudnn_ms": 2.25, "chosen": "fused"},
+        {
+            "shape": [16, 3, 72, 72],
+            "dtype": "bfloat16",
+            "fused_ms": 1.5,
+            "cudnn_ms": 2.25,
+            "chosen": "fused",
+            "subnets": 2,
+        },  # fmt: skip
         {"shape": [16, 45, 36, 36], "dtype": "bfloat16", "fused_ms": 3.0, "cudnn_ms": 2.0, "chosen": "cudnn"},
     ]
     (folder / "env.jsonl").write_text(json.dumps(env | {"dense_kernels": {"mode": "auto", "choices": choices}}) + "\n")
     header = render.header(analyse(folder)).renderable
     assert (
-        "dense blocks (auto): 16x3x72x72 bfloat16: fused (fused 1.50 ms, cuDNN 2.25 ms); "
+        "dense blocks (auto): 16x3x72x72 bfloat16: fused (H and G: fused 1.50 ms, cuDNN 2.25 ms); "
         "16x45x36x36 bfloat16: cudnn (fused 3.00 ms, cuDNN 2.00 ms)"
     ) in header
 
