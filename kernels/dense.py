@@ -21,7 +21,7 @@ that dtype). As s > 0, F_k > 0 exactly where Z_k > 0, so the saved
 post-activation gives the slope and no pre-activation is kept.
 
 The five convs' weights are packed once per call, by one launch, into the dot's dtype as one tensor
-[tap, buffer channel, output of any conv] with zeros where a conv reads no channel (x's padding, later
+[block, tap, buffer channel, output of any conv] with zeros where a conv reads no channel (x's padding, later
 outputs) or has no output: conv k reads its columns with no mask, no index remapping and no cast.
 
 Launches per block: forward 6 (the packing, whose programs also copy x into F, then the convs); backward 6 (the
@@ -30,12 +30,11 @@ programs first), plus one sum of the weight-gradient partials when the pixels ar
 split, and one cast into the weights' dtype when that is not fp32 (LAUNCHES). Every output element is written
 by one program and the splits are summed in a fixed order, so the results are deterministic: no atomics.
 
-Two blocks that read the same x with the same shapes (a coupling's H and G: dense_blocks) run in the launches
-of one, each launch with both blocks' programs (a grid axis): twice the programs to fill a GPU with, a third
-fewer launches than the three blocks of a coupling take one by one. F, the outputs and G hold the second
-block's samples after the first's, the packed weights and the partials its weights after the first's; dx is
-each block's, summed by one add (LAUNCHES counts it). Each block's results are those of its own call, bit
-for bit.
+Two blocks with the same shapes (a coupling's H and G, which read the same x: dense_blocks) run in the
+launches of one, each launch with both blocks' programs: twice the programs to fill a GPU with, a third fewer
+launches than the three blocks of a coupling take one by one. x, F, the outputs, G and dx hold the second
+block's samples after the first's, the packed weights and the partials its weights after the first's. Each
+block's results are those of its own call, bit for bit.
 """
 
 import functools
@@ -120,6 +119,16 @@ def _pixels(start, end, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK: tl.cons
 
 
 @triton.jit
+def _subnet_pixels(subnet, start, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK: tl.constexpr):
+    """_pixels of the pixels start .. start + BLOCK of block `subnet` (of its n_pixels), whose samples follow the
+    earlier block's. Counted from the block's own first pixel, a tile's start keeps the alignment the compiler
+    knows it has, which spares it index arithmetic."""
+    b, h, w, valid = _pixels(start, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK)
+    samples = _divide(_divide(n_pixels, w_magic, w_shift), h_magic, h_shift)  # a block's
+    return b + subnet * samples, h, w, valid
+
+
+@triton.jit
 def _offsets(b, h, w, s_b, s_h, s_w):
     return b.to(tl.int64) * s_b + h * s_h + w * s_w  # batch offsets are the ones that can pass 2**31
 
@@ -150,15 +159,12 @@ def _input_channels(c, C_in, C_x, X_END):
 
 
 @triton.jit
-def _copy_tile(
-    src, dst, b, dst_b, h, w, valid, C, C_dst, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, BLOCK_K: tl.constexpr,
-):
+def _copy_tile(src, dst, b, h, w, valid, C, C_dst, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, BLOCK_K: tl.constexpr):
     """dst[pixels, :C_dst] = src[pixels, :C], then zeros: the block's input and its padding into the first
-    channels of the feature buffer, the pixels of samples b there those of samples dst_b (a subnet's copy). The
-    convs read the padding with x (zero weights there), so it must hold zeros: garbage could be NaN, and NaN x 0
-    is NaN."""
+    channels of the feature buffer. The convs read the padding with x (zero weights there), so it must hold
+    zeros: garbage could be NaN, and NaN x 0 is NaN."""
     s_pix = _offsets(b, h, w, s_b, s_h, s_w)
-    d_pix = _offsets(dst_b, h, w, d_b, d_h, d_w)
+    d_pix = _offsets(b, h, w, d_b, d_h, d_w)
     for c0 in range(0, C_dst, BLOCK_K):
         c = c0 + tl.arange(0, BLOCK_K)
         tile = tl.load(src + s_pix[:, None] + c[None, :] * s_c, mask=valid[:, None] & (c < C)[None, :], other=0.0)
@@ -204,16 +210,16 @@ def _pack_tile(
 @triton.jit
 def _pack_kernel(
     w1, w2, w3, w4, w5, v1, v2, v3, v4, v5, packed, x, features,
-    C_x, X_END, GROWTH, C_OUT, C_PACKED, N_PACKED, batch, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift,
+    C_x, X_END, GROWTH, C_OUT, C_PACKED, N_PACKED, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift,
     p_s, p_t, p_c, p_n,
     s_b, s_c, s_h, s_w,  # x
     d_b, d_c, d_h, d_w,  # the feature buffer
     BLOCK_C: tl.constexpr, BLOCK_COLS: tl.constexpr, COPY_PIXELS: tl.constexpr,
 ):
     """For subnet program_id(1) (0: weights w, 1: v): its five convs' weights packed into packed[subnet]
-    (_pack_tile) by the first 5 x 9 x channel-tiles programs; with COPY_PIXELS (the forward), x copied into
-    its samples of the feature buffer (from subnet x batch on), their first X_END channels, padded with zeros,
-    COPY_PIXELS pixels a program, by the others. Conv 1 then reads that aligned copy 16 bytes at a time,
+    (_pack_tile) by the first 5 x 9 x channel-tiles programs; with COPY_PIXELS (the forward), its n_pixels
+    pixels of x (after the earlier subnet's) copied into the feature buffer's first X_END channels, padded
+    with zeros, COPY_PIXELS pixels a program, by the others. Conv 1 then reads that aligned copy 16 bytes at a time,
     where x's own pixels, C_x elements apart, take a load an element."""
     pid = tl.program_id(0)
     subnet = tl.program_id(1)
@@ -229,9 +235,8 @@ def _pack_kernel(
                    p_t, p_c, p_n, BLOCK_C, BLOCK_COLS)
     elif COPY_PIXELS > 0:  # a static branch: the backward's packing has no copying code
         start = (pid - tiles) * COPY_PIXELS
-        b, h, w, valid = _pixels(start, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, COPY_PIXELS)
-        _copy_tile(x, features, b, b + subnet * batch, h, w, valid, C_x, X_END, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w,
-                   COPY_CHANNELS)
+        b, h, w, valid = _subnet_pixels(subnet, start, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, COPY_PIXELS)
+        _copy_tile(x, features, b, h, w, valid, C_x, X_END, s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w, COPY_CHANNELS)
 
 
 @triton.jit
@@ -251,14 +256,11 @@ def _conv3x3_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     subnet = tl.program_id(2)
-    if subnet == 1:
-        bias = bias_1
-    packed += subnet * p_s
-    first = subnet * n_pixels
-    b, h, w, valid = _pixels(first + pid_m * BLOCK_M, first + n_pixels, H, W, h_magic, h_shift, w_magic, w_shift,
-                             BLOCK_M)
+    b, h, w, valid = _subnet_pixels(subnet, pid_m * BLOCK_M, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift,
+                                    BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < C_out
+    columns = subnet * p_s + n * p_n  # of the packed weights, with the offset in them: no pointer more through the loop
     blocks = tl.cdiv(C_in, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # one flat loop over (tap, channel block), which the compiler pipelines even when C_in is small
@@ -268,8 +270,10 @@ def _conv3x3_kernel(
         # masked on the prefix alone (the padding holds zeros, and so do its packed weights): constant over
         # 16 channels, so the 16-aligned buffer is read in 16-byte vectors
         a = tl.load(src + pix[:, None] + c[None, :] * s_c, mask=inside[:, None] & (c < C_in)[None, :], other=0.0)
-        wt = tl.load(packed + (3 * ky + kx) * p_t + c[:, None] * p_c + n[None, :] * p_n)  # no mask: see _pack
+        wt = tl.load(packed + (3 * ky + kx) * p_t + c[:, None] * p_c + columns[None, :])  # no mask: see _pack
         acc = _mma(a, wt, acc, PRECISION)
+    if subnet == 1:  # chosen after the loop, so that no pointer is held in registers through it
+        bias = bias_1
     acc += tl.load(bias + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if ACTIVATION:
         acc = tl.where(acc > 0, acc, acc * negative_slope)
@@ -281,8 +285,8 @@ def _conv3x3_kernel(
 @triton.jit
 def _input_grad_tile(
     pid, grad, feat, packed, acc_src, dst, dz_out,
-    first, last, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, C_OUT: tl.constexpr, tail_start,
-    g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, z_b, z_c, z_h, z_w, p_t, p_c, p_n,
+    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, C_OUT: tl.constexpr, tail_start,
+    g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w, d_b, d_c, d_h, d_w, z_b, z_c, z_h, z_w, p_s, p_t, p_c, p_n,
     negative_slope,
     ACCUMULATE: tl.constexpr, SLOPE_TAIL: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -290,11 +294,16 @@ def _input_grad_tile(
     """dst[p, c] = (acc_src[p, c] +) sum_{n, tap} dZ[p - o, n] W[n, c, tap] on one (pixels x input channels)
     tile, its GEMM's K running over 9 taps x C_OUT; the channels from tail_start on (the previous conv's
     output, complete now) leave multiplied by LeakyReLU's slope into dz_out instead, in its dtype: the
-    previous conv's dZ, rounded once for the dots of its step."""
+    previous conv's dZ, rounded once for the dots of its step. The blocks' pixel tiles follow one another, each
+    block's n_pixels pixels after the earlier block's, its weights packed[subnet]."""
     tiles_c = tl.cdiv(C_in, BLOCK_N)
     pid_m = pid // tiles_c
     c = (pid - pid_m * tiles_c) * BLOCK_N + tl.arange(0, BLOCK_N)
-    b, h, w, valid = _pixels(first + pid_m * BLOCK_M, last, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK_M)
+    tiles_m = tl.cdiv(n_pixels, BLOCK_M)
+    subnet = (pid_m >= tiles_m).to(tl.int32)  # two blocks at most: a comparison, not a division
+    packed += subnet * p_s
+    start = (pid_m - subnet * tiles_m) * BLOCK_M
+    b, h, w, valid = _subnet_pixels(subnet, start, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK_M)
     dtype = feat.dtype.element_ty  # dZ rounded to the features' dtype for the dot, as cuDNN gets it
     blocks: tl.constexpr = (C_OUT + BLOCK_K - 1) // BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -334,10 +343,14 @@ def _transposed_features(feat, f_pix, c, f_c, c_ok, valid):
 
 
 @triton.jit
-def _split_of(split, split_len, first, last):
-    """The first pixel of a pixel split of the pixels first .. last - 1, and one past its last."""
-    start = first + split * split_len
-    return start, tl.minimum(start + split_len, last)
+def _split_of(row, splits, split_len, n_pixels):
+    """The first pixel and one past the last of a row of partials: one of the `splits` pixel splits (split_len
+    pixels) of one block's n_pixels, the blocks' splits one after the other (their pixels too; two blocks at
+    most, told apart by a comparison where a division by a run-time integer takes some twenty instructions)."""
+    subnet = (row >= splits).to(tl.int32)
+    first = subnet * n_pixels
+    start = first + (row - subnet * splits) * split_len
+    return start, tl.minimum(start + split_len, first + n_pixels)
 
 
 @triton.jit
@@ -359,7 +372,7 @@ def _store_weight_grad(row, acc, c, n, tap, n_ok, C_in, C_x, X_END):
 @triton.jit
 def _weight_grad_row_tile(
     pid, grad, feat, partials,
-    first, last, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, split_len, weight_slot,
+    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, splits, split_len, weight_slot,
     partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
     C_OUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr,
     BLOCK_WC: tl.constexpr,
@@ -373,7 +386,7 @@ def _weight_grad_row_tile(
     pid_c = pid % tiles_c
     pid_n = (pid // tiles_c) % tiles_n
     ky = (pid // (tiles_c * tiles_n)) % 3
-    start, end = _split_of(pid // (tiles_c * tiles_n * 3), split_len, first, last)
+    start, end = _split_of(pid // (tiles_c * tiles_n * 3), splits, split_len, n_pixels)
     c = pid_c * BLOCK_WC + tl.arange(0, BLOCK_WC)
     n = pid_n * BLOCK_WN + tl.arange(0, BLOCK_WN)
     left = tl.zeros((BLOCK_WC, BLOCK_WN), dtype=tl.float32)
@@ -397,7 +410,7 @@ def _weight_grad_row_tile(
 @triton.jit
 def _weight_grad_taps_tile(
     pid, grad, feat, partials,
-    first, last, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, split_len, weight_slot,
+    n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, splits, split_len, weight_slot,
     partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
     C_OUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_WN: tl.constexpr,
     BLOCK_WC: tl.constexpr,
@@ -410,7 +423,7 @@ def _weight_grad_taps_tile(
     tiles_j: tl.constexpr = (9 * C_OUT + BLOCK_WN - 1) // BLOCK_WN
     pid_c = pid % tiles_c
     split = pid // (tiles_c * tiles_j)
-    start, end = _split_of(split, split_len, first, last)
+    start, end = _split_of(split, splits, split_len, n_pixels)
     c = pid_c * BLOCK_WC + tl.arange(0, BLOCK_WC)
     j = (pid // tiles_c) % tiles_j * BLOCK_WN + tl.arange(0, BLOCK_WN)
     tap = j // C_OUT
@@ -435,8 +448,8 @@ def _weight_grad_taps_tile(
 
 @triton.jit
 def _bias_grad_tile(
-    pid, grad, partials, first, last, H, W, h_magic, h_shift, w_magic, w_shift, split_len, bias_slot, partial_stride,
-    g_b, g_c, g_h, g_w, C_OUT: tl.constexpr, BLOCK_N: tl.constexpr,
+    pid, grad, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, splits, split_len, bias_slot,
+    partial_stride, g_b, g_c, g_h, g_w, C_OUT: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """db[n] = sum_p dZ[p, n] over one pixel split, for BLOCK_N of the outputs, into that split's row of
     partials, in tiles of 2,048 elements (16 a thread: the costs of a step shared by many pixels)."""
@@ -444,7 +457,7 @@ def _bias_grad_tile(
     tiles_n: tl.constexpr = (C_OUT + BLOCK_N - 1) // BLOCK_N
     split = pid // tiles_n
     n = (pid - split * tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-    start, end = _split_of(split, split_len, first, last)
+    start, end = _split_of(split, splits, split_len, n_pixels)
     acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     for p0 in range(start, end, BLOCK_P):
         b, h, w, valid = _pixels(p0, end, H, W, h_magic, h_shift, w_magic, w_shift, BLOCK_P)
@@ -458,7 +471,7 @@ def _bias_grad_tile(
 def _conv3x3_backward_kernel(
     grad, feat, packed, acc_src, dst, dz_out, partials,
     n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, tail_start,
-    split_len, weight_slot, bias_slot, subnet_params, partial_stride, weight_programs, bias_programs,
+    splits, split_len, weight_slot, bias_slot, partial_stride, weight_programs, bias_programs,
     g_b, g_c, g_h, g_w,  # grad: dout (conv 5), or this conv's dZ (_dz_buffers)
     f_b, f_c, f_h, f_w,  # the feature buffer F; the gradient buffer G (acc_src) has the same strides
     d_b, d_c, d_h, d_w,  # dst: G, or dx for conv 1
@@ -473,37 +486,34 @@ def _conv3x3_backward_kernel(
     """A conv's whole backward step in one launch: the first programs compute weight-gradient tiles (the long
     ones, first so that no wave ends on them; with TAP_COLUMNS the nine taps' outputs as columns), the next
     bias-gradient tiles, the others input-gradient tiles. What one group writes the others never read
-    (partials vs G's prefix). Of subnet program_id(1): its n_pixels pixels follow the earlier subnet's in every
-    buffer, its weights are packed[subnet], and its gradients lie subnet_params further in each row of partials."""
+    (partials vs G's prefix). With two blocks, each group holds both blocks' programs (theirs the rows of partials
+    after the first's: _split_of; their pixel tiles after the first's), and a block's n_pixels pixels follow the
+    earlier block's in every buffer, its weights packed[subnet]."""
     pid = tl.program_id(0)
-    subnet = tl.program_id(1)
-    first = subnet * n_pixels
-    last = first + n_pixels
-    packed += subnet * p_s
-    partials += subnet * subnet_params
     if pid < weight_programs:
         if TAP_COLUMNS:
             _weight_grad_taps_tile(
-                pid, grad, feat, partials, first, last, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END,
-                split_len, weight_slot, partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
+                pid, grad, feat, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END,
+                splits, split_len, weight_slot, partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
                 C_OUT, PRECISION, BLOCK_P, BLOCK_WN, BLOCK_WC,
             )
         else:
             _weight_grad_row_tile(
-                pid, grad, feat, partials, first, last, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END,
-                split_len, weight_slot, partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
+                pid, grad, feat, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END,
+                splits, split_len, weight_slot, partial_stride, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
                 C_OUT, PRECISION, BLOCK_P, BLOCK_WN, BLOCK_WC,
             )
     elif pid < weight_programs + bias_programs:
         _bias_grad_tile(
-            pid - weight_programs, grad, partials, first, last, H, W, h_magic, h_shift, w_magic, w_shift, split_len,
-            bias_slot, partial_stride, g_b, g_c, g_h, g_w, C_OUT, BLOCK_B,
+            pid - weight_programs, grad, partials, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, splits,
+            split_len, bias_slot, partial_stride, g_b, g_c, g_h, g_w, C_OUT, BLOCK_B,
         )
     elif INPUT_GRAD:  # a static branch without INPUT_GRAD: no input-gradient code
         _input_grad_tile(
-            pid - weight_programs - bias_programs, grad, feat, packed, acc_src, dst, dz_out, first, last, H, W,
+            pid - weight_programs - bias_programs, grad, feat, packed, acc_src, dst, dz_out, n_pixels, H, W,
             h_magic, h_shift, w_magic, w_shift, C_in, C_x, C_OUT, tail_start, g_b, g_c, g_h, g_w, f_b, f_c, f_h, f_w,
-            d_b, d_c, d_h, d_w, z_b, z_c, z_h, z_w, p_t, p_c, p_n, negative_slope, ACCUMULATE, SLOPE_TAIL, PRECISION,
+            d_b, d_c, d_h, d_w, z_b, z_c, z_h, z_w, p_s, p_t, p_c, p_n, negative_slope, ACCUMULATE, SLOPE_TAIL,
+            PRECISION,
             BLOCK_M, BLOCK_N, BLOCK_K,
         )
 
@@ -675,13 +685,13 @@ def _buffer_layout(c_in, growth):
 
 
 def _subnets(weights):
-    """How many dense blocks (subnets) the op runs: one, or two on the same input (five weights each)."""
+    """How many dense blocks (subnets) the op runs: one, or two (five weights each)."""
     return len(weights) // CONVS
 
 
 def _shapes(x, weights, biases):
     """(c_in, growth, c_out), after checking that the weights and biases are those of one dense block for x,
-    or of two with the same shapes."""
+    or of two with the same shapes and dtypes (each on half of x's samples)."""
     if x.dim() != 4:
         raise ValueError(f"dense_block input must be (B, C, H, W), got shape {tuple(x.shape)}")
     if len(weights) not in (CONVS, 2 * CONVS) or len(biases) != len(weights):
@@ -689,6 +699,11 @@ def _shapes(x, weights, biases):
             f"dense_block needs {CONVS} weights and {CONVS} biases a block, for one or two blocks, "
             f"got {len(weights)} and {len(biases)}"
         )
+    if x.shape[0] % _subnets(weights):
+        raise ValueError(f"two dense blocks take an even number of samples, half each, got {x.shape[0]}")
+    for kind, params in (("weights", weights), ("biases", biases)):
+        if len({(p.dtype, p.device) for p in params}) > 1:  # the kernels choose among their pointers
+            raise ValueError(f"a dense block's {kind} must share one dtype and device, got {_dtypes(params)}")
     c_in, growth, c_out = x.shape[1], weights[0].shape[0], weights[CONVS - 1].shape[0]
     for k in range(len(weights)):
         expected = (c_out if k % CONVS == CONVS - 1 else growth, c_in + k % CONVS * growth, 3, 3)
@@ -700,12 +715,15 @@ def _shapes(x, weights, biases):
     return c_in, growth, c_out
 
 
+def _dtypes(params):
+    return ", ".join(sorted({f"{str(p.dtype).removeprefix('torch.')} on {p.device}" for p in params}))
+
+
 def _forward_outputs(x, weights, biases):
     """The block output (x's dtype and memory format) and the NHWC feature buffer, in x's dtype; for two
-    blocks, the second's samples after the first's in both."""
+    blocks, the second's samples after the first's in both, as in x."""
     c_in, growth, c_out = _shapes(x, weights, biases)
     b, _, h, w = x.shape
-    b *= _subnets(weights)
     out = _block_tensor(b, c_out, h, w, x.dtype, x.device, _is_channels_last(x))
     _, channels, stride = _buffer_layout(c_in, growth)
     strides = (h * w * stride, 1, w * stride, stride)
@@ -755,20 +773,10 @@ def _backward_outputs(features, weights, channels_last, input_grad):
     """dx (x's dtype and memory format; empty when x needs no gradient) and the flat parameter gradient."""
     b, _, h, w = features.shape
     if input_grad:
-        b //= _subnets(weights)
         dx = _block_tensor(b, weights[0].shape[1], h, w, features.dtype, features.device, channels_last)
     else:
         dx = features.new_empty(0)
     return dx, weights[0].new_empty(_param_slots(weights)[1])
-
-
-def _subnet_input_grads(dx, subnets, channels_last):
-    """Where conv 1's steps write their input gradients: dx itself for one block; for two, a buffer with both
-    blocks' samples, which one add sums into dx (no two programs of a launch may write one element)."""
-    if subnets == 1 or not dx.numel():
-        return dx
-    b, c, h, w = dx.shape
-    return _block_tensor(subnets * b, c, h, w, dx.dtype, dx.device, channels_last)
 
 
 def _pixel_splits(n_pixels):
@@ -786,7 +794,7 @@ class Launch(NamedTuple):
     programs execute under a config's meta-parameters, as the forecast (profiling/bench/forecast.py) counts
     it: a list of (programs, {jit function holding a loop: (trips, multiply-accumulates per trip)}), 0 trips
     for a function those programs never enter. key: what its config is chosen for (_CHOSEN): (its kernel,
-    dtypes, channel counts and constexprs; the power of two of its pixel count, all its blocks'); None for a launch
+    dtypes, channel counts, blocks and constexprs; the power of two of a block's pixel count); None for a launch
     with one config."""
 
     kernel: object
@@ -856,7 +864,7 @@ def _pack_launch(weights, dtype, channels_inner, x=None, features=None):
     buffer channel, output of any conv] in `dtype`, the dot's (_packed_shape), with the channels or the outputs
     innermost in memory. Each dot takes it as its B operand with its K (the forward's channels, the backward's
     outputs) innermost: the layout TF32 wgmma reads (half-precision ones read either), 16 bytes at a time. With
-    x (the forward), its programs also copy x into each block's first channels of the feature buffer."""
+    x (the forward), its programs also copy x into the feature buffer's first channels."""
     subnets = _subnets(weights)
     growth, c_in, c_out = weights[0].shape[0], weights[0].shape[1], weights[CONVS - 1].shape[0]
     x_end, _, _ = _buffer_layout(c_in, growth)
@@ -876,9 +884,10 @@ def _pack_launch(weights, dtype, channels_inner, x=None, features=None):
         x = features = packed
         b, h, w, strides = 0, 1, 1, [0] * 8
     args = [*(weight.contiguous() for weight in (*weights[:CONVS], *weights[-CONVS:])), packed, x, features]
-    args += [c_in, x_end, growth, c_out, rows, columns, b, b * h * w, h, w, *_divisor(h), *_divisor(w)]
+    n_pixels = b // subnets * h * w  # a block's
+    args += [c_in, x_end, growth, c_out, rows, columns, n_pixels, h, w, *_divisor(h), *_divisor(w)]
     args += [*packed.stride(), *strides]
-    copy_programs = triton.cdiv(b * h * w, COPY_PIXELS)  # a block's
+    copy_programs = triton.cdiv(n_pixels, COPY_PIXELS)  # a block's
 
     def grid(meta):
         return pack_programs + copy_programs, subnets
@@ -910,8 +919,8 @@ def _conv_launch(src, packed, c_out, biases, out, negative_slope, activation, tf
         conv = {"_conv3x3_kernel": (9 * triton.cdiv(c_in, k), meta["BLOCK_M"] * constexprs["BLOCK_N"] * k)}
         return [(math.prod(grid(meta)), conv)]
 
-    # chosen by the pixels of all its blocks: two blocks make a grid as one block on twice the pixels does
-    key = (("forward", src.dtype, packed.dtype, c_in, c_out, *sorted(constexprs.items())), _pixel_bucket(b * h * w))
+    kind = ("forward", src.dtype, packed.dtype, c_in, c_out, subnets, *sorted(constexprs.items()))
+    key = (kind, _pixel_bucket(n_pixels))
     return Launch(_conv3x3_kernel, grid, args, constexprs, work, key)
 
 
@@ -945,14 +954,12 @@ def _forward_launches(x, weights, biases, negative_slope, out, features, tf32):
 
 
 def _backward_step_launch(
-    grad, feat, c_x, x_end, tail_start, dz_out, packed, c_out, gbuf, dst, partials, slot, subnet_params, split_len,
-    slope, tf32,
-):  # fmt: skip
+    grad, feat, c_x, x_end, tail_start, dz_out, packed, c_out, gbuf, dst, partials, slot, split_len, slope, tf32
+):
     """One conv's backward step. feat: the buffer channels it read; grad: dout for conv 5, else its dZ
     (_dz_buffers); packed: each block's packed weights from its first output column on; dst: G, dx for conv 1,
     or None for no input gradient; tail_start: where the previous conv's output starts in feat, and dz_out: its
-    dZ (None, None for conv 1); slot: the conv's (weight, bias) in a row of partials, the second block's
-    subnet_params further on."""
+    dZ (None, None for conv 1); slot: the conv's (weight, bias) in a row of partials (_partials)."""
     subnets = packed.shape[0]
     b, c_in, h, w = feat.shape
     n_pixels = b // subnets * h * w  # a block's
@@ -968,15 +975,15 @@ def _backward_step_launch(
     c = constexprs | _weight_grad_tiles(c_in, c_out, feat.dtype, grad, constexprs["PRECISION"])
     weight_programs = _weight_programs(partials.shape[0], c_in, c_out, c)
     bias_programs = partials.shape[0] * triton.cdiv(c_out, c["BLOCK_B"])
-    args += [c_in, c_x, x_end, tail, split_len, *slot, subnet_params, partials.stride(0)]
+    args += [c_in, c_x, x_end, tail, partials.shape[0] // subnets, split_len, *slot, partials.stride(0)]
     args += [weight_programs, bias_programs]
     args += [*grad.stride(), *feat.stride(), *dst.stride(), *dz_out.stride(), *packed.stride(), slope]
 
     def input_programs(meta):
-        return triton.cdiv(n_pixels, meta["BLOCK_M"]) * triton.cdiv(c_in, c["BLOCK_N"]) * input_grad
+        return subnets * triton.cdiv(n_pixels, meta["BLOCK_M"]) * triton.cdiv(c_in, c["BLOCK_N"]) * input_grad
 
     def grid(meta):
-        return weight_programs + bias_programs + input_programs(meta), subnets
+        return (weight_programs + bias_programs + input_programs(meta),)
 
     def work(meta):
         input_loop = (9 * triton.cdiv(c_out, c["BLOCK_K"]), meta["BLOCK_M"] * c["BLOCK_N"] * c["BLOCK_K"])
@@ -987,9 +994,9 @@ def _backward_step_launch(
         groups = {weight_tile: (pixel_steps, macs), "_bias_grad_tile": bias_loop, "_input_grad_tile": input_loop}
         programs = {weight_tile: weight_programs, "_bias_grad_tile": bias_programs}
         programs["_input_grad_tile"] = input_programs(meta)
-        return [(subnets * programs[f], {g: loop if g == f else (0, 0) for g, loop in groups.items()}) for f in groups]
+        return [(programs[f], {g: loop if g == f else (0, 0) for g, loop in groups.items()}) for f in groups]
 
-    key = (("backward", feat.dtype, grad.dtype, c_in, *sorted(c.items())), _pixel_bucket(b * h * w))
+    key = (("backward", feat.dtype, grad.dtype, c_in, subnets, *sorted(c.items())), _pixel_bucket(n_pixels))
     return Launch(_conv3x3_backward_kernel, grid, args, c, work, key)
 
 
@@ -998,7 +1005,7 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
     x_end, _, _ = _buffer_layout(c_in, growth)
     dz = _dz_buffers(gbuf, features, x_end, growth)
     _check_indexing(features, grad, gbuf, *dz[-2:], *([dx] if input_grad else []))
-    slots, subnet_params = _param_slots(weights[:CONVS])
+    slots, _ = _param_slots(weights[:CONVS])
     _, split_len = _pixel_splits(_block_pixels(features, weights))
     pack, packed = _pack_launch(weights, features.dtype, channels_inner=False)
     launches = [pack]
@@ -1013,23 +1020,27 @@ def _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partia
         dz_out = dz[k - 1] if k else None
         launches.append(_backward_step_launch(step_grad, features[:, :output_at], c_in, x_end,
                                               tail_start, dz_out, packed[..., k * growth :], weights[k].shape[0],
-                                              gbuf, dst, partials, slots[k], subnet_params, split_len,
-                                              negative_slope, tf32))  # fmt: skip
+                                              gbuf, dst, partials, slots[k], split_len, negative_slope,
+                                              tf32))  # fmt: skip
     return launches
 
 
-def _partials(flat, splits):
-    """The rows of weight-gradient partials, one per pixel split: the flat gradient itself when there is a
+def _partials(flat, features, weights):
+    """The rows of weight-gradient partials, one a pixel split of a block (_split_of), each with a block's
+    parameters in _param_slots order: the flat gradient itself (a row a block) when a block's pixels make a
     single split and it is fp32 (the kernels write the gradients in place)."""
+    subnets, (splits, _) = _subnets(weights), _pixel_splits(_block_pixels(features, weights))
     if splits == 1 and flat.dtype == torch.float32:
-        return flat.view(1, -1)
-    return torch.empty(splits, flat.numel(), dtype=torch.float32, device=flat.device)
+        return flat.view(subnets, -1)
+    return torch.empty(subnets * splits, flat.numel() // subnets, dtype=torch.float32, device=flat.device)
 
 
 def block_launches(x, weights, biases, tf32):
-    """(forward, backward, backward without dx): the launches of a dense block's calls on x (or of two blocks': five
-    weights and biases each), on scratch buffers
-    on x's device (what tune() times); the backwards read the output and features the forward writes."""
+    """(forward, backward, backward without dx): the launches of dense_blocks' calls on x (weights and biases:
+    each block's five), on scratch buffers on x's device (what tune() times); the backwards read the output and
+    features the forward writes."""
+    x = torch.cat([x] * len(weights)) if len(weights) > 1 else x  # each block's copy, as dense_blocks makes it
+    weights, biases = _flat(weights), _flat(biases)
     out, features = _forward_outputs(x, weights, biases)
     forward = _forward_launches(x, weights, biases, NEGATIVE_SLOPE, out, features, tf32)
     backward = [
@@ -1053,16 +1064,8 @@ def call_launches(op, args, tf32):
         return _forward_launches(x, weights, biases, negative_slope, out, features, tf32)
     grad, features, weights, negative_slope, channels_last, input_grad = args
     dx, flat = _backward_outputs(features, weights, channels_last, input_grad)
-    subnet_dx, partials, gbuf = _backward_buffers(features, weights, dx, flat, channels_last)
-    return _backward_launches(grad, features, weights, negative_slope, gbuf, subnet_dx, partials, input_grad, tf32)
-
-
-def _backward_buffers(features, weights, dx, flat, channels_last):
-    """What the backward's launches write: the blocks' input gradients (_subnet_input_grads), the rows of
-    weight-gradient partials, one a pixel split (_partials), and G."""
-    splits, _ = _pixel_splits(_block_pixels(features, weights))
-    subnet_dx = _subnet_input_grads(dx, _subnets(weights), channels_last)
-    return subnet_dx, _partials(flat, splits), _gradient_buffer(features)
+    partials, gbuf = _partials(flat, features, weights), _gradient_buffer(features)
+    return _backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32)
 
 
 def _launch(launch, config):
@@ -1099,21 +1102,20 @@ def dense_block_backward(
     channels_last: bool,
     input_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """dx (empty unless input_grad; for two blocks, the sum of both blocks'), and the weight and bias gradients
-    flat in _param_slots order."""
+    """dx (empty unless input_grad), and the weight and bias gradients flat in _param_slots order."""
     dx, flat = _backward_outputs(features, weights, channels_last, input_grad)
     if features.numel() == 0:
         return dx, flat.zero_()
-    subnet_dx, partials, gbuf = _backward_buffers(features, weights, dx, flat, channels_last)
+    partials, gbuf = _partials(flat, features, weights), _gradient_buffer(features)
     tf32 = tf32_convolutions()
-    _run(_backward_launches(grad, features, weights, negative_slope, gbuf, subnet_dx, partials, input_grad, tf32))
-    if subnet_dx is not dx:  # one launch more, the sum of the two blocks' input gradients
-        torch.add(*subnet_dx.chunk(2), out=dx)
-    if partials.data_ptr() != flat.data_ptr():  # the splits summed in a fixed order: deterministic
+    _run(_backward_launches(grad, features, weights, negative_slope, gbuf, dx, partials, input_grad, tf32))
+    if partials.data_ptr() != flat.data_ptr():  # each block's splits summed in a fixed order: deterministic
+        subnets = _subnets(weights)
+        rows, sums = partials.view(subnets, -1, partials.shape[1]), flat.view(subnets, -1)
         if flat.dtype == torch.float32:
-            torch.sum(partials, 0, out=flat)
+            torch.sum(rows, 1, out=sums)
         else:  # one launch more, the cast: of the sum, or of the single split as it is
-            flat.copy_(partials.sum(0) if partials.shape[0] > 1 else partials[0])
+            sums.copy_(rows.sum(1) if rows.shape[1] > 1 else rows[:, 0])
     return dx, flat
 
 
@@ -1164,25 +1166,29 @@ def dense_blocks(x, weights, biases, negative_slope=NEGATIVE_SLOPE):
     """The outputs of one or two dense blocks of the same shapes on the same x (a coupling's H and G), each
     block's five weights and biases a list in `weights` and `biases`, as dense_block computes them bit for bit:
     two blocks take the launches of one, each with both blocks' programs (twice the programs to fill a GPU
-    with), and their input gradients are summed by one add."""
-    if torch.is_autocast_enabled(x.device.type):
-        x = x.to(torch.get_autocast_dtype(x.device.type))
-    flat_weights, flat_biases = [w for block in weights for w in block], [b for block in biases for b in block]
-    out = dense_block_forward(x, flat_weights, flat_biases, negative_slope)[0]
-    return out.chunk(len(weights)) if len(weights) > 1 else (out,)
+    with). Each block reads its own copy of x, made in the pass that casts x under autocast, so that autograd
+    sums the two input gradients after casting them back, as it sums those of two calls."""
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    subnets = len(weights)
+    x = x.to(dtype) if subnets == 1 else x.expand(subnets, *x.shape).to(dtype, copy=True).flatten(0, 1)
+    out = dense_block_forward(x, _flat(weights), _flat(biases), negative_slope)[0]
+    return out.chunk(subnets) if subnets > 1 else (out,)
+
+
+def _flat(per_block):
+    """The blocks' lists one after the other, as the ops take them."""
+    return [t for block in per_block for t in block]
 
 
 def _backward_launches_count(args):
-    features, weights, input_grad = args[1], args[2], args[5]
+    features, weights = args[1], args[2]
     splits, _ = _pixel_splits(_block_pixels(features, weights))
-    summed_dx = _subnets(weights) > 1 and input_grad
-    return 1 + CONVS + summed_dx + (splits > 1) + (weights[0].dtype != torch.float32)  # + add, sum, cast
+    return 1 + CONVS + (splits > 1) + (weights[0].dtype != torch.float32)  # + the partials' sum, + a cast
 
 
 # Kernels per call, for a census of a step: the weights' packing, then one per conv forward; the packing,
-# one per conv backward step, then for two blocks the add of their input gradients, the sum of the weight
-# gradients' pixel splits when there are several, and a cast to non-fp32 weights (dense_block_backward's
-# torch ops after its Triton launches: add, sum, copy_).
+# one per conv backward step, then the sum of the weight gradients' pixel splits when there are several,
+# and a cast to non-fp32 weights (dense_block_backward's torch ops after its Triton launches: sum, copy_).
 LAUNCHES = {"irn::dense_block": lambda args: 1 + CONVS, "irn::dense_block_backward": _backward_launches_count}
 
 
@@ -1194,13 +1200,14 @@ def _packing_traffic(weights, dtype):
 
 
 def _forward_traffic(args):
-    """Bytes the forward's kernels read and write once each: the packing, x and its copy (once a block), then
-    per conv of each block its channel prefix of the buffer and its packed weights, and its output slice (conv 5:
-    the block output)."""
+    """Bytes the forward's kernels read and write once each: the packing, x and its copy, then per conv of each
+    block its channel prefix of the buffer and its packed weights, and its output slice (conv 5: the block
+    output)."""
     x, weights = args[0], args[1]
-    pixels, size = x.shape[0] * x.shape[2] * x.shape[3], x.element_size()
+    size = x.element_size()
     x_end, channels, _ = _buffer_layout(x.shape[1], weights[0].shape[0])
-    moved = _packing_traffic(weights, x.dtype) + _subnets(weights) * pixels * (x.shape[1] + x_end) * size
+    moved = _packing_traffic(weights, x.dtype) + x.shape[0] * x.shape[2] * x.shape[3] * (x.shape[1] + x_end) * size
+    pixels = x.shape[0] // _subnets(weights) * x.shape[2] * x.shape[3]  # a block's
     for k, w in enumerate(weights):
         prefix = x_end + k % CONVS * weights[0].shape[0]
         moved += pixels * (prefix + w.shape[0]) * size + w.numel() * size
@@ -1213,8 +1220,7 @@ def _backward_traffic(args):
     its packed weights, writes the weight-gradient partials, and adds its input gradient to G's prefix: conv 5
     writes G without reading it, convs 4 to 2 read and write it, conv 1 reads G's x part (x_end channels, its
     padding too) and writes dx (when x needs a gradient); steps 5 to 2 write the prefix's last g channels as the
-    previous conv's dZ, in the features' dtype. The packing comes first. Each block takes these steps; two
-    blocks' input gradients are then read and summed into dx."""
+    previous conv's dZ, in the features' dtype. The packing comes first. Each block takes these steps."""
     grad, features, weights, input_grad = args[0], args[1], args[2], args[5]
     pixels, size = _block_pixels(features, weights), features.element_size()
     growth = weights[0].shape[0]
@@ -1228,8 +1234,7 @@ def _backward_traffic(args):
         moved += pixels * prefix * (size + 4 * g_passes) + w.numel() * (size + splits * 4)
         moved -= pixels * growth * (4 - size) if k else 0  # the previous conv's dZ, written in the features' dtype
         moved += pixels * w.shape[0] * size if k < CONVS - 1 else 0  # conv k+1's output gradient, its dZ
-    dx_passes = 1 if _subnets(weights) == 1 else 2 + 3  # written; two written, then read twice and written once
-    return moved + (dx_passes * pixels * weights[0].shape[1] * size if input_grad else 0)
+    return moved + (_subnets(weights) * pixels * weights[0].shape[1] * size if input_grad else 0)
 
 
 TRAFFIC = {"irn::dense_block": _forward_traffic, "irn::dense_block_backward": _backward_traffic}
@@ -1246,15 +1251,15 @@ def _conv_flops(batch, h, w, weight_shape):
 @register_flop_formula(torch.ops.irn.dense_block)
 def _dense_block_flops(x_shape, weight_shapes, bias_shapes, negative_slope, out_shape=None, **kwargs):
     b, _, h, w = x_shape
-    return sum(_conv_flops(b, h, w, shape) for shape in weight_shapes)
+    return sum(_conv_flops(b // _subnets(weight_shapes), h, w, shape) for shape in weight_shapes)
 
 
 @register_flop_formula(torch.ops.irn.dense_block_backward)
 def _dense_block_backward_flops(
     grad_shape, features_shape, weight_shapes, negative_slope, channels_last, input_grad, out_shape=None, **kwargs
 ):
-    # each conv's weight gradient, and its input gradient too, but conv 1's only when x needs one; for two
-    # blocks, the features hold both blocks' samples
+    # each conv's weight gradient, and its input gradient too, but conv 1's only when x needs one (each block
+    # on its half of the samples)
     b, _, h, w = features_shape
     b //= _subnets(weight_shapes)
     weight_flops = sum(_conv_flops(b, h, w, shape) for shape in weight_shapes)
@@ -1329,7 +1334,7 @@ def _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32, batch=2, size=
     biases = [torch.empty(shape[0], dtype=param_dtype, device="meta") for shape in shapes]
     launches = []
     for subnets in (1, 2):
-        forward, backward, no_dx = block_launches(x, weights * subnets, biases * subnets, tf32)
+        forward, backward, no_dx = block_launches(x, [weights] * subnets, [biases] * subnets, tf32)
         launches += forward + backward + no_dx
     return launches
 

@@ -105,7 +105,7 @@ def choose(model, batch, mode, timer, tune=None):
     choices = {}
     for key, blocks in shapes.items():
         x = torch.randn(key[0], device=batch.device)
-        together = blocks[:2] if blocks[0] in paired else blocks[:1]  # the blocks that run in one call
+        together = blocks[:2] if blocks[0] in paired else blocks[:1]  # a coupling's H and G share a shape
         tiles = tune(together, x) if mode != "cudnn" else None
         times = {name: timer(name, together, x) for name in ("fused", "cudnn")} if mode == "auto" else {}
         chosen = min(times, key=times.get) if times else mode
@@ -142,7 +142,7 @@ def tune_block(blocks, x):
     if x.device.type != "cuda":
         return None
     x = x.to(blocks[0].compute_dtype or x.dtype)
-    weights, biases = _flat_weights_and_biases(blocks)
+    weights, biases = zip(*(block.weights_and_biases() for block in blocks), strict=True)
     launches = dense.block_launches(x, weights, biases, tf32_convolutions())
     dense.tune([launch for group in launches for launch in group], _launch_ms)
     return dict(zip(("forward", "backward", "backward_no_dx"), map(dense.tile_sizes, launches), strict=True))
@@ -174,12 +174,6 @@ def dense_block_op(name):
     from kernels.dense import dense_block
 
     return {"fused": dense_block, "cudnn": cudnn_dense_block}[name]
-
-
-def _flat_weights_and_biases(blocks):
-    """The blocks' weights and biases, one block's five after the other's, as kernels.dense's launches take them."""
-    pairs = [block.weights_and_biases() for block in blocks]
-    return [w for weights, _ in pairs for w in weights], [b for _, biases in pairs for b in biases]
 
 
 def time_block(name, blocks, x):

@@ -110,11 +110,16 @@ class IRNCoupling(InvertibleModule):
 
     def scale_and_shift(self, y1):
         """H(y1) and G(y1): both blocks in one call of fast_subnets where it is set (they read the same input
-        with the same shapes, and share a compute dtype), else one block after the other."""
+        with the same shapes, and share a compute dtype: set_subnet_precision sets every block's), else one block
+        after the other. Paired, the blocks' own forward (and its hooks) is not called."""
         if self.fast_subnets is None:
             return self.H(y1), self.G(y1)
-        weights, biases = zip(self.H.weights_and_biases(), self.G.weights_and_biases(), strict=True)
-        return in_compute_dtype(self.H.compute_dtype, y1, lambda y1: self.fast_subnets(y1, weights, biases))
+        (h_weights, h_biases), (g_weights, g_biases) = self.H.weights_and_biases(), self.G.weights_and_biases()
+
+        def both(y1):
+            return self.fast_subnets(y1, [h_weights, g_weights], [h_biases, g_biases])
+
+        return in_compute_dtype(self.H.compute_dtype, y1, both)
 
     def forward(self, x, c=None, rev=False, jac=True):
         a1, a2 = x[0][:, : self.split], x[0][:, self.split :]

@@ -62,23 +62,28 @@ def test_fast_path_equals_the_freia_graph_both_ways_with_gradients(scale):
     assert_grads_close(grads_fast, grads_ref, 1e-4)
 
 
-def test_a_fused_coupling_runs_its_h_and_g_in_one_call_both_ways():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_fused_coupling_runs_its_h_and_g_in_one_call_both_ways(precision):
     """The fused dense-block op is called twice a coupling and pass, for F and for H and G together, downscaling
-    and upscaling alike; three times with H and G one after the other (pair_subnets off), to the same bits."""
+    and upscaling alike; three times with H and G one after the other (pair_subnets off), to the same outputs,
+    bit for bit, with the dense blocks in bf16 too, and the same gradients but for fp32's rounding (autograd adds
+    y1's three gradients in another order: (dH + dG) + the rest)."""
     _, fast = pair(2)  # one coupling
+    set_subnet_precision(fast, precision)
     hr, noise = inputs(2)
 
     def dense_calls():
-        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as ops:
-            outs = network_passes(fast, hr, noise)
-        return sum(event.name == "irn::dense_block" for event in ops.events()), outs
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as ops:
+            results = loss_and_grads(fast, hr, noise)
+        return sum(event.name == "irn::dense_block" for event in ops.events()), results
 
-    together, outs = dense_calls()
+    together, (outs, grads) = dense_calls()
     pair_subnets(fast, enabled=False)
-    apart, outs_apart = dense_calls()
+    apart, (outs_apart, grads_apart) = dense_calls()
     assert (together, apart) == (2 * 2, 2 * 3)  # two passes
     for a, b in zip(outs, outs_apart, strict=True):
         assert torch.equal(a, b)
+    assert_grads_close(grads, grads_apart, 1e-6)
 
 
 @pytest.mark.skipif(CUDA, reason="the interpreter's allocations and program order")

@@ -134,8 +134,7 @@ def _choose_on_a_rank(rank, store_file, results):
 
     def tune(blocks, x):
         weights, biases = zip(*(block.weights_and_biases() for block in blocks), strict=True)
-        flat = [sum(weights, []), sum(biases, [])]
-        launches = [launch for group in dense.block_launches(x, *flat, True) for launch in group]
+        launches = [launch for group in dense.block_launches(x, weights, biases, True) for launch in group]
         dense.tune(launches, lambda run: 1.0 if run.args[1].kwargs["BLOCK_M"] == favourite else 2.0)
 
     def timer(name, blocks, x):
@@ -146,7 +145,9 @@ def _choose_on_a_rank(rank, store_file, results):
     tiles = []
     for c in choices:
         block = DenseBlock(c.shape[1], c.c_out, c.growth)
-        forward = dense.block_launches(torch.zeros(c.shape), *block.weights_and_biases(), True)[0]  # TF32: tiles
+        blocks = [block.weights_and_biases()] * c.subnets
+        weights, biases = [w for w, _ in blocks], [b for _, b in blocks]
+        forward = dense.block_launches(torch.zeros(c.shape), weights, biases, True)[0]  # TF32: tiles
         tiles.append(dense.tile_sizes(forward))
     results[rank] = ([c.chosen for c in choices], tiles)
     torch.distributed.destroy_process_group()
