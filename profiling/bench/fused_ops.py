@@ -54,7 +54,7 @@ def kernel_cases(batch, crop, scale, device):
             block = DenseBlock(c_in, c_out).to(device)
             weights, biases = block.weights_and_biases()
             x = torch.randn(batch, c_in, side, side, device=device)
-            tune_block(block, x)  # the tiles the trainer takes for this shape (a GPU's)
+            tune_block([block], x)  # the tiles the trainer takes for this shape, one block a call (a GPU's)
             moved = TRAFFIC["irn::dense_block"]((x, weights, biases, 0.2))
             fused = partial(dense_block, weights=weights, biases=biases)
             cases.append((f"dense block {c_in}->{c_out} at {side}x{side}", fused, block.reference, (x,), moved))

@@ -22,9 +22,9 @@ def test_the_trainer_chooses_the_dense_kernels_per_shape_and_env_jsonl_records_i
     monkeypatch.setattr(execution, "dense_kernels_unavailable", lambda device: None)
     timed = []
 
-    def stand_in(name, block, x):
+    def stand_in(name, blocks, x):
         timed.append((name, tuple(x.shape)))
-        return {"cudnn": 2.0, "fused": 1.0 if block.conv1.in_channels == 3 else 3.0}[name]
+        return {"cudnn": 2.0, "fused": 1.0 if blocks[0].conv1.in_channels == 3 else 3.0}[name]
 
     monkeypatch.setattr(dense_choice, "time_block", stand_in)
     cfg, _ = config.resolve([*TINY, "--fast-kernels"])
