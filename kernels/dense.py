@@ -24,7 +24,7 @@ The five convs' weights are packed once per call, by one launch, into the dot's 
 [block, tap, buffer channel, output of any conv] with zeros where a conv reads no channel (x's padding, later
 outputs) or has no output: conv k reads its columns with no mask, no index remapping and no cast.
 
-Launches per block: forward 6 (the packing, whose programs also copy x into F, then the convs); backward 6 (the
+Launches per call: forward 6 (the packing, whose programs also copy x into F, then the convs); backward 6 (the
 packing, then one per step: its weight, bias and input gradients in one launch, the long weight-gradient
 programs first), plus one sum of the weight-gradient partials when the pixels are reduced in more than one
 split, and one cast into the weights' dtype when that is not fp32 (LAUNCHES). Every output element is written
@@ -65,6 +65,10 @@ ALIGN = 16
 BIAS_TILE = tl.constexpr(2048)  # elements a bias-gradient program sums a step
 COPY_PIXELS = 128  # pixels whose channels of x a copying program moves into the feature buffer,
 COPY_CHANNELS = tl.constexpr(ALIGN)  # this many channels a step
+
+# Arguments the JIT must not specialise: a block's pixel splits, 1 for small images, which would otherwise
+# make variants of the backward that no ahead-of-time compile (kernels/aot.py) checks.
+UNSPECIALISED = ("splits",)
 
 # Three interpreter quirks are worked around under it only: it keeps bf16 as raw uint16 bits, which its dot
 # multiplies as integers; it truncates fp32 -> bf16 where GPUs round to nearest even; its TF32 dots are
@@ -247,15 +251,17 @@ def _conv3x3_kernel(
     p_s, p_t, p_c, p_n,  # packed: the packed weights from this conv's first output column on
     o_b, o_c, o_h, o_w,  # out: the conv's slice of the feature buffer, or the block output (conv 5)
     negative_slope,
-    ACTIVATION: tl.constexpr, PRECISION: tl.constexpr,
+    ACTIVATION: tl.constexpr, PRECISION: tl.constexpr, SUBNETS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One (pixels x output channels) tile of a 3x3 conv of subnet program_id(2) (its n_pixels pixels follow
-    the earlier subnet's in src and out; its weights are packed[subnet], its bias bias or bias_1); its GEMM's
-    K runs over 9 taps x C_in channels."""
+    """One (pixels x output channels) tile of a 3x3 conv of subnet program_id(2) of SUBNETS (its n_pixels pixels
+    follow the earlier subnet's in src and out; its weights are packed[subnet], its bias bias or bias_1); its
+    GEMM's K runs over 9 taps x C_in channels."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    subnet = tl.program_id(2)
+    subnet = 0
+    if SUBNETS > 1:  # a static branch: one block's launches have no block offsets to add in their main loop
+        subnet = tl.program_id(2)
     b, h, w, valid = _subnet_pixels(subnet, pid_m * BLOCK_M, n_pixels, H, W, h_magic, h_shift, w_magic, w_shift,
                                     BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -467,7 +473,7 @@ def _bias_grad_tile(
     tl.store(row + bias_slot + n, tl.sum(acc, axis=0), mask=n < C_OUT)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALISED)
 def _conv3x3_backward_kernel(
     grad, feat, packed, acc_src, dst, dz_out, partials,
     n_pixels, H, W, h_magic, h_shift, w_magic, w_shift, C_in, C_x, X_END, tail_start,
@@ -647,7 +653,7 @@ def _divisor(d):
 
 
 def _pixel_bucket(n_pixels):
-    """Tiles are chosen once per power of two of the pixel count, not once per image size."""
+    """Tiles are chosen once per power of two of a block's pixel count, not once per image size."""
     return triton.next_power_of_2(n_pixels)
 
 
@@ -685,8 +691,15 @@ def _buffer_layout(c_in, growth):
 
 
 def _subnets(weights):
-    """How many dense blocks (subnets) the op runs: one, or two (five weights each)."""
+    """How many dense blocks (subnets) the op runs: one, or two (five weights each), the kernels' limit."""
+    if len(weights) not in (CONVS, 2 * CONVS):
+        raise ValueError(f"dense_block needs {CONVS} weights a block, for one or two blocks, got {len(weights)}")
     return len(weights) // CONVS
+
+
+def _check_samples(samples, weights):
+    if samples % _subnets(weights):
+        raise ValueError(f"two dense blocks take an even number of samples, half each, got {samples}")
 
 
 def _shapes(x, weights, biases):
@@ -694,13 +707,9 @@ def _shapes(x, weights, biases):
     or of two with the same shapes and dtypes (each on half of x's samples)."""
     if x.dim() != 4:
         raise ValueError(f"dense_block input must be (B, C, H, W), got shape {tuple(x.shape)}")
-    if len(weights) not in (CONVS, 2 * CONVS) or len(biases) != len(weights):
-        raise ValueError(
-            f"dense_block needs {CONVS} weights and {CONVS} biases a block, for one or two blocks, "
-            f"got {len(weights)} and {len(biases)}"
-        )
-    if x.shape[0] % _subnets(weights):
-        raise ValueError(f"two dense blocks take an even number of samples, half each, got {x.shape[0]}")
+    if len(biases) != len(weights):
+        raise ValueError(f"dense_block needs a bias for each weight, got {len(weights)} and {len(biases)}")
+    _check_samples(x.shape[0], weights)
     for kind, params in (("weights", weights), ("biases", biases)):
         if len({(p.dtype, p.device) for p in params}) > 1:  # the kernels choose among their pointers
             raise ValueError(f"a dense block's {kind} must share one dtype and device, got {_dtypes(params)}")
@@ -771,6 +780,7 @@ def _block_pixels(features, weights):
 
 def _backward_outputs(features, weights, channels_last, input_grad):
     """dx (x's dtype and memory format; empty when x needs no gradient) and the flat parameter gradient."""
+    _check_samples(features.shape[0], weights)
     b, _, h, w = features.shape
     if input_grad:
         dx = _block_tensor(b, weights[0].shape[1], h, w, features.dtype, features.device, channels_last)
@@ -837,8 +847,8 @@ def _weight_grad_tiles(c_in, c_out, dtype, grad, precision=None):
 
 
 def _weight_programs(splits, c_in, c_out, tiles):
-    """Programs of a conv's weight gradient: per pixel split, its channel tiles x its column tiles (x 3 kernel
-    rows without TAP_COLUMNS)."""
+    """Programs of a conv's weight gradient: per row of partials (a block's pixel split), its channel tiles x its
+    column tiles (x 3 kernel rows without TAP_COLUMNS)."""
     if tiles["TAP_COLUMNS"]:
         return splits * triton.cdiv(c_in, tiles["BLOCK_WC"]) * triton.cdiv(9 * c_out, tiles["BLOCK_WN"])
     return splits * triton.cdiv(c_in, tiles["BLOCK_WC"]) * triton.cdiv(c_out, tiles["BLOCK_WN"]) * 3
@@ -908,7 +918,7 @@ def _conv_launch(src, packed, c_out, biases, out, negative_slope, activation, tf
     n_pixels = b // subnets * h * w  # a block's
     args = [src, packed, biases[0], biases[-1], out, n_pixels, h, w, *_divisor(h), *_divisor(w), c_in, c_out]
     args += [*src.stride(), *packed.stride(), *out.stride(), negative_slope]
-    constexprs = {"ACTIVATION": activation, "PRECISION": _dot_precision(src.dtype, tf32)}
+    constexprs = {"ACTIVATION": activation, "PRECISION": _dot_precision(src.dtype, tf32), "SUBNETS": subnets}
     constexprs |= _forward_tiles(c_in, c_out, src.dtype)
 
     def grid(meta):
@@ -919,8 +929,7 @@ def _conv_launch(src, packed, c_out, biases, out, negative_slope, activation, tf
         conv = {"_conv3x3_kernel": (9 * triton.cdiv(c_in, k), meta["BLOCK_M"] * constexprs["BLOCK_N"] * k)}
         return [(math.prod(grid(meta)), conv)]
 
-    kind = ("forward", src.dtype, packed.dtype, c_in, c_out, subnets, *sorted(constexprs.items()))
-    key = (kind, _pixel_bucket(n_pixels))
+    key = (("forward", src.dtype, packed.dtype, c_in, c_out, *sorted(constexprs.items())), _pixel_bucket(n_pixels))
     return Launch(_conv3x3_kernel, grid, args, constexprs, work, key)
 
 
@@ -1269,10 +1278,11 @@ def _dense_block_backward_flops(
 
 # --- ahead-of-time compilation ----------------------------------------------------------------------
 
-# IRN's dense blocks: F maps C - 3 -> 3 channels, G and H map 3 -> C - 3, with C = 12, 48, 192 after one,
-# two and three Haar steps, and C = 27 after x3's space-to-depth by 3 (the parameter count of its 3 -> 24
-# blocks, 87,200, is 16-divisible: the JIT specialises their partial_stride, backward variants of their own).
-IRN_BLOCKS = [(c_in, c_out) for c in (12, 27, 48, 192) for c_in, c_out in ((c - 3, 3), (3, c - 3))]
+# IRN's dense blocks, as (c_in, c_out, blocks a call): F maps C - 3 -> 3 channels, G and H (in one call) map
+# 3 -> C - 3, with C = 12, 48, 192 after one, two and three Haar steps, and C = 27 after x3's space-to-depth
+# by 3 (the parameter count of its 3 -> 24 blocks, 87,200, is 16-divisible: the JIT specialises their
+# partial_stride, backward variants of their own).
+IRN_BLOCKS = [(c - 3, 3, 1) for c in (12, 27, 48, 192)] + [(3, c - 3, 2) for c in (12, 27, 48, 192)]
 # (features' dtype, parameters' dtype): under autocast the parameters stay fp32
 _AOT_DTYPES = [
     (torch.float32, torch.float32),
@@ -1285,7 +1295,7 @@ _POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16
 
 
 def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False):
-    """Every kernel variant the op launches for these (c_in, c_out) blocks, as (name, jit kernel, signature,
+    """Every kernel variant the op launches for these (c_in, c_out, blocks a call), as (name, jit kernel, signature,
     constexprs) for triton.compiler.ASTSource: both kernels, every dtype, TF32 setting, constexpr variant
     and tile config. Compile them with default options (4 warps, 3 stages, as every config has).
 
@@ -1295,8 +1305,8 @@ def aot_variants(blocks=IRN_BLOCKS, growth=32, attrs=False):
     variants = {}
     for dtype, param_dtype in _AOT_DTYPES:
         for tf32 in (True, False) if dtype == torch.float32 else (False,):  # the dot precision of fp32 launches
-            for c_in, c_out in blocks:
-                for launch in _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32):
+            for c_in, c_out, subnets in blocks:
+                for launch in _meta_launches(c_in, c_out, subnets, growth, dtype, param_dtype, tf32):
                     for config in launch_configs(launch):
                         variant = launch_variant(launch, config, aligned=attrs)
                         variants.setdefault(variant[0], variant if attrs else variant[:4])
@@ -1325,23 +1335,20 @@ def launch_variant(launch, config, aligned=True):
     return _variant_name(fn, signature, constants, divisible), fn, signature, constants, attrs
 
 
-def _meta_launches(c_in, c_out, growth, dtype, param_dtype, tf32, batch=2, size=36):
-    """The launches of one forward and of the backward with and without dx, on meta tensors, for one block and
-    for two (whose sizes may specialise otherwise)."""
+def _meta_launches(c_in, c_out, subnets, growth, dtype, param_dtype, tf32, batch=2, size=36):
+    """The launches of one forward and of the backward with and without dx of `subnets` blocks in a call, on
+    meta tensors."""
     x = torch.empty(batch, c_in, size, size, dtype=dtype, device="meta")
     shapes = [(growth if k < CONVS - 1 else c_out, c_in + k * growth, 3, 3) for k in range(CONVS)]
     weights = [torch.empty(shape, dtype=param_dtype, device="meta") for shape in shapes]
     biases = [torch.empty(shape[0], dtype=param_dtype, device="meta") for shape in shapes]
-    launches = []
-    for subnets in (1, 2):
-        forward, backward, no_dx = block_launches(x, [weights] * subnets, [biases] * subnets, tf32)
-        launches += forward + backward + no_dx
-    return launches
+    forward, backward, no_dx = block_launches(x, [weights] * subnets, [biases] * subnets, tf32)
+    return forward + backward + no_dx
 
 
 def _signature(fn, args, constexprs):
     """Signature, constants and 16-aligned arguments as the JIT specialises these arguments: pointer types
-    from the tensors' dtypes, ints equal to 1 (unit strides) folded into constants."""
+    from the tensors' dtypes, ints equal to 1 (unit strides) folded into constants, but UNSPECIALISED's."""
     signature, constants, aligned = {}, dict(constexprs), []
     for name, arg in zip(fn.arg_names[: len(args)], args, strict=True):  # the constexprs come last
         if isinstance(arg, torch.Tensor):
@@ -1350,6 +1357,8 @@ def _signature(fn, args, constexprs):
                 aligned.append(name)
         elif isinstance(arg, float):
             signature[name] = "fp32"
+        elif name in UNSPECIALISED:
+            signature[name] = "i32"
         elif arg == 1:
             signature[name], constants[name] = "constexpr", 1
         else:

@@ -57,17 +57,17 @@ def pair_subnets(model, enabled=True):
     one block after the other."""
     for module in model.modules():
         if isinstance(module, IRNCoupling):
-            module.fast_subnets = _paired_op(module.H.fast_op, module.G.fast_op) if enabled else None
+            module.fast_subnets = _paired_op(module.H, module.G) if enabled else None
     return model
 
 
-def _paired_op(h_op, g_op):
-    """dense_blocks where both blocks run the fused dense_block, else None."""
-    if h_op is None or h_op is not g_op:
+def _paired_op(h, g):
+    """dense_blocks where both blocks run the fused dense_block in one compute dtype, else None."""
+    if h.fast_op is None or h.fast_op is not g.fast_op or h.compute_dtype != g.compute_dtype:
         return None
     from kernels import dense
 
-    return dense.dense_blocks if h_op is dense.dense_block else None
+    return dense.dense_blocks if h.fast_op is dense.dense_block else None
 
 
 def dense_kernels_unavailable(device):

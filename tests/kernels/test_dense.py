@@ -295,7 +295,7 @@ class CountLaunches:
 LAUNCH = "triton launch"
 # torch ops that allocate or make views, and launch nothing on a GPU
 NO_LAUNCH = {"empty", "empty_strided", "new_empty", "slice", "view", "as_strided", "alias", "detach", "select"}
-NO_LAUNCH |= {"transpose", "chunk"}
+NO_LAUNCH |= {"transpose"}
 
 
 def torch_ops(profile):
@@ -354,14 +354,14 @@ def test_launch_counts_per_block_and_gradients_over_pixel_splits(monkeypatch, sp
         assert_close_to_max(bias.grad, conv.bias.grad, tol)
 
 
-def pair_and_singles(dtype, x, grads, autocast=None):
+def pair_and_singles(dtype, x, grads, growth, autocast=None):
     """(what dense_blocks gives on two blocks of a coupling's H and G shapes, what dense_block gives on each), with
     parameters in `dtype`, under autocast to `autocast` if given: the two outputs, then x's gradient and every
     weight's and bias's, after a backward of both outputs."""
     results = []
     for together in (True, False):
         x_fast = x.clone().requires_grad_()
-        params = [fast_params(reference_block(3, 9, 8, dtype, seed=seed), dtype) for seed in (1, 2)]
+        params = [fast_params(reference_block(3, 9, growth, dtype, seed=seed), dtype) for seed in (1, 2)]
         weights, biases = [w for w, _ in params], [b for _, b in params]
         with torch.autocast(torch.device(DEVICE).type, dtype=autocast, enabled=autocast is not None):
             outs = dense_blocks(x_fast, weights, biases) if together else [dense_block(x_fast, *p) for p in params]
@@ -370,16 +370,18 @@ def pair_and_singles(dtype, x, grads, autocast=None):
     return results
 
 
+# (dtype, autocast, a GPU's tiles, pixel splits, growth): IRN's growth of 32 makes several input-gradient
+# channel tiles of a GPU's 64 (16 + 4 x 32 channels)
 PAIR_CASES = [
-    (torch.float32, None, False, 1),
-    (torch.bfloat16, None, True, 3),
-    (torch.float32, torch.bfloat16, False, 3),
+    (torch.float32, None, False, 1, 8),
+    (torch.bfloat16, None, True, 3, 32),
+    (torch.float32, torch.bfloat16, False, 3, 8),
 ]
 
 
-@pytest.mark.parametrize("dtype, autocast, gpu_tiles, splits", PAIR_CASES)
+@pytest.mark.parametrize("dtype, autocast, gpu_tiles, splits, growth", PAIR_CASES)
 def test_two_blocks_in_one_call_give_each_block_s_own_results_bit_for_bit(
-    monkeypatch, nan_allocations, dtype, autocast, gpu_tiles, splits
+    monkeypatch, nan_allocations, dtype, autocast, gpu_tiles, splits, growth
 ):
     """dense_blocks on two blocks that read the same x (a coupling's H and G): the launches of one block (6
     forward, 6 backward), each running both blocks' programs, in shuffled order on NaN-filled buffers; each
@@ -396,7 +398,7 @@ def test_two_blocks_in_one_call_give_each_block_s_own_results_bit_for_bit(
     grads = [torch.randn(2, 9, 5, 7, generator=torch.Generator().manual_seed(s)).to(DEVICE, dtype) for s in (4, 5)]
     counter = CountLaunches(monkeypatch)
     with program_order("shuffled"), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as ops:
-        together, apart = pair_and_singles(dtype, x, grads, autocast)
+        together, apart = pair_and_singles(dtype, x, grads, growth, autocast)
     for a, e in zip(together, apart, strict=True):
         assert a.shape == e.shape and torch.equal(a, e)
     forward, backward = ["_pack_kernel", *["_conv3x3_kernel"] * 5], ["_pack_kernel", *["_conv3x3_backward_kernel"] * 5]
@@ -404,6 +406,29 @@ def test_two_blocks_in_one_call_give_each_block_s_own_results_bit_for_bit(
     # each backward call's own: a sum of the splits, a cast into bf16 weights' gradients; no add of x's gradients
     per_call = ["aten::sum"] * (splits > 1) + ["aten::copy_"] * (dtype != torch.float32)
     assert [op for op in torch_ops(ops)[0] if op != "aten::fill_"] == per_call * 3  # fill_: nan_allocations' own
+
+
+def test_two_blocks_each_take_their_own_half_of_the_samples():
+    """The op on two blocks given different samples (the first block's, then the second's): each output half, dx
+    half and weight gradient is what the block's own call gives on its samples, bit for bit, with and without
+    dx; wrong counts of weights or samples are refused."""
+    params = [fast_params(reference_block(3, 9, 4, seed=seed)) for seed in (1, 2)]
+    weights, biases = ([[t.detach() for t in p[i]] for p in params] for i in (0, 1))
+    xs = [torch.randn(1, 3, 4, 5, generator=torch.Generator().manual_seed(s)).to(DEVICE) for s in (3, 4)]
+    grads = [torch.randn(1, 9, 4, 5, generator=torch.Generator().manual_seed(s)).to(DEVICE) for s in (5, 6)]
+    out, features = dense_block_forward(torch.cat(xs), weights[0] + weights[1], biases[0] + biases[1], 0.2)
+    singles = [dense_block_forward(x, w, b, 0.2) for x, w, b in zip(xs, weights, biases, strict=True)]
+    assert torch.equal(out, torch.cat([o for o, _ in singles]))
+    for input_grad in (True, False):
+        dx, flat = dense_block_backward(torch.cat(grads), features, weights[0] + weights[1], 0.2, False, input_grad)
+        alone = [dense_block_backward(g, f, w, 0.2, False, input_grad)
+                 for g, (_, f), w in zip(grads, singles, weights, strict=True)]  # fmt: skip
+        assert torch.equal(flat, torch.cat([f for _, f in alone]))
+        assert torch.equal(dx, torch.cat([d for d, _ in alone])) if input_grad else dx.numel() == 0
+    with pytest.raises(ValueError, match="5 weights a block, for one or two blocks, got 15"):
+        dense_block_backward(out, features, weights[0] * 3, 0.2, False, True)
+    with pytest.raises(ValueError, match="an even number of samples, half each, got 1"):
+        dense_block_backward(out[:1], features[:1], weights[0] + weights[1], 0.2, False, True)
 
 
 def test_two_blocks_in_one_call_count_one_block_s_launches_and_two_blocks_flops_and_bytes():
@@ -515,8 +540,10 @@ def test_compiles_with_aot_autograd_without_a_graph_break():
 
 def test_wrong_weights_are_refused():
     _, x, weights, biases = small_inputs(x_requires_grad=False)
-    with pytest.raises(ValueError, match="5 weights and 5 biases"):
+    with pytest.raises(ValueError, match="5 weights a block, for one or two blocks, got 4"):
         dense_block(x, weights[:4], biases[:4])
+    with pytest.raises(ValueError, match="a bias for each weight, got 5 and 4"):
+        dense_block(x, weights, biases[:4])
     with pytest.raises(ValueError, match=r"conv 3 .* needs a weight \(4, 11, 3, 3\)"):
         dense_block(x, weights[:2] + [weights[2][:, :10]] + weights[3:], biases)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):

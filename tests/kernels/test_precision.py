@@ -45,7 +45,7 @@ def test_the_block_follows_the_new_api_and_its_variants_list_both_precisions(mon
         convs = [launch.constexprs["PRECISION"] for launch in launches if launch.kernel is not dense._pack_kernel]
         assert convs == [value] * 10
     torch.backends.cudnn.conv.fp32_precision = "ieee"
-    precisions = {c["PRECISION"] for *_, c in dense.aot_variants(blocks=[(3, 9)]) if "PRECISION" in c}
+    precisions = {c["PRECISION"] for *_, c in dense.aot_variants(blocks=[(3, 9, 2)]) if "PRECISION" in c}
     assert precisions == {"tf32", "ieee"}
     assert torch.backends.cudnn.conv.fp32_precision == "ieee"
     assert torch.backends.cudnn.rnn.fp32_precision != "ieee"  # untouched: still the mix
