@@ -33,8 +33,9 @@ by one program and the splits are summed in a fixed order, so the results are de
 Two blocks with the same shapes (a coupling's H and G, which read the same x: dense_blocks) run in the
 launches of one, each launch with both blocks' programs: twice the programs to fill a GPU with, a third fewer
 launches than the three blocks of a coupling take one by one. x, F, the outputs, G and dx hold the second
-block's samples after the first's, the packed weights and the partials its weights after the first's. Each
-block's results are those of its own call, bit for bit.
+block's samples after the first's, the packed weights its weights after the first's, and the rows of
+weight-gradient partials its pixel splits after the first's. Each block's results are those of its own call,
+bit for bit.
 """
 
 import functools
