@@ -77,7 +77,6 @@ def block_inputs(model, batch):
         seen.setdefault(module, (tuple(inputs[0].shape), dtype))
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, DenseBlock)]
-    couplings = {m: m.fast_subnets for m in model.modules() if isinstance(m, IRNCoupling)}
     execution.pair_subnets(model, enabled=False)
     try:
         with torch.no_grad():
@@ -85,8 +84,7 @@ def block_inputs(model, batch):
     finally:
         for hook in hooks:
             hook.remove()
-        for coupling, op in couplings.items():
-            coupling.fast_subnets = op
+        execution.pair_subnets(model)  # paired again as the blocks' ops say
     return seen
 
 
