@@ -173,8 +173,7 @@ def bench_data(args, device):
         f"peak RSS: the run's ru_maxrss, python -m engine.train --config demo --data SET --scale {args.scale} "
         f"--steps {args.run_steps} --data-cache off (decoded in memory) or CACHE (the entries built above); the "
         f"same run on one of the images, from the cache: {rss_floor / 2**20:.0f} MiB, the run's floor without data; "
-        "anonymous + shared: RssAnon + RssShmem of the run's "
-        "process, sampled every 10 ms, the memory the kernel cannot reclaim (the cache's pages are clean page cache "
-        "on a disk; on a tmpfs they would count here)",
+        "anonymous + shared: RssAnon + RssShmem of the run's process, sampled every 10 ms, the memory the kernel "
+        "cannot reclaim (the cache's pages are clean page cache on a disk; on a tmpfs they would count here)",
     ]
     return result
